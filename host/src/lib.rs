@@ -1,0 +1,1 @@
+//! qbkit-host library: transports (USB, streams), the driver loop and platform bits.
