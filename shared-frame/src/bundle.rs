@@ -365,3 +365,304 @@ impl<'a> BundleWriter<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+    use alloc::vec::Vec;
+
+    /// Two IP records: 5 bytes on channel 0 (padded to 8) and 4 bytes on channel 3.
+    static TWO_RECORDS: [u8; 28] = [
+        b'Q', b'K', 0x01, 0x00, 28, 0, 0, 0, // bundle header
+        0x01, 0x00, 0x05, 0x00, 0x45, 0x00, 0x00, 0x05, 0xAB, 0x00, 0x00,
+        0x00, // record 1 + pad
+        0x01, 0x03, 0x04, 0x00, 0x60, 0x00, 0x00, 0x00, // record 2
+    ];
+
+    fn records(b: &Bundle<&[u8]>) -> Vec<Result<Record<'static>, FrameError>> {
+        b.records()
+            .map(|r| {
+                r.map(|r| Record {
+                    kind: r.kind,
+                    channel: r.channel,
+                    payload: Vec::leak(r.payload.to_vec()),
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn deconstruct() {
+        let b = Bundle::new_checked(&TWO_RECORDS[..], DEFAULT_MAX_BUNDLE).unwrap();
+        assert_eq!(b.len(), 28);
+        assert_eq!(b.flags(), 0);
+        assert_eq!(
+            records(&b),
+            vec![
+                Ok(Record {
+                    kind: RecordKind::Ip,
+                    channel: 0,
+                    payload: &[0x45, 0, 0, 5, 0xAB]
+                }),
+                Ok(Record {
+                    kind: RecordKind::Ip,
+                    channel: 3,
+                    payload: &[0x60, 0, 0, 0]
+                }),
+            ]
+        );
+    }
+
+    #[test]
+    fn construct() {
+        let mut buf = vec![0xEE; DEFAULT_MAX_BUNDLE];
+        let mut w = BundleWriter::new(&mut buf, DEFAULT_MAX_BUNDLE);
+        assert!(w.is_empty());
+        w.push_ip(0, &[0x45, 0, 0, 5, 0xAB]).unwrap();
+        w.push_ip(3, &[0x60, 0, 0, 0]).unwrap();
+        assert_eq!(w.record_count(), 2);
+        let n = w.finish();
+        assert_eq!(&buf[..n], &TWO_RECORDS[..]);
+    }
+
+    #[test]
+    fn construct_in_place_with_payload_buf() {
+        let mut buf = vec![0xEE; MIN_MAX_BUNDLE];
+        let mut w = BundleWriter::new(&mut buf, MIN_MAX_BUNDLE);
+        let space = w.payload_buf(1500).unwrap();
+        assert_eq!(space.len(), 1500);
+        space[..5].copy_from_slice(&[0x45, 0, 0, 5, 0xAB]);
+        w.commit(RecordKind::Ip, 0, 5).unwrap();
+        w.push_ip(3, &[0x60, 0, 0, 0]).unwrap();
+        let n = w.finish();
+        assert_eq!(&buf[..n], &TWO_RECORDS[..]);
+    }
+
+    #[test]
+    fn empty_bundle_round_trips() {
+        let mut buf = vec![0; MIN_MAX_BUNDLE];
+        let n = BundleWriter::new(&mut buf, MIN_MAX_BUNDLE).finish();
+        assert_eq!(&buf[..n], b"QK\x01\x00\x08\x00\x00\x00");
+        let b = Bundle::new_checked(&buf[..n], MIN_MAX_BUNDLE).unwrap();
+        assert_eq!(b.records().count(), 0);
+    }
+
+    #[test]
+    fn zero_length_and_maximum_length_records() {
+        let max = 2 * DEFAULT_MAX_BUNDLE;
+        let mut buf = vec![0; max];
+        let mut w = BundleWriter::new(&mut buf, max);
+        w.push(RecordKind::Unknown(9), 1, &[]).unwrap();
+        let big: Vec<u8> = (0..MAX_RECORD_PAYLOAD).map(|i| i as u8).collect();
+        w.push_ip(0, &big).unwrap();
+        assert_eq!(w.push_ip(0, &vec![0; MAX_RECORD_PAYLOAD + 1]), Err(Full));
+        let n = w.finish();
+        assert_eq!(n, 8 + 4 + 4 + align_up(MAX_RECORD_PAYLOAD));
+        let b = Bundle::new_checked(&buf[..n], max).unwrap();
+        let got: Vec<_> = b.records().map(Result::unwrap).collect();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].kind, RecordKind::Unknown(9));
+        assert!(got[0].payload.is_empty());
+        assert_eq!(got[1].payload, &big[..]);
+        // The default maximum bundle cannot carry a 65535-byte record: the writer says Full.
+        let mut small = vec![0; DEFAULT_MAX_BUNDLE];
+        let mut w = BundleWriter::new(&mut small, DEFAULT_MAX_BUNDLE);
+        assert_eq!(w.available_payload(), DEFAULT_MAX_BUNDLE - 4 - 8 - 4);
+        assert_eq!(w.push_ip(0, &big), Err(Full));
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn writer_fills_then_reports_full() {
+        let mut buf = vec![0; MIN_MAX_BUNDLE];
+        let mut w = BundleWriter::new(&mut buf, MIN_MAX_BUNDLE);
+        let pkt = [0x45u8; 1000];
+        let mut n = 0;
+        while w.push_ip(0, &pkt).is_ok() {
+            n += 1;
+        }
+        assert_eq!(n, 4); // 8 + 4 * 1004 = 4024 <= 4092; a fifth does not fit
+        assert!(w.len() <= MIN_MAX_BUNDLE - USB_PAD_LEN);
+        assert_eq!(w.payload_buf(w.available_payload() + 1), Err(Full));
+        assert_eq!(
+            w.commit(RecordKind::Ip, 0, w.available_payload() + 1),
+            Err(Full)
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "too small")]
+    fn writer_rejects_tiny_buffers() {
+        let mut buf = [0u8; 100];
+        let _ = BundleWriter::new(&mut buf, DEFAULT_MAX_BUNDLE);
+    }
+
+    #[test]
+    fn needs_zlp_rule() {
+        for mps in [512, 1024] {
+            assert!(!needs_zlp(0, mps));
+            assert!(!needs_zlp(mps - 4, mps));
+            assert!(needs_zlp(mps, mps));
+            assert!(!needs_zlp(mps + 4, mps));
+            assert!(needs_zlp(3 * mps, mps));
+            assert!(needs_zlp(DEFAULT_MAX_BUNDLE, mps));
+        }
+        assert!(!needs_zlp(512, 0));
+        assert!(needs_zlp(1024, 512));
+        assert!(!needs_zlp(512, 1024));
+    }
+
+    /// A bundle of exactly `len` bytes: one IP record filling it.
+    fn bundle_of(buf: &mut [u8], len: usize, mps: usize) -> usize {
+        let mut w = BundleWriter::new(buf, DEFAULT_MAX_BUNDLE);
+        w.push_ip(0, &vec![0x45; len - 12]).unwrap();
+        w.finish_usb(mps)
+    }
+
+    #[test]
+    fn finish_usb_pads_on_packet_boundaries() {
+        for mps in [512, 1024] {
+            for len in [mps, 2 * mps, 16 * mps] {
+                let mut buf = vec![0xEE; DEFAULT_MAX_BUNDLE];
+                let n = bundle_of(&mut buf, len, mps);
+                assert_eq!(n, len + USB_PAD_LEN, "mps {mps} len {len}");
+                assert!(!needs_zlp(n, mps));
+                assert_eq!(&buf[len..n], &[0; USB_PAD_LEN]);
+                // The header says the bundle length; the pad is outside it.
+                assert_eq!(&buf[4..8], &(len as u32).to_le_bytes());
+                let b = Bundle::new_checked(&buf[..n], DEFAULT_MAX_BUNDLE).unwrap();
+                assert_eq!(b.len(), len);
+                assert_eq!(b.records().count(), 1);
+                // The receiver accepts the bundle with or without pad, nothing else.
+                assert!(Bundle::new_checked(&buf[..len], DEFAULT_MAX_BUNDLE).is_ok());
+                for bad in [len - 4, len - 1, len + 1, len + 2, len + 3, len + 8] {
+                    assert_eq!(
+                        Bundle::new_checked(&buf[..bad], DEFAULT_MAX_BUNDLE).err(),
+                        Some(FrameError::LengthMismatch {
+                            header: len,
+                            actual: bad
+                        }),
+                        "mps {mps} len {len} transfer {bad}"
+                    );
+                }
+            }
+            for len in [mps - 4, mps + 4, 2 * mps - 8] {
+                let mut buf = vec![0xEE; DEFAULT_MAX_BUNDLE];
+                assert_eq!(bundle_of(&mut buf, len, mps), len, "mps {mps} len {len}");
+            }
+        }
+    }
+
+    #[test]
+    fn largest_bundle_can_always_be_padded() {
+        // The writer keeps USB_PAD_LEN bytes spare, so a full bundle on a boundary still pads.
+        let mut buf = vec![0; DEFAULT_MAX_BUNDLE];
+        let mut w = BundleWriter::new(&mut buf, DEFAULT_MAX_BUNDLE);
+        let room = w.available_payload();
+        w.push_ip(0, &vec![1; room]).unwrap();
+        let n = w.finish_usb(512);
+        assert_eq!(n, DEFAULT_MAX_BUNDLE - USB_PAD_LEN);
+        assert!(Bundle::new_checked(&buf[..n], DEFAULT_MAX_BUNDLE).is_ok());
+        let mut buf = vec![0; DEFAULT_MAX_BUNDLE];
+        let mut w = BundleWriter::new(&mut buf, DEFAULT_MAX_BUNDLE);
+        w.push_ip(0, &vec![1; 127 * 512 - 12]).unwrap();
+        assert_eq!(w.finish_usb(512), 127 * 512 + USB_PAD_LEN);
+    }
+
+    #[test]
+    fn header_errors() {
+        let t = |b: &[u8]| Bundle::new_checked(b, DEFAULT_MAX_BUNDLE).err();
+        for n in 0..BUNDLE_HEADER_LEN {
+            assert_eq!(
+                t(&TWO_RECORDS[..n]),
+                Some(FrameError::Truncated { need: 8, have: n })
+            );
+        }
+        let mut b = TWO_RECORDS;
+        b[0] = b'X';
+        assert_eq!(t(&b), Some(FrameError::BadMagic([b'X', b'K'])));
+        let mut b = TWO_RECORDS;
+        b[2] = 2;
+        assert_eq!(t(&b), Some(FrameError::BadVersion(2)));
+        for len in [0u32, 4, 27, 30, 0x0001_0004, u32::MAX] {
+            let mut b = TWO_RECORDS;
+            b[4..8].copy_from_slice(&len.to_le_bytes());
+            assert_eq!(
+                t(&b),
+                Some(FrameError::BadLength {
+                    len,
+                    max: DEFAULT_MAX_BUNDLE
+                }),
+                "len {len}"
+            );
+        }
+        // Truncated bundle: header promises more than the transfer has.
+        assert_eq!(
+            t(&TWO_RECORDS[..20]),
+            Some(FrameError::LengthMismatch {
+                header: 28,
+                actual: 20
+            })
+        );
+        // The receiver's limit applies, and is itself capped at MAX_BUNDLE_LIMIT.
+        assert!(Bundle::new_checked(&TWO_RECORDS[..], 24).is_err());
+        assert!(Bundle::new_checked(&TWO_RECORDS[..], usize::MAX).is_ok());
+    }
+
+    #[test]
+    fn record_errors() {
+        // Record 1 claims 9 payload bytes: it overruns into record 2 and past the end.
+        let mut b = TWO_RECORDS;
+        b[10] = 17;
+        let bundle = Bundle::new_checked(&b[..], DEFAULT_MAX_BUNDLE).unwrap();
+        assert_eq!(
+            records(&bundle),
+            vec![Err(FrameError::RecordOverflow { offset: 8, len: 17 })]
+        );
+        // Kind 0 is reported and skipped; the next record is still delivered.
+        let mut b = TWO_RECORDS;
+        b[8] = 0;
+        let bundle = Bundle::new_checked(&b[..], DEFAULT_MAX_BUNDLE).unwrap();
+        let got = records(&bundle);
+        assert_eq!(got[0], Err(FrameError::BadRecordKind(0)));
+        assert_eq!(got[1].as_ref().unwrap().channel, 3);
+        // Unknown kinds are values.
+        let mut b = TWO_RECORDS;
+        b[20] = 200;
+        let bundle = Bundle::new_checked(&b[..], DEFAULT_MAX_BUNDLE).unwrap();
+        assert_eq!(records(&bundle)[1].unwrap().kind, RecordKind::Unknown(200));
+        // A second record cut by the bundle end overruns.
+        let mut b = TWO_RECORDS;
+        b[22] = 5;
+        let bundle = Bundle::new_checked(&b[..], DEFAULT_MAX_BUNDLE).unwrap();
+        assert_eq!(
+            records(&bundle)[1],
+            Err(FrameError::RecordOverflow { offset: 20, len: 5 })
+        );
+    }
+
+    #[test]
+    fn record_kind_values() {
+        assert_eq!(RecordKind::from_u8(0), Err(FrameError::BadRecordKind(0)));
+        for v in 1..=255u8 {
+            assert_eq!(RecordKind::from_u8(v).unwrap().to_u8(), v);
+        }
+    }
+
+    #[test]
+    fn push_control_round_trips() {
+        let msg = Control::Keepalive(crate::Keepalive {
+            seq: 1,
+            timestamp_us: 2,
+        });
+        let mut buf = vec![0; MIN_MAX_BUNDLE];
+        let mut w = BundleWriter::new(&mut buf, MIN_MAX_BUNDLE);
+        w.push_control(&msg).unwrap();
+        let n = w.finish();
+        let b = Bundle::new_checked(&buf[..n], MIN_MAX_BUNDLE).unwrap();
+        let r = b.records().next().unwrap().unwrap();
+        assert_eq!(r.kind, RecordKind::Control);
+        assert_eq!(Control::parse(r.payload).unwrap(), msg);
+    }
+}

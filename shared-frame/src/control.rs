@@ -509,7 +509,7 @@ impl Control {
         })
     }
 
-    /// Checks that the message can be encoded (lists within their limits).
+    /// Checks that the message can be encoded (lists within their limits, prefixes in range).
     pub fn check(&self) -> Result<(), FrameError> {
         match self {
             Self::LinkConfig(lc) if lc.dns.len() > MAX_DNS => Err(FrameError::TooLarge {
@@ -520,6 +520,15 @@ impl Control {
                 len: s.counters.len(),
                 max: MAX_STATS,
             }),
+            Self::LinkConfig(lc)
+                if lc.ipv4.is_some_and(|c| c.prefix > 32)
+                    || lc.ipv6.is_some_and(|c| c.prefix > 128) =>
+            {
+                Err(FrameError::BadControl {
+                    kind: kind::LINK_CONFIG,
+                    reason: "prefix out of range",
+                })
+            }
             _ => Ok(()),
         }
     }
@@ -602,5 +611,291 @@ impl Control {
             }
             Self::Unknown { .. } => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    /// Board Hello: version 1, caps IPV6|STATS, max bundle 65536, max MTU 16384, identity "sn1".
+    static HELLO_BYTES: [u8; 25] = [
+        0x01, b'Q', b'B', b'K', b'N', 0x01, 0x01, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x01, 0x00, 0x00, 0x40, 0x00, 0x00, 0x03, b's', b'n', b'1',
+    ];
+
+    fn hello() -> Control {
+        Control::Hello(Hello {
+            version: 1,
+            role: Role::Board,
+            flags: 0,
+            capabilities: Capabilities::ALL,
+            max_bundle: 65536,
+            max_mtu: 16384,
+            identity: "sn1".into(),
+        })
+    }
+
+    /// The default board configuration with one IPv4 and one IPv6 DNS server.
+    static LINK_CONFIG_BYTES: [u8; 71] = [
+        0x02, 0x0f, 24, 64, 0x02, 0x00, 0x40, 0x00, 0x00, // kind, flags, prefixes, ndns, mtu
+        10, 47, 0, 2, 10, 47, 0, 1, // ipv4, gateway_v4
+        0xfd, 0x47, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, // ipv6
+        0xfd, 0x47, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, // gateway_v6
+        4, 10, 47, 0, 1, // dns[0]
+        6, 0xfd, 0x47, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, // dns[1]
+    ];
+
+    fn link_config() -> Control {
+        Control::LinkConfig(LinkConfig {
+            ipv4: Some(Cidr {
+                addr: Ipv4Addr::new(10, 47, 0, 2),
+                prefix: 24,
+            }),
+            gateway_v4: Some(Ipv4Addr::new(10, 47, 0, 1)),
+            ipv6: Some(Cidr {
+                addr: Ipv6Addr::new(0xfd47, 0, 0, 0, 0, 0, 0, 2),
+                prefix: 64,
+            }),
+            gateway_v6: Some(Ipv6Addr::new(0xfd47, 0, 0, 0, 0, 0, 0, 1)),
+            dns: vec![
+                IpAddr::V4(Ipv4Addr::new(10, 47, 0, 1)),
+                IpAddr::V6(Ipv6Addr::new(0xfd47, 0, 0, 0, 0, 0, 0, 1)),
+            ],
+            mtu: 16384,
+        })
+    }
+
+    static KEEPALIVE_BYTES: [u8; 17] = [
+        0x03, 0x07, 0, 0, 0, 0, 0, 0, 0, 0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01,
+    ];
+    const KA: Keepalive = Keepalive {
+        seq: 7,
+        timestamp_us: 0x0102_0304_0506_0708,
+    };
+
+    static STATS_BYTES: [u8; 29] = [
+        0x05, 0x02, 0x00, 0x00, 0x00, // kind, count, reserved
+        0x01, 0, 0, 0, 0x0a, 0, 0, 0, 0, 0, 0, 0, // RX_BUNDLES = 10
+        0x07, 0, 0, 0, 0x00, 0x01, 0, 0, 0, 0, 0, 0, // RX_ERRORS = 256
+    ];
+
+    static BYE_BYTES: [u8; 6] = [0x06, 0x01, 0x03, b'b', b'y', b'e'];
+
+    fn fixtures() -> Vec<(&'static [u8], Control)> {
+        let mut ack = KEEPALIVE_BYTES;
+        ack[0] = kind::KEEPALIVE_ACK;
+        let ack: &'static [u8] = alloc::boxed::Box::leak(alloc::boxed::Box::new(ack));
+        vec![
+            (&HELLO_BYTES[..], hello()),
+            (&LINK_CONFIG_BYTES[..], link_config()),
+            (&KEEPALIVE_BYTES[..], Control::Keepalive(KA)),
+            (ack, Control::KeepaliveAck(KA)),
+            (
+                &STATS_BYTES[..],
+                Control::Stats(Stats {
+                    counters: vec![(StatId::RX_BUNDLES, 10), (StatId::RX_ERRORS, 256)],
+                }),
+            ),
+            (
+                &BYE_BYTES[..],
+                Control::Bye(Bye {
+                    reason: ByeReason::Shutdown,
+                    message: "bye".into(),
+                }),
+            ),
+        ]
+    }
+
+    #[test]
+    fn deconstruct_every_kind() {
+        for (bytes, want) in fixtures() {
+            assert_eq!(Control::parse(bytes).unwrap(), want, "{bytes:02x?}");
+            assert_eq!(Control::parse(bytes).unwrap().kind(), bytes[0]);
+        }
+    }
+
+    #[test]
+    fn construct_every_kind() {
+        for (bytes, msg) in fixtures() {
+            assert_eq!(msg.check(), Ok(()));
+            assert_eq!(msg.buffer_len(), bytes.len(), "{msg:?}");
+            let mut buf = vec![0xAA; msg.buffer_len()];
+            msg.emit(&mut buf);
+            assert_eq!(buf, bytes, "{msg:?}");
+        }
+    }
+
+    #[test]
+    fn round_trip_every_kind() {
+        for (_, msg) in fixtures() {
+            let mut buf = vec![0; msg.buffer_len()];
+            msg.emit(&mut buf);
+            assert_eq!(Control::parse(&buf).unwrap(), msg);
+        }
+    }
+
+    #[test]
+    fn every_strict_prefix_is_an_error() {
+        for (bytes, _) in fixtures() {
+            for n in 0..bytes.len() {
+                assert!(
+                    matches!(
+                        Control::parse(&bytes[..n]),
+                        Err(FrameError::BadControl { .. })
+                    ),
+                    "prefix {n} of {bytes:02x?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn trailing_bytes_are_ignored() {
+        for (bytes, want) in fixtures() {
+            let mut longer = bytes.to_vec();
+            longer.extend_from_slice(&[0xff; 9]);
+            assert_eq!(Control::parse(&longer).unwrap(), want);
+        }
+    }
+
+    #[test]
+    fn unknown_kind_is_a_value_not_an_error() {
+        assert_eq!(
+            Control::parse(&[0x7f, 1, 2, 3]),
+            Ok(Control::Unknown { kind: 0x7f })
+        );
+        let msg = Control::Unknown { kind: 0x7f };
+        assert_eq!(msg.buffer_len(), 1);
+        let mut buf = [0; 1];
+        msg.emit(&mut buf);
+        assert_eq!(buf, [0x7f]);
+    }
+
+    #[test]
+    fn unknown_role_and_reason_survive() {
+        let mut b = HELLO_BYTES;
+        b[6] = 9;
+        let Ok(Control::Hello(h)) = Control::parse(&b) else {
+            panic!("hello did not parse")
+        };
+        assert_eq!(h.role, Role::Unknown(9));
+        assert_eq!(
+            Control::parse(&[kind::BYE, 42, 0]),
+            Ok(Control::Bye(Bye {
+                reason: ByeReason::Unknown(42),
+                message: String::new()
+            }))
+        );
+    }
+
+    #[test]
+    fn malformed_bodies() {
+        let bad = |bytes: &[u8], why: &'static str| {
+            assert_eq!(
+                Control::parse(bytes),
+                Err(FrameError::BadControl {
+                    kind: bytes[0],
+                    reason: why
+                }),
+                "{bytes:02x?}"
+            );
+        };
+        let mut b = HELLO_BYTES;
+        b[1] = b'X';
+        bad(&b, "bad Hello magic");
+        let mut b = HELLO_BYTES;
+        b[22] = 0xff; // invalid UTF-8 in identity
+        bad(&b, "text is not UTF-8");
+        let mut b = LINK_CONFIG_BYTES;
+        b[49] = 5; // dns[0] family
+        bad(&b, "bad address family");
+        let mut b = LINK_CONFIG_BYTES;
+        b[4] = MAX_DNS as u8 + 1;
+        bad(&b, "too many DNS servers");
+        let mut b = LINK_CONFIG_BYTES;
+        b[2] = 33;
+        bad(&b, "prefix out of range");
+        let mut b = LINK_CONFIG_BYTES;
+        b[3] = 129;
+        bad(&b, "prefix out of range");
+        let mut b = STATS_BYTES;
+        b[1] = MAX_STATS as u8 + 1;
+        bad(&b, "too many counters");
+        assert_eq!(
+            Control::parse(&[]),
+            Err(FrameError::BadControl {
+                kind: 0,
+                reason: "empty control record"
+            })
+        );
+    }
+
+    #[test]
+    fn link_config_absent_fields() {
+        let lc = Control::LinkConfig(LinkConfig {
+            mtu: 1500,
+            ..LinkConfig::default()
+        });
+        let mut buf = vec![0; lc.buffer_len()];
+        lc.emit(&mut buf);
+        assert_eq!(buf.len(), 1 + LC_FIXED_LEN);
+        assert_eq!(&buf[1..5], &[0, 0, 0, 0]);
+        assert_eq!(Control::parse(&buf).unwrap(), lc);
+    }
+
+    #[test]
+    fn check_and_emit_limits() {
+        let many_dns = Control::LinkConfig(LinkConfig {
+            dns: vec![IpAddr::V4(Ipv4Addr::LOCALHOST); MAX_DNS + 1],
+            ..LinkConfig::default()
+        });
+        assert_eq!(
+            many_dns.check(),
+            Err(FrameError::TooLarge {
+                len: MAX_DNS + 1,
+                max: MAX_DNS
+            })
+        );
+        // Emit cuts the list at the limit, so the output still parses.
+        let mut buf = vec![0; many_dns.buffer_len()];
+        many_dns.emit(&mut buf);
+        let Ok(Control::LinkConfig(lc)) = Control::parse(&buf) else {
+            panic!("cut LinkConfig did not parse")
+        };
+        assert_eq!(lc.dns.len(), MAX_DNS);
+
+        let many_stats = Control::Stats(Stats {
+            counters: vec![(StatId::TX_DROPS, 1); MAX_STATS + 1],
+        });
+        assert!(many_stats.check().is_err());
+        let mut buf = vec![0; many_stats.buffer_len()];
+        many_stats.emit(&mut buf);
+        assert!(
+            matches!(Control::parse(&buf), Ok(Control::Stats(s)) if s.counters.len() == MAX_STATS)
+        );
+
+        let bad_prefix = Control::LinkConfig(LinkConfig {
+            ipv4: Some(Cidr {
+                addr: Ipv4Addr::LOCALHOST,
+                prefix: 33,
+            }),
+            ..LinkConfig::default()
+        });
+        assert!(bad_prefix.check().is_err());
+
+        // Texts are cut at MAX_TEXT_LEN bytes on a character boundary.
+        let long = Control::Bye(Bye {
+            reason: ByeReason::Shutdown,
+            message: "é".repeat(200),
+        });
+        let mut buf = vec![0; long.buffer_len()];
+        long.emit(&mut buf);
+        let Ok(Control::Bye(b)) = Control::parse(&buf) else {
+            panic!("long Bye did not parse")
+        };
+        assert_eq!(b.message.len(), MAX_TEXT_LEN - 1);
+        assert_eq!(b.message, "é".repeat(127));
     }
 }

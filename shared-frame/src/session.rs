@@ -221,13 +221,15 @@ impl Session {
     /// A new session in `Connecting` state with a Hello queued.
     pub fn new(mut cfg: SessionConfig, now: Instant) -> Self {
         cfg.max_bundle = cfg.max_bundle.clamp(MIN_MAX_BUNDLE, MAX_BUNDLE_LIMIT);
+        let next_hello = now + cfg.hello_interval;
         Self {
             cfg,
             state: LinkState::Connecting,
             negotiated: None,
             have_link_config: false,
             last_rx: now,
-            next_hello: now,
+            // The first Hello is already queued; the retry timer starts now.
+            next_hello,
             next_keepalive: now,
             keepalive_seq: 0,
             rtt: None,
@@ -426,6 +428,7 @@ impl Session {
                 if self.state == LinkState::Up {
                     self.state = LinkState::Down;
                     self.negotiated = None;
+                    self.have_link_config = false;
                     self.next_hello = now + self.cfg.hello_interval;
                 }
                 self.push_event(SessionEvent::Down(DownReason::Bye(b)));
@@ -468,8 +471,21 @@ impl Session {
             }));
             return;
         }
-        if h.flags & HELLO_FLAG_REPLY == 0 {
+        let is_reply = h.flags & HELLO_FLAG_REPLY != 0;
+        if !is_reply {
             self.send_hello = Some(HELLO_FLAG_REPLY);
+        }
+        // A reply from the peer we are already up with (both sides sent Hello at once) changes
+        // nothing: no second Up event, no second LinkConfig.
+        let same_peer = self.state == LinkState::Up
+            && self.negotiated.as_ref().is_some_and(|n| {
+                Hello {
+                    flags: h.flags,
+                    ..n.peer.clone()
+                } == h
+            });
+        if is_reply && same_peer {
+            return;
         }
         let n = Negotiated {
             version,
@@ -502,6 +518,12 @@ impl Session {
     /// Appends pending control records to `w`; returns how many. Records that do not fit stay
     /// pending for the next bundle.
     pub fn poll_control(&mut self, w: &mut BundleWriter<'_>) -> usize {
+        let n = self.append_control(w);
+        self.counters.tx_controls += n as u64;
+        n
+    }
+
+    fn append_control(&mut self, w: &mut BundleWriter<'_>) -> usize {
         let mut n = 0;
         if let Some(b) = self.send_bye.take() {
             if w.push_control(&Control::Bye(b.clone())).is_err() {
@@ -552,7 +574,6 @@ impl Session {
                 }
             }
         }
-        self.counters.tx_controls += n as u64;
         n
     }
 
