@@ -1,0 +1,410 @@
+//! Stream links shared by `qbkit-gadget` (`--link`) and `qbkit-host` (`--transport`): the same bundle
+//! framing on any byte stream, for tests, Qubes qrexec and network export of a board.
+//!
+//! Data flow: [`LinkUrl::parse`] turns the command-line value into a [`LinkUrl`]; a [`Connector`] turns
+//! that into a fresh byte stream each time the previous one is lost (it re-dials, or re-accepts on a
+//! listener it keeps bound); [`BundleReader`] cuts the stream into bundles with
+//! [`shared_frame::StreamDecoder`] (bounded buffering, one read buffer allocated once) and
+//! [`write_bundle`] writes one. The session logic (Hello, keepalives) is not here: it lives in
+//! [`shared_frame::Session`], driven by each program's event loop.
+//!
+//! Stream links carry no authentication. Listening on a non-loopback address logs a warning; bind
+//! to trusted interfaces or run the link over SSH or qrexec.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::Stdio;
+
+use shared_frame::{Bundle, FrameError, StreamDecoder};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+#[cfg(unix)]
+use tokio::net::{UnixListener, UnixStream};
+
+/// The read half of a link stream.
+pub type LinkRead = Pin<Box<dyn AsyncRead + Send>>;
+/// The write half of a link stream.
+pub type LinkWrite = Pin<Box<dyn AsyncWrite + Send>>;
+
+/// Errors of stream links.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LinkError {
+    /// The link URL does not parse.
+    #[error("invalid link {url:?}: {reason}")]
+    BadUrl {
+        /// The text given.
+        url: String,
+        /// What is wrong, with the accepted forms.
+        reason: &'static str,
+    },
+    /// Connecting, listening or spawning failed.
+    #[error("{what} {target}: {source}")]
+    Io {
+        /// The operation.
+        what: &'static str,
+        /// The address, path or command.
+        target: String,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The stream carried bytes that are not qbkit framing; the stream must be closed.
+    #[error("framing error on the link: {0}")]
+    Frame(FrameError),
+    /// The link cannot be re-established (stdio is used once).
+    #[error("{0} cannot reconnect")]
+    Exhausted(&'static str),
+}
+
+/// Where a stream link goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkUrl {
+    /// `tcp://HOST:PORT`: dial, re-dial when lost.
+    Tcp(String),
+    /// `tcp-listen://ADDR:PORT`: listen, accept one peer at a time.
+    TcpListen(SocketAddr),
+    /// `unix:///PATH`: dial a unix socket.
+    Unix(PathBuf),
+    /// `unix-listen:///PATH`: listen on a unix socket (a stale socket file is replaced).
+    UnixListen(PathBuf),
+    /// `stdio`: stdin and stdout (qrexec services, `ssh`), once.
+    Stdio,
+    /// `exec:COMMAND`: run COMMAND with `sh -c` and talk to its stdin/stdout; re-run when it exits.
+    Exec(String),
+}
+
+impl LinkUrl {
+    /// The accepted forms, for error messages and `--help`.
+    pub const FORMS: &'static str = "tcp://HOST:PORT, tcp-listen://ADDR:PORT, unix:///PATH, \
+                                     unix-listen:///PATH, stdio, exec:COMMAND";
+
+    /// Parses a link URL.
+    pub fn parse(s: &str) -> Result<Self, LinkError> {
+        let bad = |reason| LinkError::BadUrl {
+            url: s.to_owned(),
+            reason,
+        };
+        if s == "stdio" || s == "-" {
+            return Ok(Self::Stdio);
+        }
+        if let Some(cmd) = s.strip_prefix("exec:") {
+            return if cmd.trim().is_empty() {
+                Err(bad("exec: needs a command"))
+            } else {
+                Ok(Self::Exec(cmd.to_owned()))
+            };
+        }
+        let Some((scheme, rest)) = s.split_once("://") else {
+            return Err(bad(
+                "expected tcp://, tcp-listen://, unix://, unix-listen://, stdio or exec:",
+            ));
+        };
+        match scheme {
+            "tcp" => {
+                if rest
+                    .rsplit_once(':')
+                    .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+                {
+                    return Err(bad("tcp:// needs HOST:PORT"));
+                }
+                Ok(Self::Tcp(rest.to_owned()))
+            }
+            "tcp-listen" => rest
+                .parse()
+                .map(Self::TcpListen)
+                .map_err(|_| bad("tcp-listen:// needs ADDR:PORT, e.g. 127.0.0.1:4747")),
+            "unix" | "unix-listen" => {
+                if !rest.starts_with('/') {
+                    return Err(bad("unix paths must be absolute: unix:///run/qbkit.sock"));
+                }
+                let p = PathBuf::from(rest);
+                Ok(if scheme == "unix" {
+                    Self::Unix(p)
+                } else {
+                    Self::UnixListen(p)
+                })
+            }
+            _ => Err(bad("unknown scheme")),
+        }
+    }
+
+    /// True for the forms that wait for a peer rather than dial one.
+    pub fn is_listener(&self) -> bool {
+        matches!(self, Self::TcpListen(_) | Self::UnixListen(_))
+    }
+}
+
+impl fmt::Display for LinkUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp(a) => write!(f, "tcp://{a}"),
+            Self::TcpListen(a) => write!(f, "tcp-listen://{a}"),
+            Self::Unix(p) => write!(f, "unix://{}", p.display()),
+            Self::UnixListen(p) => write!(f, "unix-listen://{}", p.display()),
+            Self::Stdio => f.write_str("stdio"),
+            Self::Exec(c) => write!(f, "exec:{c}"),
+        }
+    }
+}
+
+enum Listener {
+    None,
+    Tcp(TcpListener),
+    #[cfg(unix)]
+    Unix(UnixListener),
+}
+
+/// Produces a fresh stream for a [`LinkUrl`] each time [`Connector::connect`] is called: the first
+/// connection and every reconnection after a loss. Listeners stay bound between accepts.
+pub struct Connector {
+    url: LinkUrl,
+    listener: Listener,
+    stdio_used: bool,
+    child: Option<tokio::process::Child>,
+}
+
+impl fmt::Debug for Connector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connector")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+fn io_err(what: &'static str, target: impl fmt::Display) -> impl FnOnce(io::Error) -> LinkError {
+    move |source| LinkError::Io {
+        what,
+        target: target.to_string(),
+        source,
+    }
+}
+
+impl Connector {
+    /// A connector; listeners are bound on the first [`connect`](Self::connect).
+    pub fn new(url: LinkUrl) -> Self {
+        Self {
+            url,
+            listener: Listener::None,
+            stdio_used: false,
+            child: None,
+        }
+    }
+
+    /// The URL.
+    pub fn url(&self) -> &LinkUrl {
+        &self.url
+    }
+
+    /// The bound address of a `tcp-listen` link after [`bind`](Self::bind) (useful with port 0).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        match &self.listener {
+            Listener::Tcp(l) => l.local_addr().ok(),
+            _ => None,
+        }
+    }
+
+    /// Binds a listening link now (a no-op for the other forms), so address-in-use and permission
+    /// errors show at start-up and peers can connect before the first [`connect`](Self::connect).
+    pub async fn bind(&mut self) -> Result<(), LinkError> {
+        if !matches!(self.listener, Listener::None) {
+            return Ok(());
+        }
+        match &self.url {
+            LinkUrl::TcpListen(addr) => {
+                let l = TcpListener::bind(addr)
+                    .await
+                    .map_err(io_err("listen on", addr))?;
+                if !addr.ip().is_loopback() {
+                    tracing::warn!(
+                        %addr,
+                        "stream link listens on a non-loopback address; it has no authentication"
+                    );
+                }
+                self.listener = Listener::Tcp(l);
+            }
+            #[cfg(unix)]
+            LinkUrl::UnixListen(path) => {
+                match std::fs::remove_file(path) {
+                    Ok(()) => tracing::debug!(path = %path.display(), "removed stale socket"),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io_err("remove stale socket", path.display())(e)),
+                }
+                let l = UnixListener::bind(path).map_err(io_err("listen on", path.display()))?;
+                self.listener = Listener::Unix(l);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Waits for the next stream: dials, accepts or spawns. Dial failures are returned (the caller
+    /// retries with backoff); a listener keeps waiting for a peer.
+    pub async fn connect(&mut self) -> Result<(LinkRead, LinkWrite), LinkError> {
+        if let Some(mut c) = self.child.take() {
+            // The previous exec'd peer is gone or being replaced; never leave it running.
+            let _ = c.kill().await;
+        }
+        self.bind().await?;
+        match &self.url {
+            LinkUrl::Tcp(addr) => {
+                let s = TcpStream::connect(addr)
+                    .await
+                    .map_err(io_err("connect to", addr))?;
+                s.set_nodelay(true).ok();
+                let (r, w) = s.into_split();
+                Ok((Box::pin(r), Box::pin(w)))
+            }
+            LinkUrl::TcpListen(addr) => {
+                let Listener::Tcp(l) = &self.listener else {
+                    unreachable!("bind() set the listener")
+                };
+                let (s, peer) = l.accept().await.map_err(io_err("accept on", addr))?;
+                tracing::info!(%peer, "stream link accepted");
+                s.set_nodelay(true).ok();
+                let (r, w) = s.into_split();
+                Ok((Box::pin(r), Box::pin(w)))
+            }
+            #[cfg(unix)]
+            LinkUrl::Unix(path) => {
+                let s = UnixStream::connect(path)
+                    .await
+                    .map_err(io_err("connect to", path.display()))?;
+                let (r, w) = s.into_split();
+                Ok((Box::pin(r), Box::pin(w)))
+            }
+            #[cfg(unix)]
+            LinkUrl::UnixListen(path) => {
+                let Listener::Unix(l) = &self.listener else {
+                    unreachable!("bind() set the listener")
+                };
+                let (s, _) = l
+                    .accept()
+                    .await
+                    .map_err(io_err("accept on", path.display()))?;
+                tracing::info!(path = %path.display(), "stream link accepted");
+                let (r, w) = s.into_split();
+                Ok((Box::pin(r), Box::pin(w)))
+            }
+            #[cfg(not(unix))]
+            LinkUrl::Unix(_) | LinkUrl::UnixListen(_) => Err(LinkError::BadUrl {
+                url: self.url.to_string(),
+                reason: "unix sockets are not supported on this OS",
+            }),
+            LinkUrl::Stdio => {
+                if std::mem::replace(&mut self.stdio_used, true) {
+                    return Err(LinkError::Exhausted("stdio"));
+                }
+                Ok((Box::pin(tokio::io::stdin()), Box::pin(tokio::io::stdout())))
+            }
+            LinkUrl::Exec(cmd) => {
+                let mut child = exec_command(cmd)
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::inherit())
+                    .kill_on_drop(true)
+                    .spawn()
+                    .map_err(io_err("run", cmd))?;
+                let r = child.stdout.take().expect("stdout is piped");
+                let w = child.stdin.take().expect("stdin is piped");
+                self.child = Some(child);
+                Ok((Box::pin(r), Box::pin(w)))
+            }
+        }
+    }
+}
+
+#[cfg(unix)]
+fn exec_command(cmd: &str) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new("/bin/sh");
+    c.arg("-c").arg(cmd);
+    c
+}
+
+#[cfg(windows)]
+fn exec_command(cmd: &str) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new("cmd");
+    c.arg("/C").arg(cmd);
+    c
+}
+
+impl Drop for Connector {
+    fn drop(&mut self) {
+        #[cfg(unix)]
+        if let (LinkUrl::UnixListen(p), Listener::Unix(_)) = (&self.url, &self.listener) {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Cuts bundles out of a byte stream.
+pub struct BundleReader {
+    read: LinkRead,
+    decoder: StreamDecoder,
+}
+
+impl fmt::Debug for BundleReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BundleReader")
+            .field("buffered", &self.decoder.buffered())
+            .finish_non_exhaustive()
+    }
+}
+
+impl BundleReader {
+    /// A reader accepting bundles of up to `max_bundle` bytes.
+    pub fn new(read: LinkRead, max_bundle: usize) -> Self {
+        Self {
+            read,
+            decoder: StreamDecoder::new(max_bundle),
+        }
+    }
+
+    /// The next bundle's bytes, or `None` at a clean end of stream (between bundles).
+    ///
+    /// Cancel-safe: bytes read before a cancellation stay buffered.
+    pub async fn next(&mut self) -> Result<Option<&[u8]>, LinkError> {
+        loop {
+            // Decide with an immutable probe first so the returned borrow does not overlap the read.
+            let ready = match self.decoder.next_bundle() {
+                Some(Ok(b)) => Some(b.len()),
+                Some(Err(e)) => return Err(LinkError::Frame(e)),
+                None => None,
+            };
+            if let Some(len) = ready {
+                debug_assert_eq!(self.decoder.last_bundle().len(), len);
+                return Ok(Some(self.decoder.last_bundle()));
+            }
+            let n = self
+                .read
+                .read(self.decoder.read_buf())
+                .await
+                .map_err(io_err("read from", "link"))?;
+            if n == 0 {
+                if self.decoder.buffered() == 0 {
+                    return Ok(None);
+                }
+                return Err(LinkError::Io {
+                    what: "read from",
+                    target: "link".into(),
+                    source: io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "stream ended inside a bundle",
+                    ),
+                });
+            }
+            self.decoder.commit(n);
+        }
+    }
+}
+
+/// Writes one finished bundle (the output of [`shared_frame::BundleWriter::finish`]).
+pub async fn write_bundle(w: &mut LinkWrite, bundle: &[u8]) -> Result<(), LinkError> {
+    debug_assert!(Bundle::new_checked(bundle, shared_frame::MAX_BUNDLE_LIMIT).is_ok());
+    w.write_all(bundle)
+        .await
+        .map_err(io_err("write to", "link"))?;
+    w.flush().await.map_err(io_err("flush", "link"))
+}
