@@ -1,2 +1,173 @@
-//! qbkit-nat: the I/O-free userspace NAT core of qbkit-host (filled in by the NAT issue).
+//! qbkit-nat: the I/O-free userspace NAT core of qbkit-host.
+//!
+//! The board's IP packets come in, requests to open, write and close ordinary OS sockets go
+//! out, and what those sockets do comes back as events. The core never reads a clock, opens a
+//! socket or touches a file: time is a parameter, sockets belong to the driver
+//! (`host/src/driver.rs`), and tests drive it with a fake clock and scripted socket events.
+//!
+//! # Theory of operation
+//!
+//! ```text
+//!  board ──IP──▶ handle_ip_packet ─┬─ TCP ─▶ smoltcp (any-IP) ─▶ tcp_recv ──▶ OS socket write
+//!                                  ├─ UDP ─▶ UdpSend event ───────────────▶ OS socket send
+//!                                  └─ ICMP ─▶ IcmpEchoRequest event ──────▶ ping socket
+//!  board ◀─IP── poll_ip_packet ◀── smoltcp egress ◀─ tcp_send ◀──────────── OS socket read
+//!                              ◀── UDP/ICMP packets ◀─ handle_os_event ◀─── OS socket recv
+//! ```
+//!
+//! TCP is terminated in smoltcp in any-IP mode: the interface owns `0.0.0.1/0`, routes
+//! everything through itself and accepts every destination. A listening socket is created per
+//! connection, for exactly the destination the board dialled, but only once the OS connect has
+//! succeeded: the SYN is held (headers only) and replayed then. So the board sees a SYN-ACK only
+//! for a destination that accepted, a RST for one that refused (its connect() fails with
+//! ECONNREFUSED within one round trip, like slirp), and an ICMP unreachable for one that
+//! could not be reached.
+//!
+//! ## Limits
+//!
+//! Every resource is bounded by [`NatConfig`]: `max_flows` flows (4096), of which
+//! `max_connecting` (512) may wait for an OS connect; per TCP flow a receive and a transmit
+//! buffer (`tcp_rx_buffer`/`tcp_tx_buffer`, 1 MiB each, window scaling on) allocated zeroed, so
+//! the OS commits pages only as data passes (an idle flow costs a few KiB); at most
+//! `max_queued_board_packets` packets (64) for the board and `max_queued_datagram_bytes` (4 MiB)
+//! of UDP/ICMP payload in events. Nothing grows without bound: TCP stops reading (window) or
+//! accepting (`tcp_send` returns less) when buffers are full; UDP and ICMP drop and count.
+//! Fragments are dropped and counted (`drop_fragment`): the link MTU is large and the board's
+//! stack does path MTU discovery, so they only come from oversized UDP, and reassembly would be
+//! an unbounded buffer. IPv6 packets are counted (`drop_ipv6`) until the IPv6 issue lands.
+//!
+//! ## Ports
+//!
+//! The core keeps no port space of its own: each flow is one OS socket, and the OS picks the
+//! source port. The board's endpoints appear only inside the core. The gateway address
+//! answers port 53 (UDP and TCP) by forwarding to the driver's upstream resolvers, answers echo
+//! requests itself, and maps other ports to 127.0.0.1 only with `allow_host_loopback` and
+//! `map_gateway_to_loopback`; otherwise its TCP ports refuse (RST) and UDP ports answer ICMP port
+//! unreachable. Host loopback and link-local (`allow_host_loopback`), private networks
+//! (`allow_lan`) and other addresses of the board network are denied with ICMP "administratively
+//! prohibited" or "host unreachable" and counted; multicast and broadcast are dropped.
+//!
+//! ## Flow tracking and storage
+//!
+//! A flow is a TCP connection (board endpoint, destination), a UDP pair (same key), or an ICMP
+//! echo identifier (board, destination, identifier). Flows live in a hash table keyed both ways:
+//! by [`FlowId`] for the driver and by the board's 4-tuple for packets. Ids are never reused,
+//! so late driver events for a finished flow are recognised and counted (`drop_stale_os_event`).
+//! When the table is full, the flow idle longest (UDP/ICMP first) is evicted if it has been idle
+//! at least `evict_min_idle`; TCP flows are evicted with a RST both ways.
+//!
+//! ## Events and states
+//!
+//! | TCP phase | board sees | enters on | leaves on |
+//! |---|---|---|---|
+//! | connecting | nothing (its SYNs are held) | SYN → `TcpConnect` | `TcpConnected` → open; `TcpConnectFailed` → RST / ICMP; board RST → `TcpClose` |
+//! | open | SYN-ACK, data, FIN | SYN replayed into smoltcp | TIME-WAIT or CLOSED after LAST-ACK → draining; RST either way → gone |
+//! | draining | nothing more (smoltcp socket freed) | both FINs done | driver took the last bytes → `TcpShutdown`, `TcpClose` |
+//!
+//! Driver-facing TCP events: `TcpReadable` (edge: board data waiting), `TcpWritable` (edge: room
+//! for OS data after `tcp_send` ran short), `TcpShutdown` (board FIN, after its data),
+//! `TcpClose{reset}` (flow over). OS side: `TcpConnected`, `TcpConnectFailed`, `TcpEof`
+//! (becomes the board's FIN after queued data) and `TcpReset` (becomes a RST; no close event
+//! follows). Events the driver caused itself (connect failure, reset, `UdpError::Failed`,
+//! `IcmpUnavailable`) end a flow without a close event.
+//!
+//! ## Aging and timeout
+//!
+//! UDP flows expire after `udp_timeout` (30 s) idle, or `udp_stream_timeout` (180 s) once
+//! replies were seen and the flow is not DNS (long-lived protocols keep their OS port); ICMP
+//! echo flows after `icmp_timeout` (30 s); a connect the driver never answers after
+//! `tcp_connect_timeout` (75 s, ICMP host unreachable to the board). Established TCP flows do
+//! not age: they end by FIN or RST like a kernel connection, smoltcp aborts one whose board side
+//! stops acknowledging for `tcp_timeout` (120 s), and eviction reclaims idle ones under
+//! pressure. The aging scan runs once a second only while flows that age exist; a core with only
+//! established TCP flows and nothing in flight asks for no timer at all.
+//!
+//! # Driving the core
+//!
+//! ```text
+//! loop {
+//!     wait for: link packet | OS socket readiness | timer (poll_timeout)
+//!     feed:     handle_ip_packet / handle_os_event / tcp_recv / tcp_send / handle_timeout
+//!     drain:    while let Some(n) = poll_ip_packet(now, &mut buf) { send to board }
+//!               while let Some(ev) = poll_event() { act on OS sockets }
+//!     timer  =  poll_timeout(now)
+//! }
+//! ```
+//!
+//! Drain both queues after every call: TCP output is produced lazily inside `poll_ip_packet`,
+//! so a driver that stops calling it (because the link is busy) backpressures every flow, and
+//! may call it again later to resume. Batching many `handle_ip_packet` calls before draining is
+//! cheaper (one ACK per flow per batch).
+//!
+//! Memory note for the driver: with glibc, fix `M_MMAP_THRESHOLD` (e.g. `mallopt(M_MMAP_THRESHOLD,
+//! 128 KiB)`) at start-up. Otherwise glibc raises the threshold after the first large free and
+//! later TCP buffers come from the heap, where `calloc` must zero (commit) them in full and
+//! freed memory is not returned: RSS then grows with churn.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod config;
+mod counters;
+mod device;
+mod event;
+mod flow;
+mod icmp;
+mod nat;
+mod policy;
+mod tcp;
+mod udp;
+
+pub use config::{MAX_MTU, MIN_MTU, NatConfig};
+pub use counters::Counters;
+pub use event::{ConnectError, DatagramError, FlowId, NatEvent, OsEvent};
+pub use flow::{FlowInfo, Protocol};
+pub use nat::Nat;
+/// The clock type of the core: microseconds since an arbitrary start, chosen by the driver.
+pub use smoltcp::time::{Duration, Instant};
+
+/// Errors from creating a [`Nat`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NatError {
+    /// The MTU is outside 1280..=65535.
+    #[error("MTU {0} is outside {MIN_MTU}..={MAX_MTU}")]
+    BadMtu(usize),
+    /// The prefix leaves no room for a board and a gateway.
+    #[error("prefix length /{0} is too long (at most /30)")]
+    BadPrefix(u8),
+    /// Board and gateway have the same address.
+    #[error("board and gateway both use {0}")]
+    SameAddress(core::net::Ipv4Addr),
+    /// A TCP buffer size is outside 4 KiB..=1 GiB.
+    #[error("{name} = {size} bytes is outside 4096..=1073741824")]
+    BadBuffer {
+        /// Which setting.
+        name: &'static str,
+        /// Its value.
+        size: usize,
+    },
+    /// `max_flows` or `max_queued_board_packets` is zero.
+    #[error("a flow or queue limit is zero")]
+    ZeroLimit,
+    /// smoltcp refused the default route (cannot happen with a fresh interface).
+    #[error("could not install the any-IP default route")]
+    Route,
+}
+
+/// Errors from the per-flow TCP calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FlowError {
+    /// The flow does not exist (any more): it ended and its events may still be queued.
+    #[error("flow {0} does not exist")]
+    UnknownFlow(FlowId),
+    /// The flow is UDP or ICMP.
+    #[error("flow {0} is not TCP")]
+    NotTcp(FlowId),
+    /// The board-bound direction is closed (after `TcpEof`, or the board's side is gone).
+    #[error("flow {0} cannot send to the board any more")]
+    SendClosed(FlowId),
+}
+
+#[cfg(test)]
+mod tests;

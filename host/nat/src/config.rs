@@ -1,0 +1,154 @@
+//! NatConfig: every limit, timeout, address and policy switch of the NAT core, with defaults.
+//!
+//! The driver builds one `NatConfig` (defaults, then flags and config file), hands it to
+//! [`Nat::new`](crate::Nat::new), and may later replace the DNS upstreams with
+//! [`Nat::set_dns_servers`](crate::Nat::set_dns_servers). Nothing here is read from the OS.
+
+use core::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use smoltcp::time::Duration;
+
+/// Configuration of a [`Nat`](crate::Nat). Start from [`NatConfig::default`] and change fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "independent policy switches, each documented"
+)]
+pub struct NatConfig {
+    /// The board's IPv4 address (default 10.47.0.2). Packets to the board are addressed to it.
+    pub board_ipv4: Ipv4Addr,
+    /// The gateway's IPv4 address (default 10.47.0.1): answers DNS on port 53, echo requests, and
+    /// maps to host loopback when [`map_gateway_to_loopback`](Self::map_gateway_to_loopback) is on.
+    pub gateway_ipv4: Ipv4Addr,
+    /// Prefix length of the board network (default 24). Other addresses inside it are unreachable.
+    pub prefix_len: u8,
+    /// The board's IPv6 address (default fd47::2). Kept for the IPv6 issue; IPv6 packets are
+    /// counted in `drop_ipv6` for now.
+    pub board_ipv6: Ipv6Addr,
+    /// The gateway's IPv6 address (default fd47::1).
+    pub gateway_ipv6: Ipv6Addr,
+    /// Link MTU (default 65520): the largest IP packet sent to the board, and the TCP MSS base.
+    /// `poll_ip_packet` needs an output buffer at least this large.
+    pub mtu: usize,
+    /// Upstream DNS resolvers the gateway's port 53 forwards to (UDP and TCP). The driver reads
+    /// them from the OS (resolv.conf, systemd-resolved). Empty: DNS to the gateway is refused.
+    /// These addresses are exempt from the loopback/LAN policy.
+    pub dns_servers: Vec<SocketAddr>,
+    /// Let the board reach host loopback (127.0.0.0/8) and link-local (169.254.0.0/16). Default off.
+    pub allow_host_loopback: bool,
+    /// Map the gateway address (other than DNS) to 127.0.0.1, like slirp's 10.0.2.2. Only takes
+    /// effect together with `allow_host_loopback`. Default off.
+    pub map_gateway_to_loopback: bool,
+    /// Let the board reach private networks of the host (10/8, 172.16/12, 192.168/16, 100.64/10).
+    /// Default off (DESIGN.md: "host loopback and LAN reachable from board: no").
+    pub allow_lan: bool,
+    /// Most flows of all kinds at once (default 4096). When full, the longest-idle flow that has
+    /// been idle at least `evict_min_idle` is evicted; otherwise the new flow is dropped.
+    pub max_flows: usize,
+    /// Most TCP flows waiting for the OS connect (default 512). More SYNs are counted as
+    /// `drop_syn_flood` and dropped (the board retries them).
+    pub max_connecting: usize,
+    /// A flow must be idle this long before it may be evicted for a new one (default 10 s).
+    pub evict_min_idle: Duration,
+    /// TCP receive buffer (board → OS) per flow, bytes (default 1 MiB). It is the advertised
+    /// window (with window scaling) and is committed by the OS only as data passes through it.
+    pub tcp_rx_buffer: usize,
+    /// TCP transmit buffer (OS → board) per flow, bytes (default 1 MiB).
+    pub tcp_tx_buffer: usize,
+    /// Abort a TCP flow whose board side stops acknowledging data for this long (default 120 s).
+    pub tcp_timeout: Duration,
+    /// Give up on an OS connect the driver never answered (default 75 s, Linux's SYN retry span).
+    pub tcp_connect_timeout: Duration,
+    /// Idle timeout of a UDP flow that has not seen a reply, or of any DNS flow (default 30 s).
+    pub udp_timeout: Duration,
+    /// Idle timeout of a non-DNS UDP flow that has seen replies (default 180 s, like conntrack's
+    /// "stream" state): long-lived protocols (QUIC, VPNs, games) keep their port.
+    pub udp_stream_timeout: Duration,
+    /// Idle timeout of an ICMP echo flow (default 30 s).
+    pub icmp_timeout: Duration,
+    /// Bytes of UDP payload and ICMP echo data queued in events the driver has not polled yet
+    /// (default 4 MiB). Beyond it datagrams are dropped (`drop_event_queue_full`).
+    pub max_queued_datagram_bytes: usize,
+    /// Packets queued for the board that the driver has not polled yet (default 64). TCP stops
+    /// producing at this mark (backpressure); UDP/ICMP packets beyond it are dropped.
+    pub max_queued_board_packets: usize,
+    /// Send echo requests to the OS (ping sockets). When off, or after the driver reports
+    /// `OsEvent::IcmpUnavailable`, only pings to the gateway are answered.
+    pub icmp_echo_via_os: bool,
+    /// Verify TCP/UDP/ICMP checksums of packets from the board (default off: USB bulk transfers
+    /// carry a CRC and stream transports are reliable, so this only costs CPU). The IPv4 header
+    /// checksum is always verified.
+    pub verify_rx_checksums: bool,
+    /// Seed for TCP initial sequence numbers. The driver should pass a random value.
+    pub random_seed: u64,
+    /// At most this many drop log lines per second (default 10); the rest are counted and
+    /// summarised.
+    pub log_rate_per_sec: u32,
+}
+
+impl Default for NatConfig {
+    fn default() -> Self {
+        Self {
+            board_ipv4: Ipv4Addr::new(10, 47, 0, 2),
+            gateway_ipv4: Ipv4Addr::new(10, 47, 0, 1),
+            prefix_len: 24,
+            board_ipv6: Ipv6Addr::new(0xfd47, 0, 0, 0, 0, 0, 0, 2),
+            gateway_ipv6: Ipv6Addr::new(0xfd47, 0, 0, 0, 0, 0, 0, 1),
+            mtu: 65520,
+            dns_servers: Vec::new(),
+            allow_host_loopback: false,
+            map_gateway_to_loopback: false,
+            allow_lan: false,
+            max_flows: 4096,
+            max_connecting: 512,
+            evict_min_idle: Duration::from_secs(10),
+            tcp_rx_buffer: 1 << 20,
+            tcp_tx_buffer: 1 << 20,
+            tcp_timeout: Duration::from_secs(120),
+            tcp_connect_timeout: Duration::from_secs(75),
+            udp_timeout: Duration::from_secs(30),
+            udp_stream_timeout: Duration::from_secs(180),
+            icmp_timeout: Duration::from_secs(30),
+            max_queued_datagram_bytes: 4 << 20,
+            max_queued_board_packets: 64,
+            icmp_echo_via_os: true,
+            verify_rx_checksums: false,
+            random_seed: 0x7162_6b69_745f_6e61,
+            log_rate_per_sec: 10,
+        }
+    }
+}
+
+/// Smallest MTU the core accepts (IPv4's minimum of 576 would starve TCP; 1280 is IPv6's).
+pub const MIN_MTU: usize = 1280;
+/// Largest MTU: an IPv4 total length is 16 bits.
+pub const MAX_MTU: usize = 65535;
+
+impl NatConfig {
+    /// Check the values that would make the core misbehave.
+    pub(crate) fn validate(&self) -> Result<(), crate::NatError> {
+        use crate::NatError;
+        if !(MIN_MTU..=MAX_MTU).contains(&self.mtu) {
+            return Err(NatError::BadMtu(self.mtu));
+        }
+        if self.prefix_len > 30 {
+            return Err(NatError::BadPrefix(self.prefix_len));
+        }
+        if self.board_ipv4 == self.gateway_ipv4 {
+            return Err(NatError::SameAddress(self.board_ipv4));
+        }
+        for (name, size) in [
+            ("tcp_rx_buffer", self.tcp_rx_buffer),
+            ("tcp_tx_buffer", self.tcp_tx_buffer),
+        ] {
+            if !(4096..=1 << 30).contains(&size) {
+                return Err(NatError::BadBuffer { name, size });
+            }
+        }
+        if self.max_flows == 0 || self.max_queued_board_packets == 0 {
+            return Err(NatError::ZeroLimit);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,151 @@
+//! Counters for every packet, flow and drop reason, and a rate limiter for drop logs.
+//!
+//! Every place in the core that drops something increments exactly one `drop_*` counter and
+//! calls [`LogLimiter::allow`] before logging, so a flood of bad packets costs a counter
+//! increment and at most `log_rate_per_sec` log lines per second.
+
+use smoltcp::time::{Duration, Instant};
+
+macro_rules! counters {
+    ($( $(#[doc = $doc:literal])* $name:ident, )*) => {
+        /// Monotonic counters since the core was created. Read with [`Nat::counters`](crate::Nat::counters).
+        #[derive(Debug, Clone, Default, PartialEq, Eq)]
+        #[non_exhaustive]
+        pub struct Counters {
+            $( $(#[doc = $doc])* pub $name: u64, )*
+        }
+
+        impl Counters {
+            /// Every counter as `(name, value)`, in declaration order (for status output).
+            pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+                [$( (stringify!($name), self.$name), )*].into_iter()
+            }
+        }
+    };
+}
+
+counters! {
+    /// IP packets handed in by `handle_ip_packet`.
+    rx_packets,
+    /// Bytes of those packets.
+    rx_bytes,
+    /// IP packets handed out by `poll_ip_packet`.
+    tx_packets,
+    /// Bytes of those packets.
+    tx_bytes,
+    /// TCP flows opened (SYN accepted, connect requested).
+    tcp_flows,
+    /// UDP flows opened.
+    udp_flows,
+    /// ICMP echo flows opened.
+    icmp_flows,
+    /// OS connects that succeeded.
+    tcp_connected,
+    /// OS connects refused (RST sent to the board).
+    tcp_refused,
+    /// OS connects that failed otherwise (ICMP error sent to the board).
+    tcp_connect_failed,
+    /// Retransmitted SYNs for a flow that is still connecting (ignored, no second connect).
+    tcp_dup_syn,
+    /// TCP resets sent to the board because the OS side reset, timed out or was evicted.
+    tcp_reset_to_board,
+    /// TCP resets received from the board.
+    tcp_reset_from_board,
+    /// Flows evicted to make room for new ones.
+    flows_evicted,
+    /// Flows that ended by idle timeout (UDP, ICMP) or connect timeout (TCP).
+    flows_expired,
+    /// ICMP errors (unreachable, time exceeded) generated towards the board.
+    icmp_errors_sent,
+    /// Echo requests to the gateway answered by the core itself.
+    gateway_pings_answered,
+    /// DNS queries forwarded (UDP datagrams and TCP connections to gateway:53).
+    dns_forwarded,
+    /// Dropped: not a valid IPv4 packet (truncated, bad header, bad length, bad header checksum).
+    drop_malformed,
+    /// Dropped: bad TCP/UDP/ICMP checksum (only with `verify_rx_checksums`).
+    drop_bad_checksum,
+    /// Dropped: IPv6 packet (IPv6 is not forwarded yet).
+    drop_ipv6,
+    /// Dropped: IPv4 fragment (policy: not reassembled; the link MTU makes them rare).
+    drop_fragment,
+    /// Dropped: TTL 0 or 1 (an ICMP time exceeded is sent back, rate-limited).
+    drop_ttl_expired,
+    /// Dropped: protocol other than TCP, UDP, ICMP.
+    drop_unknown_protocol,
+    /// Dropped: source is not the board's address.
+    drop_bad_source,
+    /// Dropped: destination is multicast, broadcast, unspecified or reserved.
+    drop_martian,
+    /// Denied: destination is host loopback or link-local and `allow_host_loopback` is off.
+    drop_policy_loopback,
+    /// Denied: destination is a private network and `allow_lan` is off.
+    drop_policy_lan,
+    /// Denied: destination is another address on the board network, or a gateway port with no service.
+    drop_policy_gateway,
+    /// Dropped: DNS to the gateway with no upstream resolver configured.
+    drop_no_dns_server,
+    /// Dropped: flow table full and nothing idle enough to evict.
+    drop_flow_limit,
+    /// Dropped: too many TCP connects pending (SYN flood protection).
+    drop_syn_flood,
+    /// TCP segment for no known flow (answered with RST by the TCP stack).
+    drop_tcp_no_flow,
+    /// Dropped: ICMP message other than echo request from the board.
+    drop_icmp_type,
+    /// Dropped: echo request while ping sockets are unavailable (only the gateway answers).
+    drop_ping_unavailable,
+    /// Dropped: UDP payload or echo data while the event queue was over its byte limit.
+    drop_event_queue_full,
+    /// Dropped: packet for the board while the board queue was full.
+    drop_board_queue_full,
+    /// Dropped: `poll_ip_packet` output buffer smaller than the packet.
+    drop_out_buffer_small,
+    /// Driver events naming a flow that no longer exists or is of another kind.
+    drop_stale_os_event,
+    /// Log lines suppressed by the rate limiter.
+    logs_suppressed,
+}
+
+/// Allows at most `per_sec` log lines per second; the rest are only counted.
+#[derive(Debug)]
+pub(crate) struct LogLimiter {
+    per_sec: u32,
+    window_start: Instant,
+    used: u32,
+    suppressed: u64,
+}
+
+impl LogLimiter {
+    pub(crate) fn new(per_sec: u32, now: Instant) -> Self {
+        Self {
+            per_sec,
+            window_start: now,
+            used: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// Whether one more line may be logged now. Reports suppressed lines when a window opens.
+    pub(crate) fn allow(&mut self, now: Instant, counters: &mut Counters) -> bool {
+        if now >= self.window_start + Duration::from_secs(1) || now < self.window_start {
+            if self.suppressed > 0 {
+                tracing::warn!(
+                    suppressed = self.suppressed,
+                    "nat: drop log lines suppressed in the last window"
+                );
+            }
+            self.window_start = now;
+            self.used = 0;
+            self.suppressed = 0;
+        }
+        if self.used < self.per_sec {
+            self.used += 1;
+            true
+        } else {
+            self.suppressed += 1;
+            counters.logs_suppressed += 1;
+            false
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! The flow table: one entry per TCP connection, UDP 2-tuple pair or ICMP echo identifier.
+//!
+//! Entries are found by [`FlowKey`] (from board packets) and by [`FlowId`] (from driver calls).
+//! The table is bounded by `NatConfig::max_flows`; `needs_aging` counts the entries that the
+//! once-a-second aging scan must look at (UDP, ICMP, TCP still connecting), so a table of only
+//! established TCP flows never wakes the driver.
+
+use std::collections::{HashMap, VecDeque};
+
+use core::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+
+use smoltcp::iface::SocketHandle;
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::TcpRepr;
+
+use crate::FlowId;
+
+/// How the board names a flow: its own endpoint and the destination it addressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum FlowKey {
+    Tcp {
+        src: SocketAddrV4,
+        dst: SocketAddrV4,
+    },
+    Udp {
+        src: SocketAddrV4,
+        dst: SocketAddrV4,
+    },
+    Icmp {
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        ident: u16,
+    },
+}
+
+/// The SYN a connecting flow waits to replay into smoltcp, without payload.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SynCopy {
+    pub(crate) src: SocketAddrV4,
+    pub(crate) dst: SocketAddrV4,
+    pub(crate) seq: u32,
+    pub(crate) window_len: u16,
+    pub(crate) window_scale: Option<u8>,
+    pub(crate) max_seg_size: Option<u16>,
+    pub(crate) sack_permitted: bool,
+    pub(crate) ttl: u8,
+}
+
+impl SynCopy {
+    pub(crate) fn from_repr(
+        src: SocketAddrV4,
+        dst: SocketAddrV4,
+        ttl: u8,
+        r: &TcpRepr<'_>,
+    ) -> Self {
+        Self {
+            src,
+            dst,
+            seq: r.seq_number.0.cast_unsigned(),
+            window_len: r.window_len,
+            window_scale: r.window_scale,
+            max_seg_size: r.max_seg_size,
+            sack_permitted: r.sack_permitted,
+            ttl,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) enum TcpPhase {
+    /// Waiting for the OS connect; the SYN is replayed into smoltcp on `TcpConnected`.
+    Connecting { syn: SynCopy },
+    /// A smoltcp socket carries the connection.
+    Open { handle: SocketHandle },
+    /// smoltcp is done (TIME-WAIT or closed after LAST-ACK) but the driver has not taken all the
+    /// board's data yet: the remainder lives here.
+    Draining { tail: VecDeque<u8> },
+}
+
+#[derive(Debug)]
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "independent edge flags of one flow"
+)]
+pub(crate) struct TcpFlow {
+    pub(crate) phase: TcpPhase,
+    /// Emit `TcpReadable` when data is next available.
+    pub(crate) readable_armed: bool,
+    /// Emit `TcpWritable` when the socket next has room.
+    pub(crate) writable_armed: bool,
+    /// `TcpShutdown` was emitted.
+    pub(crate) shutdown_sent: bool,
+    /// The driver reported EOF from the OS side.
+    pub(crate) os_eof: bool,
+    /// The board's FIN has been seen (socket went through CLOSE-WAIT/LAST-ACK/CLOSING/TIME-WAIT).
+    pub(crate) board_fin: bool,
+    /// On the dirty list.
+    pub(crate) dirty: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct UdpFlow {
+    /// Replies came back from the OS side.
+    pub(crate) replied: bool,
+    /// This flow is DNS forwarding (short timeout).
+    pub(crate) dns: bool,
+}
+
+#[derive(Debug)]
+pub(crate) enum FlowKind {
+    Tcp(TcpFlow),
+    Udp(UdpFlow),
+    Icmp,
+}
+
+#[derive(Debug)]
+pub(crate) struct Flow {
+    pub(crate) id: FlowId,
+    pub(crate) key: FlowKey,
+    /// Where the OS socket goes (after DNS and loopback rewriting).
+    pub(crate) os_dst: SocketAddr,
+    pub(crate) created: Instant,
+    pub(crate) last_active: Instant,
+    pub(crate) bytes_from_board: u64,
+    pub(crate) bytes_to_board: u64,
+    pub(crate) kind: FlowKind,
+}
+
+impl Flow {
+    /// Whether the aging scan must look at this flow.
+    pub(crate) fn needs_aging(&self) -> bool {
+        match &self.kind {
+            FlowKind::Tcp(t) => matches!(t.phase, TcpPhase::Connecting { .. }),
+            FlowKind::Udp(_) | FlowKind::Icmp => true,
+        }
+    }
+}
+
+/// Bounded map of flows by id and by key.
+#[derive(Debug, Default)]
+pub(crate) struct FlowTable {
+    by_id: HashMap<FlowId, Flow>,
+    by_key: HashMap<FlowKey, FlowId>,
+    next_id: u64,
+    pub(crate) needs_aging: usize,
+    pub(crate) connecting: usize,
+}
+
+impl FlowTable {
+    pub(crate) fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub(crate) fn id_of(&self, key: &FlowKey) -> Option<FlowId> {
+        self.by_key.get(key).copied()
+    }
+
+    pub(crate) fn get(&self, id: FlowId) -> Option<&Flow> {
+        self.by_id.get(&id)
+    }
+
+    pub(crate) fn get_mut(&mut self, id: FlowId) -> Option<&mut Flow> {
+        self.by_id.get_mut(&id)
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Flow> {
+        self.by_id.values()
+    }
+
+    pub(crate) fn ids(&self) -> Vec<FlowId> {
+        self.by_id.keys().copied().collect()
+    }
+
+    pub(crate) fn insert(
+        &mut self,
+        key: FlowKey,
+        os_dst: SocketAddr,
+        now: Instant,
+        kind: FlowKind,
+    ) -> FlowId {
+        self.next_id += 1;
+        let id = FlowId(self.next_id);
+        let flow = Flow {
+            id,
+            key,
+            os_dst,
+            created: now,
+            last_active: now,
+            bytes_from_board: 0,
+            bytes_to_board: 0,
+            kind,
+        };
+        if flow.needs_aging() {
+            self.needs_aging += 1;
+        }
+        if is_connecting(&flow) {
+            self.connecting += 1;
+        }
+        self.by_key.insert(key, id);
+        self.by_id.insert(id, flow);
+        id
+    }
+
+    pub(crate) fn remove(&mut self, id: FlowId) -> Option<Flow> {
+        let flow = self.by_id.remove(&id)?;
+        self.by_key.remove(&flow.key);
+        if flow.needs_aging() {
+            self.needs_aging -= 1;
+        }
+        if is_connecting(&flow) {
+            self.connecting -= 1;
+        }
+        Some(flow)
+    }
+
+    /// Move a TCP flow out of the connecting phase (keeps the counters right).
+    pub(crate) fn set_tcp_phase(&mut self, id: FlowId, phase: TcpPhase) {
+        let Some(flow) = self.by_id.get_mut(&id) else {
+            return;
+        };
+        let (aged, conn) = (flow.needs_aging(), is_connecting(flow));
+        if let FlowKind::Tcp(t) = &mut flow.kind {
+            t.phase = phase;
+        }
+        let (aged2, conn2) = (flow.needs_aging(), is_connecting(flow));
+        self.needs_aging = self.needs_aging + usize::from(aged2) - usize::from(aged);
+        self.connecting = self.connecting + usize::from(conn2) - usize::from(conn);
+    }
+
+    /// The flow idle longest, if it has been idle at least `min_idle`. UDP and ICMP flows go
+    /// before TCP flows (they are cheap to re-create).
+    pub(crate) fn eviction_candidate(&self, now: Instant, min_idle: Duration) -> Option<FlowId> {
+        self.by_id
+            .values()
+            .filter(|f| now - f.last_active >= min_idle || now < f.last_active)
+            .min_by_key(|f| (matches!(f.kind, FlowKind::Tcp(_)), f.last_active))
+            .map(|f| f.id)
+    }
+}
+
+fn is_connecting(flow: &Flow) -> bool {
+    matches!(
+        &flow.kind,
+        FlowKind::Tcp(TcpFlow {
+            phase: TcpPhase::Connecting { .. },
+            ..
+        })
+    )
+}
+
+/// Transport protocol of a flow, for status output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+    /// ICMP echo.
+    Icmp,
+}
+
+/// A snapshot of one flow for `qbkit-host status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FlowInfo {
+    /// The flow.
+    pub id: FlowId,
+    /// Its protocol.
+    pub protocol: Protocol,
+    /// The board's endpoint (ICMP: port is the echo identifier).
+    pub src: SocketAddr,
+    /// The destination the board addressed (ICMP: port is the echo identifier).
+    pub dst: SocketAddr,
+    /// Where the OS socket goes.
+    pub os_dst: SocketAddr,
+    /// A short state name: "connecting", smoltcp's TCP state, "draining", "active", "replied".
+    pub state: String,
+    /// Payload bytes from the board.
+    pub bytes_from_board: u64,
+    /// Payload bytes to the board.
+    pub bytes_to_board: u64,
+    /// Time since the flow was created.
+    pub age: Duration,
+    /// Time since the last packet or event.
+    pub idle: Duration,
+}
+
+impl FlowKey {
+    pub(crate) fn endpoints(&self) -> (SocketAddr, SocketAddr) {
+        match *self {
+            Self::Tcp { src, dst } | Self::Udp { src, dst } => (src.into(), dst.into()),
+            Self::Icmp { src, dst, ident } => (
+                SocketAddr::new(IpAddr::V4(src), ident),
+                SocketAddr::new(IpAddr::V4(dst), ident),
+            ),
+        }
+    }
+}

@@ -1,0 +1,537 @@
+//! `Nat`: the public face of the core. Board packets come in through `handle_ip_packet`, are
+//! checked (malformed, fragments, TTL, source, martians) and dispatched to `tcp.rs`, `udp.rs` or
+//! `icmp.rs`; driver events come in through `handle_os_event`; packets for the board leave
+//! through `poll_ip_packet` (running smoltcp's egress lazily, only when the queue is empty), and
+//! requests for the driver leave through `poll_event`. Timers: `poll_timeout`/`handle_timeout`.
+
+use std::collections::VecDeque;
+
+use core::net::{Ipv4Addr, SocketAddr};
+
+use smoltcp::iface::{Config as IfaceConfig, Interface, SocketSet};
+use smoltcp::phy::{ChecksumCapabilities, DeviceCapabilities};
+use smoltcp::socket::tcp;
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpProtocol, Ipv4Packet, Ipv4Repr};
+
+use crate::counters::LogLimiter;
+use crate::device::{self, BoardQueue, SmolDevice};
+use crate::flow::{FlowInfo, FlowKind, FlowTable, Protocol, TcpPhase};
+use crate::{Counters, FlowId, NatConfig, NatError, NatEvent, OsEvent};
+
+/// How often the aging scan runs while UDP, ICMP or connecting TCP flows exist.
+const AGING_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Increment a drop counter and log at the rate limit.
+macro_rules! drop_pkt {
+    ($nat:expr, $counter:ident, $($arg:tt)+) => {{
+        $nat.counters.$counter += 1;
+        if $nat.log.allow($nat.now, &mut $nat.counters) {
+            tracing::debug!(reason = stringify!($counter), $($arg)+);
+        }
+    }};
+}
+pub(crate) use drop_pkt;
+
+/// The userspace NAT core. See the crate docs for the theory of operation and the driver loop.
+pub struct Nat {
+    pub(crate) cfg: NatConfig,
+    pub(crate) now: Instant,
+    pub(crate) iface: Interface,
+    pub(crate) sockets: SocketSet<'static>,
+    pub(crate) caps: DeviceCapabilities,
+    pub(crate) csum: ChecksumCapabilities,
+    pub(crate) queue: BoardQueue,
+    pub(crate) flows: FlowTable,
+    pub(crate) events: VecDeque<NatEvent>,
+    /// Payload bytes held by `UdpSend`/`IcmpEchoRequest` events not yet polled.
+    pub(crate) queued_datagram_bytes: usize,
+    /// TCP flows whose socket may have changed state since the last `process_dirty`.
+    pub(crate) dirty: Vec<FlowId>,
+    /// Sockets of flows that are gone but still have a RST to send.
+    pub(crate) zombies: Vec<smoltcp::iface::SocketHandle>,
+    /// smoltcp may have something to send (ingress, data calls, OS events).
+    pub(crate) egress_pending: bool,
+    pub(crate) next_aging: Instant,
+    pub(crate) ping_available: bool,
+    pub(crate) counters: Counters,
+    pub(crate) log: LogLimiter,
+}
+
+impl core::fmt::Debug for Nat {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Nat")
+            .field("flows", &self.flows.len())
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Nat {
+    /// Create a core. `now` starts its clock; every later call passes a `now` that does not go
+    /// backwards.
+    pub fn new(config: NatConfig, now: Instant) -> Result<Self, NatError> {
+        config.validate()?;
+        let caps = device::capabilities(config.mtu, config.verify_rx_checksums);
+        let mut queue = BoardQueue::new(config.max_queued_board_packets);
+        let mut iface_cfg = IfaceConfig::new(HardwareAddress::Ip);
+        iface_cfg.random_seed = config.random_seed;
+        let mut dev = SmolDevice {
+            rx: None,
+            queue: &mut queue,
+            caps: &caps,
+        };
+        let mut iface = Interface::new(iface_cfg, &mut dev, now);
+        // Any-IP mode: one address covering everything, a default route through ourselves, and
+        // `any_ip` so smoltcp accepts segments for every destination the board dials.
+        iface.update_ip_addrs(|addrs| {
+            let _ = addrs.push(IpCidr::new(IpAddress::v4(0, 0, 0, 1), 0));
+        });
+        iface
+            .routes_mut()
+            .add_default_ipv4_route(Ipv4Addr::new(0, 0, 0, 1))
+            .map_err(|_| NatError::Route)?;
+        iface.set_any_ip(true);
+        Ok(Self {
+            csum: device::checksum_caps(config.verify_rx_checksums),
+            ping_available: config.icmp_echo_via_os,
+            log: LogLimiter::new(config.log_rate_per_sec, now),
+            cfg: config,
+            now,
+            iface,
+            sockets: SocketSet::new(Vec::new()),
+            caps,
+            queue,
+            flows: FlowTable::default(),
+            events: VecDeque::new(),
+            queued_datagram_bytes: 0,
+            dirty: Vec::new(),
+            zombies: Vec::new(),
+            egress_pending: false,
+            next_aging: now + AGING_INTERVAL,
+            counters: Counters::default(),
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &NatConfig {
+        &self.cfg
+    }
+
+    /// Replace the upstream DNS resolvers (e.g. after resolv.conf changed). New DNS flows use them.
+    pub fn set_dns_servers(&mut self, servers: Vec<SocketAddr>) {
+        self.cfg.dns_servers = servers;
+    }
+
+    /// Feed one IP packet from the board. Never fails: anything unusable is counted in
+    /// [`Counters`] (and answered with an ICMP error or RST where a host would answer).
+    /// Afterwards drain `poll_ip_packet` and `poll_event`.
+    pub fn handle_ip_packet(&mut self, now: Instant, packet: &[u8]) {
+        self.now = now;
+        self.counters.rx_packets += 1;
+        self.counters.rx_bytes += packet.len() as u64;
+        match packet.first().map(|b| b >> 4) {
+            Some(4) => self.ipv4_ingress(packet),
+            Some(6) => drop_pkt!(
+                self,
+                drop_ipv6,
+                len = packet.len(),
+                "nat: IPv6 packet dropped (not forwarded yet)"
+            ),
+            _ => drop_pkt!(
+                self,
+                drop_malformed,
+                len = packet.len(),
+                "nat: not an IP packet"
+            ),
+        }
+        self.process_dirty();
+    }
+
+    fn ipv4_ingress(&mut self, packet: &[u8]) {
+        let Ok(ip) = Ipv4Packet::new_checked(packet) else {
+            return drop_pkt!(
+                self,
+                drop_malformed,
+                len = packet.len(),
+                "nat: bad IPv4 header"
+            );
+        };
+        if !ip.verify_checksum() {
+            return drop_pkt!(
+                self,
+                drop_malformed,
+                len = packet.len(),
+                "nat: bad IPv4 header checksum"
+            );
+        }
+        // Trailing bytes beyond total_len (padding) are ignored.
+        let packet = &packet[..usize::from(ip.total_len())];
+        let ip = Ipv4Packet::new_unchecked(packet);
+        if ip.more_frags() || ip.frag_offset() != 0 {
+            return drop_pkt!(self, drop_fragment, src = %ip.src_addr(), dst = %ip.dst_addr(), "nat: IPv4 fragment dropped");
+        }
+        if ip.src_addr() != self.cfg.board_ipv4 {
+            return drop_pkt!(self, drop_bad_source, src = %ip.src_addr(), "nat: source is not the board");
+        }
+        let dst = ip.dst_addr();
+        if crate::policy::is_martian(&self.cfg, dst) {
+            return drop_pkt!(self, drop_martian, dst = %dst, "nat: martian destination");
+        }
+        if ip.hop_limit() <= 1 && dst != self.cfg.gateway_ipv4 {
+            drop_pkt!(self, drop_ttl_expired, dst = %dst, "nat: TTL expired");
+            self.send_icmp_error(
+                &ip,
+                crate::icmp::IcmpError::TimeExceeded,
+                self.cfg.gateway_ipv4,
+            );
+            return;
+        }
+        match ip.next_header() {
+            IpProtocol::Tcp => self.tcp_ingress(&ip),
+            IpProtocol::Udp => self.udp_ingress(&ip),
+            IpProtocol::Icmp => self.icmp_ingress(&ip),
+            p => {
+                drop_pkt!(self, drop_unknown_protocol, protocol = %p, "nat: unknown protocol dropped");
+            }
+        }
+    }
+
+    /// Next packet for the board, copied into `out` (which should hold `NatConfig::mtu` bytes;
+    /// a packet that does not fit is dropped and counted). Returns its length, or `None` when
+    /// nothing is queued. Call until `None` after every `handle_*`/`tcp_*` call and whenever the
+    /// link to the board can take packets again: TCP output is produced lazily here, so a driver
+    /// that stops calling this applies backpressure to every flow.
+    pub fn poll_ip_packet(&mut self, now: Instant, out: &mut [u8]) -> Option<usize> {
+        self.now = now;
+        loop {
+            if self.queue.len() == 0 && (self.egress_pending || self.queue.blocked) {
+                self.run_egress();
+            }
+            match self.queue.pop_into(out)? {
+                Ok(n) => {
+                    self.counters.tx_packets += 1;
+                    self.counters.tx_bytes += n as u64;
+                    return Some(n);
+                }
+                Err(len) => drop_pkt!(
+                    self,
+                    drop_out_buffer_small,
+                    len,
+                    have = out.len(),
+                    "nat: output buffer too small"
+                ),
+            }
+        }
+    }
+
+    /// Next request for the driver, or `None`. Call until `None` after every `handle_*` and
+    /// `tcp_*` call.
+    pub fn poll_event(&mut self) -> Option<NatEvent> {
+        let ev = self.events.pop_front()?;
+        match &ev {
+            NatEvent::UdpSend { payload, .. } | NatEvent::IcmpEchoRequest { payload, .. } => {
+                self.queued_datagram_bytes -= payload.len();
+            }
+            _ => {}
+        }
+        Some(ev)
+    }
+
+    /// Feed what an OS socket did. Events for flows that no longer exist are counted in
+    /// `drop_stale_os_event` and ignored (the flow ended while the driver was busy).
+    pub fn handle_os_event(&mut self, now: Instant, event: OsEvent<'_>) {
+        self.now = now;
+        match event {
+            OsEvent::TcpConnected { flow } => self.tcp_connected(flow),
+            OsEvent::TcpConnectFailed { flow, error } => self.tcp_connect_failed(flow, error),
+            OsEvent::TcpEof { flow } => self.tcp_os_eof(flow),
+            OsEvent::TcpReset { flow } => self.tcp_os_reset(flow),
+            OsEvent::UdpReceived { flow, payload } => self.udp_received(flow, payload),
+            OsEvent::UdpError { flow, error } => self.udp_error(flow, error),
+            OsEvent::IcmpEchoReply { flow, seq, payload } => self.icmp_reply(flow, seq, payload),
+            OsEvent::IcmpUnavailable { flow } => self.icmp_unavailable(flow),
+        }
+        self.process_dirty();
+    }
+
+    /// When to call `handle_timeout` next (`None`: only when input arrives). May be `now`.
+    /// Recompute after every call into the core.
+    pub fn poll_timeout(&mut self, now: Instant) -> Option<Instant> {
+        self.now = now;
+        if self.egress_pending && self.queue.len() == 0 {
+            return Some(now);
+        }
+        let mut t = self.iface.poll_at(now, &self.sockets).map(|t| t.max(now));
+        // While the board queue is full only draining it helps: `poll_ip_packet` runs egress.
+        if self.queue.is_full() && t.is_some_and(|t| t <= now) {
+            t = None;
+        }
+        if self.flows.needs_aging > 0 {
+            t = Some(t.map_or(self.next_aging, |t| t.min(self.next_aging)));
+        }
+        t
+    }
+
+    /// Run timers: TCP retransmissions and timeouts, UDP/ICMP idle expiry, connect timeouts.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
+        if self
+            .iface
+            .poll_at(now, &self.sockets)
+            .is_some_and(|t| t <= now)
+        {
+            self.run_egress();
+            self.mark_all_tcp_dirty();
+        }
+        if now >= self.next_aging {
+            self.next_aging = now + AGING_INTERVAL;
+            self.age_flows();
+        }
+        self.process_dirty();
+    }
+
+    /// Counters since creation.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Number of flows in the table.
+    pub fn flow_count(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// A snapshot of every flow, sorted by id (for status output).
+    pub fn flows(&self, now: Instant) -> Vec<FlowInfo> {
+        let mut v: Vec<FlowInfo> = self
+            .flows
+            .iter()
+            .map(|f| {
+                let (src, dst) = f.key.endpoints();
+                let (protocol, state) = match &f.kind {
+                    FlowKind::Tcp(t) => (
+                        Protocol::Tcp,
+                        match &t.phase {
+                            TcpPhase::Connecting { .. } => "connecting".to_owned(),
+                            TcpPhase::Open { handle } => self
+                                .sockets
+                                .get::<tcp::Socket<'_>>(*handle)
+                                .state()
+                                .to_string(),
+                            TcpPhase::Draining { .. } => "draining".to_owned(),
+                        },
+                    ),
+                    FlowKind::Udp(u) => (
+                        Protocol::Udp,
+                        if u.replied { "replied" } else { "active" }.to_owned(),
+                    ),
+                    FlowKind::Icmp => (Protocol::Icmp, "active".to_owned()),
+                };
+                FlowInfo {
+                    id: f.id,
+                    protocol,
+                    src,
+                    dst,
+                    os_dst: f.os_dst,
+                    state,
+                    bytes_from_board: f.bytes_from_board,
+                    bytes_to_board: f.bytes_to_board,
+                    age: now - f.created,
+                    idle: now - f.last_active,
+                }
+            })
+            .collect();
+        v.sort_by_key(|f| f.id);
+        v
+    }
+
+    /// Run smoltcp's egress until it has nothing more to send or the board queue is full.
+    pub(crate) fn run_egress(&mut self) {
+        self.egress_pending = false;
+        self.queue.blocked = false;
+        loop {
+            let before = self.queue.len();
+            let mut dev = SmolDevice {
+                rx: None,
+                queue: &mut self.queue,
+                caps: &self.caps,
+            };
+            self.iface
+                .poll_egress(self.now, &mut dev, &mut self.sockets);
+            if self.queue.len() == before || self.queue.is_full() {
+                break;
+            }
+        }
+        self.reap_zombies();
+    }
+
+    /// Hand one TCP packet to smoltcp without copying it.
+    pub(crate) fn smoltcp_ingress(&mut self, packet: &[u8]) {
+        let mut dev = SmolDevice {
+            rx: Some(packet),
+            queue: &mut self.queue,
+            caps: &self.caps,
+        };
+        self.iface
+            .poll_ingress_single(self.now, &mut dev, &mut self.sockets);
+        self.egress_pending = true;
+    }
+
+    /// Queue an IPv4 packet for the board. `fill` writes the `payload_len` bytes after the IP
+    /// header. `force` lets replies exceed the soft queue limit. Returns whether it was queued.
+    pub(crate) fn emit_to_board(
+        &mut self,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        protocol: IpProtocol,
+        payload_len: usize,
+        force: bool,
+        fill: impl FnOnce(&mut [u8], &ChecksumCapabilities),
+    ) -> bool {
+        let repr = Ipv4Repr {
+            src_addr: src,
+            dst_addr: dst,
+            next_header: protocol,
+            payload_len,
+            hop_limit: 64,
+        };
+        let total = repr.buffer_len() + payload_len;
+        if total > self.cfg.mtu {
+            drop_pkt!(
+                self,
+                drop_board_queue_full,
+                len = total,
+                "nat: packet for the board exceeds the MTU"
+            );
+            return false;
+        }
+        let csum = self.csum.clone();
+        let ok = self
+            .queue
+            .push_with(total, force, |buf| {
+                let mut ip = Ipv4Packet::new_unchecked(&mut buf[..]);
+                repr.emit(&mut ip, &csum);
+                fill(ip.payload_mut(), &csum);
+            })
+            .is_ok();
+        if !ok {
+            drop_pkt!(
+                self,
+                drop_board_queue_full,
+                len = total,
+                "nat: board queue full"
+            );
+        }
+        ok
+    }
+
+    /// Queue an event carrying `payload_len` datagram bytes, if the byte budget allows.
+    pub(crate) fn push_datagram_event(&mut self, ev: NatEvent, payload_len: usize) -> bool {
+        if self.queued_datagram_bytes + payload_len > self.cfg.max_queued_datagram_bytes {
+            drop_pkt!(self, drop_event_queue_full, flow = %ev.flow(), "nat: event queue over its byte limit");
+            return false;
+        }
+        self.queued_datagram_bytes += payload_len;
+        self.events.push_back(ev);
+        true
+    }
+
+    /// Make room for one more flow: evict the longest-idle one if the table is full.
+    /// Returns false (and counts) when the table is full of busy flows.
+    pub(crate) fn make_room(&mut self) -> bool {
+        if self.flows.len() < self.cfg.max_flows {
+            return true;
+        }
+        if let Some(id) = self
+            .flows
+            .eviction_candidate(self.now, self.cfg.evict_min_idle)
+        {
+            self.counters.flows_evicted += 1;
+            tracing::debug!(flow = %id, "nat: evicting idle flow");
+            self.end_flow(id, true);
+            true
+        } else {
+            drop_pkt!(
+                self,
+                drop_flow_limit,
+                flows = self.flows.len(),
+                "nat: flow table full"
+            );
+            false
+        }
+    }
+
+    /// End a flow from the core's side (eviction, expiry): tell the board (RST for TCP) and the
+    /// driver (close event).
+    pub(crate) fn end_flow(&mut self, id: FlowId, reset_board: bool) {
+        let Some(flow) = self.flows.remove(id) else {
+            return;
+        };
+        match flow.kind {
+            FlowKind::Tcp(t) => {
+                match t.phase {
+                    TcpPhase::Open { handle } => {
+                        if reset_board {
+                            self.sockets.get_mut::<tcp::Socket<'_>>(handle).abort();
+                            self.counters.tcp_reset_to_board += 1;
+                            self.zombies.push(handle);
+                            self.egress_pending = true;
+                        } else {
+                            self.sockets.remove(handle);
+                        }
+                    }
+                    TcpPhase::Connecting { syn } => {
+                        self.send_tcp_rst_for_syn(&syn);
+                    }
+                    TcpPhase::Draining { .. } => {}
+                }
+                self.events.push_back(NatEvent::TcpClose {
+                    flow: id,
+                    reset: true,
+                });
+            }
+            FlowKind::Udp(_) => self.events.push_back(NatEvent::UdpClose { flow: id }),
+            FlowKind::Icmp => self.events.push_back(NatEvent::IcmpClose { flow: id }),
+        }
+    }
+
+    fn age_flows(&mut self) {
+        if self.flows.needs_aging == 0 {
+            return;
+        }
+        let now = self.now;
+        let mut expired = Vec::new();
+        for f in self.flows.iter() {
+            let idle = now - f.last_active;
+            let limit = match &f.kind {
+                FlowKind::Tcp(t) if matches!(t.phase, TcpPhase::Connecting { .. }) => {
+                    self.cfg.tcp_connect_timeout
+                }
+                FlowKind::Tcp(_) => continue,
+                FlowKind::Udp(u) if u.replied && !u.dns => self.cfg.udp_stream_timeout,
+                FlowKind::Udp(_) => self.cfg.udp_timeout,
+                FlowKind::Icmp => self.cfg.icmp_timeout,
+            };
+            if idle >= limit {
+                expired.push(f.id);
+            }
+        }
+        for id in expired {
+            self.counters.flows_expired += 1;
+            let connecting = matches!(
+                self.flows.get(id).map(|f| &f.kind),
+                Some(FlowKind::Tcp(t)) if matches!(t.phase, TcpPhase::Connecting { .. })
+            );
+            if connecting {
+                // The driver never answered: fail the board's connect with host unreachable.
+                self.tcp_connect_failed(id, crate::ConnectError::TimedOut);
+                self.events.push_back(NatEvent::TcpClose {
+                    flow: id,
+                    reset: true,
+                });
+            } else {
+                self.end_flow(id, false);
+            }
+        }
+    }
+}

@@ -1,0 +1,672 @@
+//! TCP: board connections terminated in smoltcp (any-IP), relayed to OS sockets by the driver.
+//!
+//! A new SYN creates a flow in the *connecting* phase and a `TcpConnect` event; the SYN itself
+//! (headers only) is kept and nothing is answered. On `TcpConnected` a listening smoltcp socket is
+//! created for exactly that endpoint and the SYN is replayed into it, so the SYN-ACK leaves only
+//! now; refusal answers the SYN with a RST (ECONNREFUSED on the board), other failures with an
+//! ICMP unreachable. Retransmitted SYNs while connecting are counted and ignored.
+//!
+//! Data: board → OS bytes stay in the socket's receive buffer until the driver takes them with
+//! `tcp_recv`/`tcp_recv_with` (the advertised window shrinks meanwhile: backpressure to the
+//! board); OS → board bytes go into the transmit buffer with `tcp_send`/`tcp_send_with`, which
+//! accept only what fits (backpressure to the OS socket). Readiness events are edge-triggered.
+//!
+//! Close: the board's FIN becomes `TcpShutdown` once its data is drained; the OS EOF becomes
+//! our FIN after the queued data. When smoltcp is done (TIME-WAIT, or CLOSED after LAST-ACK)
+//! the socket is freed at once and any unread board data moves to a small owned tail.
+//! Resets propagate both ways (`TcpReset` → RST to the board; board RST → `TcpClose{reset}`).
+
+use std::collections::VecDeque;
+
+use core::net::SocketAddrV4;
+
+use smoltcp::socket::tcp::{self, State};
+use smoltcp::wire::{
+    IpEndpoint, IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+};
+
+use crate::flow::{FlowKey, FlowKind, SynCopy, TcpFlow, TcpPhase};
+use crate::icmp::IcmpError;
+use crate::nat::drop_pkt;
+use crate::policy::{self, Deny};
+use crate::{ConnectError, FlowError, FlowId, Nat, NatEvent};
+
+impl Nat {
+    pub(crate) fn tcp_ingress(&mut self, ip: &Ipv4Packet<&[u8]>) {
+        let Ok(seg) = TcpPacket::new_checked(ip.payload()) else {
+            return drop_pkt!(self, drop_malformed, "nat: bad TCP header");
+        };
+        let (src_ip, dst_ip) = (ip.src_addr(), ip.dst_addr());
+        if self.cfg.verify_rx_checksums && !seg.verify_checksum(&src_ip.into(), &dst_ip.into()) {
+            return drop_pkt!(self, drop_bad_checksum, "nat: bad TCP checksum");
+        }
+        if seg.src_port() == 0 || seg.dst_port() == 0 {
+            return drop_pkt!(self, drop_malformed, "nat: TCP port 0");
+        }
+        let src = SocketAddrV4::new(src_ip, seg.src_port());
+        let dst = SocketAddrV4::new(dst_ip, seg.dst_port());
+        let key = FlowKey::Tcp { src, dst };
+        let Some(id) = self.flows.id_of(&key) else {
+            if seg.syn() && !seg.ack() && !seg.rst() && !seg.fin() {
+                self.tcp_new_flow(ip, &seg, src, dst);
+            } else if seg.rst() {
+                self.counters.drop_tcp_no_flow += 1;
+            } else {
+                // smoltcp answers a segment for no connection with a RST.
+                drop_pkt!(self, drop_tcp_no_flow, %src, %dst, "nat: TCP segment for no flow");
+                self.smoltcp_ingress(ip.as_ref());
+            }
+            return;
+        };
+        let now = self.now;
+        let Some(flow) = self.flows.get_mut(id) else {
+            return;
+        };
+        flow.last_active = now;
+        flow.bytes_from_board += seg.payload().len() as u64;
+        let FlowKind::Tcp(t) = &mut flow.kind else {
+            return;
+        };
+        match &mut t.phase {
+            TcpPhase::Connecting { syn } => {
+                if seg.rst() {
+                    // The board gave up before the OS connect finished.
+                    self.counters.tcp_reset_from_board += 1;
+                    self.flows.remove(id);
+                    self.events.push_back(NatEvent::TcpClose {
+                        flow: id,
+                        reset: true,
+                    });
+                } else if seg.syn() && !seg.ack() {
+                    self.counters.tcp_dup_syn += 1;
+                    if let Ok(r) = TcpRepr::parse(&seg, &src_ip.into(), &dst_ip.into(), &self.csum)
+                    {
+                        *syn = SynCopy::from_repr(src, dst, ip.hop_limit(), &r);
+                    }
+                }
+                // Anything else cannot be valid yet: the board has no SYN-ACK.
+            }
+            TcpPhase::Open { .. } => {
+                if seg.rst() {
+                    self.counters.tcp_reset_from_board += 1;
+                }
+                self.mark_dirty(id);
+                self.smoltcp_ingress(ip.as_ref());
+            }
+            TcpPhase::Draining { .. } => {
+                if seg.rst() {
+                    self.counters.tcp_reset_from_board += 1;
+                    self.flows.remove(id);
+                    self.events.push_back(NatEvent::TcpClose {
+                        flow: id,
+                        reset: true,
+                    });
+                }
+                // Retransmitted FIN/ACKs of a finished connection are ignored.
+            }
+        }
+    }
+
+    fn tcp_new_flow(
+        &mut self,
+        ip: &Ipv4Packet<&[u8]>,
+        seg: &TcpPacket<&[u8]>,
+        src: SocketAddrV4,
+        dst: SocketAddrV4,
+    ) {
+        let Ok(repr) = TcpRepr::parse(seg, &(*src.ip()).into(), &(*dst.ip()).into(), &self.csum)
+        else {
+            return drop_pkt!(self, drop_malformed, "nat: bad TCP options");
+        };
+        let syn = SynCopy::from_repr(src, dst, ip.hop_limit(), &repr);
+        let target = match policy::resolve(&self.cfg, dst, 0) {
+            Ok(t) => t,
+            Err(deny) => {
+                self.count_denial(deny, dst);
+                match deny {
+                    Deny::Martian => {}
+                    // A gateway port with no service behaves like a closed port.
+                    Deny::NoDns => self.send_tcp_rst_for_syn(&syn),
+                    Deny::Gateway if *dst.ip() == self.cfg.gateway_ipv4 => {
+                        self.send_tcp_rst_for_syn(&syn);
+                    }
+                    _ => {
+                        if let Some(reason) = deny.icmp_reason(false) {
+                            self.send_icmp_error(
+                                ip,
+                                IcmpError::Unreachable(reason),
+                                self.cfg.gateway_ipv4,
+                            );
+                        }
+                    }
+                }
+                return;
+            }
+        };
+        if self.flows.connecting >= self.cfg.max_connecting {
+            return drop_pkt!(self, drop_syn_flood, %src, %dst, "nat: too many pending connects, SYN dropped");
+        }
+        if !self.make_room() {
+            return;
+        }
+        let flow = TcpFlow {
+            phase: TcpPhase::Connecting { syn },
+            readable_armed: true,
+            writable_armed: true,
+            shutdown_sent: false,
+            os_eof: false,
+            board_fin: false,
+            dirty: false,
+        };
+        let id = self.flows.insert(
+            FlowKey::Tcp { src, dst },
+            target.os_dst,
+            self.now,
+            FlowKind::Tcp(flow),
+        );
+        self.counters.tcp_flows += 1;
+        if target.dns {
+            self.counters.dns_forwarded += 1;
+        }
+        tracing::trace!(flow = %id, %src, dst = %target.os_dst, "nat: TCP connect");
+        self.events.push_back(NatEvent::TcpConnect {
+            flow: id,
+            src: src.into(),
+            dst: target.os_dst,
+        });
+    }
+
+    pub(crate) fn count_denial(&mut self, deny: Deny, dst: SocketAddrV4) {
+        match deny {
+            Deny::Martian => drop_pkt!(self, drop_martian, %dst, "nat: martian destination"),
+            Deny::Loopback => {
+                drop_pkt!(self, drop_policy_loopback, %dst, "nat: host loopback denied");
+            }
+            Deny::Lan => drop_pkt!(self, drop_policy_lan, %dst, "nat: LAN destination denied"),
+            Deny::Gateway => {
+                drop_pkt!(self, drop_policy_gateway, %dst, "nat: no service at this address");
+            }
+            Deny::NoDns => {
+                drop_pkt!(self, drop_no_dns_server, %dst, "nat: DNS query but no upstream resolver");
+            }
+        }
+    }
+
+    /// Answer a SYN with RST|ACK: the board's connect() fails with ECONNREFUSED.
+    pub(crate) fn send_tcp_rst_for_syn(&mut self, syn: &SynCopy) {
+        let repr = TcpRepr {
+            src_port: syn.dst.port(),
+            dst_port: syn.src.port(),
+            control: TcpControl::Rst,
+            seq_number: TcpSeqNumber(0),
+            ack_number: Some(TcpSeqNumber(syn.seq.wrapping_add(1).cast_signed())),
+            window_len: 0,
+            window_scale: None,
+            max_seg_size: None,
+            sack_permitted: false,
+            sack_ranges: [None; 3],
+            timestamp: None,
+            payload: &[],
+        };
+        let (s, d) = (*syn.dst.ip(), *syn.src.ip());
+        self.counters.tcp_reset_to_board += 1;
+        self.emit_to_board(
+            s,
+            d,
+            IpProtocol::Tcp,
+            repr.header_len(),
+            true,
+            |buf, csum| {
+                repr.emit(
+                    &mut TcpPacket::new_unchecked(buf),
+                    &s.into(),
+                    &d.into(),
+                    csum,
+                );
+            },
+        );
+    }
+
+    pub(crate) fn tcp_connected(&mut self, id: FlowId) {
+        let syn = if let Some(FlowKind::Tcp(TcpFlow {
+            phase: TcpPhase::Connecting { syn },
+            ..
+        })) = self.flows.get(id).map(|f| &f.kind)
+        {
+            *syn
+        } else {
+            self.counters.drop_stale_os_event += 1;
+            return;
+        };
+        if !self.zombies.is_empty() {
+            // A reset socket on the same 4-tuple must send its RST before the new SYN arrives.
+            self.run_egress();
+        }
+        let mut sock = tcp::Socket::new(
+            // Zeroed allocations come straight from the OS and cost memory only once written:
+            // an idle flow holds a few pages, not two full windows.
+            tcp::SocketBuffer::new(vec![0; self.cfg.tcp_rx_buffer]),
+            tcp::SocketBuffer::new(vec![0; self.cfg.tcp_tx_buffer]),
+        );
+        sock.set_nagle_enabled(false);
+        sock.set_ack_delay(None);
+        sock.set_timeout(Some(self.cfg.tcp_timeout));
+        let handle = match sock.listen(IpEndpoint::new((*syn.dst.ip()).into(), syn.dst.port())) {
+            Ok(()) => self.sockets.add(sock),
+            Err(_) => return self.tcp_connect_failed(id, ConnectError::Other),
+        };
+        // Replay the SYN (headers only) into the fresh listening socket.
+        let repr = TcpRepr {
+            src_port: syn.src.port(),
+            dst_port: syn.dst.port(),
+            control: TcpControl::Syn,
+            seq_number: TcpSeqNumber(syn.seq.cast_signed()),
+            ack_number: None,
+            window_len: syn.window_len,
+            window_scale: syn.window_scale,
+            max_seg_size: syn.max_seg_size,
+            sack_permitted: syn.sack_permitted,
+            sack_ranges: [None; 3],
+            timestamp: None,
+            payload: &[],
+        };
+        let ip_repr = Ipv4Repr {
+            src_addr: *syn.src.ip(),
+            dst_addr: *syn.dst.ip(),
+            next_header: IpProtocol::Tcp,
+            payload_len: repr.header_len(),
+            hop_limit: syn.ttl,
+        };
+        let mut buf = vec![0; ip_repr.buffer_len() + repr.header_len()];
+        let mut pkt = Ipv4Packet::new_unchecked(&mut buf[..]);
+        ip_repr.emit(&mut pkt, &self.csum);
+        repr.emit(
+            &mut TcpPacket::new_unchecked(pkt.payload_mut()),
+            &ip_repr.src_addr.into(),
+            &ip_repr.dst_addr.into(),
+            &self.csum,
+        );
+        self.smoltcp_ingress(&buf);
+        if self.sockets.get::<tcp::Socket<'_>>(handle).state() != State::SynReceived {
+            self.sockets.remove(handle);
+            return self.tcp_connect_failed(id, ConnectError::Other);
+        }
+        self.flows.set_tcp_phase(id, TcpPhase::Open { handle });
+        self.counters.tcp_connected += 1;
+        if let Some(f) = self.flows.get_mut(id) {
+            f.last_active = self.now;
+        }
+        self.mark_dirty(id);
+    }
+
+    pub(crate) fn tcp_connect_failed(&mut self, id: FlowId, error: ConnectError) {
+        let syn = if let Some(FlowKind::Tcp(TcpFlow {
+            phase: TcpPhase::Connecting { syn },
+            ..
+        })) = self.flows.get(id).map(|f| &f.kind)
+        {
+            *syn
+        } else {
+            self.counters.drop_stale_os_event += 1;
+            return;
+        };
+        self.flows.remove(id);
+        tracing::debug!(flow = %id, ?error, dst = %syn.dst, "nat: TCP connect failed");
+        if error == ConnectError::Refused {
+            self.counters.tcp_refused += 1;
+            self.send_tcp_rst_for_syn(&syn);
+            return;
+        }
+        self.counters.tcp_connect_failed += 1;
+        let reason = match error {
+            ConnectError::NetUnreachable => smoltcp::wire::Icmpv4DstUnreachable::NetUnreachable,
+            ConnectError::Other => smoltcp::wire::Icmpv4DstUnreachable::CommProhibited,
+            _ => smoltcp::wire::Icmpv4DstUnreachable::HostUnreachable,
+        };
+        // Quote the SYN's IP header and first 8 TCP bytes (ports and sequence number) so the
+        // board's stack matches the error to its connecting socket.
+        let header = Ipv4Repr {
+            src_addr: *syn.src.ip(),
+            dst_addr: *syn.dst.ip(),
+            next_header: IpProtocol::Tcp,
+            payload_len: 20,
+            hop_limit: syn.ttl,
+        };
+        let mut quote = [0u8; 8];
+        quote[0..2].copy_from_slice(&syn.src.port().to_be_bytes());
+        quote[2..4].copy_from_slice(&syn.dst.port().to_be_bytes());
+        quote[4..8].copy_from_slice(&syn.seq.to_be_bytes());
+        self.send_icmp_error_quoting(
+            header,
+            &quote,
+            IcmpError::Unreachable(reason),
+            self.cfg.gateway_ipv4,
+        );
+    }
+
+    pub(crate) fn tcp_os_eof(&mut self, id: FlowId) {
+        match self.tcp_phase(id) {
+            Some(TcpPhase::Open { handle }) => {
+                let handle = *handle;
+                self.sockets.get_mut::<tcp::Socket<'_>>(handle).close();
+                if let Some(FlowKind::Tcp(t)) = self.flows.get_mut(id).map(|f| &mut f.kind) {
+                    t.os_eof = true;
+                }
+                self.egress_pending = true;
+                self.mark_dirty(id);
+            }
+            Some(TcpPhase::Draining { .. }) => {}
+            _ => self.counters.drop_stale_os_event += 1,
+        }
+    }
+
+    pub(crate) fn tcp_os_reset(&mut self, id: FlowId) {
+        match self.tcp_phase(id) {
+            Some(TcpPhase::Open { handle }) => {
+                let handle = *handle;
+                self.sockets.get_mut::<tcp::Socket<'_>>(handle).abort();
+                self.zombies.push(handle);
+                self.egress_pending = true;
+                self.counters.tcp_reset_to_board += 1;
+                self.flows.remove(id);
+            }
+            Some(TcpPhase::Connecting { .. }) => self.tcp_connect_failed(id, ConnectError::Refused),
+            Some(TcpPhase::Draining { .. }) => {
+                self.flows.remove(id);
+            }
+            None => self.counters.drop_stale_os_event += 1,
+        }
+    }
+
+    fn tcp_phase(&self, id: FlowId) -> Option<&TcpPhase> {
+        match self.flows.get(id).map(|f| &f.kind) {
+            Some(FlowKind::Tcp(t)) => Some(&t.phase),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn mark_dirty(&mut self, id: FlowId) {
+        if let Some(FlowKind::Tcp(t)) = self.flows.get_mut(id).map(|f| &mut f.kind)
+            && !t.dirty
+        {
+            t.dirty = true;
+            self.dirty.push(id);
+        }
+    }
+
+    pub(crate) fn mark_all_tcp_dirty(&mut self) {
+        for id in self.flows.ids() {
+            self.mark_dirty(id);
+        }
+    }
+
+    /// Free the sockets of flows that ended with a RST once the RST has left.
+    pub(crate) fn reap_zombies(&mut self) {
+        let sockets = &mut self.sockets;
+        self.zombies.retain(|&h| {
+            let s = sockets.get::<tcp::Socket<'_>>(h);
+            if s.state() == State::Closed && s.remote_endpoint().is_none() {
+                sockets.remove(h);
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// Turn socket state changes of dirty flows into driver events and free finished sockets.
+    pub(crate) fn process_dirty(&mut self) {
+        while let Some(id) = self.dirty.pop() {
+            let Some(flow) = self.flows.get_mut(id) else {
+                continue;
+            };
+            let FlowKind::Tcp(t) = &mut flow.kind else {
+                continue;
+            };
+            t.dirty = false;
+            let handle = match &mut t.phase {
+                TcpPhase::Connecting { .. } => continue,
+                TcpPhase::Draining { tail } => {
+                    if !tail.is_empty() {
+                        if t.readable_armed {
+                            t.readable_armed = false;
+                            self.events.push_back(NatEvent::TcpReadable { flow: id });
+                        }
+                        continue;
+                    }
+                    if !t.shutdown_sent {
+                        self.events.push_back(NatEvent::TcpShutdown { flow: id });
+                    }
+                    self.events.push_back(NatEvent::TcpClose {
+                        flow: id,
+                        reset: false,
+                    });
+                    self.flows.remove(id);
+                    continue;
+                }
+                TcpPhase::Open { handle } => *handle,
+            };
+            let sock = self.sockets.get_mut::<tcp::Socket<'_>>(handle);
+            let state = sock.state();
+            if matches!(
+                state,
+                State::CloseWait | State::LastAck | State::Closing | State::TimeWait
+            ) {
+                t.board_fin = true;
+            }
+            match state {
+                // A board RST in SYN-RECEIVED puts a listening socket back to LISTEN.
+                State::Listen => {
+                    self.sockets.remove(handle);
+                    self.flows.remove(id);
+                    self.events.push_back(NatEvent::TcpClose {
+                        flow: id,
+                        reset: true,
+                    });
+                    continue;
+                }
+                State::Closed if !(t.board_fin && t.os_eof) => {
+                    // Reset by the board, or aborted by smoltcp's timeout (RST still to send).
+                    if sock.remote_endpoint().is_some() {
+                        self.zombies.push(handle);
+                        self.egress_pending = true;
+                    } else {
+                        self.sockets.remove(handle);
+                    }
+                    self.flows.remove(id);
+                    self.events.push_back(NatEvent::TcpClose {
+                        flow: id,
+                        reset: true,
+                    });
+                    continue;
+                }
+                State::TimeWait | State::Closed => {
+                    // Both directions are finished. Keep unread board data, free the socket.
+                    let mut tail = VecDeque::with_capacity(sock.recv_queue());
+                    while let Ok(n) = sock.recv(|b| {
+                        tail.extend(b.iter().copied());
+                        (b.len(), b.len())
+                    }) && n > 0
+                    {}
+                    self.sockets.remove(handle);
+                    self.flows.set_tcp_phase(id, TcpPhase::Draining { tail });
+                    self.mark_dirty(id);
+                    continue;
+                }
+                _ => {}
+            }
+            let recv_queue = sock.recv_queue();
+            if recv_queue > 0 && t.readable_armed {
+                t.readable_armed = false;
+                self.events.push_back(NatEvent::TcpReadable { flow: id });
+            }
+            if recv_queue == 0 && t.board_fin && !t.shutdown_sent {
+                t.shutdown_sent = true;
+                self.events.push_back(NatEvent::TcpShutdown { flow: id });
+            }
+            if t.writable_armed && sock.may_send() && send_space(sock) >= writable_mark(sock) {
+                t.writable_armed = false;
+                self.events.push_back(NatEvent::TcpWritable { flow: id });
+            }
+        }
+    }
+
+    /// Take up to `buf.len()` bytes the board sent on a TCP flow (to write to the OS socket).
+    /// Returns 0 when nothing is buffered; a `TcpReadable` event follows when data arrives.
+    /// Call `poll_ip_packet` afterwards: the freed space opens the board's window.
+    pub fn tcp_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> Result<usize, FlowError> {
+        let mut done = 0;
+        while done < buf.len() {
+            let n = self.tcp_recv_with(flow, |data| {
+                let n = data.len().min(buf.len() - done);
+                buf[done..done + n].copy_from_slice(&data[..n]);
+                n
+            })?;
+            if n == 0 {
+                break;
+            }
+            done += n;
+        }
+        Ok(done)
+    }
+
+    /// Zero-copy variant of [`tcp_recv`](Self::tcp_recv): `write` sees the next contiguous run
+    /// of buffered board bytes (possibly not all of them: the buffer is a ring) and returns how
+    /// many it consumed, e.g. what a non-blocking OS `write` accepted. Returns that count.
+    pub fn tcp_recv_with(
+        &mut self,
+        flow: FlowId,
+        write: impl FnOnce(&[u8]) -> usize,
+    ) -> Result<usize, FlowError> {
+        let Some(f) = self.flows.get_mut(flow) else {
+            return Err(FlowError::UnknownFlow(flow));
+        };
+        let FlowKind::Tcp(t) = &mut f.kind else {
+            return Err(FlowError::NotTcp(flow));
+        };
+        let n = match &mut t.phase {
+            TcpPhase::Connecting { .. } => 0,
+            TcpPhase::Draining { tail } => {
+                let n = write(tail.as_slices().0).min(tail.len());
+                tail.drain(..n);
+                if tail.is_empty() {
+                    t.readable_armed = true;
+                }
+                n
+            }
+            TcpPhase::Open { handle } => {
+                let sock = self.sockets.get_mut::<tcp::Socket<'_>>(*handle);
+                let n = sock
+                    .recv(|data| {
+                        let n = write(data).min(data.len());
+                        (n, n)
+                    })
+                    .unwrap_or(0);
+                if sock.recv_queue() == 0 {
+                    t.readable_armed = true;
+                }
+                if n > 0 {
+                    self.egress_pending = true;
+                }
+                n
+            }
+        };
+        f.last_active = self.now;
+        self.mark_dirty(flow);
+        self.process_dirty();
+        Ok(n)
+    }
+
+    /// Queue bytes from the OS socket for the board. Returns how many were taken (maybe fewer
+    /// than offered, maybe 0); when fewer, stop reading the OS socket until `TcpWritable`.
+    /// Before the board completes the handshake this returns 0 (a `TcpWritable` follows).
+    /// Call `poll_ip_packet` afterwards.
+    pub fn tcp_send(&mut self, flow: FlowId, data: &[u8]) -> Result<usize, FlowError> {
+        let mut done = 0;
+        while done < data.len() {
+            let n = self.tcp_send_with(flow, |buf| {
+                let n = buf.len().min(data.len() - done);
+                buf[..n].copy_from_slice(&data[done..done + n]);
+                n
+            })?;
+            if n == 0 {
+                break;
+            }
+            done += n;
+        }
+        Ok(done)
+    }
+
+    /// Zero-copy variant of [`tcp_send`](Self::tcp_send): `read` gets the next contiguous free
+    /// run of the board-bound buffer (e.g. to `read` the OS socket into) and returns how many
+    /// bytes it filled. `read` is not called when there is no room.
+    pub fn tcp_send_with(
+        &mut self,
+        flow: FlowId,
+        read: impl FnOnce(&mut [u8]) -> usize,
+    ) -> Result<usize, FlowError> {
+        let Some(f) = self.flows.get_mut(flow) else {
+            return Err(FlowError::UnknownFlow(flow));
+        };
+        let FlowKind::Tcp(t) = &mut f.kind else {
+            return Err(FlowError::NotTcp(flow));
+        };
+        let n = match &mut t.phase {
+            TcpPhase::Connecting { .. } => {
+                t.writable_armed = true;
+                0
+            }
+            TcpPhase::Draining { .. } => return Err(FlowError::SendClosed(flow)),
+            TcpPhase::Open { handle } => {
+                let sock = self.sockets.get_mut::<tcp::Socket<'_>>(*handle);
+                if !sock.may_send() {
+                    if sock.state() == State::SynReceived {
+                        t.writable_armed = true;
+                        return Ok(0);
+                    }
+                    return Err(FlowError::SendClosed(flow));
+                }
+                let n = if send_space(sock) == 0 {
+                    0
+                } else {
+                    sock.send(|buf| {
+                        let n = read(buf).min(buf.len());
+                        (n, n)
+                    })
+                    .unwrap_or(0)
+                };
+                if send_space(sock) < writable_mark(sock) {
+                    t.writable_armed = true;
+                }
+                if n > 0 {
+                    self.egress_pending = true;
+                }
+                n
+            }
+        };
+        f.bytes_to_board += n as u64;
+        f.last_active = self.now;
+        Ok(n)
+    }
+
+    /// Free bytes in a TCP flow's board-bound buffer (0 for unknown or closed flows).
+    pub fn tcp_send_space(&self, flow: FlowId) -> usize {
+        match self.tcp_phase(flow) {
+            Some(TcpPhase::Open { handle }) => {
+                let s = self.sockets.get::<tcp::Socket<'_>>(*handle);
+                if s.may_send() { send_space(s) } else { 0 }
+            }
+            _ => 0,
+        }
+    }
+}
+
+fn send_space(s: &tcp::Socket<'_>) -> usize {
+    s.send_capacity() - s.send_queue()
+}
+
+/// `TcpWritable` fires once a quarter of the buffer is free, so the driver reads the OS socket
+/// in large chunks instead of ping-ponging on every ACK.
+fn writable_mark(s: &tcp::Socket<'_>) -> usize {
+    (s.send_capacity() / 4).max(1)
+}

@@ -1,0 +1,151 @@
+//! UDP: one flow per (board endpoint, destination) pair, relayed through a connected OS socket.
+//!
+//! Board datagram → (new flow: policy, limits, `UdpOpen`) → `UdpSend` event with an owned copy of
+//! the payload, bounded by `max_queued_datagram_bytes`. OS datagram (`OsEvent::UdpReceived`) →
+//! IPv4/UDP packet from the address the board dialled (gateway:53 for DNS) to the board.
+//! `OsEvent::UdpError` → ICMP unreachable to the board, quoting a rebuilt IP+UDP header.
+//! DNS: datagrams to gateway:53 go to the first upstream resolver; DNS flows always age with
+//! the short timeout.
+
+use core::net::SocketAddrV4;
+
+use smoltcp::wire::{Icmpv4DstUnreachable, IpProtocol, Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr};
+
+use crate::flow::{FlowKey, FlowKind, UdpFlow};
+use crate::icmp::IcmpError;
+use crate::nat::drop_pkt;
+use crate::policy;
+use crate::{DatagramError, FlowId, Nat, NatEvent};
+
+impl Nat {
+    pub(crate) fn udp_ingress(&mut self, ip: &Ipv4Packet<&[u8]>) {
+        let Ok(dgram) = UdpPacket::new_checked(ip.payload()) else {
+            return drop_pkt!(self, drop_malformed, "nat: bad UDP header");
+        };
+        let (src_ip, dst_ip) = (ip.src_addr(), ip.dst_addr());
+        if self.cfg.verify_rx_checksums && !dgram.verify_checksum(&src_ip.into(), &dst_ip.into()) {
+            return drop_pkt!(self, drop_bad_checksum, "nat: bad UDP checksum");
+        }
+        if dgram.src_port() == 0 || dgram.dst_port() == 0 {
+            return drop_pkt!(self, drop_malformed, "nat: UDP port 0");
+        }
+        let src = SocketAddrV4::new(src_ip, dgram.src_port());
+        let dst = SocketAddrV4::new(dst_ip, dgram.dst_port());
+        let key = FlowKey::Udp { src, dst };
+        let id = if let Some(id) = self.flows.id_of(&key) {
+            id
+        } else {
+            let target = match policy::resolve(&self.cfg, dst, 0) {
+                Ok(t) => t,
+                Err(deny) => {
+                    self.count_denial(deny, dst);
+                    if let Some(reason) = deny.icmp_reason(dst_ip == self.cfg.gateway_ipv4) {
+                        self.send_icmp_error(ip, IcmpError::Unreachable(reason), dst_ip);
+                    }
+                    return;
+                }
+            };
+            if !self.make_room() {
+                return;
+            }
+            let kind = FlowKind::Udp(UdpFlow {
+                replied: false,
+                dns: target.dns,
+            });
+            let id = self.flows.insert(key, target.os_dst, self.now, kind);
+            self.counters.udp_flows += 1;
+            self.events.push_back(NatEvent::UdpOpen {
+                flow: id,
+                src: src.into(),
+                dst: target.os_dst,
+            });
+            id
+        };
+        let payload = dgram.payload();
+        let now = self.now;
+        let Some(flow) = self.flows.get_mut(id) else {
+            return;
+        };
+        flow.last_active = now;
+        flow.bytes_from_board += payload.len() as u64;
+        if matches!(&flow.kind, FlowKind::Udp(u) if u.dns) {
+            self.counters.dns_forwarded += 1;
+        }
+        self.push_datagram_event(
+            NatEvent::UdpSend {
+                flow: id,
+                payload: payload.to_vec(),
+            },
+            payload.len(),
+        );
+    }
+
+    pub(crate) fn udp_received(&mut self, id: FlowId, payload: &[u8]) {
+        let now = self.now;
+        let Some(flow) = self.flows.get_mut(id) else {
+            self.counters.drop_stale_os_event += 1;
+            return;
+        };
+        let (FlowKind::Udp(u), FlowKey::Udp { src, dst }) = (&mut flow.kind, flow.key) else {
+            self.counters.drop_stale_os_event += 1;
+            return;
+        };
+        u.replied = true;
+        flow.last_active = now;
+        flow.bytes_to_board += payload.len() as u64;
+        let repr = UdpRepr {
+            src_port: dst.port(),
+            dst_port: src.port(),
+        };
+        let len = 8 + payload.len();
+        let (s, d) = (*dst.ip(), *src.ip());
+        self.emit_to_board(s, d, IpProtocol::Udp, len, false, |buf, csum| {
+            repr.emit(
+                &mut UdpPacket::new_unchecked(buf),
+                &s.into(),
+                &d.into(),
+                payload.len(),
+                |p| p.copy_from_slice(payload),
+                csum,
+            );
+        });
+    }
+
+    pub(crate) fn udp_error(&mut self, id: FlowId, error: DatagramError) {
+        let Some(flow) = self.flows.get(id) else {
+            self.counters.drop_stale_os_event += 1;
+            return;
+        };
+        let (FlowKind::Udp(_), FlowKey::Udp { src, dst }) = (&flow.kind, flow.key) else {
+            self.counters.drop_stale_os_event += 1;
+            return;
+        };
+        let reason = match error {
+            DatagramError::PortUnreachable => Icmpv4DstUnreachable::PortUnreachable,
+            DatagramError::HostUnreachable => Icmpv4DstUnreachable::HostUnreachable,
+            DatagramError::NetUnreachable => Icmpv4DstUnreachable::NetUnreachable,
+            DatagramError::Failed => {
+                // The driver dropped the socket already: forget the flow without an event.
+                self.flows.remove(id);
+                return;
+            }
+        };
+        let header = Ipv4Repr {
+            src_addr: *src.ip(),
+            dst_addr: *dst.ip(),
+            next_header: IpProtocol::Udp,
+            payload_len: 8,
+            hop_limit: 64,
+        };
+        let mut quote = [0u8; 8];
+        quote[0..2].copy_from_slice(&src.port().to_be_bytes());
+        quote[2..4].copy_from_slice(&dst.port().to_be_bytes());
+        quote[4..6].copy_from_slice(&8u16.to_be_bytes());
+        let from = if reason == Icmpv4DstUnreachable::PortUnreachable {
+            *dst.ip()
+        } else {
+            self.cfg.gateway_ipv4
+        };
+        self.send_icmp_error_quoting(header, &quote, IcmpError::Unreachable(reason), from);
+    }
+}
