@@ -1,0 +1,123 @@
+//! The local control socket (`/run/qbkit-gadget.sock`): `qbkit-gadget status` and `teardown` talk
+//! to the running daemon through it. One request line (`status` or `teardown`), one JSON reply line.
+//!
+//! Data flow: [`serve`] accepts connections and forwards each request with a reply channel to the
+//! driver loop, which owns the state and answers from it; the clients are [`request`].
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+
+/// A request from a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    /// Report state and counters.
+    Status,
+    /// Remove the gadget and exit.
+    Teardown,
+}
+
+/// A request with the channel for its JSON reply.
+pub type Pending = (Request, oneshot::Sender<String>);
+
+/// What `status` reports.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    /// Daemon version.
+    pub version: String,
+    /// The link (`functionfs` or a URL).
+    pub link: String,
+    /// TUN device.
+    pub tun: String,
+    /// Session state: connecting, up, down.
+    pub state: String,
+    /// TUN carrier.
+    pub carrier: bool,
+    /// Transport of the attached link, if any.
+    pub transport: Option<String>,
+    /// Negotiated protocol version.
+    pub protocol_version: Option<u8>,
+    /// Negotiated max bundle size towards the host.
+    pub max_bundle: Option<usize>,
+    /// Negotiated MTU.
+    pub mtu: Option<u32>,
+    /// The host's identity.
+    pub peer: Option<String>,
+    /// Applied address (after static overrides).
+    pub address: Option<String>,
+    /// Applied IPv4 gateway.
+    pub gateway: Option<String>,
+    /// Applied DNS servers.
+    pub dns: Vec<String>,
+    /// Last keepalive round trip in µs.
+    pub rtt_us: Option<u64>,
+    /// Seconds since start.
+    pub uptime_s: u64,
+    /// Pump and session counters, by name.
+    pub counters: BTreeMap<String, u64>,
+}
+
+/// Binds the socket (replacing a stale one) and forwards requests to `to_driver`.
+pub fn serve(path: &Path, to_driver: mpsc::Sender<Pending>) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(path)?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let to_driver = to_driver.clone();
+            tokio::spawn(async move {
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(5), handle(stream, to_driver)).await;
+            });
+        }
+    });
+    Ok(())
+}
+
+async fn handle(stream: UnixStream, to_driver: mpsc::Sender<Pending>) -> std::io::Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(r).read_line(&mut line).await?;
+    let req = match line.trim() {
+        "status" => Request::Status,
+        "teardown" => Request::Teardown,
+        other => {
+            w.write_all(format!("{{\"error\":\"unknown request {other:?}\"}}\n").as_bytes())
+                .await?;
+            return Ok(());
+        }
+    };
+    let (tx, rx) = oneshot::channel();
+    if to_driver.send((req, tx)).await.is_err() {
+        return Ok(());
+    }
+    if let Ok(mut reply) = rx.await {
+        reply.push('\n');
+        w.write_all(reply.as_bytes()).await?;
+    }
+    Ok(())
+}
+
+/// Client side: sends `req` and returns the reply line.
+pub async fn request(path: &Path, req: Request) -> std::io::Result<String> {
+    let mut s = UnixStream::connect(path).await?;
+    let line = match req {
+        Request::Status => "status\n",
+        Request::Teardown => "teardown\n",
+    };
+    s.write_all(line.as_bytes()).await?;
+    let mut reply = String::new();
+    BufReader::new(s).read_line(&mut reply).await?;
+    Ok(reply)
+}

@@ -1,0 +1,337 @@
+//! The one I/O loop of the daemon: TUN device, link task, timers, control socket and signals around
+//! the sans-IO [`Pump`]. This is the only place that reads the clock.
+//!
+//! Data flow per iteration: hand bundles to the link while it has free slots (so an idle link
+//! sends at once and a busy one lets the pump aggregate), carry out the pump's actions (carrier,
+//! LinkConfig → netlink + DNS), then wait for whichever comes first: a link event, a free link
+//! slot, a TUN packet (only while the pump can stage one: backpressure), the pump's timer, a
+//! control request or a signal. As in quinn's endpoint driver, every input is followed by draining
+//! the pump's outputs before waiting again, because one input can unlock several outputs.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use shared_frame::{Instant, LinkState};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+
+use crate::config::{GadgetSpec, NetOverrides};
+use crate::control::{self, Pending, Request, Status};
+use crate::dns::Dns;
+use crate::netcfg::NetConfig;
+use crate::pump::{Action, Pump, PumpConfig, Transport};
+use crate::stream::{LinkEvent, LinkSpec};
+
+/// Errors that stop the daemon at start-up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// Creating the TUN device failed.
+    #[error("cannot create TUN device {name}: {source} (needs CAP_NET_ADMIN and /dev/net/tun)")]
+    Tun {
+        /// The device name.
+        name: String,
+        /// The error.
+        source: tun::Error,
+    },
+    /// Netlink configuration failed.
+    #[error(transparent)]
+    Net(#[from] crate::netcfg::NetError),
+    /// Gadget registration failed.
+    #[error(transparent)]
+    Usb(#[from] crate::ffs::usb::UsbError),
+    /// The control socket or signal handlers could not be set up.
+    #[error("{what}: {source}")]
+    Io {
+        /// What.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Everything `run` needs.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// USB identity.
+    pub spec: GadgetSpec,
+    /// The link.
+    pub link: LinkSpec,
+    /// TUN device name.
+    pub tun: String,
+    /// UDC name.
+    pub udc: Option<String>,
+    /// Static network settings.
+    pub net: NetOverrides,
+    /// Control socket path.
+    pub control_socket: PathBuf,
+}
+
+/// Runs the daemon until SIGTERM/SIGINT, `teardown`, or the end of a stdio link.
+#[allow(
+    clippy::too_many_lines,
+    reason = "the one event loop reads best as one function"
+)]
+pub async fn run(opts: RunOptions) -> Result<(), RunError> {
+    let start = std::time::Instant::now();
+    let now =
+        || Instant::from_micros(u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX));
+    let mut pcfg = PumpConfig::new(opts.spec.serial.clone());
+    if let Some(mtu) = opts.net.mtu {
+        pcfg.session.max_mtu = mtu;
+        pcfg.mtu = mtu as usize;
+    }
+    let max_bundle = pcfg.session.max_bundle;
+    let initial_mtu = pcfg.mtu;
+
+    let mut tcfg = tun::Configuration::default();
+    tcfg.tun_name(&opts.tun)
+        .mtu(u16::try_from(initial_mtu).unwrap_or(u16::MAX))
+        .up();
+    let tun_dev = tun::create_as_async(&tcfg).map_err(|source| RunError::Tun {
+        name: opts.tun.clone(),
+        source,
+    })?;
+    let mut net = NetConfig::new(&opts.tun).await?;
+    net.set_carrier(false).await?;
+    net.set_up().await?;
+    let mut dns = Dns::new(opts.net.dns_mode, net.index());
+    if opts.net.ipv4.is_some() || opts.net.ipv6.is_some() {
+        let lc = opts.net.apply(&shared_frame::LinkConfig::default());
+        apply_config(&mut net, &mut dns, &lc, opts.net.default_route).await;
+    }
+
+    let (ev_tx, mut ev_rx) = mpsc::channel::<LinkEvent>(64);
+    let link_task = match &opts.link {
+        LinkSpec::FunctionFs => {
+            let g = crate::ffs::usb::register(&opts.spec, opts.udc.as_deref())?;
+            tokio::spawn(crate::ffs::usb::run(g, max_bundle, ev_tx))
+        }
+        LinkSpec::Stream(url) => tokio::spawn(crate::stream::run(url.clone(), max_bundle, ev_tx)),
+    };
+
+    let (ctl_tx, mut ctl_rx) = mpsc::channel::<Pending>(8);
+    control::serve(&opts.control_socket, ctl_tx).map_err(|source| RunError::Io {
+        what: format!("control socket {}", opts.control_socket.display()),
+        source,
+    })?;
+    let sig = |k| {
+        signal(k).map_err(|source| RunError::Io {
+            what: "signal handler".into(),
+            source,
+        })
+    };
+    let mut sigterm = sig(SignalKind::terminate())?;
+    let mut sigint = sig(SignalKind::interrupt())?;
+
+    let mut pump = Pump::new(pcfg, now());
+    let mut link_tx: Option<mpsc::Sender<Vec<u8>>> = None;
+    let mut tun_buf = vec![0u8; 65536];
+    let mut ranges: Vec<(usize, usize)> = Vec::new();
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    tracing::info!(link = %opts.link, tun = %opts.tun, "qbkit-gadget running");
+
+    loop {
+        // Hand bundles to every free link slot (idle link: send now).
+        while pump.wants_transmit() {
+            let Some(Ok(permit)) = link_tx.as_ref().map(mpsc::Sender::try_reserve) else {
+                break;
+            };
+            match pump.poll_transmit() {
+                Some(b) => permit.send(b),
+                None => break,
+            }
+        }
+        while let Some(a) = pump.poll_action() {
+            match a {
+                Action::Carrier(on) => {
+                    tracing::info!(carrier = on, "carrier");
+                    if let Err(e) = net.set_carrier(on).await {
+                        tracing::warn!(error = %e, "setting carrier failed");
+                    }
+                }
+                Action::ApplyLinkConfig(offer) => {
+                    let lc = opts.net.apply(&offer);
+                    apply_config(&mut net, &mut dns, &lc, opts.net.default_route).await;
+                }
+            }
+        }
+        let deadline = pump
+            .poll_timeout()
+            .map(|t| tokio::time::Instant::from_std(start + Duration::from_micros(t.as_micros())));
+        let can_tx = pump.wants_transmit();
+        let reserve_tx = link_tx.clone().filter(|_| can_tx);
+        let reserve = async {
+            match reserve_tx {
+                Some(tx) => tx.reserve_owned().await.ok(),
+                None => std::future::pending().await,
+            }
+        };
+        let timer = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            ev = ev_rx.recv() => match ev {
+                None => {
+                    tracing::info!("link ended for good");
+                    break;
+                }
+                Some(LinkEvent::Up { transport, tx }) => {
+                    link_tx = Some(tx);
+                    pump.handle_link_up(now(), transport);
+                }
+                Some(LinkEvent::Down { framing_error }) => {
+                    if framing_error {
+                        pump.record_link_frame_error();
+                    }
+                    link_tx = None;
+                    pump.handle_link_down(now());
+                }
+                Some(LinkEvent::Bundle(buf)) => {
+                    ranges.clear();
+                    let base = buf.as_ptr() as usize;
+                    pump.handle_link_bundle(now(), &buf, |p| {
+                        ranges.push((p.as_ptr() as usize - base, p.len()));
+                        true
+                    });
+                    for &(off, len) in &ranges {
+                        if let Err(e) = tun_dev.send(&buf[off..off + len]).await {
+                            pump.record_tun_write_error();
+                            tracing::debug!(error = %e, "TUN write failed");
+                        }
+                    }
+                }
+            },
+            permit = reserve => {
+                if let Some(permit) = permit
+                    && let Some(b) = pump.poll_transmit()
+                {
+                    permit.send(b);
+                }
+            }
+            r = tun_dev.recv(&mut tun_buf), if pump.can_accept_tun() => match r {
+                Ok(n) => pump.handle_tun_packet(&tun_buf[..n]),
+                Err(e) => tracing::warn!(error = %e, "TUN read failed"),
+            },
+            () = timer => pump.handle_timeout(now()),
+            Some((req, reply)) = ctl_rx.recv() => {
+                let text = serde_json::to_string(&status(&pump, &opts, start.elapsed()))
+                    .unwrap_or_default();
+                let _ = reply.send(text);
+                if req == Request::Teardown {
+                    tracing::info!("teardown requested");
+                    break;
+                }
+            }
+        }
+    }
+
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    pump.close();
+    if let Some(tx) = &link_tx
+        && let Ok(permit) = tx.try_reserve()
+        && let Some(b) = pump.poll_transmit()
+    {
+        permit.send(b);
+        // Bounded grace so the Bye reaches the host before the link goes away.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    dns.restore().await;
+    link_task.abort();
+    let _ = link_task.await;
+    let _ = std::fs::remove_file(&opts.control_socket);
+    tracing::info!("qbkit-gadget stopped");
+    Ok(())
+}
+
+async fn apply_config(
+    net: &mut NetConfig,
+    dns: &mut Dns,
+    lc: &shared_frame::LinkConfig,
+    default_route: bool,
+) {
+    tracing::info!(?lc.ipv4, ?lc.gateway_v4, ?lc.ipv6, ?lc.gateway_v6, ?lc.dns, lc.mtu, default_route,
+        "applying link configuration");
+    if let Err(e) = net.apply(lc, default_route).await {
+        tracing::error!(error = %e, "applying addresses/routes failed");
+    }
+    if let Err(e) = dns.apply(&lc.dns).await {
+        tracing::error!(error = %e, "installing DNS servers failed");
+    }
+}
+
+fn status(pump: &Pump, opts: &RunOptions, uptime: Duration) -> Status {
+    let s = pump.session();
+    let n = s.negotiated();
+    let applied = pump.applied_link_config().map(|lc| opts.net.apply(lc));
+    let mut counters = std::collections::BTreeMap::new();
+    if let Ok(serde_json::Value::Object(m)) = serde_json::to_value(pump.counters()) {
+        for (k, v) in m {
+            counters.insert(k, v.as_u64().unwrap_or(0));
+        }
+    }
+    let c = s.counters();
+    for (k, v) in [
+        ("rx_bundles", c.rx_bundles),
+        ("rx_packets", c.rx_packets),
+        ("rx_bytes", c.rx_bytes),
+        ("rx_controls", c.rx_controls),
+        ("rx_bad_bundles", c.rx_bad_bundles),
+        ("rx_bad_records", c.rx_bad_records),
+        ("rx_bad_controls", c.rx_bad_controls),
+        ("rx_unknown_records", c.rx_unknown_records),
+        ("rx_unknown_controls", c.rx_unknown_controls),
+        ("rx_empty_packets", c.rx_empty_packets),
+        ("rx_unexpected_controls", c.rx_unexpected_controls),
+        ("version_mismatches", c.version_mismatches),
+        ("peer_timeouts", c.peer_timeouts),
+        ("events_dropped", c.events_dropped),
+        ("tx_packets", c.tx_packets),
+        ("tx_ip_bytes", c.tx_bytes),
+        ("tx_drops", c.tx_drops),
+        ("tx_controls", c.tx_controls),
+    ] {
+        counters.insert(k.to_owned(), v);
+    }
+    Status {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        link: opts.link.to_string(),
+        tun: opts.tun.clone(),
+        state: match s.state() {
+            LinkState::Connecting => "connecting",
+            LinkState::Up => "up",
+            LinkState::Down => "down",
+        }
+        .to_owned(),
+        carrier: pump.carrier(),
+        transport: pump.transport().map(|t| match t {
+            Transport::Usb { max_packet_size } => format!("usb (wMaxPacketSize {max_packet_size})"),
+            Transport::Stream => "stream".to_owned(),
+        }),
+        protocol_version: n.map(|n| n.version),
+        max_bundle: n.map(|n| n.max_bundle),
+        mtu: n.map(|n| n.max_mtu),
+        peer: n.map(|n| n.peer.identity.clone()),
+        address: applied
+            .as_ref()
+            .and_then(|lc| lc.ipv4)
+            .map(|c| format!("{}/{}", c.addr, c.prefix)),
+        gateway: applied
+            .as_ref()
+            .and_then(|lc| lc.gateway_v4)
+            .map(|g| g.to_string()),
+        dns: applied
+            .map(|lc| lc.dns.iter().map(ToString::to_string).collect())
+            .unwrap_or_default(),
+        rtt_us: s
+            .rtt()
+            .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+        uptime_s: uptime.as_secs(),
+        counters,
+    }
+}

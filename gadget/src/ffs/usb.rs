@@ -1,0 +1,314 @@
+//! I/O: registers the qbkit gadget through the `usb-gadget` crate (ConfigFS + FunctionFS) and runs
+//! the FunctionFS link: ep0 events, queued AIO bulk OUT reads and bulk IN writes.
+//!
+//! Data flow: [`register`] picks the UDC, removes a stale gadget of *our* name only, and binds.
+//! [`run`] then turns FunctionFS events into [`LinkEvent`]s — Enable (host set the configuration)
+//! → `Up` with the bulk IN max packet size of the current speed; Disable, Unbind, Suspend → `Down`;
+//! Resume → `Up` again — while two tasks move transfers: OUT reads (`OUT_QUEUE_LEN` buffers queued)
+//! become `Bundle` events; bundles from the pump go to bulk IN (`IN_QUEUE_LEN` writes in flight;
+//! the channel of capacity 1 in front of it is what makes the pump aggregate while they are busy).
+//!
+//! Requires `CONFIG_USB_CONFIGFS_F_FS` and a UDC; `modprobe libcomposite` is done by `usb-gadget`.
+
+use std::path::Path;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{mpsc, watch};
+use usb_gadget::function::custom::{
+    Custom, EndpointDirection, EndpointReceiver, EndpointSender, Event,
+};
+use usb_gadget::function::serial::{Serial, SerialClass};
+use usb_gadget::{
+    Class, Config, Gadget, Id, OsDescriptor, RegGadget, Speed, Strings, Udc, UsbVersion,
+};
+
+use crate::config::{GadgetSpec, INTERFACE_NAME};
+use crate::configfs::plan::device_class;
+use crate::ffs::descriptors::{IN_QUEUE_LEN, OUT_QUEUE_LEN, interface};
+use crate::pump::Transport;
+use crate::stream::LinkEvent;
+
+/// PID file of the shell fallback's ep0 holder (`configfs/qbkit-gadget.sh`).
+pub const FALLBACK_PIDFILE: &str = "/run/qbkit-gadget-fallback.pid";
+
+/// Errors of gadget registration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UsbError {
+    /// No UDC: the board has no USB device controller driver loaded.
+    #[error(
+        "no USB device controller in /sys/class/udc; load the UDC driver (e.g. dwc2, musb, dummy_hcd)"
+    )]
+    NoUdc,
+    /// Several UDCs and none chosen.
+    #[error("several USB device controllers ({0}); choose one with --udc NAME")]
+    ManyUdcs(String),
+    /// The chosen UDC does not exist.
+    #[error("USB device controller {0:?} not found (available: {1})")]
+    UdcNotFound(String, String),
+    /// A ConfigFS/FunctionFS operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// The operation, with the ConfigFS path where known.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> UsbError {
+    let what = what.into();
+    move |source| UsbError::Io { what, source }
+}
+
+/// A registered gadget and its endpoints. Dropping it removes the gadget.
+#[derive(Debug)]
+pub struct UsbGadget {
+    /// The registration (removes the gadget on drop).
+    pub reg: RegGadget,
+    /// ep0 events.
+    pub custom: Custom,
+    /// Bulk OUT.
+    pub rx: EndpointReceiver,
+    /// Bulk IN.
+    pub tx: EndpointSender,
+    /// The UDC bound to.
+    pub udc: Udc,
+    _serial: Option<Serial>,
+}
+
+/// Chooses the UDC: `wanted` by name, else the only one.
+pub fn pick_udc(wanted: Option<&str>) -> Result<Udc, UsbError> {
+    let all = usb_gadget::udcs().map_err(io("list /sys/class/udc"))?;
+    let names = || {
+        all.iter()
+            .map(|u| u.name().to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match wanted {
+        Some(w) => all
+            .iter()
+            .find(|u| u.name() == w)
+            .cloned()
+            .ok_or_else(|| UsbError::UdcNotFound(w.to_owned(), names())),
+        None => match all.len() {
+            0 => Err(UsbError::NoUdc),
+            1 => Ok(all[0].clone()),
+            _ => Err(UsbError::ManyUdcs(names())),
+        },
+    }
+}
+
+/// Removes a gadget named `name` left by a previous run or by the shell fallback. Gadgets with other
+/// names are never touched. Returns whether one was removed.
+pub fn remove_stale(name: &str) -> Result<bool, UsbError> {
+    if let Ok(pid) = std::fs::read_to_string(FALLBACK_PIDFILE) {
+        if let Ok(pid) = pid.trim().parse::<i32>()
+            && let Some(pid) = rustix::process::Pid::from_raw(pid)
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let _ = std::fs::remove_file(FALLBACK_PIDFILE);
+    }
+    let gadgets = match usb_gadget::registered() {
+        Ok(g) => g,
+        // No ConfigFS gadget support at all: nothing of ours can exist.
+        Err(_) if !Path::new("/sys/kernel/config/usb_gadget").exists() => return Ok(false),
+        Err(e) => return Err(io("list registered gadgets")(e)),
+    };
+    let mut removed = false;
+    for mut g in gadgets {
+        if g.name() == name {
+            tracing::info!(path = %g.path().display(), "removing our stale gadget");
+            g.remove().map_err(io(format!("remove {name}")))?;
+            removed = true;
+        } else {
+            g.detach(); // not ours: leave it registered
+        }
+    }
+    Ok(removed)
+}
+
+/// Registers the gadget of `spec` and binds it to the UDC.
+pub fn register(spec: &GadgetSpec, udc: Option<&str>) -> Result<UsbGadget, UsbError> {
+    let udc = pick_udc(udc)?;
+    remove_stale(&spec.name)?;
+    let (rx, out_dir) = EndpointDirection::host_to_device();
+    let (tx, in_dir) = EndpointDirection::device_to_host();
+    let (custom, handle) = Custom::builder()
+        .with_interface(interface(
+            out_dir.with_queue_len(OUT_QUEUE_LEN),
+            in_dir.with_queue_len(IN_QUEUE_LEN),
+        ))
+        .build();
+    let (class, sub, proto) = device_class(spec);
+    let mut gadget = Gadget::new(
+        Class::new(class, sub, proto),
+        Id::new(spec.vendor_id, spec.product_id),
+        Strings::new(&spec.manufacturer, &spec.product, &spec.serial),
+    );
+    gadget.name = Some(spec.name.clone());
+    gadget.device_release = spec.device_release;
+    gadget.usb_version = UsbVersion::V21;
+    let mut config = Config::new(INTERFACE_NAME);
+    config.max_power = spec.max_power_ma;
+    config.add_function(handle);
+    let serial = if spec.with_serial {
+        let (s, h) = Serial::new(SerialClass::Acm);
+        config.add_function(h);
+        Some(s)
+    } else {
+        None
+    };
+    let reg = gadget
+        .with_config(config)
+        .with_os_descriptor(OsDescriptor::microsoft())
+        .bind(&udc)
+        .map_err(io(format!(
+            "register gadget usb_gadget/{} on {}",
+            spec.name,
+            udc.name().to_string_lossy()
+        )))?;
+    tracing::info!(udc = %udc.name().to_string_lossy(), serial = %spec.serial, "gadget bound");
+    Ok(UsbGadget {
+        reg,
+        custom,
+        rx,
+        tx,
+        udc,
+        _serial: serial,
+    })
+}
+
+fn max_packet_size(udc: &Udc) -> usize {
+    match udc.current_speed() {
+        Ok(Speed::SuperSpeed | Speed::SuperSpeedPlus) => 1024,
+        Ok(Speed::FullSpeed | Speed::LowSpeed) => 64,
+        _ => 512,
+    }
+}
+
+/// Runs the FunctionFS link until `events` closes. Counts transfer errors in the log only; the
+/// pump counts what reaches it.
+pub async fn run(g: UsbGadget, max_bundle: usize, events: mpsc::Sender<LinkEvent>) {
+    let UsbGadget {
+        reg,
+        mut custom,
+        rx,
+        tx,
+        udc,
+        _serial,
+    } = g;
+    let (enabled_tx, enabled_rx) = watch::channel(false);
+    let (bundle_tx, bundle_rx) = mpsc::channel::<Vec<u8>>(1);
+    let out_task = tokio::spawn(out_loop(rx, max_bundle, enabled_rx, events.clone()));
+    let in_task = tokio::spawn(in_loop(tx, bundle_rx));
+    let mut enabled = false;
+    let mut suspended = false;
+    loop {
+        if let Err(e) = custom.wait_event().await {
+            tracing::error!(error = %e, "FunctionFS ep0 failed");
+            break;
+        }
+        let ev = match custom.event() {
+            Ok(ev) => ev,
+            Err(e) => {
+                tracing::warn!(error = %e, "bad FunctionFS event");
+                continue;
+            }
+        };
+        tracing::debug!(?ev, "FunctionFS event");
+        let was_up = enabled && !suspended;
+        match ev {
+            Event::Enable => {
+                enabled = true;
+                suspended = false;
+            }
+            Event::Disable | Event::Unbind => enabled = false,
+            Event::Suspend => suspended = true,
+            Event::Resume => suspended = false,
+            // No vendor control requests are defined: stall them.
+            Event::SetupHostToDevice(req) => {
+                let _ = req.halt();
+            }
+            Event::SetupDeviceToHost(req) => {
+                let _ = req.halt();
+            }
+            _ => {}
+        }
+        let is_up = enabled && !suspended;
+        if is_up == was_up {
+            continue;
+        }
+        let _ = enabled_tx.send(is_up);
+        let ev = if is_up {
+            let mps = max_packet_size(&udc);
+            tracing::info!(max_packet_size = mps, "USB host configured the interface");
+            LinkEvent::Up {
+                transport: Transport::Usb {
+                    max_packet_size: mps,
+                },
+                tx: bundle_tx.clone(),
+            }
+        } else {
+            tracing::info!("USB link lost (disable/unbind/suspend)");
+            LinkEvent::Down {
+                framing_error: false,
+            }
+        };
+        if events.send(ev).await.is_err() {
+            break;
+        }
+    }
+    out_task.abort();
+    in_task.abort();
+    drop(reg);
+}
+
+async fn out_loop(
+    mut rx: EndpointReceiver,
+    max_bundle: usize,
+    mut enabled: watch::Receiver<bool>,
+    events: mpsc::Sender<LinkEvent>,
+) {
+    loop {
+        if enabled.wait_for(|e| *e).await.is_err() {
+            return;
+        }
+        let _ = rx.cancel();
+        loop {
+            match rx.recv_async(BytesMut::with_capacity(max_bundle)).await {
+                Ok(Some(buf)) => {
+                    if events.send(LinkEvent::Bundle(buf)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    if *enabled.borrow() {
+                        tracing::debug!(error = %e, "bulk OUT read failed");
+                    }
+                    // Wait for the next enable before queueing reads again.
+                    if *enabled.borrow() {
+                        let _ = enabled.changed().await;
+                    }
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn in_loop(mut tx: EndpointSender, mut bundles: mpsc::Receiver<Vec<u8>>) {
+    let mut errors: u64 = 0;
+    while let Some(b) = bundles.recv().await {
+        if let Err(e) = tx.send_async(Bytes::from(b)).await {
+            errors += 1;
+            if errors.is_power_of_two() {
+                tracing::warn!(error = %e, errors, "bulk IN write failed; bundle dropped");
+            }
+            let _ = tx.cancel();
+        }
+    }
+}

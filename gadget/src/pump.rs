@@ -1,0 +1,712 @@
+//! The sans-IO core between the TUN device and the link: bundles out, records in, the link session,
+//! carrier and every drop counter. The driver ([`crate::driver`]) owns the clock and the file
+//! descriptors and calls in here; tests drive it with a fake clock and an in-memory peer.
+//!
+//! # Theory of operation
+//!
+//! - **TUN → link.** [`Pump::handle_tun_packet`] stages a packet (one copy into a flat staging
+//!   buffer bounded by one bundle). The driver asks [`Pump::poll_transmit`] for a bundle whenever
+//!   the link has a free transfer slot: when the endpoint is idle, every packet leaves at once (no
+//!   flush timer); while all slots are busy, packets keep aggregating into the next bundle. When the
+//!   staging buffer cannot take a maximum-size packet, [`Pump::can_accept_tun`] is false and the
+//!   driver stops reading the TUN device, so the kernel queue (not us) absorbs the burst.
+//! - **Link → TUN.** [`Pump::handle_link_bundle`] hands each IP record to the driver's callback
+//!   (zero-copy, a sub-slice of the received transfer); control records go to the
+//!   [`Session`](shared_frame::Session).
+//! - **Carrier** is on exactly while the link is attached (FunctionFS enabled, stream connected)
+//!   and the session is `Up` (a valid host Hello within the keepalive timeout). Changes come out as
+//!   [`Action::Carrier`]; the host's LinkConfig comes out as [`Action::ApplyLinkConfig`] (once per
+//!   distinct configuration).
+//!
+//! # Events and states
+//!
+//! | input                         | effect                                                        |
+//! |-------------------------------|---------------------------------------------------------------|
+//! | `handle_link_up`              | session restarts with Hello; carrier waits for the peer Hello  |
+//! | peer Hello (in a bundle)      | session `Up` → carrier on                                     |
+//! | `handle_link_down`            | staged packets dropped (counted), session reset, carrier off  |
+//! | peer timeout / Bye            | session `Down` → carrier off, staged packets dropped          |
+//!
+//! # Limits
+//!
+//! Staging holds at most one bundle of packets; every bundle is at most the negotiated maximum;
+//! the action queue holds at most one entry per kind of change between drains.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use shared_frame::{
+    BUNDLE_HEADER_LEN, BundleWriter, ByeReason, CHANNEL_NET, Instant, LinkConfig, LinkState,
+    MAX_RECORD_PAYLOAD, MIN_MAX_BUNDLE, RECORD_HEADER_LEN, Role, Session, SessionConfig,
+    SessionEvent, Stats, USB_PAD_LEN,
+};
+
+/// Period of the Stats message sent to the host while the link is up.
+pub const STATS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How transfers are delimited on the current link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    /// USB bulk: one bundle per transfer, padded so it never ends on `max_packet_size`.
+    Usb {
+        /// wMaxPacketSize of the bulk IN endpoint at the current speed.
+        max_packet_size: usize,
+    },
+    /// A byte stream: bundles back to back.
+    Stream,
+}
+
+/// Something the driver must do to the system.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Set the TUN carrier.
+    Carrier(bool),
+    /// Apply this configuration (host offer, before static overrides).
+    ApplyLinkConfig(LinkConfig),
+}
+
+/// Counters of the pump; every drop reason has its own.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PumpCounters {
+    /// Packets read from the TUN device.
+    pub tun_rx_packets: u64,
+    /// Bytes read from the TUN device.
+    pub tun_rx_bytes: u64,
+    /// Packets written to the TUN device.
+    pub tun_tx_packets: u64,
+    /// Packets the TUN device refused.
+    pub tun_write_errors: u64,
+    /// TUN packets dropped because the carrier was off.
+    pub drop_no_carrier: u64,
+    /// TUN packets larger than a record or the negotiated MTU.
+    pub drop_oversize: u64,
+    /// TUN packets dropped because staging was full.
+    pub drop_backpressure: u64,
+    /// Staged packets dropped when the link or the session went down.
+    pub drop_link_lost: u64,
+    /// Received IP records on a channel other than the network.
+    pub rx_unknown_channel: u64,
+    /// Bundles handed to the link.
+    pub tx_bundles: u64,
+    /// Bytes handed to the link (including framing and padding).
+    pub tx_bytes: u64,
+    /// Received bundles with errors (bad magic/version/length, bad records).
+    pub rx_frame_errors: u64,
+    /// Protocol errors the session reported (bad control, version mismatch, ...).
+    pub protocol_errors: u64,
+    /// Link attach events.
+    pub link_ups: u64,
+    /// Link detach events.
+    pub link_downs: u64,
+    /// Carrier on transitions.
+    pub carrier_ups: u64,
+}
+
+/// Pump settings.
+#[derive(Debug, Clone)]
+pub struct PumpConfig {
+    /// Session settings (role must be Board).
+    pub session: SessionConfig,
+    /// Largest packet accepted from the TUN device (the TUN MTU).
+    pub mtu: usize,
+}
+
+impl PumpConfig {
+    /// Defaults for a board with `identity` (its serial).
+    pub fn new(identity: impl Into<String>) -> Self {
+        let session = SessionConfig::new(Role::Board, identity);
+        let mtu = session.max_mtu as usize;
+        Self { session, mtu }
+    }
+}
+
+/// The core; see the module docs.
+#[derive(Debug)]
+pub struct Pump {
+    session: Session,
+    mtu: usize,
+    transport: Option<Transport>,
+    carrier: bool,
+    /// Flat staging: `[len u16 LE][packet]...`.
+    staged: Vec<u8>,
+    staged_packets: usize,
+    /// Wire size of a bundle carrying all staged packets.
+    staged_wire: usize,
+    actions: VecDeque<Action>,
+    applied: Option<LinkConfig>,
+    peer_stats: Option<Stats>,
+    next_stats: Option<Instant>,
+    counters: PumpCounters,
+}
+
+const fn align4(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+impl Pump {
+    /// A pump with no link attached.
+    pub fn new(cfg: PumpConfig, now: Instant) -> Self {
+        let session = Session::new(cfg.session, now);
+        let cap = session.config().max_bundle;
+        Self {
+            session,
+            mtu: cfg.mtu.min(MAX_RECORD_PAYLOAD),
+            transport: None,
+            carrier: false,
+            staged: Vec::with_capacity(cap),
+            staged_packets: 0,
+            staged_wire: BUNDLE_HEADER_LEN,
+            actions: VecDeque::new(),
+            applied: None,
+            peer_stats: None,
+            next_stats: None,
+            counters: PumpCounters::default(),
+        }
+    }
+
+    /// The session (state, negotiated values, its counters).
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// The pump counters.
+    pub fn counters(&self) -> &PumpCounters {
+        &self.counters
+    }
+
+    /// Carrier as last reported.
+    pub fn carrier(&self) -> bool {
+        self.carrier
+    }
+
+    /// The current link's transport, if attached.
+    pub fn transport(&self) -> Option<Transport> {
+        self.transport
+    }
+
+    /// The configuration last handed out with [`Action::ApplyLinkConfig`].
+    pub fn applied_link_config(&self) -> Option<&LinkConfig> {
+        self.applied.as_ref()
+    }
+
+    /// The peer's last Stats.
+    pub fn peer_stats(&self) -> Option<&Stats> {
+        self.peer_stats.as_ref()
+    }
+
+    /// Packets waiting for a transfer slot.
+    pub fn staged_packets(&self) -> usize {
+        self.staged_packets
+    }
+
+    /// Largest bundle to build now.
+    fn tx_cap(&self) -> usize {
+        self.session
+            .tx_max_bundle()
+            .min(self.session.config().max_bundle)
+            .max(MIN_MAX_BUNDLE)
+    }
+
+    /// Largest IP packet we send now.
+    fn max_packet(&self) -> usize {
+        let negotiated = self
+            .session
+            .negotiated()
+            .map_or(usize::MAX, |n| n.max_mtu as usize);
+        self.mtu
+            .min(negotiated)
+            .min(self.tx_cap() - USB_PAD_LEN - BUNDLE_HEADER_LEN - RECORD_HEADER_LEN)
+    }
+
+    fn fits(&self, len: usize) -> bool {
+        self.staged_wire + align4(RECORD_HEADER_LEN + len) <= self.tx_cap() - USB_PAD_LEN
+    }
+
+    /// True when a maximum-size TUN packet can be staged; while false the driver must not read
+    /// the TUN device (backpressure).
+    pub fn can_accept_tun(&self) -> bool {
+        !self.carrier || self.fits(self.max_packet())
+    }
+
+    /// A packet read from the TUN device.
+    pub fn handle_tun_packet(&mut self, pkt: &[u8]) {
+        self.counters.tun_rx_packets += 1;
+        self.counters.tun_rx_bytes += pkt.len() as u64;
+        if !self.carrier {
+            self.counters.drop_no_carrier += 1;
+            self.session.record_tx_drop(1);
+        } else if pkt.is_empty() || pkt.len() > self.max_packet() {
+            self.counters.drop_oversize += 1;
+            self.session.record_tx_drop(1);
+        } else if !self.fits(pkt.len()) {
+            self.counters.drop_backpressure += 1;
+            self.session.record_tx_drop(1);
+        } else {
+            self.staged
+                .extend_from_slice(&(pkt.len() as u16).to_le_bytes());
+            self.staged.extend_from_slice(pkt);
+            self.staged_packets += 1;
+            self.staged_wire += align4(RECORD_HEADER_LEN + pkt.len());
+        }
+    }
+
+    /// True when [`poll_transmit`](Self::poll_transmit) has something to send.
+    pub fn wants_transmit(&self) -> bool {
+        self.transport.is_some() && (self.staged_packets > 0 || self.session.has_pending_control())
+    }
+
+    /// The next bundle to send, when the link has a free transfer slot: pending control records
+    /// first, then every staged packet that fits. Call again while it returns `Some` and slots
+    /// remain; call after every `handle_*`.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        let transport = self.transport?;
+        if !self.wants_transmit() {
+            return None;
+        }
+        let cap = self.tx_cap();
+        let mut buf = vec![0u8; cap];
+        let mut w = BundleWriter::new(&mut buf, cap);
+        self.session.poll_control(&mut w);
+        let (mut off, mut packets, mut bytes) = (0, 0u64, 0u64);
+        while off < self.staged.len() {
+            let len = u16::from_le_bytes([self.staged[off], self.staged[off + 1]]) as usize;
+            let pkt = &self.staged[off + 2..off + 2 + len];
+            if w.push_ip(CHANNEL_NET, pkt).is_err() {
+                break;
+            }
+            off += 2 + len;
+            packets += 1;
+            bytes += len as u64;
+            self.staged_wire -= align4(RECORD_HEADER_LEN + len);
+        }
+        if w.is_empty() {
+            return None;
+        }
+        let n = match transport {
+            Transport::Usb { max_packet_size } => w.finish_usb(max_packet_size),
+            Transport::Stream => w.finish(),
+        };
+        self.staged.drain(..off);
+        self.staged_packets -= packets as usize;
+        self.session.record_tx(packets, bytes);
+        self.counters.tx_bundles += 1;
+        self.counters.tx_bytes += n as u64;
+        buf.truncate(n);
+        Some(buf)
+    }
+
+    /// A received bundle (one USB transfer, or one bundle cut from a stream). IP packets for the
+    /// network channel go to `deliver`, which returns false when the TUN write failed.
+    pub fn handle_link_bundle(
+        &mut self,
+        now: Instant,
+        data: &[u8],
+        mut deliver: impl FnMut(&[u8]) -> bool,
+    ) {
+        let counters = &mut self.counters;
+        let res = self.session.handle_bundle(now, data, |channel, pkt| {
+            if channel != CHANNEL_NET {
+                counters.rx_unknown_channel += 1;
+            } else if deliver(pkt) {
+                counters.tun_tx_packets += 1;
+            } else {
+                counters.tun_write_errors += 1;
+            }
+        });
+        if let Err(e) = res {
+            self.counters.rx_frame_errors += 1;
+            if self.counters.rx_frame_errors.is_power_of_two() {
+                tracing::warn!(error = %e, count = self.counters.rx_frame_errors, "bad bundle from the host dropped");
+            }
+        }
+        self.process_events(now);
+    }
+
+    /// The link is attached and can carry transfers (FunctionFS enabled, stream connected).
+    pub fn handle_link_up(&mut self, now: Instant, transport: Transport) {
+        self.counters.link_ups += 1;
+        self.transport = Some(transport);
+        self.session.reset(now);
+        self.process_events(now);
+    }
+
+    /// The link is gone (unbind, disable, suspend, stream lost).
+    pub fn handle_link_down(&mut self, now: Instant) {
+        if self.transport.take().is_some() {
+            self.counters.link_downs += 1;
+        }
+        self.session.reset(now);
+        self.process_events(now);
+        self.update_carrier();
+    }
+
+    /// The stream carried bytes that are not qbkit framing (the link is then replaced).
+    pub fn record_link_frame_error(&mut self) {
+        self.counters.rx_frame_errors += 1;
+    }
+
+    /// A packet handed out by [`handle_link_bundle`](Self::handle_link_bundle) could not be
+    /// written to the TUN device after all.
+    pub fn record_tun_write_error(&mut self) {
+        self.counters.tun_tx_packets = self.counters.tun_tx_packets.saturating_sub(1);
+        self.counters.tun_write_errors += 1;
+    }
+
+    /// Queues a Bye for an orderly shutdown; send it with [`poll_transmit`](Self::poll_transmit).
+    pub fn close(&mut self) {
+        self.session
+            .close(ByeReason::Shutdown, "qbkit-gadget stopping");
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must run next; ask again after every call.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let s = self.session.poll_timeout();
+        match (s, self.next_stats) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Runs due timers: Hello retries, keepalives, peer timeout, Stats.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.session.handle_timeout(now);
+        if let Some(t) = self.next_stats
+            && now >= t
+        {
+            self.session.queue_stats();
+            self.next_stats = Some(now + STATS_INTERVAL);
+        }
+        self.process_events(now);
+    }
+
+    /// Next action for the driver.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    fn process_events(&mut self, now: Instant) {
+        while let Some(ev) = self.session.poll_event() {
+            match ev {
+                SessionEvent::Up(n) => {
+                    tracing::info!(version = n.version, peer = %n.peer.identity, max_bundle = n.max_bundle,
+                        max_mtu = n.max_mtu, "link up");
+                    self.next_stats = Some(now + STATS_INTERVAL);
+                }
+                SessionEvent::LinkConfig(lc) if self.applied.as_ref() != Some(&lc) => {
+                    self.applied = Some(lc.clone());
+                    self.actions.push_back(Action::ApplyLinkConfig(lc));
+                }
+                SessionEvent::Down(reason) => {
+                    tracing::info!(?reason, "link down");
+                    self.next_stats = None;
+                }
+                SessionEvent::PeerStats(s) => self.peer_stats = Some(s),
+                SessionEvent::Error(e) => {
+                    self.counters.protocol_errors += 1;
+                    tracing::warn!(error = %e, "protocol error from the host");
+                }
+                _ => {}
+            }
+        }
+        self.update_carrier();
+    }
+
+    fn update_carrier(&mut self) {
+        let want = self.transport.is_some() && self.session.state() == LinkState::Up;
+        if want == self.carrier {
+            return;
+        }
+        self.carrier = want;
+        if want {
+            self.counters.carrier_ups += 1;
+        } else if self.staged_packets > 0 {
+            self.counters.drop_link_lost += self.staged_packets as u64;
+            self.session.record_tx_drop(self.staged_packets as u64);
+            self.staged.clear();
+            self.staged_packets = 0;
+            self.staged_wire = BUNDLE_HEADER_LEN;
+        }
+        // Only the latest carrier state matters to the driver.
+        self.actions.retain(|a| !matches!(a, Action::Carrier(_)));
+        self.actions.push_back(Action::Carrier(want));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use shared_frame::{Bundle, Cidr, Control, DEFAULT_MAX_BUNDLE, Hello, RecordKind};
+
+    use super::*;
+
+    fn ms(t: u64) -> Instant {
+        Instant::from_millis(t)
+    }
+
+    fn link_config() -> LinkConfig {
+        LinkConfig {
+            ipv4: Some(Cidr {
+                addr: Ipv4Addr::new(10, 47, 0, 2),
+                prefix: 24,
+            }),
+            gateway_v4: Some(Ipv4Addr::new(10, 47, 0, 1)),
+            dns: vec![IpAddr::V4(Ipv4Addr::new(10, 47, 0, 1))],
+            mtu: 16384,
+            ..LinkConfig::default()
+        }
+    }
+
+    /// The host end of an in-memory link.
+    struct Peer {
+        s: Session,
+        got: Vec<Vec<u8>>,
+    }
+
+    impl Peer {
+        fn new(now: Instant) -> Self {
+            let mut cfg = SessionConfig::new(Role::Host, "test-host");
+            cfg.link_config = Some(link_config());
+            Self {
+                s: Session::new(cfg, now),
+                got: Vec::new(),
+            }
+        }
+        fn bundle(&mut self, packets: &[&[u8]]) -> Vec<u8> {
+            let mut buf = vec![0; DEFAULT_MAX_BUNDLE];
+            let mut w = BundleWriter::new(&mut buf, DEFAULT_MAX_BUNDLE);
+            self.s.poll_control(&mut w);
+            for p in packets {
+                w.push_ip(CHANNEL_NET, p).unwrap();
+            }
+            let n = w.finish();
+            buf.truncate(n);
+            buf
+        }
+        fn recv(&mut self, now: Instant, b: &[u8]) {
+            let got = &mut self.got;
+            self.s
+                .handle_bundle(now, b, |_, p| got.push(p.to_vec()))
+                .unwrap();
+        }
+    }
+
+    fn deliver_into(v: &mut Vec<Vec<u8>>) -> impl FnMut(&[u8]) -> bool + '_ {
+        |p| {
+            v.push(p.to_vec());
+            true
+        }
+    }
+
+    /// Pump attached as a stream, handshake done, carrier on.
+    fn up(now: Instant, transport: Transport) -> (Pump, Peer) {
+        let mut p = Pump::new(PumpConfig::new("BOARD1"), now);
+        let mut peer = Peer::new(now);
+        p.handle_link_up(now, transport);
+        let mut sink = Vec::new();
+        for _ in 0..4 {
+            let b = peer.bundle(&[]);
+            if b.len() > BUNDLE_HEADER_LEN {
+                p.handle_link_bundle(now, &b, deliver_into(&mut sink));
+            }
+            while let Some(b) = p.poll_transmit() {
+                peer.recv(now, &b);
+            }
+        }
+        assert!(p.carrier(), "handshake brings carrier up");
+        let actions: Vec<_> = std::iter::from_fn(|| p.poll_action()).collect();
+        assert_eq!(actions.len(), 2, "{actions:?}");
+        assert!(actions.contains(&Action::Carrier(true)));
+        assert!(actions.contains(&Action::ApplyLinkConfig(link_config())));
+        (p, peer)
+    }
+
+    fn pkt(n: u8, len: usize) -> Vec<u8> {
+        let mut v = vec![n; len];
+        v[0] = 0x45;
+        v
+    }
+
+    #[test]
+    fn idle_link_sends_each_packet_at_once() {
+        let (mut p, mut peer) = up(ms(0), Transport::Stream);
+        let before = p.counters().tx_bundles;
+        for i in 0..3 {
+            p.handle_tun_packet(&pkt(i, 100));
+            let b = p.poll_transmit().expect("idle link sends immediately");
+            peer.recv(ms(1), &b);
+            assert!(p.poll_transmit().is_none());
+        }
+        assert_eq!(peer.got.len(), 3);
+        assert_eq!(p.counters().tx_bundles - before, 3);
+    }
+
+    #[test]
+    fn busy_link_aggregates_into_one_bundle() {
+        let (mut p, mut peer) = up(ms(0), Transport::Stream);
+        // All transfer slots busy: the driver does not call poll_transmit.
+        let sent: Vec<_> = (0..10u8).map(|i| pkt(i, 200 + usize::from(i))).collect();
+        for s in &sent {
+            p.handle_tun_packet(s);
+        }
+        assert_eq!(p.staged_packets(), 10);
+        let b = p.poll_transmit().unwrap();
+        let bundle = Bundle::new_checked(&b[..], DEFAULT_MAX_BUNDLE).unwrap();
+        let ip = bundle
+            .records()
+            .filter(|r| r.as_ref().unwrap().kind == RecordKind::Ip)
+            .count();
+        assert_eq!(ip, 10, "one bundle carries all ten");
+        peer.recv(ms(1), &b);
+        assert_eq!(peer.got, sent, "in order, unchanged");
+        assert!(p.poll_transmit().is_none());
+    }
+
+    #[test]
+    fn backpressure_stops_tun_reads_and_counts_overflow() {
+        let (mut p, _peer) = up(ms(0), Transport::Stream);
+        let big = pkt(7, 16000);
+        let mut staged = 0;
+        while p.can_accept_tun() {
+            p.handle_tun_packet(&big);
+            staged += 1;
+            assert!(staged < 100);
+        }
+        assert_eq!(staged, 4, "a 64 KiB bundle holds four 16000-byte packets");
+        assert_eq!(p.counters().drop_backpressure, 0);
+        // A driver that reads anyway gets the packet dropped and counted, not queued.
+        p.handle_tun_packet(&big);
+        assert_eq!(p.counters().drop_backpressure, 1);
+        assert!(p.poll_transmit().is_some());
+        assert!(p.can_accept_tun(), "a free slot drains staging");
+        p.handle_tun_packet(&vec![0x45; 20000]);
+        assert_eq!(p.counters().drop_oversize, 1, "larger than the MTU");
+    }
+
+    #[test]
+    fn carrier_follows_link_and_session() {
+        let now = ms(0);
+        let mut p = Pump::new(PumpConfig::new("B"), now);
+        assert!(!p.carrier());
+        p.handle_tun_packet(&pkt(1, 60));
+        assert_eq!(p.counters().drop_no_carrier, 1);
+        assert!(p.poll_transmit().is_none(), "no link, nothing to send");
+
+        let (mut p, mut peer) = up(
+            now,
+            Transport::Usb {
+                max_packet_size: 512,
+            },
+        );
+        // Unplug: carrier off, staged packets dropped and counted.
+        p.handle_tun_packet(&pkt(2, 60));
+        p.handle_link_down(ms(10));
+        assert!(!p.carrier());
+        assert_eq!(p.poll_action(), Some(Action::Carrier(false)));
+        assert_eq!(p.counters().drop_link_lost, 1);
+        // Replug: carrier waits for the host Hello.
+        p.handle_link_up(
+            ms(20),
+            Transport::Usb {
+                max_packet_size: 512,
+            },
+        );
+        assert!(!p.carrier());
+        let hello = p.poll_transmit().expect("Hello on a new link");
+        peer.s.reset(ms(20));
+        peer.recv(ms(20), &hello);
+        let reply = peer.bundle(&[]);
+        p.handle_link_bundle(ms(21), &reply, |_| true);
+        assert!(p.carrier());
+        assert_eq!(p.poll_action(), Some(Action::Carrier(true)));
+        assert_eq!(p.poll_action(), None, "same LinkConfig is not re-applied");
+
+        // Keepalive timeout: the host stops answering.
+        let mut t = ms(21);
+        while p.carrier() {
+            t = p.poll_timeout().unwrap().max(t);
+            p.handle_timeout(t);
+            while p.poll_transmit().is_some() {}
+        }
+        assert!(t >= ms(21) + Duration::from_secs(5));
+        assert_eq!(p.session().counters().peer_timeouts, 1);
+        assert_eq!(p.poll_action(), Some(Action::Carrier(false)));
+    }
+
+    #[test]
+    fn bad_frames_and_wrong_version_are_counted_and_survived() {
+        let (mut p, mut peer) = up(ms(0), Transport::Stream);
+        p.handle_link_bundle(ms(1), b"garbage that is not a bundle", |_| true);
+        assert_eq!(p.counters().rx_frame_errors, 1);
+        assert_eq!(p.session().counters().rx_bad_bundles, 1);
+
+        let mut buf = vec![0; DEFAULT_MAX_BUNDLE];
+        let mut w = BundleWriter::new(&mut buf, DEFAULT_MAX_BUNDLE);
+        w.push_control(&Control::Hello(Hello {
+            version: 0,
+            role: Role::Host,
+            flags: 0,
+            capabilities: shared_frame::Capabilities::ALL,
+            max_bundle: 65536,
+            max_mtu: 16384,
+            identity: "old host".into(),
+        }))
+        .unwrap();
+        let n = w.finish();
+        p.handle_link_bundle(ms(2), &buf[..n], |_| true);
+        assert_eq!(p.session().counters().version_mismatches, 1);
+        assert_eq!(p.counters().protocol_errors, 1);
+
+        // Still working: a packet from the host reaches the TUN callback.
+        let b = peer.bundle(&[&pkt(9, 84)]);
+        let mut got = Vec::new();
+        p.handle_link_bundle(ms(3), &b, deliver_into(&mut got));
+        assert_eq!(got, vec![pkt(9, 84)]);
+        assert_eq!(p.counters().tun_tx_packets, 1);
+    }
+
+    #[test]
+    fn usb_bundles_never_end_on_max_packet_size() {
+        for mps in [512usize, 1024] {
+            let (mut p, _peer) = up(
+                ms(0),
+                Transport::Usb {
+                    max_packet_size: mps,
+                },
+            );
+            // header 8 + record header 4 + payload = mps exactly.
+            let payload = mps - BUNDLE_HEADER_LEN - RECORD_HEADER_LEN;
+            p.handle_tun_packet(&pkt(1, payload));
+            let b = p.poll_transmit().unwrap();
+            assert_eq!(b.len(), mps + USB_PAD_LEN);
+            assert_ne!(b.len() % mps, 0);
+            p.handle_tun_packet(&pkt(1, payload - 4));
+            assert_eq!(
+                p.poll_transmit().unwrap().len(),
+                mps - 4,
+                "no pad when not needed"
+            );
+        }
+    }
+
+    #[test]
+    fn tun_write_failures_are_counted() {
+        let (mut p, mut peer) = up(ms(0), Transport::Stream);
+        let b = peer.bundle(&[&pkt(1, 40), &pkt(2, 40)]);
+        p.handle_link_bundle(ms(1), &b, |_| false);
+        assert_eq!(p.counters().tun_write_errors, 2);
+    }
+
+    #[test]
+    fn close_sends_bye() {
+        let (mut p, mut peer) = up(ms(0), Transport::Stream);
+        p.close();
+        let b = p.poll_transmit().unwrap();
+        peer.recv(ms(1), &b);
+        assert!(
+            std::iter::from_fn(|| peer.s.poll_event())
+                .any(|e| matches!(e, SessionEvent::Down(shared_frame::DownReason::Bye(_))))
+        );
+    }
+}

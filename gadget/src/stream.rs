@@ -1,0 +1,164 @@
+//! I/O: stream links (`--link tcp://…`, `unix-listen://…`, `stdio`, …) on the same bundle framing,
+//! with reconnect / re-accept on loss. URL parsing and the byte-stream plumbing come from the shared
+//! `qbkit-link` crate, so the host accepts exactly the same syntax.
+//!
+//! Data flow: [`run`] loops forever: connect (or accept) → [`LinkEvent::Up`] with a bounded sender
+//! for outgoing bundles → bundles read from the stream as [`LinkEvent::Bundle`] → on EOF or error
+//! [`LinkEvent::Down`] → reconnect with capped exponential backoff.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use qbkit_link::{BundleReader, Connector, LinkError, LinkUrl, write_bundle};
+use tokio::sync::mpsc;
+
+use crate::pump::Transport;
+
+/// Bundles queued to a stream writer: the "transfers in flight" of a stream link. While they are
+/// all queued, the pump aggregates.
+pub const STREAM_TX_DEPTH: usize = 2;
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Which link the daemon uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkSpec {
+    /// The USB FunctionFS interface (default).
+    FunctionFs,
+    /// A stream link.
+    Stream(LinkUrl),
+}
+
+impl LinkSpec {
+    /// Parses `functionfs` or a stream link URL.
+    pub fn parse(s: &str) -> Result<Self, LinkError> {
+        if s == "functionfs" || s == "ffs" || s == "usb" {
+            Ok(Self::FunctionFs)
+        } else {
+            LinkUrl::parse(s).map(Self::Stream)
+        }
+    }
+}
+
+impl std::fmt::Display for LinkSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::FunctionFs => f.write_str("functionfs"),
+            Self::Stream(u) => u.fmt(f),
+        }
+    }
+}
+
+/// What a link task reports to the driver.
+#[derive(Debug)]
+pub enum LinkEvent {
+    /// A link is attached; send bundles through `tx`.
+    Up {
+        /// How transfers are delimited.
+        transport: Transport,
+        /// Outgoing bundles; capacity = transfers in flight.
+        tx: mpsc::Sender<Vec<u8>>,
+    },
+    /// A received bundle (one transfer).
+    Bundle(BytesMut),
+    /// The link is gone.
+    Down {
+        /// True when the stream carried bytes that are not qbkit framing.
+        framing_error: bool,
+    },
+}
+
+/// Runs a stream link forever (returns only when `events` is closed or stdio ended).
+pub async fn run(url: LinkUrl, max_bundle: usize, events: mpsc::Sender<LinkEvent>) {
+    let mut conn = Connector::new(url);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let (r, mut w) = match conn.connect().await {
+            Ok(s) => s,
+            Err(LinkError::Exhausted(what)) => {
+                tracing::info!(what, "stream link ended and cannot reconnect");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "stream link connect failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        tracing::info!(link = %conn.url(), "stream link connected");
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(STREAM_TX_DEPTH);
+        if events
+            .send(LinkEvent::Up {
+                transport: Transport::Stream,
+                tx,
+            })
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let mut reader = BundleReader::new(r, max_bundle);
+        let writer = async {
+            while let Some(b) = rx.recv().await {
+                write_bundle(&mut w, &b).await?;
+            }
+            Ok::<(), LinkError>(())
+        };
+        let read = async {
+            loop {
+                match reader.next().await {
+                    Ok(Some(b)) => {
+                        if events
+                            .send(LinkEvent::Bundle(BytesMut::from(b)))
+                            .await
+                            .is_err()
+                        {
+                            return Ok(());
+                        }
+                    }
+                    Ok(None) => return Ok(()),
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        let res = tokio::select! {
+            r = writer => r,
+            r = read => r,
+        };
+        let framing_error = matches!(res, Err(LinkError::Frame(_)));
+        match &res {
+            Ok(()) => tracing::info!("stream link closed by the peer"),
+            Err(e) => tracing::warn!(error = %e, "stream link lost"),
+        }
+        if events
+            .send(LinkEvent::Down { framing_error })
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_spec_parses_every_form() {
+        assert_eq!(LinkSpec::parse("functionfs").unwrap(), LinkSpec::FunctionFs);
+        for s in [
+            "tcp://127.0.0.1:4747",
+            "tcp-listen://127.0.0.1:4747",
+            "unix:///run/q.sock",
+            "unix-listen:///run/q.sock",
+            "stdio",
+        ] {
+            let l = LinkSpec::parse(s).unwrap();
+            assert_eq!(l.to_string(), s);
+        }
+        assert!(LinkSpec::parse("udp://x:1").is_err());
+        assert!(LinkSpec::parse("unix://relative").is_err());
+    }
+}
