@@ -276,10 +276,11 @@ impl Nat {
     /// Run timers: TCP retransmissions and timeouts, UDP/ICMP idle expiry, connect timeouts.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
-        if self
-            .iface
-            .poll_at(now, &self.sockets)
-            .is_some_and(|t| t <= now)
+        if self.egress_pending
+            || self
+                .iface
+                .poll_at(now, &self.sockets)
+                .is_some_and(|t| t <= now)
         {
             self.run_egress();
             self.mark_all_tcp_dirty();

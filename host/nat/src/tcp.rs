@@ -400,12 +400,20 @@ impl Nat {
         }
     }
 
-    /// Free the sockets of flows that ended with a RST once the RST has left.
+    /// Free the sockets of finished flows once their last packet has left: the RST of a reset
+    /// flow, or the ACK of the board's FIN for a flow in TIME-WAIT (called after egress; the
+    /// TIME-WAIT state itself is not kept, a late retransmitted FIN gets a RST).
     pub(crate) fn reap_zombies(&mut self) {
         let sockets = &mut self.sockets;
+        let egress_done = !self.queue.blocked;
         self.zombies.retain(|&h| {
             let s = sockets.get::<tcp::Socket<'_>>(h);
-            if s.state() == State::Closed && s.remote_endpoint().is_none() {
+            let done = match s.state() {
+                State::Closed => s.remote_endpoint().is_none(),
+                State::TimeWait => egress_done,
+                _ => false,
+            };
+            if done {
                 sockets.remove(h);
                 false
             } else {
@@ -488,7 +496,13 @@ impl Nat {
                         (b.len(), b.len())
                     }) && n > 0
                     {}
-                    self.sockets.remove(handle);
+                    if state == State::TimeWait {
+                        // It still owes the board the ACK of its FIN: free it after egress.
+                        self.zombies.push(handle);
+                        self.egress_pending = true;
+                    } else {
+                        self.sockets.remove(handle);
+                    }
                     self.flows.set_tcp_phase(id, TcpPhase::Draining { tail });
                     self.mark_dirty(id);
                     continue;
@@ -513,15 +527,23 @@ impl Nat {
 
     /// Take up to `buf.len()` bytes the board sent on a TCP flow (to write to the OS socket).
     /// Returns 0 when nothing is buffered; a `TcpReadable` event follows when data arrives.
+    /// Taking the last bytes of a flow whose both directions are closed ends it (`TcpShutdown`
+    /// and `TcpClose` are queued); later calls return `Err(UnknownFlow)`.
     /// Call `poll_ip_packet` afterwards: the freed space opens the board's window.
     pub fn tcp_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> Result<usize, FlowError> {
         let mut done = 0;
         while done < buf.len() {
-            let n = self.tcp_recv_with(flow, |data| {
+            let res = self.tcp_recv_with(flow, |data| {
                 let n = data.len().min(buf.len() - done);
                 buf[done..done + n].copy_from_slice(&data[..n]);
                 n
-            })?;
+            });
+            // Taking the last bytes of a finished flow ends it: report what was read.
+            let n = match res {
+                Ok(n) => n,
+                Err(e) if done == 0 => return Err(e),
+                Err(_) => 0,
+            };
             if n == 0 {
                 break;
             }
