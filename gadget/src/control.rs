@@ -44,7 +44,9 @@ pub struct Status {
     pub protocol_version: Option<u8>,
     /// Negotiated max bundle size towards the host.
     pub max_bundle: Option<usize>,
-    /// Negotiated MTU.
+    /// Largest packet the host accepts (negotiated in Hello).
+    pub link_mtu: Option<u32>,
+    /// MTU applied to the TUN device (LinkConfig after static overrides).
     pub mtu: Option<u32>,
     /// The host's identity.
     pub peer: Option<String>,

@@ -315,7 +315,8 @@ fn status(pump: &Pump, opts: &RunOptions, uptime: Duration) -> Status {
         }),
         protocol_version: n.map(|n| n.version),
         max_bundle: n.map(|n| n.max_bundle),
-        mtu: n.map(|n| n.max_mtu),
+        link_mtu: n.map(|n| n.max_mtu),
+        mtu: applied.as_ref().map(|lc| lc.mtu),
         peer: n.map(|n| n.peer.identity.clone()),
         address: applied
             .as_ref()
