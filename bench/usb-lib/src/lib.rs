@@ -8,6 +8,10 @@
 
 use std::time::{Duration, Instant};
 
+/// qbkit-host's USB transport, compiled here for its VM test (`usb-link-test`) and unit tests.
+#[path = "../../../host/src/usb/mod.rs"]
+pub mod usb;
+
 /// ffs-dev's chunk size; ffs-dev checks every OUT transfer against `pattern(len)`.
 pub const CHUNK: usize = 64 * 1024;
 
