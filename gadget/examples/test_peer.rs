@@ -5,6 +5,7 @@
 //!
 //! Output, one line each on stdout: `UP`, `INJECTED`, `PING <seq>` per echo request answered.
 //! Usage: gadget-test-peer SOCKET_PATH SECONDS
+//!        gadget-test-peer --dump-handshake FILE   (Hello + LinkConfig bundle, for the VM's pyusb peer)
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
@@ -59,9 +60,39 @@ fn bundle(f: impl FnOnce(&mut BundleWriter<'_>)) -> Vec<u8> {
     buf
 }
 
+fn offer() -> LinkConfig {
+    LinkConfig {
+        ipv4: Some(Cidr {
+            addr: Ipv4Addr::new(10, 47, 0, 2),
+            prefix: 24,
+        }),
+        gateway_v4: Some(Ipv4Addr::new(10, 47, 0, 1)),
+        dns: vec![IpAddr::V4(Ipv4Addr::new(10, 47, 0, 1))],
+        mtu: 9000,
+        ..LinkConfig::default()
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--dump-handshake") {
+        let b = bundle(|w| {
+            w.push_control(&Control::Hello(Hello {
+                version: shared_frame::PROTOCOL_VERSION,
+                role: Role::Host,
+                flags: 0,
+                capabilities: Capabilities::ALL,
+                max_bundle: 65536,
+                max_mtu: 16384,
+                identity: "vm-pyusb-peer".into(),
+            }))
+            .unwrap();
+            w.push_control(&Control::LinkConfig(offer())).unwrap();
+        });
+        std::fs::write(&args[2], b).expect("write handshake");
+        return;
+    }
     let path = args.get(1).expect("usage: gadget-test-peer SOCKET SECONDS");
     let secs: u64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(30);
     let url = LinkUrl::parse(&format!("unix://{path}")).unwrap();
@@ -78,16 +109,7 @@ async fn main() {
         }
     };
     let mut cfg = SessionConfig::new(Role::Host, "gadget-test-peer");
-    cfg.link_config = Some(LinkConfig {
-        ipv4: Some(Cidr {
-            addr: Ipv4Addr::new(10, 47, 0, 2),
-            prefix: 24,
-        }),
-        gateway_v4: Some(Ipv4Addr::new(10, 47, 0, 1)),
-        dns: vec![IpAddr::V4(Ipv4Addr::new(10, 47, 0, 1))],
-        mtu: 9000,
-        ..LinkConfig::default()
-    });
+    cfg.link_config = Some(offer());
     let mut s = Session::new(cfg, now());
     let mut reader = BundleReader::new(r, DEFAULT_MAX_BUNDLE);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);

@@ -289,9 +289,10 @@ async fn out_loop(
                     if *enabled.borrow() {
                         tracing::debug!(error = %e, "bulk OUT read failed");
                     }
-                    // Wait for the next enable before queueing reads again.
-                    if *enabled.borrow() {
-                        let _ = enabled.changed().await;
+                    // Wait for the next enable before queueing reads again; a closed watch means
+                    // the link task is gone.
+                    if *enabled.borrow() && enabled.changed().await.is_err() {
+                        return;
                     }
                     break;
                 }

@@ -36,7 +36,8 @@ def check():
     vendor = raw[16]
     print(f"MSOS_STRING {sig} vendor_code={vendor:#04x}")
     compat = bytes(dev.ctrl_transfer(0xC0, vendor, 0, 4, 40))
-    print(f"COMPAT_ID {compat[18:26].rstrip(b'\0').decode()}")
+    cid = compat[18:26].rstrip(b"\0").decode()
+    print(f"COMPAT_ID {cid}")
     props = bytes(dev.ctrl_transfer(0xC1, vendor, 0, 5, 512))
     count = struct.unpack_from("<H", props, 8)[0]
     off = 10
