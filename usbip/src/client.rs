@@ -275,6 +275,11 @@ impl Client {
         Ok(seq)
     }
 
+    /// Bytes of queued commands not yet taken by [`Self::poll_transmit`].
+    pub fn transmit_pending(&self) -> usize {
+        self.tx.len()
+    }
+
     /// Bytes to write to the peer, all queued commands at once; `None` when nothing is queued.
     /// Call after every submit/unlink (or batch of them) and write everything it returns, in order.
     #[must_use]
