@@ -1,0 +1,561 @@
+//! The one event loop of `qbkit-host`: link (bundles in and out) + [`Session`] + [`Nat`] + OS
+//! sockets + timers, on one tokio current-thread task. This is the only place that reads the
+//! clock.
+//!
+//! # Theory of operation
+//!
+//! ```text
+//!  transport task ──LinkEvent──▶ handle_bundle ─▶ Session ─IP─▶ Nat::handle_ip_packet
+//!                                                               │ poll_event
+//!  OS sockets ◀── Sockets::handle_event ◀──────────────────────┘
+//!  OS sockets ──ready──▶ Sockets::service_ready ─▶ tcp_send_with / handle_os_event ─▶ Nat
+//!  transport task ◀──bundle── transmit: poll_control + poll_ip_packet… (when a slot is free)
+//! ```
+//!
+//! Each turn of the loop first *works until quiescent*, then *waits*. Working means: run due
+//! timers, take every received bundle already queued (batching packets is cheaper: one ACK per
+//! flow per batch), service every ready socket, carry out every NAT event (which can produce more
+//! events), and hand bundles to the link while it has a free slot. As in quinn's
+//! `ConnectionDriver`, one input can unlock several outputs (an ACK frees window, which lets a
+//! socket be read, which queues packets, which arms a timer), so the work phase repeats until
+//! neither a timer, an input nor a transmit produced anything. Then the task sleeps until a
+//! bundle arrives, a socket becomes ready, the link frees a slot (only while output waits), the
+//! earliest timer, or a control-socket client.
+//!
+//! # Aggregation
+//!
+//! There is no flush timer. Whenever the link has a free slot, everything the core has for the
+//! board goes into one bundle (session control first) and leaves at once; while every slot is
+//! busy the core is not drained, so packets accumulate in it (bounded by its board queue and
+//! the TCP windows) and leave together in the next bundle. An idle link therefore adds no
+//! latency, and a busy one gets full bundles.
+//!
+//! # Link loss
+//!
+//! A lost link resets the session (Hello again on the next link); flows stay, so a quick
+//! reconnect (USB replug, stream re-accept) keeps the board's TCP connections alive. While no
+//! link is up the core is not drained: TCP stalls on its windows, UDP for the board is dropped
+//! and counted by the core.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use qbkit_nat::{Nat, NatConfig, NatError};
+use shared_frame::{
+    BundleWriter, ByeReason, CHANNEL_NET, Cidr, LinkConfig, RecordKind, Role, Session,
+    SessionConfig, SessionEvent,
+};
+use tokio::sync::mpsc;
+use tokio::time::Sleep;
+
+use crate::sockets::{ReadyQueue, Sockets};
+use crate::status::{self, Status};
+use crate::transport::{Framing, LinkEvent, LinkUp};
+
+/// Received bundles handled per work pass before the core's output is drained (bounds latency
+/// under a flood from the board).
+const RX_BATCH: usize = 16;
+/// While the link cannot take output, re-check the core's timers at least this often.
+const BUSY_TIMER: Duration = Duration::from_millis(100);
+
+/// Errors of the driver.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The NAT configuration is invalid.
+    #[error("NAT configuration: {0}")]
+    Nat(#[from] NatError),
+    /// The control socket could not be created.
+    #[error("control socket {path}: {source}")]
+    Control {
+        /// Its path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// What the driver needs besides the link.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct DriverConfig {
+    /// The NAT core's configuration (addresses, MTU, policy, DNS upstreams).
+    pub nat: NatConfig,
+    /// Largest bundle we accept from the board.
+    pub max_bundle: usize,
+    /// Our identity in Hello.
+    pub identity: String,
+    /// The transport, for status output.
+    pub transport: String,
+    /// Where to serve `qbkit-host status` (`None`: no control socket).
+    pub control_path: Option<PathBuf>,
+}
+
+impl DriverConfig {
+    /// Defaults around a NAT configuration.
+    pub fn new(nat: NatConfig) -> Self {
+        Self {
+            nat,
+            max_bundle: shared_frame::DEFAULT_MAX_BUNDLE,
+            identity: format!("qbkit-host {}", env!("CARGO_PKG_VERSION")),
+            transport: String::new(),
+            control_path: None,
+        }
+    }
+}
+
+/// Counters of the driver itself.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+#[non_exhaustive]
+pub struct DriverCounters {
+    /// Bundles received from the link.
+    pub rx_bundles: u64,
+    /// Bundles sent to the link.
+    pub tx_bundles: u64,
+    /// Bytes of bundles sent.
+    pub tx_bundle_bytes: u64,
+    /// Times a link came up.
+    pub link_ups: u64,
+    /// Times a link went down.
+    pub link_downs: u64,
+    /// Dropped: received bundle that failed to parse (counted in detail by the session).
+    pub drop_rx_bad_bundle: u64,
+    /// Dropped: IP record on a channel other than the network.
+    pub drop_rx_unknown_channel: u64,
+    /// Dropped: a bundle the transport refused because it went away while sending.
+    pub drop_tx_link_gone: u64,
+    /// Work passes (loop turns).
+    pub passes: u64,
+}
+
+/// Monotonic clock in microseconds since the driver started (the sans-IO cores' time base).
+#[derive(Debug, Clone, Copy)]
+struct Clock(std::time::Instant);
+
+impl Clock {
+    fn micros(self) -> u64 {
+        u64::try_from(self.0.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+    fn frame(self) -> shared_frame::Instant {
+        shared_frame::Instant::from_micros(self.micros())
+    }
+    fn nat(self) -> qbkit_nat::Instant {
+        qbkit_nat::Instant::from_micros(i64::try_from(self.micros()).unwrap_or(i64::MAX))
+    }
+    fn deadline(self, micros: u64) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.0 + Duration::from_micros(micros))
+    }
+}
+
+/// The loop's state. Built by [`run`].
+struct Driver {
+    clock: Clock,
+    cfg: DriverConfig,
+    nat: Nat,
+    session: Session,
+    sockets: Sockets,
+    ready: Arc<ReadyQueue>,
+    link: Option<LinkUp>,
+    link_description: Option<String>,
+    /// The core may have packets for the board (cleared when `poll_ip_packet` returns `None`).
+    tx_pending: bool,
+    /// A packet polled from the core that did not fit the last bundle: `scratch[..carry]`.
+    carry: usize,
+    scratch: Vec<u8>,
+    peer_stats: Option<shared_frame::Stats>,
+    counters: DriverCounters,
+}
+
+/// Runs the driver until `shutdown` completes or the transport's event channel closes.
+pub async fn run(
+    cfg: DriverConfig,
+    mut link_events: mpsc::Receiver<LinkEvent>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let clock = Clock(std::time::Instant::now());
+    let mut d = Driver::new(cfg, clock)?;
+    let mut control = match &d.cfg.control_path {
+        Some(p) => Some(
+            status::ControlServer::bind(p).map_err(|source| Error::Control {
+                path: p.clone(),
+                source,
+            })?,
+        ),
+        None => None,
+    };
+    tracing::info!(
+        board = %d.cfg.nat.board_ipv4,
+        gateway = %d.cfg.nat.gateway_ipv4,
+        mtu = d.cfg.nat.mtu,
+        dns = ?d.cfg.nat.dns_servers,
+        "driver started"
+    );
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut sleep: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep(Duration::from_hours(1)));
+    let ready = Arc::clone(&d.ready);
+    loop {
+        let deadline = d.work();
+        sleep.as_mut().reset(clock.deadline(deadline));
+        let want_tx = d.wants_transmit();
+        let tx = d.link.as_ref().map(|l| l.tx.clone());
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            ev = link_events.recv() => {
+                let Some(ev) = ev else {
+                    tracing::info!("transport ended");
+                    break;
+                };
+                d.handle_link_event(ev);
+                // Take what else is queued: packets of one batch share one drain (one ACK per
+                // flow per batch).
+                for _ in 1..RX_BATCH {
+                    let Ok(ev) = link_events.try_recv() else { break };
+                    d.handle_link_event(ev);
+                }
+            }
+            () = std::future::poll_fn(|cx| ready.poll_ready(cx)) => {}
+            permit = async { tx.as_ref().expect("guarded").reserve().await }, if want_tx && tx.is_some() => {
+                // Only a wake-up: the slot is used by `transmit` in the next work pass.
+                drop(permit);
+            }
+            () = &mut sleep => {}
+            conn = async { control.as_mut().expect("guarded").accept().await }, if control.is_some() => {
+                if let Some(stream) = conn {
+                    let snapshot = d.status();
+                    status::reply(stream, &snapshot);
+                }
+            }
+        }
+    }
+    d.goodbye().await;
+    Ok(())
+}
+
+impl Driver {
+    fn new(cfg: DriverConfig, clock: Clock) -> Result<Self, Error> {
+        let nat = Nat::new(cfg.nat.clone(), clock.nat())?;
+        let mut scfg = SessionConfig::new(Role::Host, cfg.identity.clone());
+        scfg.max_bundle = cfg.max_bundle;
+        scfg.max_mtu = u32::try_from(cfg.nat.mtu).unwrap_or(u32::MAX);
+        scfg.link_config = Some(link_config(&cfg.nat, cfg.nat.mtu));
+        let session = Session::new(scfg, clock.frame());
+        let sockets = Sockets::new();
+        let ready = sockets.ready_queue();
+        Ok(Self {
+            clock,
+            scratch: vec![0; cfg.nat.mtu],
+            cfg,
+            nat,
+            session,
+            sockets,
+            ready,
+            link: None,
+            link_description: None,
+            tx_pending: false,
+            carry: 0,
+            peer_stats: None,
+            counters: DriverCounters::default(),
+        })
+    }
+
+    /// Works until quiescent; returns the next timer deadline (µs on the driver clock).
+    fn work(&mut self) -> u64 {
+        loop {
+            self.counters.passes += 1;
+            let now = self.clock.micros();
+            // Timers first: they may queue control messages and packets.
+            if self
+                .session
+                .poll_timeout()
+                .is_some_and(|t| t.as_micros() <= now)
+            {
+                self.session.handle_timeout(self.clock.frame());
+            }
+            if self
+                .nat
+                .poll_timeout(self.clock.nat())
+                .is_some_and(|t| t.total_micros() <= now.cast_signed())
+            {
+                self.nat.handle_timeout(self.clock.nat());
+                self.tx_pending = true;
+            }
+            self.drain_session_events();
+            let mut progress = self.sockets.service_ready(&mut self.nat, self.clock.nat());
+            progress |= self.drain_nat_events();
+            if progress {
+                self.tx_pending = true;
+            }
+            progress |= self.transmit();
+            if !progress && !self.sockets.has_more() {
+                break;
+            }
+        }
+        self.next_deadline()
+    }
+
+    fn next_deadline(&mut self) -> u64 {
+        let now = self.clock.micros();
+        let session = self
+            .session
+            .poll_timeout()
+            .map(shared_frame::Instant::as_micros);
+        let mut nat = self
+            .nat
+            .poll_timeout(self.clock.nat())
+            .map(|t| u64::try_from(t.total_micros()).unwrap_or(0));
+        if nat.is_some_and(|t| t <= now) {
+            // The core asks to be drained (or has a due timer that needs the board queue to
+            // drain). That only helps once the link frees a slot, which wakes us anyway.
+            nat = Some(now + BUSY_TIMER.as_micros() as u64);
+        }
+        [session, nat]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(now + 3_600_000_000)
+    }
+
+    fn link_writable(&self) -> bool {
+        self.link.as_ref().is_some_and(|l| l.tx.capacity() > 0)
+    }
+
+    fn wants_transmit(&self) -> bool {
+        self.link.is_some()
+            && (self.tx_pending || self.carry > 0 || self.session.has_pending_control())
+    }
+
+    fn handle_link_event(&mut self, ev: LinkEvent) {
+        match ev {
+            LinkEvent::Up(up) => {
+                self.counters.link_ups += 1;
+                tracing::info!(link = %up.description, "link up");
+                self.link_description = Some(up.description.clone());
+                self.link = Some(up);
+                self.session.reset(self.clock.frame());
+                self.tx_pending = true;
+            }
+            LinkEvent::Down { reason } => {
+                self.counters.link_downs += 1;
+                tracing::warn!(%reason, "link down");
+                self.link = None;
+                self.session.reset(self.clock.frame());
+                self.drain_session_events();
+            }
+            LinkEvent::Bundle(b) => self.handle_bundle(&b),
+        }
+    }
+
+    fn handle_bundle(&mut self, b: &[u8]) {
+        self.counters.rx_bundles += 1;
+        let now = self.clock.nat();
+        let nat = &mut self.nat;
+        let unknown = &mut self.counters.drop_rx_unknown_channel;
+        let res = self
+            .session
+            .handle_bundle(self.clock.frame(), b, |ch, pkt| {
+                if ch == CHANNEL_NET {
+                    nat.handle_ip_packet(now, pkt);
+                } else {
+                    *unknown += 1;
+                }
+            });
+        if let Err(e) = res {
+            self.counters.drop_rx_bad_bundle += 1;
+            tracing::debug!(error = %e, "bad bundle from the board");
+        }
+        self.tx_pending = true;
+    }
+
+    fn drain_session_events(&mut self) {
+        while let Some(ev) = self.session.poll_event() {
+            match ev {
+                SessionEvent::Up(n) => {
+                    tracing::info!(
+                        peer = %n.peer.identity,
+                        version = n.version,
+                        mtu = n.max_mtu,
+                        max_bundle = n.max_bundle,
+                        "board connected"
+                    );
+                    let mtu = n.max_mtu as usize;
+                    if mtu < self.nat.config().mtu {
+                        self.shrink_mtu(mtu);
+                    }
+                }
+                SessionEvent::Down(reason) => tracing::info!(?reason, "board session down"),
+                SessionEvent::PeerStats(s) => self.peer_stats = Some(s),
+                SessionEvent::Error(e) => tracing::warn!(error = %e, "link protocol error"),
+                SessionEvent::LinkConfig(_) => {}
+                other => tracing::debug!(?other, "session event"),
+            }
+        }
+    }
+
+    /// The board can take less than our MTU: offer it the smaller one, and size the core for it
+    /// if no flow exists yet (the core's MTU is fixed at creation).
+    fn shrink_mtu(&mut self, mtu: usize) {
+        let mtu = mtu.max(qbkit_nat::MIN_MTU);
+        self.session
+            .set_link_config(link_config(&self.cfg.nat, mtu));
+        if self.nat.flow_count() == 0 {
+            let mut cfg = self.nat.config().clone();
+            cfg.mtu = mtu;
+            match Nat::new(cfg, self.clock.nat()) {
+                Ok(nat) => {
+                    self.nat = nat;
+                    self.carry = 0;
+                    tracing::info!(mtu, "NAT resized for the board's MTU");
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot resize the NAT"),
+            }
+        } else {
+            tracing::warn!(
+                mtu,
+                "board MTU is below ours while flows exist; keeping the NAT's MTU"
+            );
+        }
+    }
+
+    /// Carries out every pending NAT event. Returns true when there were any.
+    fn drain_nat_events(&mut self) -> bool {
+        let mut any = false;
+        while let Some(ev) = self.nat.poll_event() {
+            any = true;
+            self.sockets
+                .handle_event(&mut self.nat, self.clock.nat(), ev);
+        }
+        any
+    }
+
+    /// Hands bundles to the link while it has free slots and something is waiting. Returns true
+    /// when at least one bundle was sent.
+    fn transmit(&mut self) -> bool {
+        let mut sent = false;
+        while self.link_writable() && self.wants_transmit() {
+            let max = self.session.tx_max_bundle();
+            let mut buf = vec![0u8; max];
+            let mut w = BundleWriter::new(&mut buf, max);
+            self.session.poll_control(&mut w);
+            let (packets, bytes) = self.fill_bundle(&mut w);
+            if w.is_empty() {
+                break;
+            }
+            let framing = self.link.as_ref().map_or(Framing::Stream, |l| l.framing);
+            let n = match framing {
+                Framing::Usb { max_packet_size } => w.finish_usb(max_packet_size),
+                Framing::Stream => w.finish(),
+            };
+            buf.truncate(n);
+            self.session.record_tx(packets, bytes);
+            let Some(link) = &self.link else { break };
+            if link.tx.try_send(buf).is_err() {
+                // The transport went away between our capacity check and now; its Down event
+                // follows. The packets are lost (TCP retransmits).
+                self.counters.drop_tx_link_gone += 1;
+                self.session.record_tx_drop(packets);
+                break;
+            }
+            self.counters.tx_bundles += 1;
+            self.counters.tx_bundle_bytes += n as u64;
+            sent = true;
+        }
+        sent
+    }
+
+    /// Moves packets from the core into `w` until it is full or the core is empty.
+    fn fill_bundle(&mut self, w: &mut BundleWriter<'_>) -> (u64, u64) {
+        let mtu = self.scratch.len();
+        let now = self.clock.nat();
+        let (mut packets, mut bytes) = (0u64, 0u64);
+        if self.carry > 0 {
+            if w.push_ip(CHANNEL_NET, &self.scratch[..self.carry]).is_err() {
+                return (0, 0);
+            }
+            packets += 1;
+            bytes += self.carry as u64;
+            self.carry = 0;
+        }
+        loop {
+            if w.available_payload() >= mtu {
+                // Zero-copy: the core writes straight into the bundle.
+                let out = w.payload_buf(mtu).expect("room was checked");
+                let Some(n) = self.nat.poll_ip_packet(now, out) else {
+                    self.tx_pending = false;
+                    break;
+                };
+                w.commit(RecordKind::Ip, CHANNEL_NET, n)
+                    .expect("the packet fits the space it was written to");
+                packets += 1;
+                bytes += n as u64;
+            } else {
+                let Some(n) = self.nat.poll_ip_packet(now, &mut self.scratch) else {
+                    self.tx_pending = false;
+                    break;
+                };
+                if w.push_ip(CHANNEL_NET, &self.scratch[..n]).is_err() {
+                    self.carry = n;
+                    break;
+                }
+                packets += 1;
+                bytes += n as u64;
+            }
+        }
+        (packets, bytes)
+    }
+
+    /// Sends a Bye if a link is up and waits briefly for it to leave.
+    async fn goodbye(&mut self) {
+        self.session
+            .close(ByeReason::Shutdown, "qbkit-host is stopping");
+        if let Some(link) = &self.link {
+            let mut buf = vec![0u8; self.session.tx_max_bundle()];
+            let mut w = BundleWriter::new(&mut buf, self.session.tx_max_bundle());
+            self.session.poll_control(&mut w);
+            let n = w.finish();
+            buf.truncate(n);
+            let _ = tokio::time::timeout(Duration::from_millis(500), link.tx.send(buf)).await;
+            // Give the writer a moment to put it on the wire.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tracing::info!("driver stopped");
+    }
+
+    fn status(&self) -> Status {
+        let now = self.clock.nat();
+        Status::collect(&status::Sources {
+            transport: &self.cfg.transport,
+            link: self
+                .link
+                .as_ref()
+                .map(|_| self.link_description.as_deref().unwrap_or("")),
+            session: &self.session,
+            nat: &self.nat,
+            flows: self.nat.flows(now),
+            sockets: self.sockets.counters(),
+            os_sockets: self.sockets.len(),
+            driver: &self.counters,
+            peer_stats: self.peer_stats.as_ref(),
+            uptime: Duration::from_micros(self.clock.micros()),
+        })
+    }
+}
+
+/// The LinkConfig offered to the board: its address, the gateway as router and DNS, the MTU.
+pub fn link_config(nat: &NatConfig, mtu: usize) -> LinkConfig {
+    LinkConfig {
+        ipv4: Some(Cidr {
+            addr: nat.board_ipv4,
+            prefix: nat.prefix_len,
+        }),
+        gateway_v4: Some(nat.gateway_ipv4),
+        // IPv6 is kept in the types; the core forwards IPv4 only until the IPv6 issue.
+        ipv6: None,
+        gateway_v6: None,
+        dns: vec![IpAddr::V4(nat.gateway_ipv4)],
+        mtu: u32::try_from(mtu).unwrap_or(u32::MAX),
+    }
+}

@@ -1,0 +1,41 @@
+//! Linux backend of [`crate::platform`]: resolv.conf (with systemd-resolved's stub handled),
+//! ping sockets (`SOCK_DGRAM`/`IPPROTO_ICMP`, allowed by `net.ipv4.ping_group_range`), glibc
+//! allocator tuning and RSS from /proc.
+#![allow(
+    unsafe_code,
+    reason = "mallopt is a libc call; the block below carries its SAFETY note"
+)]
+
+use std::io;
+use std::net::SocketAddr;
+
+pub use super::unix::{default_control_path, ping_socket};
+
+/// Upstream resolvers from /etc/resolv.conf; when it names the systemd-resolved stub
+/// (127.0.0.53), the real upstreams from /run/systemd/resolve/resolv.conf.
+pub fn dns_servers() -> io::Result<Vec<SocketAddr>> {
+    let main = std::fs::read_to_string("/etc/resolv.conf")?;
+    let resolved = std::fs::read_to_string("/run/systemd/resolve/resolv.conf").ok();
+    Ok(super::pick_dns_servers(&main, resolved.as_deref()))
+}
+
+/// Pins glibc's mmap threshold at 128 KiB so per-flow TCP buffers (1 MiB) are always fresh
+/// mmaps: their pages are committed only as data passes and returned when the flow ends. Without
+/// it glibc raises the threshold after the first large free and RSS grows with churn (see the
+/// qbkit-nat crate docs).
+pub fn tune_allocator() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes allocator parameters; it is called once at start-up before
+    // other threads allocate, with a documented option and a positive value.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
+/// Resident set size of this process (VmRSS from /proc/self/status).
+pub fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}

@@ -1,0 +1,21 @@
+//! Fallback backend of [`crate::platform`] for other Unix systems (BSDs): resolv.conf, ping
+//! sockets where the OS has them, no allocator tuning, no RSS probe.
+
+use std::io;
+use std::net::SocketAddr;
+
+pub use super::unix::{default_control_path, ping_socket};
+
+/// Upstream resolvers from /etc/resolv.conf (configd keeps it in sync with the primary service).
+pub fn dns_servers() -> io::Result<Vec<SocketAddr>> {
+    let main = std::fs::read_to_string("/etc/resolv.conf")?;
+    Ok(super::pick_dns_servers(&main, None))
+}
+
+/// Nothing to tune: the system allocator returns large blocks to the OS by itself.
+pub fn tune_allocator() {}
+
+/// Not measured on macOS yet (needs `task_info`); `status` shows it as unknown.
+pub fn rss_bytes() -> Option<u64> {
+    None
+}

@@ -1,0 +1,868 @@
+//! The OS side of the NAT: carries out [`NatEvent`]s on real non-blocking sockets and reports
+//! what the sockets did back as [`OsEvent`]s.
+//!
+//! # Theory of operation
+//!
+//! Every flow of the core that needs the OS owns one socket here: a TCP stream (connected with a
+//! non-blocking `connect`, so the board's SYN is answered only once the OS says yes), a
+//! *connected* UDP socket (so the OS reports ICMP errors as `ECONNREFUSED` and friends), or an
+//! unprivileged ping socket. Sockets are registered with tokio's reactor, but no task is spawned
+//! per flow: each socket gets two small wakers (read, write) that push the flow's token into one
+//! [`ReadyQueue`], and the driver's single task services exactly the sockets that became ready.
+//! This is readiness fan-in, as `FuturesUnordered` does it, without per-flow futures or channels.
+//!
+//! # Backpressure (never buffer without bound)
+//!
+//! - OS → board: a TCP socket is read only *into* the core's board-bound buffer
+//!   (`Nat::tcp_send_with` hands out its free space and we `read` straight into it). When the
+//!   core has no room the flow is `paused` and its read interest dropped until `TcpWritable`.
+//!   The kernel's receive buffer then fills and the server's TCP stalls.
+//! - Board → OS: board bytes stay in the core (its advertised window shrinks) until the OS
+//!   socket takes them (`Nat::tcp_recv_with` with `write` inside); on `WouldBlock` we wait for
+//!   write readiness. The board's TCP stalls on the closed window.
+//! - UDP/ICMP are lossy: a datagram the OS will not take now is dropped and counted.
+//!
+//! # Fairness
+//!
+//! One readiness service moves at most [`TCP_BUDGET`] bytes or [`DGRAM_BUDGET`] datagrams for a
+//! flow; a flow with more to do is put on the `again` list and serviced on the next pass, after
+//! the driver has drained the core's output to the link.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use qbkit_nat::{ConnectError, DatagramError, FlowError, FlowId, Instant, Nat, NatEvent, OsEvent};
+use serde::Serialize;
+use socket2::{Domain, SockRef, Socket, Type};
+use tokio::net::{TcpStream, UdpSocket};
+
+use crate::platform;
+
+/// Most bytes moved for one TCP flow in one direction per readiness service.
+pub const TCP_BUDGET: usize = 1 << 20;
+/// Most datagrams received for one UDP or ICMP flow per readiness service.
+pub const DGRAM_BUDGET: usize = 64;
+/// Receive scratch for one datagram (the largest UDP payload).
+const DGRAM_BUF: usize = 65536;
+
+/// Which readiness a token stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    Read = 0,
+    Write = 1,
+}
+
+fn token(flow: FlowId, dir: Dir) -> u64 {
+    (flow.0 << 1) | dir as u64
+}
+
+fn untoken(t: u64) -> (FlowId, Dir) {
+    (
+        FlowId(t >> 1),
+        if t & 1 == 0 { Dir::Read } else { Dir::Write },
+    )
+}
+
+/// Tokens of sockets that became ready, and the driver task's waker.
+#[derive(Debug, Default)]
+pub struct ReadyQueue {
+    inner: Mutex<ReadyInner>,
+}
+
+#[derive(Debug, Default)]
+struct ReadyInner {
+    tokens: Vec<u64>,
+    waker: Option<Waker>,
+}
+
+impl ReadyQueue {
+    fn push(&self, t: u64) {
+        let mut g = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        g.tokens.push(t);
+        if let Some(w) = g.waker.take() {
+            w.wake();
+        }
+    }
+
+    fn take(&self, out: &mut Vec<u64>) {
+        let mut g = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        std::mem::swap(&mut g.tokens, out);
+    }
+
+    /// Ready when some socket became ready since the last [`Sockets::service_ready`].
+    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut g = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if g.tokens.is_empty() {
+            g.waker = Some(cx.waker().clone());
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    }
+}
+
+struct TokenWaker {
+    token: u64,
+    queue: Arc<ReadyQueue>,
+}
+
+impl Wake for TokenWaker {
+    fn wake(self: Arc<Self>) {
+        self.queue.push(self.token);
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.queue.push(self.token);
+    }
+}
+
+/// Counters of the OS side; every drop has its own.
+#[derive(Debug, Clone, Default, Serialize)]
+#[non_exhaustive]
+pub struct SocketCounters {
+    /// OS TCP connects started.
+    pub tcp_connects: u64,
+    /// OS TCP connects that failed (refused, unreachable, …).
+    pub tcp_connect_failures: u64,
+    /// TCP sockets that failed with an error after connecting (reported as RST to the board).
+    pub tcp_resets_from_os: u64,
+    /// TCP sockets closed with SO_LINGER 0 (RST to the server).
+    pub tcp_resets_to_os: u64,
+    /// Bytes read from OS TCP sockets (to the board).
+    pub tcp_bytes_from_os: u64,
+    /// Bytes written to OS TCP sockets (from the board).
+    pub tcp_bytes_to_os: u64,
+    /// UDP sockets opened.
+    pub udp_opens: u64,
+    /// UDP sockets that could not be opened.
+    pub udp_open_failures: u64,
+    /// Dropped: UDP datagram the OS would not take now (send buffer full).
+    pub drop_udp_send_would_block: u64,
+    /// Dropped: UDP datagram the OS rejected (error reported to the core).
+    pub drop_udp_send_error: u64,
+    /// UDP datagrams received from the OS.
+    pub udp_datagrams_from_os: u64,
+    /// Ping sockets opened.
+    pub icmp_opens: u64,
+    /// Echo requests the OS would not take or rejected.
+    pub drop_icmp_send: u64,
+    /// Echo requests when ping sockets are not allowed (reported as `IcmpUnavailable`).
+    pub icmp_unavailable: u64,
+    /// Packets on a ping socket that are not echo replies.
+    pub drop_icmp_not_reply: u64,
+    /// Events naming a flow this side does not know (already closed).
+    pub drop_unknown_flow: u64,
+}
+
+struct Wakers {
+    read: Waker,
+    write: Waker,
+}
+
+impl Wakers {
+    fn new(flow: FlowId, queue: &Arc<ReadyQueue>) -> Self {
+        let mk = |dir| {
+            Waker::from(Arc::new(TokenWaker {
+                token: token(flow, dir),
+                queue: Arc::clone(queue),
+            }))
+        };
+        Self {
+            read: mk(Dir::Read),
+            write: mk(Dir::Write),
+        }
+    }
+}
+
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "independent per-direction states of one connection"
+)]
+struct TcpFlow {
+    stream: TcpStream,
+    wakers: Wakers,
+    /// The non-blocking connect has not completed yet.
+    connecting: bool,
+    /// The core's board-bound buffer is full: do not read until `TcpWritable`.
+    paused: bool,
+    /// The OS side sent EOF (reported as `TcpEof`).
+    read_closed: bool,
+    /// The board has data for the OS socket (`TcpReadable` seen, not yet drained).
+    board_data: bool,
+}
+
+struct DgramFlow {
+    sock: UdpSocket,
+    wakers: Wakers,
+}
+
+enum OsFlow {
+    Tcp(TcpFlow),
+    Udp(DgramFlow),
+    /// A ping socket; `None` until the first echo request opened it.
+    Icmp(Option<DgramFlow>),
+}
+
+/// The OS sockets of every flow. See the module docs.
+pub struct Sockets {
+    flows: HashMap<FlowId, OsFlow>,
+    queue: Arc<ReadyQueue>,
+    /// Tokens that ran out of budget: service again on the next pass.
+    again: Vec<u64>,
+    scratch_tokens: Vec<u64>,
+    buf: Vec<u8>,
+    counters: SocketCounters,
+}
+
+impl std::fmt::Debug for Sockets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sockets")
+            .field("flows", &self.flows.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Sockets {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Sockets {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self {
+            flows: HashMap::new(),
+            queue: Arc::new(ReadyQueue::default()),
+            again: Vec::new(),
+            scratch_tokens: Vec::new(),
+            buf: vec![0; DGRAM_BUF],
+            counters: SocketCounters::default(),
+        }
+    }
+
+    /// The readiness queue the driver waits on.
+    pub fn ready_queue(&self) -> Arc<ReadyQueue> {
+        Arc::clone(&self.queue)
+    }
+
+    /// Open OS sockets.
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// True when no socket is open.
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> &SocketCounters {
+        &self.counters
+    }
+
+    /// True when some flow ran out of budget and wants another pass without waiting.
+    pub fn has_more(&self) -> bool {
+        !self.again.is_empty()
+    }
+
+    /// Carries out one request of the core. May call back into the core (`handle_os_event`,
+    /// `tcp_recv_with`, `tcp_send_with`); the caller drains `poll_event` again afterwards.
+    pub fn handle_event(&mut self, nat: &mut Nat, now: Instant, ev: NatEvent) {
+        match ev {
+            NatEvent::TcpConnect { flow, src, dst } => self.tcp_connect(nat, now, flow, src, dst),
+            NatEvent::TcpReadable { flow } => {
+                if let Some(OsFlow::Tcp(t)) = self.flows.get_mut(&flow) {
+                    t.board_data = true;
+                    self.service(nat, now, flow, Dir::Write);
+                } else {
+                    self.counters.drop_unknown_flow += 1;
+                }
+            }
+            NatEvent::TcpWritable { flow } => {
+                if let Some(OsFlow::Tcp(t)) = self.flows.get_mut(&flow) {
+                    t.paused = false;
+                    self.service(nat, now, flow, Dir::Read);
+                } else {
+                    self.counters.drop_unknown_flow += 1;
+                }
+            }
+            NatEvent::TcpShutdown { flow } => {
+                if let Some(OsFlow::Tcp(t)) = self.flows.get(&flow) {
+                    if let Err(e) = t.stream.shutdown_write() {
+                        tracing::debug!(%flow, error = %e, "shutdown(write) failed");
+                    }
+                } else {
+                    self.counters.drop_unknown_flow += 1;
+                }
+            }
+            NatEvent::TcpClose { flow, reset } => {
+                if let Some(OsFlow::Tcp(t)) = self.flows.remove(&flow) {
+                    if reset {
+                        self.counters.tcp_resets_to_os += 1;
+                        let _ = SockRef::from(&t.stream).set_linger(Some(Duration::ZERO));
+                    }
+                    tracing::trace!(%flow, reset, "tcp flow closed");
+                }
+            }
+            NatEvent::UdpOpen { flow, dst, .. } => self.udp_open(nat, now, flow, dst),
+            NatEvent::UdpSend { flow, payload } => self.udp_send(nat, now, flow, &payload),
+            NatEvent::UdpClose { flow } | NatEvent::IcmpClose { flow } => {
+                self.flows.remove(&flow);
+            }
+            NatEvent::IcmpEchoRequest {
+                flow,
+                dst,
+                seq,
+                payload,
+            } => self.icmp_echo(nat, now, flow, dst, seq, &payload),
+            other => tracing::debug!(?other, "unhandled NAT event"),
+        }
+    }
+
+    /// Services every socket that became ready (and those left over from the last pass).
+    /// Returns true when anything was serviced.
+    pub fn service_ready(&mut self, nat: &mut Nat, now: Instant) -> bool {
+        let mut tokens = std::mem::take(&mut self.scratch_tokens);
+        self.queue.take(&mut tokens);
+        tokens.append(&mut self.again);
+        let any = !tokens.is_empty();
+        for t in tokens.drain(..) {
+            let (flow, dir) = untoken(t);
+            self.service(nat, now, flow, dir);
+        }
+        self.scratch_tokens = tokens;
+        any
+    }
+
+    fn service(&mut self, nat: &mut Nat, now: Instant, flow: FlowId, dir: Dir) {
+        let Some(f) = self.flows.get_mut(&flow) else {
+            return; // a stale wake-up of a closed socket
+        };
+        let outcome = match f {
+            OsFlow::Tcp(t) if t.connecting => tcp_check_connect(t, nat, now, flow),
+            OsFlow::Tcp(t) => match dir {
+                Dir::Read => tcp_os_to_board(t, nat, now, flow, &mut self.counters),
+                Dir::Write => tcp_board_to_os(t, nat, now, flow, &mut self.counters),
+            },
+            OsFlow::Udp(d) => udp_recv(d, nat, now, flow, &mut self.buf, &mut self.counters),
+            OsFlow::Icmp(Some(d)) => {
+                icmp_recv(d, nat, now, flow, &mut self.buf, &mut self.counters)
+            }
+            OsFlow::Icmp(None) => Outcome::Idle,
+        };
+        match outcome {
+            Outcome::Idle => {}
+            Outcome::Again => self.again.push(token(flow, dir)),
+            Outcome::Connected => {
+                // The server may have spoken first, and the board may already have data.
+                self.service(nat, now, flow, Dir::Read);
+                self.service(nat, now, flow, Dir::Write);
+            }
+            Outcome::Gone => {
+                self.flows.remove(&flow);
+            }
+        }
+    }
+
+    fn tcp_connect(
+        &mut self,
+        nat: &mut Nat,
+        now: Instant,
+        flow: FlowId,
+        src: SocketAddr,
+        dst: SocketAddr,
+    ) {
+        self.counters.tcp_connects += 1;
+        match start_connect(dst) {
+            Ok(stream) => {
+                tracing::trace!(%flow, %src, %dst, "tcp connect");
+                let t = TcpFlow {
+                    stream,
+                    wakers: Wakers::new(flow, &self.queue),
+                    connecting: true,
+                    paused: false,
+                    read_closed: false,
+                    board_data: false,
+                };
+                self.flows.insert(flow, OsFlow::Tcp(t));
+                self.service(nat, now, flow, Dir::Write);
+            }
+            Err(e) => {
+                self.counters.tcp_connect_failures += 1;
+                tracing::debug!(%flow, %dst, error = %e, "tcp connect failed at once");
+                let error = connect_error(&e);
+                nat.handle_os_event(now, OsEvent::TcpConnectFailed { flow, error });
+            }
+        }
+    }
+
+    fn udp_open(&mut self, nat: &mut Nat, now: Instant, flow: FlowId, dst: SocketAddr) {
+        match open_udp(dst) {
+            Ok(sock) => {
+                self.counters.udp_opens += 1;
+                let d = DgramFlow {
+                    sock,
+                    wakers: Wakers::new(flow, &self.queue),
+                };
+                self.flows.insert(flow, OsFlow::Udp(d));
+                self.service(nat, now, flow, Dir::Read);
+            }
+            Err(e) => {
+                self.counters.udp_open_failures += 1;
+                tracing::debug!(%flow, %dst, error = %e, "udp socket failed");
+                let error = datagram_error(&e);
+                nat.handle_os_event(now, OsEvent::UdpError { flow, error });
+                if error == DatagramError::Failed {
+                    return;
+                }
+                // A connect that reports unreachable leaves no usable socket either.
+                nat.handle_os_event(
+                    now,
+                    OsEvent::UdpError {
+                        flow,
+                        error: DatagramError::Failed,
+                    },
+                );
+            }
+        }
+    }
+
+    fn udp_send(&mut self, nat: &mut Nat, now: Instant, flow: FlowId, payload: &[u8]) {
+        let Some(OsFlow::Udp(d)) = self.flows.get(&flow) else {
+            self.counters.drop_unknown_flow += 1;
+            return;
+        };
+        match d.sock.try_send(payload) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.counters.drop_udp_send_would_block += 1;
+            }
+            Err(e) => {
+                self.counters.drop_udp_send_error += 1;
+                let error = datagram_error(&e);
+                nat.handle_os_event(now, OsEvent::UdpError { flow, error });
+                if error == DatagramError::Failed {
+                    self.flows.remove(&flow);
+                }
+            }
+        }
+    }
+
+    fn icmp_echo(
+        &mut self,
+        nat: &mut Nat,
+        now: Instant,
+        flow: FlowId,
+        dst: IpAddr,
+        seq: u16,
+        payload: &[u8],
+    ) {
+        let slot = self.flows.entry(flow).or_insert(OsFlow::Icmp(None));
+        let OsFlow::Icmp(slot) = slot else {
+            self.counters.drop_unknown_flow += 1;
+            return;
+        };
+        if slot.is_none() {
+            match platform::ping_socket(dst).and_then(into_udp) {
+                Ok(sock) => {
+                    self.counters.icmp_opens += 1;
+                    *slot = Some(DgramFlow {
+                        sock,
+                        wakers: Wakers::new(flow, &self.queue),
+                    });
+                }
+                Err(e) => {
+                    self.flows.remove(&flow);
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::PermissionDenied | io::ErrorKind::Unsupported
+                    ) || e.raw_os_error() == Some(EPERM)
+                    {
+                        self.counters.icmp_unavailable += 1;
+                        tracing::info!(error = %e, "ping sockets unavailable; only the gateway answers pings");
+                        nat.handle_os_event(now, OsEvent::IcmpUnavailable { flow });
+                    } else {
+                        self.counters.drop_icmp_send += 1;
+                        tracing::debug!(%flow, %dst, error = %e, "ping socket failed");
+                    }
+                    return;
+                }
+            }
+        }
+        let Some(d) = slot else { return };
+        let pkt = platform::icmp_echo_request(seq, payload);
+        if let Err(e) = d.sock.try_send(&pkt) {
+            self.counters.drop_icmp_send += 1;
+            tracing::debug!(%flow, %dst, error = %e, "echo request not sent");
+        }
+        self.service(nat, now, flow, Dir::Read);
+    }
+}
+
+/// `EPERM`, which Linux returns for ping sockets outside `ping_group_range` on some kernels.
+const EPERM: i32 = 1;
+
+enum Outcome {
+    /// Nothing more to do until the next wake-up.
+    Idle,
+    /// Budget used up: service again on the next pass.
+    Again,
+    /// A connect completed: service both directions.
+    Connected,
+    /// The socket is finished (the core was told): drop it.
+    Gone,
+}
+
+fn start_connect(dst: SocketAddr) -> io::Result<TcpStream> {
+    let s = Socket::new(Domain::for_address(dst), Type::STREAM, None)?;
+    s.set_nonblocking(true)?;
+    s.set_tcp_nodelay(true)?;
+    match s.connect(&dst.into()) {
+        Ok(()) => {}
+        Err(e) if connect_in_progress(&e) => {}
+        Err(e) => return Err(e),
+    }
+    TcpStream::from_std(std::net::TcpStream::from(s))
+}
+
+fn connect_in_progress(e: &io::Error) -> bool {
+    #[cfg(unix)]
+    if e.raw_os_error() == Some(libc::EINPROGRESS) {
+        return true;
+    }
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+fn open_udp(dst: SocketAddr) -> io::Result<UdpSocket> {
+    let s = Socket::new(Domain::for_address(dst), Type::DGRAM, None)?;
+    s.set_nonblocking(true)?;
+    s.connect(&dst.into())?;
+    into_udp(s)
+}
+
+/// Wraps a non-blocking datagram socket (UDP or ping) for the reactor.
+fn into_udp(s: Socket) -> io::Result<UdpSocket> {
+    s.set_nonblocking(true)?;
+    UdpSocket::from_std(std::net::UdpSocket::from(s))
+}
+
+fn connect_error(e: &io::Error) -> ConnectError {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => ConnectError::Refused,
+        io::ErrorKind::HostUnreachable => ConnectError::HostUnreachable,
+        io::ErrorKind::NetworkUnreachable => ConnectError::NetUnreachable,
+        io::ErrorKind::TimedOut => ConnectError::TimedOut,
+        _ => ConnectError::Other,
+    }
+}
+
+fn datagram_error(e: &io::Error) -> DatagramError {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => DatagramError::PortUnreachable,
+        io::ErrorKind::HostUnreachable => DatagramError::HostUnreachable,
+        io::ErrorKind::NetworkUnreachable => DatagramError::NetUnreachable,
+        _ => DatagramError::Failed,
+    }
+}
+
+/// Completes a non-blocking connect: write readiness, then `SO_ERROR`.
+fn tcp_check_connect(t: &mut TcpFlow, nat: &mut Nat, now: Instant, flow: FlowId) -> Outcome {
+    let mut cx = Context::from_waker(&t.wakers.write);
+    let err = match t.stream.poll_write_ready(&mut cx) {
+        Poll::Pending => return Outcome::Idle,
+        Poll::Ready(Err(e)) => Some(e),
+        Poll::Ready(Ok(())) => match t.stream.take_error() {
+            Ok(None) => match t.stream.peer_addr() {
+                Ok(_) => None,
+                // Writable without an error but not connected: a spurious wake-up.
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return Outcome::Idle,
+                Err(e) => Some(e),
+            },
+            Ok(Some(e)) | Err(e) => Some(e),
+        },
+    };
+    if let Some(e) = err {
+        tracing::debug!(%flow, error = %e, "tcp connect failed");
+        let error = connect_error(&e);
+        nat.handle_os_event(now, OsEvent::TcpConnectFailed { flow, error });
+        return Outcome::Gone;
+    }
+    t.connecting = false;
+    nat.handle_os_event(now, OsEvent::TcpConnected { flow });
+    Outcome::Connected
+}
+
+/// OS socket → core (→ board), only into the space the core offers.
+fn tcp_os_to_board(
+    t: &mut TcpFlow,
+    nat: &mut Nat,
+    now: Instant,
+    flow: FlowId,
+    counters: &mut SocketCounters,
+) -> Outcome {
+    if t.paused || t.read_closed {
+        return Outcome::Idle;
+    }
+    let mut cx = Context::from_waker(&t.wakers.read);
+    let mut moved = 0;
+    loop {
+        if moved >= TCP_BUDGET {
+            return Outcome::Again;
+        }
+        match t.stream.poll_read_ready(&mut cx) {
+            Poll::Pending => return Outcome::Idle,
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return tcp_failed(nat, now, flow, &e, counters),
+        }
+        let mut res: Option<io::Result<usize>> = None;
+        let taken = nat.tcp_send_with(flow, |buf| {
+            let r = t.stream.try_read(buf);
+            let n = *r.as_ref().unwrap_or(&0);
+            res = Some(r);
+            n
+        });
+        match taken {
+            Ok(_) => {}
+            // The board side is gone or closed: stop reading; the core ends the flow.
+            Err(FlowError::SendClosed(_)) => {
+                t.read_closed = true;
+                return Outcome::Idle;
+            }
+            Err(_) => return Outcome::Idle,
+        }
+        match res {
+            // No room in the core: wait for `TcpWritable`.
+            None => {
+                t.paused = true;
+                return Outcome::Idle;
+            }
+            Some(Ok(0)) => {
+                t.read_closed = true;
+                nat.handle_os_event(now, OsEvent::TcpEof { flow });
+                return Outcome::Idle;
+            }
+            Some(Ok(n)) => {
+                moved += n;
+                counters.tcp_bytes_from_os += n as u64;
+            }
+            Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+            Some(Err(e)) => return tcp_failed(nat, now, flow, &e, counters),
+        }
+    }
+}
+
+/// Core (board data) → OS socket, only what the OS accepts.
+fn tcp_board_to_os(
+    t: &mut TcpFlow,
+    nat: &mut Nat,
+    now: Instant,
+    flow: FlowId,
+    counters: &mut SocketCounters,
+) -> Outcome {
+    if !t.board_data {
+        return Outcome::Idle;
+    }
+    let mut cx = Context::from_waker(&t.wakers.write);
+    let mut moved = 0;
+    loop {
+        if moved >= TCP_BUDGET {
+            return Outcome::Again;
+        }
+        match t.stream.poll_write_ready(&mut cx) {
+            Poll::Pending => return Outcome::Idle,
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return tcp_failed(nat, now, flow, &e, counters),
+        }
+        let mut res: Option<io::Result<usize>> = None;
+        let taken = nat.tcp_recv_with(flow, |data| {
+            if data.is_empty() {
+                return 0;
+            }
+            let r = t.stream.try_write(data);
+            let n = *r.as_ref().unwrap_or(&0);
+            res = Some(r);
+            n
+        });
+        if taken.is_err() {
+            t.board_data = false;
+            return Outcome::Idle;
+        }
+        match res {
+            // Nothing buffered: done until the next `TcpReadable`.
+            None => {
+                t.board_data = false;
+                return Outcome::Idle;
+            }
+            Some(Ok(n)) => {
+                moved += n;
+                counters.tcp_bytes_to_os += n as u64;
+            }
+            Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+            Some(Err(e)) => return tcp_failed(nat, now, flow, &e, counters),
+        }
+    }
+}
+
+fn tcp_failed(
+    nat: &mut Nat,
+    now: Instant,
+    flow: FlowId,
+    e: &io::Error,
+    counters: &mut SocketCounters,
+) -> Outcome {
+    counters.tcp_resets_from_os += 1;
+    tracing::debug!(%flow, error = %e, "tcp socket failed; resetting the board's connection");
+    nat.handle_os_event(now, OsEvent::TcpReset { flow });
+    Outcome::Gone
+}
+
+fn udp_recv(
+    d: &mut DgramFlow,
+    nat: &mut Nat,
+    now: Instant,
+    flow: FlowId,
+    buf: &mut [u8],
+    counters: &mut SocketCounters,
+) -> Outcome {
+    let mut cx = Context::from_waker(&d.wakers.read);
+    for _ in 0..DGRAM_BUDGET {
+        match d.sock.poll_recv_ready(&mut cx) {
+            Poll::Pending => return Outcome::Idle,
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(_)) => {
+                nat.handle_os_event(
+                    now,
+                    OsEvent::UdpError {
+                        flow,
+                        error: DatagramError::Failed,
+                    },
+                );
+                return Outcome::Gone;
+            }
+        }
+        match d.sock.try_recv(buf) {
+            Ok(n) => {
+                counters.udp_datagrams_from_os += 1;
+                nat.handle_os_event(
+                    now,
+                    OsEvent::UdpReceived {
+                        flow,
+                        payload: &buf[..n],
+                    },
+                );
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                let error = datagram_error(&e);
+                nat.handle_os_event(now, OsEvent::UdpError { flow, error });
+                if error == DatagramError::Failed {
+                    return Outcome::Gone;
+                }
+            }
+        }
+    }
+    Outcome::Again
+}
+
+fn icmp_recv(
+    d: &mut DgramFlow,
+    nat: &mut Nat,
+    now: Instant,
+    flow: FlowId,
+    buf: &mut [u8],
+    counters: &mut SocketCounters,
+) -> Outcome {
+    let mut cx = Context::from_waker(&d.wakers.read);
+    for _ in 0..DGRAM_BUDGET {
+        match d.sock.poll_recv_ready(&mut cx) {
+            Poll::Pending => return Outcome::Idle,
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(_)) => return Outcome::Gone,
+        }
+        match d.sock.try_recv(buf) {
+            Ok(n) => match platform::parse_icmp_echo_reply(&buf[..n]) {
+                Some((seq, payload)) => {
+                    nat.handle_os_event(now, OsEvent::IcmpEchoReply { flow, seq, payload });
+                }
+                None => counters.drop_icmp_not_reply += 1,
+            },
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            // Errors queued on the socket (an ICMP error for an earlier request): no reply.
+            Err(_) => counters.drop_icmp_not_reply += 1,
+        }
+    }
+    Outcome::Again
+}
+
+trait ShutdownWrite {
+    fn shutdown_write(&self) -> io::Result<()>;
+}
+
+impl ShutdownWrite for TcpStream {
+    fn shutdown_write(&self) -> io::Result<()> {
+        SockRef::from(self).shutdown(Shutdown::Write)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip() {
+        for id in [0u64, 1, 7, u64::MAX >> 1] {
+            for dir in [Dir::Read, Dir::Write] {
+                assert_eq!(untoken(token(FlowId(id), dir)), (FlowId(id), dir));
+            }
+        }
+    }
+
+    #[test]
+    fn connect_errors_map_to_what_the_board_should_see() {
+        let e = |k| io::Error::from(k);
+        assert_eq!(
+            connect_error(&e(io::ErrorKind::ConnectionRefused)),
+            ConnectError::Refused
+        );
+        assert_eq!(
+            connect_error(&e(io::ErrorKind::HostUnreachable)),
+            ConnectError::HostUnreachable
+        );
+        assert_eq!(
+            connect_error(&e(io::ErrorKind::NetworkUnreachable)),
+            ConnectError::NetUnreachable
+        );
+        assert_eq!(
+            connect_error(&e(io::ErrorKind::TimedOut)),
+            ConnectError::TimedOut
+        );
+        assert_eq!(
+            connect_error(&e(io::ErrorKind::PermissionDenied)),
+            ConnectError::Other
+        );
+        assert_eq!(
+            datagram_error(&e(io::ErrorKind::ConnectionRefused)),
+            DatagramError::PortUnreachable
+        );
+        assert_eq!(
+            datagram_error(&e(io::ErrorKind::Other)),
+            DatagramError::Failed
+        );
+    }
+}

@@ -1,0 +1,451 @@
+//! `qbkit-host status`: the snapshot the running driver serves on its control socket, and the
+//! client that reads it.
+//!
+//! Protocol (deliberately trivial): a client connects to the unix socket; the daemon writes one
+//! JSON document ([`Status`]) and closes. The daemon builds the snapshot synchronously in its
+//! loop (a copy of counters and the flow list) and a small task writes it, so a slow client never
+//! stalls the NAT. `--json` prints the document as is; the default output is a human summary.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::Path;
+use std::time::Duration;
+
+use qbkit_nat::{FlowInfo, Nat, Protocol};
+use serde::{Deserialize, Serialize};
+use shared_frame::{LinkState, Session, Stats};
+
+use crate::driver::DriverCounters;
+use crate::sockets::SocketCounters;
+
+/// Everything `status` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    /// Program version.
+    pub version: String,
+    /// Process id of the daemon.
+    pub pid: u32,
+    /// Seconds since the driver started.
+    pub uptime_s: f64,
+    /// Resident memory of the daemon, if known on this OS.
+    pub rss_bytes: Option<u64>,
+    /// The `--transport` value.
+    pub transport: String,
+    /// The link and the session on it.
+    pub link: LinkStatus,
+    /// Flows by protocol.
+    pub flow_counts: BTreeMap<String, u64>,
+    /// OS sockets open.
+    pub os_sockets: usize,
+    /// Counters of the NAT core (`drop_*` are drops).
+    pub nat: BTreeMap<String, u64>,
+    /// Counters of the session (link protocol).
+    pub session: BTreeMap<String, u64>,
+    /// Counters of the OS socket side.
+    pub sockets: BTreeMap<String, u64>,
+    /// Counters of the driver loop.
+    pub driver: BTreeMap<String, u64>,
+    /// The board's own counters (its last Stats message).
+    pub peer_stats: BTreeMap<String, u64>,
+    /// Every flow.
+    pub flows: Vec<FlowStatus>,
+}
+
+/// The link part of [`Status`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LinkStatus {
+    /// A transport link is attached (stream connected, USB device claimed).
+    pub connected: bool,
+    /// Which (peer address, path, USB port).
+    pub description: Option<String>,
+    /// Session state: `connecting`, `up`, `down`.
+    pub session: String,
+    /// Negotiated protocol version.
+    pub version: Option<u8>,
+    /// Negotiated MTU (largest IP packet to the board).
+    pub mtu: Option<u32>,
+    /// Negotiated largest bundle to the board.
+    pub max_bundle: Option<usize>,
+    /// The board's identity from its Hello.
+    pub peer: Option<String>,
+    /// Last keepalive round trip in microseconds.
+    pub rtt_us: Option<u64>,
+}
+
+/// One flow in [`Status`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FlowStatus {
+    /// Flow id.
+    pub id: u64,
+    /// `tcp`, `udp`, `icmp`.
+    pub protocol: String,
+    /// Board endpoint.
+    pub src: String,
+    /// Destination the board addressed.
+    pub dst: String,
+    /// Where the OS socket goes.
+    pub os_dst: String,
+    /// State name.
+    pub state: String,
+    /// Payload bytes from the board.
+    pub bytes_from_board: u64,
+    /// Payload bytes to the board.
+    pub bytes_to_board: u64,
+    /// Milliseconds since the last activity.
+    pub idle_ms: u64,
+}
+
+/// What the driver hands to [`Status::collect`].
+pub(crate) struct Sources<'a> {
+    pub(crate) transport: &'a str,
+    pub(crate) link: Option<&'a str>,
+    pub(crate) session: &'a Session,
+    pub(crate) nat: &'a Nat,
+    pub(crate) flows: Vec<FlowInfo>,
+    pub(crate) sockets: &'a SocketCounters,
+    pub(crate) os_sockets: usize,
+    pub(crate) driver: &'a DriverCounters,
+    pub(crate) peer_stats: Option<&'a Stats>,
+    pub(crate) uptime: Duration,
+}
+
+fn protocol_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+        Protocol::Icmp => "icmp",
+        _ => "other",
+    }
+}
+
+/// Serializes a counters struct into name → value (every field is a u64).
+fn counter_map<T: Serialize>(c: &T) -> BTreeMap<String, u64> {
+    serde_json::to_value(c)
+        .ok()
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default()
+}
+
+impl Status {
+    pub(crate) fn collect(s: &Sources<'_>) -> Self {
+        let neg = s.session.negotiated();
+        let link = LinkStatus {
+            connected: s.link.is_some(),
+            description: s.link.map(str::to_owned),
+            session: match s.session.state() {
+                LinkState::Connecting => "connecting",
+                LinkState::Up => "up",
+                LinkState::Down => "down",
+            }
+            .to_owned(),
+            version: neg.map(|n| n.version),
+            mtu: neg.map(|n| n.max_mtu.min(s.nat.config().mtu as u32)),
+            max_bundle: neg.map(|n| n.max_bundle),
+            peer: neg.map(|n| n.peer.identity.clone()),
+            rtt_us: s
+                .session
+                .rtt()
+                .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+        };
+        let c = s.session.counters();
+        let session: BTreeMap<String, u64> = [
+            ("rx_bundles", c.rx_bundles),
+            ("rx_packets", c.rx_packets),
+            ("rx_bytes", c.rx_bytes),
+            ("rx_controls", c.rx_controls),
+            ("rx_bad_bundles", c.rx_bad_bundles),
+            ("rx_bad_records", c.rx_bad_records),
+            ("rx_bad_controls", c.rx_bad_controls),
+            ("rx_unknown_records", c.rx_unknown_records),
+            ("rx_unknown_controls", c.rx_unknown_controls),
+            ("rx_empty_packets", c.rx_empty_packets),
+            ("rx_unexpected_controls", c.rx_unexpected_controls),
+            ("version_mismatches", c.version_mismatches),
+            ("peer_timeouts", c.peer_timeouts),
+            ("events_dropped", c.events_dropped),
+            ("tx_packets", c.tx_packets),
+            ("tx_bytes", c.tx_bytes),
+            ("tx_drops", c.tx_drops),
+            ("tx_controls", c.tx_controls),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let mut flow_counts = BTreeMap::new();
+        for f in &s.flows {
+            *flow_counts
+                .entry(protocol_name(f.protocol).to_owned())
+                .or_insert(0) += 1;
+        }
+        let flows = s
+            .flows
+            .iter()
+            .map(|f| FlowStatus {
+                id: f.id.0,
+                protocol: protocol_name(f.protocol).to_owned(),
+                src: f.src.to_string(),
+                dst: f.dst.to_string(),
+                os_dst: f.os_dst.to_string(),
+                state: f.state.clone(),
+                bytes_from_board: f.bytes_from_board,
+                bytes_to_board: f.bytes_to_board,
+                idle_ms: f.idle.total_millis(),
+            })
+            .collect();
+        let peer_stats = s
+            .peer_stats
+            .map(|st| {
+                st.counters
+                    .iter()
+                    .map(|(id, v)| (format!("stat_{}", id.0), *v))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            uptime_s: s.uptime.as_secs_f64(),
+            rss_bytes: crate::platform::rss_bytes(),
+            transport: s.transport.to_owned(),
+            link,
+            flow_counts,
+            os_sockets: s.os_sockets,
+            nat: s
+                .nat
+                .counters()
+                .iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+            session,
+            sockets: counter_map(s.sockets),
+            driver: counter_map(s.driver),
+            peer_stats,
+            flows,
+        }
+    }
+
+    /// A human-readable summary: link, traffic, every non-zero drop counter, the first flows.
+    #[allow(
+        clippy::many_single_char_names,
+        reason = "short names keep the format lines readable"
+    )]
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let mut o = String::new();
+        let l = &self.link;
+        let _ = writeln!(
+            o,
+            "qbkit-host {} (pid {}), up {:.0} s",
+            self.version, self.pid, self.uptime_s
+        );
+        let _ = writeln!(
+            o,
+            "transport  {} ({})",
+            self.transport,
+            l.description.as_deref().unwrap_or("no link")
+        );
+        let _ = writeln!(
+            o,
+            "session    {}{}",
+            l.session,
+            match (&l.peer, l.version, l.mtu, l.max_bundle) {
+                (Some(p), Some(v), Some(m), Some(b)) =>
+                    format!(": {p}, protocol v{v}, MTU {m}, bundles up to {b} B"),
+                _ => String::new(),
+            }
+        );
+        if let Some(rtt) = l.rtt_us {
+            let _ = writeln!(o, "rtt        {rtt} µs");
+        }
+        if let Some(rss) = self.rss_bytes {
+            let _ = writeln!(o, "memory     {} MiB resident", rss / 1024 / 1024);
+        }
+        let get = |m: &BTreeMap<String, u64>, k: &str| m.get(k).copied().unwrap_or(0);
+        let _ = writeln!(
+            o,
+            "traffic    from board {} packets / {} bytes, to board {} packets / {} bytes",
+            get(&self.nat, "rx_packets"),
+            get(&self.nat, "rx_bytes"),
+            get(&self.nat, "tx_packets"),
+            get(&self.nat, "tx_bytes"),
+        );
+        let counts: Vec<String> = self
+            .flow_counts
+            .iter()
+            .map(|(k, v)| format!("{v} {k}"))
+            .collect();
+        let _ = writeln!(
+            o,
+            "flows      {} ({}), {} OS sockets",
+            self.flows.len(),
+            if counts.is_empty() {
+                "none".to_owned()
+            } else {
+                counts.join(", ")
+            },
+            self.os_sockets
+        );
+        let mut drops = Vec::new();
+        for (section, m) in [
+            ("nat", &self.nat),
+            ("session", &self.session),
+            ("sockets", &self.sockets),
+            ("driver", &self.driver),
+        ] {
+            for (k, v) in m {
+                let is_drop = k.starts_with("drop_")
+                    || k.starts_with("rx_bad")
+                    || k == "tx_drops"
+                    || k == "events_dropped";
+                if is_drop && *v > 0 {
+                    drops.push(format!("{section}.{k}={v}"));
+                }
+            }
+        }
+        let _ = writeln!(
+            o,
+            "drops      {}",
+            if drops.is_empty() {
+                "none".to_owned()
+            } else {
+                drops.join(" ")
+            }
+        );
+        if !self.flows.is_empty() {
+            let _ = writeln!(
+                o,
+                "\n{:>6} {:4} {:21} {:21} {:12} {:>10} {:>10}",
+                "id", "prot", "board", "destination", "state", "up B", "down B"
+            );
+            for f in self.flows.iter().take(50) {
+                let _ = writeln!(
+                    o,
+                    "{:>6} {:4} {:21} {:21} {:12} {:>10} {:>10}",
+                    f.id, f.protocol, f.src, f.dst, f.state, f.bytes_from_board, f.bytes_to_board
+                );
+            }
+            if self.flows.len() > 50 {
+                let _ = writeln!(o, "… {} more (use --json)", self.flows.len() - 50);
+            }
+        }
+        o
+    }
+}
+
+/// The daemon side of the control socket.
+#[derive(Debug)]
+pub(crate) struct ControlServer {
+    #[cfg(unix)]
+    listener: tokio::net::UnixListener,
+    #[cfg(unix)]
+    path: std::path::PathBuf,
+}
+
+/// A connected status client.
+#[cfg(unix)]
+pub(crate) type ControlStream = tokio::net::UnixStream;
+#[cfg(not(unix))]
+pub(crate) type ControlStream = ();
+
+impl ControlServer {
+    /// Binds the socket (replacing a stale one; the directory is created with mode 0700).
+    #[cfg(unix)]
+    pub(crate) fn bind(path: &Path) -> io::Result<Self> {
+        use std::os::unix::fs::PermissionsExt as _;
+        if let Some(dir) = path.parent()
+            && !dir.exists()
+        {
+            std::fs::create_dir_all(dir)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                "another qbkit-host is serving this control socket (use --control)",
+            ));
+        }
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let listener = tokio::net::UnixListener::bind(path)?;
+        Ok(Self {
+            listener,
+            path: path.to_owned(),
+        })
+    }
+
+    /// The control socket is Unix-only for now.
+    #[cfg(not(unix))]
+    pub(crate) fn bind(_path: &Path) -> io::Result<Self> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "the control socket is not available on this OS yet",
+        ))
+    }
+
+    /// The next client (`None` on a transient accept error, which is logged).
+    pub(crate) async fn accept(&mut self) -> Option<ControlStream> {
+        #[cfg(unix)]
+        match self.listener.accept().await {
+            Ok((s, _)) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "control socket accept failed");
+                None
+            }
+        }
+        #[cfg(not(unix))]
+        std::future::pending().await
+    }
+}
+
+#[cfg(unix)]
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Writes `status` to a client from a small task, so the loop does not wait for it.
+pub(crate) fn reply(stream: ControlStream, status: &Status) {
+    #[cfg(unix)]
+    {
+        use tokio::io::AsyncWriteExt as _;
+        let Ok(doc) = serde_json::to_vec(status) else {
+            return;
+        };
+        let mut stream = stream;
+        tokio::spawn(async move {
+            let w = async {
+                stream.write_all(&doc).await?;
+                stream.shutdown().await
+            };
+            if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(5), w).await {
+                tracing::debug!(error = %e, "status client went away");
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = (stream, status);
+}
+
+/// Client: reads the daemon's status document from `path`.
+#[cfg(unix)]
+pub fn query(path: &Path) -> io::Result<String> {
+    use std::io::Read as _;
+    let mut s = std::os::unix::net::UnixStream::connect(path)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut doc = String::new();
+    s.read_to_string(&mut doc)?;
+    Ok(doc)
+}
+
+/// Client: not available on this OS yet.
+#[cfg(not(unix))]
+pub fn query(_path: &Path) -> io::Result<String> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "the control socket is not available on this OS yet",
+    ))
+}

@@ -1,0 +1,112 @@
+//! Transports: whatever carries bundles between the board and the driver. A link is "something
+//! that delivers received bundles and accepts bundles to send, and can be lost and come back";
+//! every transport (stream links here, USB in `crate::usb`) is a task that reports [`LinkEvent`]s
+//! on one channel to [`crate::driver`], which never knows which transport it talks to.
+//!
+//! Data flow: a transport task sends [`LinkEvent::Up`] with a bounded sender for outgoing bundles
+//! (its capacity is the number of transfers in flight: while they are all queued the driver stops
+//! draining the NAT, so packets aggregate into the next bundle and TCP feels the backpressure),
+//! then one [`LinkEvent::Bundle`] per received bundle (one USB transfer, or one bundle cut from a
+//! stream), then [`LinkEvent::Down`] when the link is lost; after a reconnect it starts over with
+//! `Up`. Bundles are complete `shared_frame` bundles in both directions; [`Framing`] tells the
+//! driver how to finish them (USB needs the zero-length-packet pad rule).
+
+pub mod stream;
+
+use std::fmt;
+
+use qbkit_link::{LinkError, LinkUrl};
+use tokio::sync::mpsc;
+
+/// How bundles are delimited on the link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// USB bulk: one bundle per transfer, padded so it never ends on `max_packet_size`.
+    Usb {
+        /// wMaxPacketSize of the bulk OUT endpoint at the current speed.
+        max_packet_size: usize,
+    },
+    /// A byte stream: bundles back to back.
+    Stream,
+}
+
+/// A link that just came up.
+#[derive(Debug)]
+pub struct LinkUp {
+    /// How to finish bundles for it.
+    pub framing: Framing,
+    /// Outgoing bundles; capacity = transfers in flight.
+    pub tx: mpsc::Sender<Vec<u8>>,
+    /// For logs and `status` (peer address, USB bus/port).
+    pub description: String,
+}
+
+/// What a transport task reports to the driver.
+#[derive(Debug)]
+pub enum LinkEvent {
+    /// A link is attached.
+    Up(LinkUp),
+    /// One received bundle.
+    Bundle(Vec<u8>),
+    /// The link is gone (a new `Up` may follow).
+    Down {
+        /// Why, for logs.
+        reason: String,
+    },
+}
+
+/// Depth of the channel from the transport tasks to the driver (received bundles in flight).
+pub const EVENT_QUEUE: usize = 8;
+
+/// Which transport `qbkit-host run --transport` selected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransportSpec {
+    /// The board on USB (the default once the USB transport lands).
+    Usb,
+    /// A stream link (`tcp://`, `tcp-listen://`, `unix://`, `unix-listen://`, `stdio`, `exec:`).
+    Stream(LinkUrl),
+}
+
+impl TransportSpec {
+    /// Parses `usb` or a stream link URL (the same syntax as `qbkit-gadget --link`).
+    pub fn parse(s: &str) -> Result<Self, LinkError> {
+        if s == "usb" {
+            Ok(Self::Usb)
+        } else {
+            LinkUrl::parse(s).map(Self::Stream)
+        }
+    }
+}
+
+impl fmt::Display for TransportSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Usb => f.write_str("usb"),
+            Self::Stream(u) => u.fmt(f),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transport_spec_parses_usb_and_every_stream_form() {
+        assert_eq!(TransportSpec::parse("usb").unwrap(), TransportSpec::Usb);
+        for s in [
+            "tcp://127.0.0.1:4747",
+            "tcp-listen://127.0.0.1:4747",
+            "unix:///run/q.sock",
+            "unix-listen:///run/q.sock",
+            "stdio",
+            "exec:ssh board qbkit-gadget run --link stdio",
+        ] {
+            let t = TransportSpec::parse(s).unwrap();
+            assert_eq!(t.to_string(), s);
+        }
+        for bad in ["udp://x:1", "unix://relative", "tcp://nohost", "exec:", ""] {
+            assert!(TransportSpec::parse(bad).is_err(), "{bad} should not parse");
+        }
+    }
+}
