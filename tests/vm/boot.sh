@@ -18,6 +18,7 @@
 #   QBKIT_VM_TIMEOUT  seconds before qemu is killed in command mode (default 900) -> exit 124
 #   QBKIT_VM_APPEND   extra kernel command line       QBKIT_VM_KEEP=1 keep the run dir
 #   QBKIT_VM_LOG      also write the console to this file
+#   QBKIT_VM_BOOT_RETRIES  reboots when qemu dies before the guest is ready (default 1)
 #   QBKIT_VM_PASS     space-separated names of extra variables to pass to CMD. Always passed:
 #                     every QBKIT_* variable and SPEED RUNS DURATION CYCLES SECS.
 # Exit status: CMD's; 124 on timeout; 255 when the guest reported nothing.
@@ -89,10 +90,23 @@ if [ $INTERACTIVE = 1 ]; then
 fi
 
 T0=$EPOCHREALTIME
-# console lines end in CRLF (pitfall 13): strip the CR for the log and the caller
-timeout -k 5 "${QBKIT_VM_TIMEOUT:-900}" "${QEMU[@]}" -serial stdio -monitor none </dev/null 2>&1 \
-    | tr -d '\r' | tee ${QBKIT_VM_LOG:+"$QBKIT_VM_LOG"}
-qrc=${PIPESTATUS[0]}
+# console lines end in CRLF (pitfall 13): strip the CR for the log and the caller.
+# qemu 7.2 TCG rarely aborts during early boot (seen once: msix_table_mmio_write assertion); a run
+# that dies before QBKIT_VM_READY is retried (QBKIT_VM_BOOT_RETRIES, default 1).
+attempt=0
+while :; do
+    append=(); [ $attempt -gt 0 ] && append=(-a)
+    timeout -k 5 "${QBKIT_VM_TIMEOUT:-900}" "${QEMU[@]}" -serial stdio -monitor none </dev/null 2>&1 \
+        | tr -d '\r' | tee "${append[@]}" "$RUN/console.log" ${QBKIT_VM_LOG:+"$QBKIT_VM_LOG"}
+    qrc=${PIPESTATUS[0]}
+    if [ ! -f "$RUN/rc" ] && [ "$qrc" != 124 ] && [ $attempt -lt "${QBKIT_VM_BOOT_RETRIES:-1}" ] \
+       && ! grep -q '^QBKIT_VM_READY' "$RUN/console.log"; then
+        attempt=$((attempt + 1))
+        echo "boot.sh: qemu exited (rc=$qrc) before the guest was ready; retry $attempt" | tee -a ${QBKIT_VM_LOG:+"$QBKIT_VM_LOG"} >&2
+        continue
+    fi
+    break
+done
 printf 'boot.sh: accel=%s mem=%s cpus=%s wall=%.1fs\n' "$ACCEL" "$MEM" "$CPUS" "$(bc <<<"$EPOCHREALTIME - $T0")" >&2
 if [ -f "$RUN/rc" ]; then
     exit "$(cat "$RUN/rc")"
