@@ -1,0 +1,58 @@
+#!/usr/bin/env python3
+"""mon.py PID[,PID...] -- RSS and CPU of the stack processes around one benchmark step.
+
+Samples VmRSS of every PID every 100 ms until SIGTERM/SIGINT (or 900 s), then prints one JSON object:
+per-pid peak RSS (KiB) and CPU seconds (utime+stime from /proc/PID/stat, including reaped threads),
+plus the wall time. The harness starts it before a client and stops it right after.
+Adapted from shared/baselines/nbmon.py.
+"""
+import json, os, signal, sys, time
+
+pids = [int(p) for p in sys.argv[1].split(",") if p]
+TCK = os.sysconf("SC_CLK_TCK")
+
+
+def rss(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def cpu(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TCK
+    except OSError:
+        return 0.0
+
+
+stop = False
+
+
+def on_sig(*_):
+    global stop
+    stop = True
+
+
+signal.signal(signal.SIGTERM, on_sig)
+signal.signal(signal.SIGINT, on_sig)
+c0 = {p: cpu(p) for p in pids}
+r0 = {p: rss(p) for p in pids}
+peak = dict(r0)
+t0 = time.monotonic()
+while not stop and time.monotonic() - t0 < 900:
+    for p in pids:
+        peak[p] = max(peak[p], rss(p))
+    time.sleep(0.1)
+wall = time.monotonic() - t0
+print(json.dumps({
+    "wall_s": round(wall, 2),
+    "per_pid": {str(p): {"start_rss_kib": r0[p], "peak_rss_kib": peak[p], "end_rss_kib": rss(p),
+                         "cpu_s": round(cpu(p) - c0[p], 3)} for p in pids},
+}))
