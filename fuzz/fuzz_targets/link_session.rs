@@ -37,18 +37,18 @@ fn one_control(msg: &Control) -> Vec<u8> {
     buf
 }
 
-fn transmit(s: &mut Session) -> Option<Vec<u8>> {
+/// Builds the next transfer into `buf` (8 KiB: control records are small, and the writer uses
+/// `min(buf.len(), tx_max_bundle)`), as a driver does, and checks it is a valid bundle.
+fn transmit<'a>(s: &mut Session, buf: &'a mut [u8]) -> Option<&'a [u8]> {
     if !s.has_pending_control() {
         return None;
     }
     let max = s.tx_max_bundle();
-    let mut buf = vec![0; max];
-    let mut w = BundleWriter::new(&mut buf, max);
+    let mut w = BundleWriter::new(buf, max);
     s.poll_control(&mut w);
     let n = w.finish_usb(512);
     assert!(Bundle::new_checked(&buf[..n], max).is_ok());
-    buf.truncate(n);
-    Some(buf)
+    Some(&buf[..n])
 }
 
 fuzz_target!(|ops: Vec<Op>| {
@@ -60,15 +60,16 @@ fuzz_target!(|ops: Vec<Op>| {
     });
     let mut board = Session::new(SessionConfig::new(Role::Board, "board"), now);
     let mut host = Session::new(host_cfg, now);
+    let mut buf = vec![0u8; 8192];
     for op in ops.into_iter().take(256) {
         match op {
             Op::Exchange => {
                 for _ in 0..4 {
-                    if let Some(t) = transmit(&mut board) {
-                        let _ = host.handle_bundle(now, &t, |_, _| {});
+                    if let Some(t) = transmit(&mut board, &mut buf) {
+                        let _ = host.handle_bundle(now, t, |_, _| {});
                     }
-                    if let Some(t) = transmit(&mut host) {
-                        let _ = board.handle_bundle(now, &t, |_, _| {});
+                    if let Some(t) = transmit(&mut host, &mut buf) {
+                        let _ = board.handle_bundle(now, t, |_, _| {});
                     }
                 }
             }

@@ -58,10 +58,14 @@ impl StreamDecoder {
         self.fatal
     }
 
-    /// Free space to read stream bytes into; never empty while the decoder is healthy.
+    /// Free space to read stream bytes into; never empty while the decoder is healthy, and at least a
+    /// quarter of the buffer unless the bytes of one bundle fill more than that.
+    ///
+    /// Unconsumed bytes are moved to the front only when the free tail drops below a quarter of the
+    /// buffer, so each received byte is moved at most a few times however small the reads are.
     pub fn read_buf(&mut self) -> &mut [u8] {
         self.last = (0, 0);
-        if self.start > 0 {
+        if self.start > 0 && self.buf.len() - self.end < self.buf.len() / 4 {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
