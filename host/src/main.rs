@@ -104,6 +104,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     platform::tune_allocator();
+    platform::raise_fd_limit();
     let Some(t) = args.transport.as_deref() else {
         bail!(
             "no --transport given. The USB transport (the future default) is coming; until then \

@@ -4,7 +4,7 @@
 //! The API: [`dns_servers`] (the OS's upstream resolvers, for the gateway's DNS forwarding),
 //! [`ping_socket`] (an unprivileged ICMP echo socket, or the error that makes the NAT fall back
 //! to answering the gateway only), [`tune_allocator`] (once at start-up), [`rss_bytes`] (for
-//! `status`), and [`default_control_path`] (where `qbkit-host status` finds the daemon).
+//! `status`), [`raise_fd_limit`] (one socket per flow), and [`default_control_path`] (where `qbkit-host status` finds the daemon).
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -27,7 +27,9 @@ mod imp;
 #[path = "other.rs"]
 mod imp;
 
-pub use imp::{default_control_path, dns_servers, ping_socket, rss_bytes, tune_allocator};
+pub use imp::{
+    default_control_path, dns_servers, ping_socket, raise_fd_limit, rss_bytes, tune_allocator,
+};
 
 /// The systemd-resolved stub listener; a resolv.conf naming it hides the real upstreams.
 pub const RESOLVED_STUB: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 53));

@@ -38,3 +38,25 @@ pub fn default_control_path() -> PathBuf {
         PathBuf::from(format!("/tmp/qbkit-host-{uid}/control.sock"))
     }
 }
+
+/// Raises the soft open-files limit to the hard limit: every flow is one OS socket, and the
+/// default soft limit (1024 on most Linux systems) is below the NAT's flow limit.
+pub fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the valid rlimit struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) } != 0 {
+        return;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let old = lim.rlim_cur;
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: setrlimit reads the valid rlimit struct we pass; raising the soft limit up to
+        // the hard limit needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const lim) } == 0 {
+            tracing::debug!(old, new = lim.rlim_cur, "raised the open-files limit");
+        }
+    }
+}

@@ -26,6 +26,9 @@ pub fn ping_socket(_dst: IpAddr) -> io::Result<Socket> {
 /// Nothing to tune.
 pub fn tune_allocator() {}
 
+/// Windows has no per-process socket limit to raise.
+pub fn raise_fd_limit() {}
+
 /// Not measured on Windows yet.
 pub fn rss_bytes() -> Option<u64> {
     None

@@ -1,0 +1,305 @@
+//! Drives the whole host side (driver loop + Session + Nat + OS sockets) against real local
+//! servers, with an in-process fake board: a smoltcp interface at 10.47.0.2 behind its own
+//! board-role Session, exchanging bundles with the driver over in-memory channels shaped like a
+//! transport (`LinkEvent`s in, a bounded sender out). Unprivileged: the servers listen on
+//! 127.0.0.1, which the NAT reaches with `allow_host_loopback`.
+
+use std::collections::VecDeque;
+use std::io::{Read as _, Write as _};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::time::Duration;
+
+use qbkit_host::driver::{self, DriverConfig};
+use qbkit_host::transport::{Framing, LinkEvent, LinkUp};
+use qbkit_nat::NatConfig;
+use shared_frame::{BundleWriter, CHANNEL_NET, Role, Session, SessionConfig, SessionEvent};
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
+use smoltcp::socket::tcp;
+use smoltcp::time::Instant as SmolInstant;
+use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
+use tokio::sync::mpsc;
+
+const MTU: usize = 16384;
+
+/// A queue-backed IP device: the board's "TUN".
+#[derive(Default)]
+struct QueueDevice {
+    rx: VecDeque<Vec<u8>>,
+    tx: VecDeque<Vec<u8>>,
+}
+
+struct RxToken(Vec<u8>);
+struct TxToken<'a>(&'a mut VecDeque<Vec<u8>>);
+
+impl phy::RxToken for RxToken {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+impl phy::TxToken for TxToken<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut buf = vec![0; len];
+        let r = f(&mut buf);
+        self.0.push_back(buf);
+        r
+    }
+}
+
+impl Device for QueueDevice {
+    type RxToken<'a> = RxToken;
+    type TxToken<'a> = TxToken<'a>;
+
+    fn receive(&mut self, _: SmolInstant) -> Option<(RxToken, TxToken<'_>)> {
+        let p = self.rx.pop_front()?;
+        Some((RxToken(p), TxToken(&mut self.tx)))
+    }
+
+    fn transmit(&mut self, _: SmolInstant) -> Option<TxToken<'_>> {
+        Some(TxToken(&mut self.tx))
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut c = DeviceCapabilities::default();
+        c.medium = Medium::Ip;
+        c.max_transmission_unit = MTU;
+        c
+    }
+}
+
+/// The fake board: smoltcp + a board Session, speaking bundles to the driver.
+struct Board {
+    start: std::time::Instant,
+    dev: QueueDevice,
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    session: Session,
+    to_host: mpsc::Sender<LinkEvent>,
+    from_host: mpsc::Receiver<Vec<u8>>,
+    up: bool,
+}
+
+impl Board {
+    fn micros(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
+    }
+
+    fn smol_now(&self) -> SmolInstant {
+        SmolInstant::from_micros(self.micros().cast_signed())
+    }
+
+    /// One round: deliver bundles from the host, run smoltcp, send what it produced.
+    async fn step(&mut self) {
+        let wait = tokio::time::sleep(Duration::from_millis(2));
+        tokio::select! {
+            b = self.from_host.recv() => {
+                let b = b.expect("driver alive");
+                self.handle(&b);
+                while let Ok(b) = self.from_host.try_recv() {
+                    self.handle(&b);
+                }
+            }
+            () = wait => {}
+        }
+        let now = shared_frame::Instant::from_micros(self.micros());
+        if self.session.poll_timeout().is_some_and(|t| t <= now) {
+            self.session.handle_timeout(now);
+        }
+        while let Some(ev) = self.session.poll_event() {
+            if let SessionEvent::LinkConfig(lc) = ev {
+                assert_eq!(lc.ipv4.map(|c| c.addr), Some(Ipv4Addr::new(10, 47, 0, 2)));
+                self.up = true;
+            }
+        }
+        let t = self.smol_now();
+        self.iface.poll(t, &mut self.dev, &mut self.sockets);
+        self.send().await;
+    }
+
+    fn handle(&mut self, b: &[u8]) {
+        let now = shared_frame::Instant::from_micros(self.micros());
+        let rx = &mut self.dev.rx;
+        self.session
+            .handle_bundle(now, b, |_, p| rx.push_back(p.to_vec()))
+            .expect("valid bundle from the host");
+    }
+
+    async fn send(&mut self) {
+        while self.session.has_pending_control() || !self.dev.tx.is_empty() {
+            let mut buf = vec![0u8; 65536];
+            let mut w = BundleWriter::new(&mut buf, self.session.tx_max_bundle());
+            self.session.poll_control(&mut w);
+            while let Some(p) = self.dev.tx.front() {
+                if w.push_ip(CHANNEL_NET, p).is_err() {
+                    break;
+                }
+                self.dev.tx.pop_front();
+            }
+            let n = w.finish();
+            buf.truncate(n);
+            self.to_host
+                .send(LinkEvent::Bundle(buf))
+                .await
+                .expect("driver alive");
+        }
+    }
+
+    fn tcp(&mut self, dst: SocketAddr, local_port: u16) -> SocketHandle {
+        let rx = tcp::SocketBuffer::new(vec![0; 256 * 1024]);
+        let tx = tcp::SocketBuffer::new(vec![0; 256 * 1024]);
+        let mut s = tcp::Socket::new(rx, tx);
+        s.set_nagle_enabled(false);
+        s.set_ack_delay(None);
+        let h = self.sockets.add(s);
+        let SocketAddr::V4(dst) = dst else {
+            panic!("IPv4 only")
+        };
+        let cx = self.iface.context();
+        self.sockets
+            .get_mut::<tcp::Socket<'_>>(h)
+            .connect(cx, (IpAddress::Ipv4(*dst.ip()), dst.port()), local_port)
+            .expect("connect");
+        h
+    }
+}
+
+fn fake_board(to_host: mpsc::Sender<LinkEvent>, from_host: mpsc::Receiver<Vec<u8>>) -> Board {
+    let mut dev = QueueDevice::default();
+    let mut iface = Interface::new(
+        Config::new(HardwareAddress::Ip),
+        &mut dev,
+        SmolInstant::from_micros(0),
+    );
+    iface.update_ip_addrs(|a| {
+        a.push(IpCidr::new(IpAddress::v4(10, 47, 0, 2), 24))
+            .unwrap();
+    });
+    iface
+        .routes_mut()
+        .add_default_ipv4_route(Ipv4Addr::new(10, 47, 0, 1))
+        .unwrap();
+    let mut cfg = SessionConfig::new(Role::Board, "fake-board");
+    cfg.max_mtu = MTU as u32;
+    Board {
+        start: std::time::Instant::now(),
+        dev,
+        iface,
+        sockets: SocketSet::new(Vec::new()),
+        session: Session::new(cfg, shared_frame::Instant::ZERO),
+        to_host,
+        from_host,
+        up: false,
+    }
+}
+
+/// Echo server on loopback: echoes each connection until EOF, then closes.
+fn echo_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn board_tcp_through_the_driver_to_a_real_server() {
+    let echo = echo_server();
+    let closed = closed_port();
+
+    let (ev_tx, ev_rx) = mpsc::channel(8);
+    let (down_tx, down_rx) = mpsc::channel(2);
+    let mut nat = NatConfig::default();
+    nat.mtu = MTU;
+    nat.allow_host_loopback = true;
+    let cfg = DriverConfig::new(nat);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let drv = driver::run(cfg, ev_rx, async {
+        let _ = stop_rx.await;
+    });
+
+    let board = async move {
+        ev_tx
+            .send(LinkEvent::Up(LinkUp {
+                framing: Framing::Stream,
+                tx: down_tx,
+                description: "in-memory".into(),
+            }))
+            .await
+            .unwrap();
+        let mut b = fake_board(ev_tx, down_rx);
+        for _ in 0..2000 {
+            if b.up {
+                break;
+            }
+            b.step().await;
+        }
+        assert!(b.up, "the host's LinkConfig never arrived");
+
+        // A refused port: the board's connect must fail (RST) without ever establishing.
+        let refused = b.tcp(closed, 40001);
+        // The echo flow: 1 MiB up, echoed back, then both sides close.
+        let h = b.tcp(echo, 40000);
+        let data: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+        let (mut sent, mut back) = (0usize, Vec::new());
+        let mut refused_done = false;
+        for _ in 0..20_000 {
+            b.step().await;
+            let r = b.sockets.get_mut::<tcp::Socket<'_>>(refused);
+            if r.state() == tcp::State::Closed {
+                refused_done = true;
+            }
+            assert_ne!(
+                r.state(),
+                tcp::State::Established,
+                "connect to a closed port succeeded"
+            );
+            let s = b.sockets.get_mut::<tcp::Socket<'_>>(h);
+            if s.can_send() && sent < data.len() {
+                sent += s.send_slice(&data[sent..]).unwrap();
+                if sent == data.len() {
+                    s.close();
+                }
+            }
+            if s.can_recv() {
+                s.recv(|d| {
+                    back.extend_from_slice(d);
+                    (d.len(), ())
+                })
+                .unwrap();
+            }
+            if back.len() == data.len() && !s.may_recv() && refused_done {
+                break;
+            }
+        }
+        assert!(refused_done, "the refused connect never failed");
+        assert_eq!(back.len(), data.len(), "echo incomplete");
+        assert!(back == data, "echo corrupted");
+        let s = b.sockets.get::<tcp::Socket<'_>>(h);
+        assert!(!s.may_recv(), "the server's FIN did not reach the board");
+        let _ = stop_tx.send(());
+    };
+    let (res, ()) = tokio::join!(drv, board);
+    res.unwrap();
+}

@@ -1,0 +1,206 @@
+# Clients for tests/netns/host-e2e, run in the `board` namespace against host-servers.py.
+# Each subcommand checks one behaviour, prints one summary line and exits 0 on success.
+# Every wait has a timeout; nothing loops without a bound.
+#
+# usage: python3 host-client.py CMD HOST PORT [ARGS]
+import concurrent.futures
+import errno
+import hashlib
+import os
+import socket
+import sys
+import time
+
+PATTERN = bytes(range(256)) * 4096  # 1 MiB, as the servers send it
+TIMEOUT = 20
+
+
+def connect(host, port, timeout=TIMEOUT):
+    s = socket.create_connection((host, port), timeout=timeout)
+    return s
+
+
+def read_all(s, limit=1 << 31):
+    chunks, n = [], 0
+    while n < limit:
+        d = s.recv(1 << 20)
+        if not d:
+            break
+        chunks.append(d)
+        n += len(d)
+    return b"".join(chunks)
+
+
+def refused(host, port):
+    s = socket.socket()
+    s.settimeout(5)
+    t = time.monotonic()
+    try:
+        s.connect((host, port))
+    except ConnectionRefusedError:
+        ms = (time.monotonic() - t) * 1000
+        print(f"ECONNREFUSED after {ms:.1f} ms")
+        return 0
+    except OSError as e:
+        ms = (time.monotonic() - t) * 1000
+        print(f"expected ECONNREFUSED, got {e!r} after {ms:.1f} ms")
+        return 1
+    print("expected ECONNREFUSED, but the connect succeeded")
+    return 1
+
+
+def denied(host, port):
+    """A connect that must fail fast: refused or unreachable, not a timeout or success."""
+    s = socket.socket()
+    s.settimeout(5)
+    t = time.monotonic()
+    try:
+        s.connect((host, port))
+    except OSError as e:
+        ms = (time.monotonic() - t) * 1000
+        ok = e.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EACCES)
+        print(f"{errno.errorcode.get(e.errno, e)} after {ms:.1f} ms")
+        return 0 if ok else 1
+    print("connect succeeded, but the host's loopback must be denied")
+    return 1
+
+
+def one_echo(host, port, i):
+    data = os.urandom(65536)
+    with connect(host, port) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        back = read_all(s)
+    if back != data:
+        raise RuntimeError(f"connection {i}: echo mismatch ({len(back)} bytes back)")
+    return len(back)
+
+
+def parallel(host, port, n):
+    n = int(n)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=n) as ex:
+        total = sum(ex.map(lambda i: one_echo(host, port, i), range(n)))
+    print(f"{n} parallel connections echoed {total} bytes")
+    return 0
+
+
+def half_close(host, port):
+    data = os.urandom(1 << 20)
+    with connect(host, port) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        reply = read_all(s)
+    if reply[:32] != hashlib.sha256(data).digest() or reply[32:] != PATTERN:
+        print(f"bad reply after half-close: {len(reply)} bytes")
+        return 1
+    print(f"sent 1 MiB, half-closed, got digest + {len(reply) - 32} bytes and EOF")
+    return 0
+
+
+def server_close(host, port):
+    with connect(host, port) as s:
+        got = read_all(s)
+    if got != PATTERN[: 256 * 1024]:
+        print(f"expected 256 KiB then EOF, got {len(got)} bytes")
+        return 1
+    print("256 KiB then the server's FIN")
+    return 0
+
+
+def reset(host, port):
+    n = 0
+    with connect(host, port) as s:
+        try:
+            while True:
+                d = s.recv(65536)
+                if not d:
+                    print(f"expected a reset, got a clean EOF after {n} bytes")
+                    return 1
+                n += len(d)
+        except ConnectionResetError:
+            print(f"ECONNRESET after {n} bytes")
+            return 0
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def slow_reader(host, port, pid, stall_s, max_growth_mib):
+    pid, stall_s, max_growth = int(pid), float(stall_s), int(max_growth_mib) * 1024
+    s = connect(host, port)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    base = rss_kib(pid)
+    peak = base
+    end = time.monotonic() + stall_s
+    while time.monotonic() < end:  # read nothing; watch the NAT's memory
+        peak = max(peak, rss_kib(pid))
+        time.sleep(0.1)
+    # Then read 64 MiB and check the bytes are the server's pattern, in order.
+    got = 0
+    buf = bytearray()
+    while got < 64 << 20:
+        d = s.recv(1 << 20)
+        if not d:
+            break
+        buf += d
+        while len(buf) >= len(PATTERN):
+            if bytes(buf[: len(PATTERN)]) != PATTERN:
+                print("data corrupted after the stall")
+                return 1
+            del buf[: len(PATTERN)]
+            got += len(PATTERN)
+        peak = max(peak, rss_kib(pid))
+    s.close()
+    growth = peak - base
+    print(f"stalled {stall_s:.0f} s then read {got >> 20} MiB; qbkit-host RSS {base // 1024} -> peak {peak // 1024} MiB")
+    return 0 if got >= 64 << 20 and growth <= max_growth else 1
+
+
+def udp(host, port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(2)
+    s.connect((host, port))
+    ok = 0
+    for i in range(20):
+        msg = os.urandom(64 + i * 50)
+        for _ in range(3):  # UDP may drop: 3 tries each
+            s.send(msg)
+            try:
+                if s.recv(65536) == msg:
+                    ok += 1
+                    break
+            except socket.timeout:
+                continue
+    print(f"{ok}/20 datagrams echoed")
+    return 0 if ok == 20 else 1
+
+
+def hold(host, port, n, ready_file, secs):
+    n, secs = int(n), float(secs)
+    socks = []
+    for _ in range(n):
+        socks.append(connect(host, port))
+    with open(ready_file, "w") as f:
+        f.write(f"{len(socks)}\n")
+    end = time.monotonic() + secs
+    while time.monotonic() < end and not os.path.exists(ready_file + ".done"):
+        time.sleep(0.1)
+    for s in socks:
+        s.close()
+    print(f"held {n} connections")
+    return 0
+
+
+CMDS = {
+    "refused": refused, "denied": denied, "parallel": parallel, "halfclose": half_close,
+    "serverclose": server_close, "reset": reset, "slow": slow_reader, "udp": udp, "hold": hold,
+}
+
+if __name__ == "__main__":
+    cmd, host, port, *rest = sys.argv[1:]
+    sys.exit(CMDS[cmd](host, int(port), *rest))

@@ -1,0 +1,116 @@
+# tests/netns/lib.sh: helpers for the root end-to-end tests in network namespaces (sourced).
+#
+# Every test gets a unique prefix (qbk-<test>-<pid>), creates namespaces only under it, records
+# every background pid and every /etc/netns/<ns> directory it made, and removes exactly those on
+# exit (trap). Nothing here touches namespaces or processes it did not create.
+#
+#   qbk_require_root              skip (exit 0) unless root; with QBKIT_TEST_PRIVILEGED=1 fail instead
+#   qbk_init NAME                 prefix, temp dir $QBK_TMP, cleanup trap
+#   qbk_ns_add SUFFIX             create namespace <prefix>-SUFFIX with lo up; prints its name
+#   qbk_ns_resolv NS TEXT         /etc/netns/NS/resolv.conf (ip netns exec bind-mounts it)
+#   qbk_bg NS LOG CMD...          run CMD in NS in the background, output to $QBK_TMP/LOG; sets QBK_PID
+#   qbk_wait DESC SECS CMD...     poll CMD (every 0.1 s) until it succeeds, or fail after SECS
+#   qbk_check DESC CMD...         run one check, print ok/FAIL, count failures in QBK_FAILS
+#   qbk_finish                    print the summary and exit non-zero if any check failed
+
+QBK_PIDS=()
+QBK_NSES=()
+QBK_ETC_DIRS=()
+QBK_FAILS=0
+QBK_CHECKS=0
+
+qbk_require_root() {
+  if [ "$(id -u)" -ne 0 ] || ! command -v ip >/dev/null 2>&1; then
+    if [ "${QBKIT_TEST_PRIVILEGED:-0}" = 1 ]; then
+      echo "FATAL: $0 needs root and iproute2 (run by scripts/test)" >&2
+      exit 1
+    fi
+    echo "SKIP: $0 needs root and network namespaces (run it through sudo scripts/test netns)"
+    exit 0
+  fi
+}
+
+qbk_cleanup() {
+  local rc=$? pid ns d i
+  for ((i = ${#QBK_PIDS[@]} - 1; i >= 0; i--)); do
+    pid=${QBK_PIDS[i]}
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "${QBK_PIDS[@]}"; do
+    for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  for ns in "${QBK_NSES[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
+  for d in "${QBK_ETC_DIRS[@]}"; do rm -rf -- "$d"; done
+  if [ -n "${QBK_TMP:-}" ] && [ -d "$QBK_TMP" ]; then
+    if [ "$rc" -ne 0 ] || [ "$QBK_FAILS" -ne 0 ]; then
+      echo "logs kept in $QBK_TMP" >&2
+      # Keep only the logs: large data files are not worth keeping.
+      find "$QBK_TMP" -type f -size +1M -delete 2>/dev/null || true
+    else
+      rm -rf -- "$QBK_TMP"
+    fi
+  fi
+  return "$rc"
+}
+
+qbk_init() {
+  QBK_PREFIX="qbk-$1-$$"
+  QBK_TMP=$(mktemp -d "/tmp/$QBK_PREFIX.XXXXXX")
+  trap qbk_cleanup EXIT
+  trap 'exit 130' INT TERM
+}
+
+qbk_ns_add() {
+  local ns="$QBK_PREFIX-$1"
+  ip netns add "$ns"
+  QBK_NSES+=("$ns")
+  ip -n "$ns" link set lo up
+  echo "$ns"
+}
+
+qbk_ns_resolv() {
+  local d="/etc/netns/$1"
+  mkdir -p "$d"
+  QBK_ETC_DIRS+=("$d")
+  printf '%s\n' "$2" > "$d/resolv.conf"
+}
+
+qbk_bg() {
+  local ns=$1 log=$2
+  shift 2
+  ip netns exec "$ns" "$@" > "$QBK_TMP/$log" 2>&1 &
+  QBK_PID=$!
+  QBK_PIDS+=("$QBK_PID")
+}
+
+qbk_wait() {
+  local desc=$1 secs=$2 i
+  shift 2
+  for ((i = 0; i < secs * 10; i++)); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    sleep 0.1
+  done
+  echo "TIMEOUT waiting for: $desc" >&2
+  return 1
+}
+
+qbk_check() {
+  local desc=$1 out rc
+  shift
+  QBK_CHECKS=$((QBK_CHECKS + 1))
+  out=$("$@" 2>&1) && rc=0 || rc=$?
+  if [ "$rc" -eq 0 ]; then
+    printf 'ok   %s%s\n' "$desc" "${out:+ ($(tail -n 1 <<<"$out"))}"
+  else
+    QBK_FAILS=$((QBK_FAILS + 1))
+    printf 'FAIL %s (exit %s)\n' "$desc" "$rc"
+    sed 's/^/     | /' <<<"$out" | tail -n 20
+  fi
+}
+
+qbk_finish() {
+  echo "$QBK_CHECKS checks, $QBK_FAILS failed"
+  [ "$QBK_FAILS" -eq 0 ]
+}
