@@ -101,7 +101,7 @@ fn stream(c: &mut Criterion) {
         .len();
     let stream: Vec<u8> = (0..16).flat_map(|_| one[..len].to_vec()).collect();
     let n = per_bundle(1500) * 16;
-    let mut d = StreamDecoder::new(DEFAULT_MAX_BUNDLE);
+    let mut dec = StreamDecoder::new(DEFAULT_MAX_BUNDLE);
     g.throughput(Throughput::Elements(n as u64));
     g.bench_function(
         format!("16 bundles of 1500B x{}, 4 KiB reads", n / 16),
@@ -111,10 +111,10 @@ fn stream(c: &mut Criterion) {
                 for chunk in stream.chunks(4096) {
                     let mut chunk = chunk;
                     while !chunk.is_empty() {
-                        let k = d.feed(chunk);
-                        chunk = &chunk[k..];
-                        while let Some(b) = d.next_bundle() {
-                            pkts += b.unwrap().records().count();
+                        let taken = dec.feed(chunk);
+                        chunk = &chunk[taken..];
+                        while let Some(bundle) = dec.next_bundle() {
+                            pkts += bundle.unwrap().records().count();
                         }
                     }
                 }
