@@ -25,20 +25,50 @@ enum Op {
     /// Arbitrary bytes as one packet.
     Raw(Vec<u8>),
     /// A valid TCP segment from the board (flags: bit 0 SYN, 1 FIN, 2 RST, 3 has ACK).
-    Tcp { sport: u8, dst: u8, dport: u8, flags: u8, seq: u32, ack: u32, payload: Vec<u8> },
+    Tcp {
+        sport: u8,
+        dst: u8,
+        dport: u8,
+        flags: u8,
+        seq: u32,
+        ack: u32,
+        payload: Vec<u8>,
+    },
     /// A valid UDP datagram from the board.
-    Udp { sport: u8, dst: u8, dport: u8, payload: Vec<u8> },
+    Udp {
+        sport: u8,
+        dst: u8,
+        dport: u8,
+        payload: Vec<u8>,
+    },
     /// A valid echo request from the board.
-    Echo { dst: u8, ident: u8, seq: u16, data: Vec<u8> },
+    Echo {
+        dst: u8,
+        ident: u8,
+        seq: u16,
+        data: Vec<u8>,
+    },
     /// A driver event for the n-th flow the core announced.
-    Os { flow: u8, kind: u8, data: Vec<u8> },
+    Os {
+        flow: u8,
+        kind: u8,
+        data: Vec<u8>,
+    },
     /// Driver data calls on the n-th flow.
-    Recv { flow: u8, len: u16 },
-    Send { flow: u8, data: Vec<u8> },
+    Recv {
+        flow: u8,
+        len: u16,
+    },
+    Send {
+        flow: u8,
+        data: Vec<u8>,
+    },
     /// Advance the clock (ms) and run timers.
     Advance(u16),
     /// Drain the board queue, maybe with a too-small buffer.
-    Drain { small: bool },
+    Drain {
+        small: bool,
+    },
 }
 
 /// A handful of destinations covering every policy class.
@@ -56,7 +86,13 @@ fn dst_ip(sel: u8) -> Ipv4Addr {
 }
 
 fn ipv4(dst: Ipv4Addr, proto: IpProtocol, len: usize, fill: impl FnOnce(&mut [u8])) -> Vec<u8> {
-    let repr = Ipv4Repr { src_addr: BOARD, dst_addr: dst, next_header: proto, payload_len: len, hop_limit: 64 };
+    let repr = Ipv4Repr {
+        src_addr: BOARD,
+        dst_addr: dst,
+        next_header: proto,
+        payload_len: len,
+        hop_limit: 64,
+    };
     let mut buf = vec![0; repr.buffer_len() + len];
     let mut p = Ipv4Packet::new_unchecked(&mut buf[..]);
     repr.emit(&mut p, &ChecksumCapabilities::default());
@@ -88,7 +124,15 @@ fuzz_target!(|ops: Vec<Op>| {
     for op in ops.into_iter().take(64) {
         match op {
             Op::Raw(bytes) => nat.handle_ip_packet(now, &bytes),
-            Op::Tcp { sport, dst, dport, flags, seq, ack, payload } => {
+            Op::Tcp {
+                sport,
+                dst,
+                dport,
+                flags,
+                seq,
+                ack,
+                payload,
+            } => {
                 let d = dst_ip(dst);
                 let control = match flags & 7 {
                     1 => TcpControl::Syn,
@@ -111,41 +155,95 @@ fuzz_target!(|ops: Vec<Op>| {
                     payload: &payload[..payload.len().min(1400)],
                 };
                 let pkt = ipv4(d, IpProtocol::Tcp, repr.buffer_len(), |b| {
-                    repr.emit(&mut TcpPacket::new_unchecked(b), &BOARD.into(), &d.into(), &csum);
+                    repr.emit(
+                        &mut TcpPacket::new_unchecked(b),
+                        &BOARD.into(),
+                        &d.into(),
+                        &csum,
+                    );
                 });
                 nat.handle_ip_packet(now, &pkt);
             }
-            Op::Udp { sport, dst, dport, payload } => {
+            Op::Udp {
+                sport,
+                dst,
+                dport,
+                payload,
+            } => {
                 let d = dst_ip(dst);
                 let payload = &payload[..payload.len().min(1400)];
-                let repr = UdpRepr { src_port: 2000 + u16::from(sport % 8), dst_port: port(dport) };
+                let repr = UdpRepr {
+                    src_port: 2000 + u16::from(sport % 8),
+                    dst_port: port(dport),
+                };
                 let pkt = ipv4(d, IpProtocol::Udp, 8 + payload.len(), |b| {
-                    repr.emit(&mut UdpPacket::new_unchecked(b), &BOARD.into(), &d.into(), payload.len(), |p| p.copy_from_slice(payload), &csum);
+                    repr.emit(
+                        &mut UdpPacket::new_unchecked(b),
+                        &BOARD.into(),
+                        &d.into(),
+                        payload.len(),
+                        |p| p.copy_from_slice(payload),
+                        &csum,
+                    );
                 });
                 nat.handle_ip_packet(now, &pkt);
             }
-            Op::Echo { dst, ident, seq, data } => {
+            Op::Echo {
+                dst,
+                ident,
+                seq,
+                data,
+            } => {
                 let d = dst_ip(dst);
-                let repr = Icmpv4Repr::EchoRequest { ident: u16::from(ident % 4), seq_no: seq, data: &data[..data.len().min(1400)] };
+                let repr = Icmpv4Repr::EchoRequest {
+                    ident: u16::from(ident % 4),
+                    seq_no: seq,
+                    data: &data[..data.len().min(1400)],
+                };
                 let pkt = ipv4(d, IpProtocol::Icmp, repr.buffer_len(), |b| {
                     repr.emit(&mut Icmpv4Packet::new_unchecked(b), &csum);
                 });
                 nat.handle_ip_packet(now, &pkt);
             }
             Op::Os { flow, kind, data } => {
-                let flow = flows.get(usize::from(flow) % flows.len().max(1)).copied().unwrap_or(FlowId(u64::from(flow)));
+                let flow = flows
+                    .get(usize::from(flow) % flows.len().max(1))
+                    .copied()
+                    .unwrap_or(FlowId(u64::from(flow)));
                 let ev = match kind % 12 {
                     0 => OsEvent::TcpConnected { flow },
-                    1 => OsEvent::TcpConnectFailed { flow, error: ConnectError::Refused },
-                    2 => OsEvent::TcpConnectFailed { flow, error: ConnectError::HostUnreachable },
+                    1 => OsEvent::TcpConnectFailed {
+                        flow,
+                        error: ConnectError::Refused,
+                    },
+                    2 => OsEvent::TcpConnectFailed {
+                        flow,
+                        error: ConnectError::HostUnreachable,
+                    },
                     3 => OsEvent::TcpEof { flow },
                     4 => OsEvent::TcpReset { flow },
-                    5 => OsEvent::UdpReceived { flow, payload: &data },
-                    6 => OsEvent::UdpError { flow, error: DatagramError::PortUnreachable },
-                    7 => OsEvent::UdpError { flow, error: DatagramError::Failed },
-                    8 => OsEvent::IcmpEchoReply { flow, seq: 1, payload: &data },
+                    5 => OsEvent::UdpReceived {
+                        flow,
+                        payload: &data,
+                    },
+                    6 => OsEvent::UdpError {
+                        flow,
+                        error: DatagramError::PortUnreachable,
+                    },
+                    7 => OsEvent::UdpError {
+                        flow,
+                        error: DatagramError::Failed,
+                    },
+                    8 => OsEvent::IcmpEchoReply {
+                        flow,
+                        seq: 1,
+                        payload: &data,
+                    },
                     9 => OsEvent::IcmpUnavailable { flow },
-                    10 => OsEvent::TcpConnectFailed { flow, error: ConnectError::TimedOut },
+                    10 => OsEvent::TcpConnectFailed {
+                        flow,
+                        error: ConnectError::TimedOut,
+                    },
                     _ => OsEvent::TcpConnected { flow },
                 };
                 nat.handle_os_event(now, ev);
@@ -168,14 +266,22 @@ fuzz_target!(|ops: Vec<Op>| {
             Op::Drain { small } => {
                 let len = if small { 40 } else { out.len() };
                 while let Some(n) = nat.poll_ip_packet(now, &mut out[..len]) {
-                    let p = Ipv4Packet::new_checked(&out[..n]).expect("core emitted a truncated packet");
+                    let p = Ipv4Packet::new_checked(&out[..n])
+                        .expect("core emitted a truncated packet");
                     assert!(p.verify_checksum(), "core emitted a bad IPv4 checksum");
-                    assert_eq!(p.dst_addr(), BOARD, "core emitted a packet not for the board");
+                    assert_eq!(
+                        p.dst_addr(),
+                        BOARD,
+                        "core emitted a packet not for the board"
+                    );
                 }
             }
         }
         while let Some(ev) = nat.poll_event() {
-            if let NatEvent::TcpConnect { flow, .. } | NatEvent::UdpOpen { flow, .. } | NatEvent::IcmpEchoRequest { flow, .. } = ev {
+            if let NatEvent::TcpConnect { flow, .. }
+            | NatEvent::UdpOpen { flow, .. }
+            | NatEvent::IcmpEchoRequest { flow, .. } = ev
+            {
                 if !flows.contains(&flow) {
                     flows.push(flow);
                 }
