@@ -210,6 +210,7 @@ fn main() {
         sim.close(c);
     }
     println!("flows after closing all: {}", sim.nat.flow_count());
+    let t0 = std::time::Instant::now();
     for round in 0..4u16 {
         let mut batch: Vec<Conn> = (0..50)
             .map(|i| sim.open(20_000 + round * 100 + i))
@@ -221,6 +222,11 @@ fn main() {
             sim.close(c);
         }
     }
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "churn moved {} MiB through the core (both ways, board side simulated in-process) in {secs:.2} s",
+        200 * 512 / 1024
+    );
     let churn = rss_kib();
     println!(
         "RSS after churn (200 flows x 256 KiB each way, 50 at a time), all closed: {churn} KiB, flows {}",

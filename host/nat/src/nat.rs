@@ -33,6 +33,18 @@ macro_rules! drop_pkt {
 }
 pub(crate) use drop_pkt;
 
+/// Like `drop_pkt!`, for drops that mean the core is under pressure (SYN flood, full table):
+/// logged at warn level, still rate-limited.
+macro_rules! drop_warn {
+    ($nat:expr, $counter:ident, $($arg:tt)+) => {{
+        $nat.counters.$counter += 1;
+        if $nat.log.allow($nat.now, &mut $nat.counters) {
+            tracing::warn!(reason = stringify!($counter), $($arg)+);
+        }
+    }};
+}
+pub(crate) use drop_warn;
+
 /// The userspace NAT core. See the crate docs for the theory of operation and the driver loop.
 pub struct Nat {
     pub(crate) cfg: NatConfig,
@@ -202,6 +214,7 @@ impl Nat {
     /// nothing is queued. Call until `None` after every `handle_*`/`tcp_*` call and whenever the
     /// link to the board can take packets again: TCP output is produced lazily here, so a driver
     /// that stops calling this applies backpressure to every flow.
+    #[must_use]
     pub fn poll_ip_packet(&mut self, now: Instant, out: &mut [u8]) -> Option<usize> {
         self.now = now;
         loop {
@@ -227,6 +240,7 @@ impl Nat {
 
     /// Next request for the driver, or `None`. Call until `None` after every `handle_*` and
     /// `tcp_*` call.
+    #[must_use]
     pub fn poll_event(&mut self) -> Option<NatEvent> {
         let ev = self.events.pop_front()?;
         match &ev {
@@ -257,6 +271,7 @@ impl Nat {
 
     /// When to call `handle_timeout` next (`None`: only when input arrives). May be `now`.
     /// Recompute after every call into the core.
+    #[must_use]
     pub fn poll_timeout(&mut self, now: Instant) -> Option<Instant> {
         self.now = now;
         if self.egress_pending && self.queue.len() == 0 {

@@ -27,7 +27,7 @@ use smoltcp::wire::{
 
 use crate::flow::{FlowKey, FlowKind, SynCopy, TcpFlow, TcpPhase};
 use crate::icmp::IcmpError;
-use crate::nat::drop_pkt;
+use crate::nat::{drop_pkt, drop_warn};
 use crate::policy::{self, Deny};
 use crate::{ConnectError, FlowError, FlowId, Nat, NatEvent};
 
@@ -144,7 +144,7 @@ impl Nat {
             }
         };
         if self.flows.connecting >= self.cfg.max_connecting {
-            return drop_pkt!(self, drop_syn_flood, %src, %dst, "nat: too many pending connects, SYN dropped");
+            return drop_warn!(self, drop_syn_flood, %src, %dst, "nat: too many pending connects, SYN dropped");
         }
         if !self.make_room() {
             return;
