@@ -56,7 +56,8 @@ pub struct NatConfig {
     pub tcp_rx_buffer: usize,
     /// TCP transmit buffer (OS → board) per flow, bytes (default 1 MiB).
     pub tcp_tx_buffer: usize,
-    /// Abort a TCP flow whose board side stops acknowledging data for this long (default 120 s).
+    /// Abort a TCP flow whose board side stops acknowledging queued data or the handshake for
+    /// this long (default 120 s). Quiet flows with nothing in flight never time out.
     pub tcp_timeout: Duration,
     /// Give up on an OS connect the driver never answered (default 75 s, Linux's SYN retry span).
     pub tcp_connect_timeout: Duration,

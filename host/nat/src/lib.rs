@@ -78,7 +78,8 @@
 //! echo flows after `icmp_timeout` (30 s); a connect the driver never answers after
 //! `tcp_connect_timeout` (75 s, ICMP host unreachable to the board). Established TCP flows do
 //! not age: they end by FIN or RST like a kernel connection, smoltcp aborts one whose board side
-//! stops acknowledging for `tcp_timeout` (120 s), and eviction reclaims idle ones under
+//! stops acknowledging queued data (or the handshake) for `tcp_timeout` (120 s; never armed on a
+//! merely quiet flow), and eviction reclaims idle ones under
 //! pressure. The aging scan runs once a second only while flows that age exist; a core with only
 //! established TCP flows and nothing in flight asks for no timer at all.
 //!

@@ -250,6 +250,7 @@ impl Nat {
         );
         sock.set_nagle_enabled(false);
         sock.set_ack_delay(None);
+        // SYN-RECEIVED: the board must finish the handshake within tcp_timeout.
         sock.set_timeout(Some(self.cfg.tcp_timeout));
         let handle = match sock.listen(IpEndpoint::new((*syn.dst.ip()).into(), syn.dst.port())) {
             Ok(()) => self.sockets.add(sock),
@@ -509,6 +510,7 @@ impl Nat {
                 }
                 _ => {}
             }
+            set_timeout(sock, self.cfg.tcp_timeout);
             let recv_queue = sock.recv_queue();
             if recv_queue > 0 && t.readable_armed {
                 t.readable_armed = false;
@@ -657,6 +659,7 @@ impl Nat {
                     })
                     .unwrap_or(0)
                 };
+                set_timeout(sock, self.cfg.tcp_timeout);
                 if send_space(sock) < writable_mark(sock) {
                     t.writable_armed = true;
                 }
@@ -680,6 +683,16 @@ impl Nat {
             }
             _ => 0,
         }
+    }
+}
+
+/// smoltcp's timeout also fires on a connection that is merely quiet, so it is armed only while
+/// the board owes us something: the handshake, or acknowledgements for queued data. An idle
+/// flow (an SSH session, a keep-alive pool) then lives as long as both ends keep it.
+fn set_timeout(s: &mut tcp::Socket<'_>, timeout: smoltcp::time::Duration) {
+    let owed = s.state() == State::SynReceived || s.send_queue() > 0;
+    if owed != s.timeout().is_some() {
+        s.set_timeout(owed.then_some(timeout));
     }
 }
 

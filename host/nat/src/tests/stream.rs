@@ -236,3 +236,33 @@ fn full_transfer_multi_mib_with_checksum() {
     let info = h.nat.flows(h.now);
     assert_eq!(info[0].bytes_to_board, down.len() as u64);
 }
+
+/// Established flows with nothing in flight ask for no timer, so 1000 idle flows cost no wakeups.
+#[test]
+fn idle_established_flows_need_no_timer() {
+    let mut h = H::with(small_cfg());
+    let mut board = Board::new(h.now, 1500);
+    let flows: Vec<_> = (0..20)
+        .map(|i| open(&mut h, &mut board, 42000 + i, 64 * 1024))
+        .collect();
+    for &(s, flow) in &flows {
+        board.sock(s).send_slice(b"hello").unwrap();
+        board.exchange(&mut h);
+        assert_eq!(drain(&mut h, flow), b"hello");
+        assert_eq!(h.nat.tcp_send(flow, b"world").unwrap(), 5);
+        board.exchange(&mut h);
+    }
+    h.advance(Duration::from_secs(1));
+    board.exchange(&mut h);
+    assert_eq!(h.nat.poll_timeout(h.now), None);
+    // Hours of silence do not kill them (no idle timeout on established TCP).
+    h.advance(Duration::from_secs(7200));
+    board.exchange(&mut h);
+    assert_eq!(h.nat.flow_count(), 20);
+    let (s, flow) = flows[0];
+    assert_eq!(h.nat.tcp_send(flow, b"still here").unwrap(), 10);
+    board.exchange(&mut h);
+    let mut buf = [0; 32];
+    let n = board.sock(s).recv_slice(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"worldstill here");
+}
