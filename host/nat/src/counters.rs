@@ -99,6 +99,8 @@ counters! {
     drop_event_queue_full,
     /// Dropped: packet for the board while the board queue was full.
     drop_board_queue_full,
+    /// Dropped: a datagram or echo reply from the OS larger than the link MTU allows.
+    drop_too_big,
     /// Dropped: `poll_ip_packet` output buffer smaller than the packet.
     drop_out_buffer_small,
     /// Driver events naming a flow that no longer exists or is of another kind.

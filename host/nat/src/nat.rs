@@ -415,7 +415,7 @@ impl Nat {
         if total > self.cfg.mtu {
             drop_pkt!(
                 self,
-                drop_board_queue_full,
+                drop_too_big,
                 len = total,
                 "nat: packet for the board exceeds the MTU"
             );
