@@ -160,6 +160,13 @@ fn udp_flow_reply_port_unreachable_and_idle_expiry() {
         payload: b"pong",
     });
     assert_eq!(udp_of(&h.recv_one()), (s, b, b"pong".to_vec()));
+    let big = vec![0; 65_500];
+    h.os(OsEvent::UdpReceived {
+        flow,
+        payload: &big,
+    });
+    assert!(h.recv().is_empty());
+    assert_eq!(h.nat.counters().drop_too_big, 1);
     h.os(OsEvent::UdpError {
         flow,
         error: DatagramError::PortUnreachable,
