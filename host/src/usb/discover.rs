@@ -215,10 +215,14 @@ fn bus_path(_d: &DeviceInfo) -> String {
     "-".into()
 }
 
-/// `bus-port.port…`, or `bus-addr` style fallback when the OS gave no port chain.
+/// `bus-port.port…` (the Linux sysfs device name), or the bus alone when the OS gave no port
+/// chain. Numeric bus IDs lose their zero padding (nusb reports Linux bus 1 as `001`).
 pub(crate) fn format_bus_path(bus: &str, ports: &[u8]) -> String {
+    let bus = bus
+        .parse::<u32>()
+        .map_or_else(|_| bus.to_owned(), |n| n.to_string());
     if ports.is_empty() {
-        return bus.to_owned();
+        return bus;
     }
     let chain: Vec<String> = ports.iter().map(u8::to_string).collect();
     format!("{bus}-{}", chain.join("."))
@@ -377,6 +381,8 @@ mod tests {
         assert_eq!(format_bus_path("1", &[1]), "1-1");
         assert_eq!(format_bus_path("3", &[2, 4, 1]), "3-2.4.1");
         assert_eq!(format_bus_path("7", &[]), "7");
+        assert_eq!(format_bus_path("001", &[1]), "1-1");
+        assert_eq!(format_bus_path("014", &[3, 2]), "14-3.2");
     }
 
     #[test]

@@ -1,0 +1,32 @@
+#!/bin/bash
+# vm-link-test.sh - run INSIDE the usbvm guest (shared/vm/boot.sh bench/usb-lib/vm-link-test.sh).
+# host/src/usb against ffs-dev at high and super speed in one boot, with REPLUGS port power cycles
+# each (usb-link-test). EXPECT_HOTPLUG=1 starts systemd-udevd first (must be installed on the build
+# machine) and requires the replugs to be seen through hotplug events.
+set -uo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+D=${USBVM_DIR:-/tmp/usbvm}
+FFS=${FFS:-$D/cargo-target/release/ffs-dev}
+BIN=${BIN:-$HERE/target/release}
+REPLUGS=${REPLUGS:-3}; SPEEDS=${SPEEDS:-high super}; EXPECT_HOTPLUG=${EXPECT_HOTPLUG:-0}
+rc=0
+say() { printf '[usb-link] %s\n' "$*"; }
+if [ "$EXPECT_HOTPLUG" = 1 ]; then
+    UDEVD=$(command -v systemd-udevd || echo /lib/systemd/systemd-udevd)
+    "$UDEVD" --daemon || { say "FAIL: cannot start $UDEVD"; exit 1; }
+fi
+modprobe libcomposite; modprobe usb_f_fs
+for speed in $SPEEDS; do
+    rmmod dummy_hcd 2>/dev/null
+    if [ "$speed" = super ]; then modprobe dummy_hcd is_super_speed=Y; else modprobe dummy_hcd; fi
+    "$FFS" 600 > "/tmp/ffs-dev-$speed.log" 2>&1 &
+    DEVPID=$!
+    say "speed=$speed"
+    timeout 300 "$BIN/usb-link-test" "$REPLUGS" "$EXPECT_HOTPLUG" || { say "FAIL at $speed"; rc=1; }
+    "$BIN/bench-nusb" stop >/dev/null 2>&1
+    for _ in $(seq 1 50); do kill -0 $DEVPID 2>/dev/null || break; sleep 0.2; done
+    kill $DEVPID 2>/dev/null; wait $DEVPID 2>/dev/null
+    say "ffs-dev: $(grep -E 'done|bad' /tmp/ffs-dev-$speed.log | tr '\n' ';')"
+done
+say "exit $rc"
+exit $rc
