@@ -52,31 +52,3 @@ pub use client::{Client, ClientConfig, ClientEvent, Completion, TransferKind};
 pub use error::Error;
 pub use op::{DeviceInfo, InterfaceInfo, Speed, USBIP_PORT};
 pub use urb::{Direction, Pdu, SetupPacket, status_name};
-
-/// Fuzzing entry points (built only under `cfg(fuzzing)`): feed arbitrary bytes to every parser.
-#[cfg(fuzzing)]
-pub mod fuzzing {
-    /// Runs every reply parser and a client with URBs of each kind in flight over `data`.
-    pub fn codec(data: &[u8]) {
-        let _ = crate::op::parse_rep_devlist(data);
-        let _ = crate::op::parse_rep_import(data);
-        let _ = crate::op::parse_op_request(data);
-        let _ = crate::urb::Pdu::parse(data);
-        let _ = crate::desc::DeviceDescriptor::parse(data);
-        let _ = crate::desc::parse_configuration(data).map(|c| crate::desc::find_vendor_bulk(&c));
-        let mut c = crate::Client::new(0x0001_0002, crate::ClientConfig::default());
-        for _ in 0..4 {
-            let _ = c.submit_bulk_in(1, 65536);
-        }
-        let _ = c.submit_bulk_out(2, &[0; 512]);
-        let _ = c.submit_control(crate::SetupPacket::get_descriptor(2, 0, 255), &[]);
-        let _ = c.unlink(1);
-        let _ = c.poll_transmit();
-        // Split the input at a data-dependent point so partial headers are exercised too.
-        let cut = data.first().map_or(0, |&b| usize::from(b)).min(data.len());
-        let _ = c.handle_bytes(&data[..cut]);
-        let _ = c.handle_bytes(&data[cut..]);
-        while c.poll_event().is_some() {}
-        let _ = c.handle_eof();
-    }
-}
