@@ -54,7 +54,7 @@ use crate::urb::{SetupPacket, status_name};
 pub const DEFAULT_VID_PID: (u16, u16) = (0x1209, 0x0001);
 /// Default maximum bundle size, the size of each bulk IN read.
 pub const DEFAULT_MAX_BUNDLE: usize = 64 * 1024;
-/// Longest "<devid> <speed>" line accepted from a qubes.USB service.
+/// Longest `<devid> <speed>` line accepted from a qubes.USB service.
 const MAX_QUBES_LINE: usize = 128;
 
 /// Errors of the USB/IP transport.
@@ -102,7 +102,7 @@ pub enum TransportError {
         /// The limit.
         secs: f64,
     },
-    /// The qubes.USB service's first line is not "<devid> <speed>".
+    /// The qubes.USB service's first line is not `<devid> <speed>`.
     #[error("qubes.USB service {target} sent {line:?} instead of \"<devid> <speed>\": {reason}")]
     QubesLine {
         /// The command.
@@ -757,7 +757,7 @@ fn placeholder_bulk() -> VendorBulk {
     }
 }
 
-/// Parses "<devid> <speed>[ extra...]" (qubes-usb-proxy's usb-export writes `busnum << 16 | devnum`
+/// Parses `<devid> <speed>[ extra...]` (qubes-usb-proxy's usb-export writes `busnum << 16 | devnum`
 /// and the sysfs speed text).
 pub fn parse_qubes_line(line: &[u8]) -> Result<(u32, Speed), &'static str> {
     let text = std::str::from_utf8(line).map_err(|_| "not text")?;
