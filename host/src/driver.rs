@@ -165,6 +165,8 @@ struct Driver {
     /// A packet polled from the core that did not fit the last bundle: `scratch[..carry]`.
     carry: usize,
     scratch: Vec<u8>,
+    /// A bundle buffer that came back unused.
+    spare: Option<Vec<u8>>,
     peer_stats: Option<shared_frame::Stats>,
     counters: DriverCounters,
 }
@@ -257,6 +259,7 @@ impl Driver {
             link_description: None,
             tx_pending: false,
             carry: 0,
+            spare: None,
             peer_stats: None,
             counters: DriverCounters::default(),
         })
@@ -437,11 +440,15 @@ impl Driver {
         let mut sent = false;
         while self.link_writable() && self.wants_transmit() {
             let max = self.session.tx_max_bundle();
-            let mut buf = vec![0u8; max];
+            // The writer overwrites everything it emits, so a buffer kept from a pass that found
+            // nothing to send is reused without zeroing it again.
+            let mut buf = self.spare.take().unwrap_or_default();
+            buf.resize(max, 0);
             let mut w = BundleWriter::new(&mut buf, max);
             self.session.poll_control(&mut w);
             let (packets, bytes) = self.fill_bundle(&mut w);
             if w.is_empty() {
+                self.spare = Some(buf);
                 break;
             }
             let framing = self.link.as_ref().map_or(Framing::Stream, |l| l.framing);

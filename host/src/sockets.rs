@@ -445,7 +445,10 @@ impl Sockets {
             self.counters.drop_unknown_flow += 1;
             return;
         };
-        match d.sock.try_send(payload) {
+        // A direct send, not tokio's `try_send`: that one refuses (WouldBlock) until the
+        // reactor has seen the socket writable once, which would drop the first datagram of
+        // every new flow (the DNS query, the first ping).
+        match SockRef::from(&d.sock).send(payload) {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 self.counters.drop_udp_send_would_block += 1;
@@ -504,7 +507,7 @@ impl Sockets {
         }
         let Some(d) = slot else { return };
         let pkt = platform::icmp_echo_request(seq, payload);
-        if let Err(e) = d.sock.try_send(&pkt) {
+        if let Err(e) = SockRef::from(&d.sock).send(&pkt) {
             self.counters.drop_icmp_send += 1;
             tracing::debug!(%flow, %dst, error = %e, "echo request not sent");
         }
