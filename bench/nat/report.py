@@ -210,6 +210,11 @@ def extra_info(rows):
             c = cpu_of(r.get("mon"), 1)
             if c is not None and g > 0.01:
                 info.setdefault(f"gadget_cpu_{r['phase']}_{r['test']}", []).append(c / g)
+        if r.get("test", "").startswith("tcp_") and r.get("mon"):
+            pp, w = list(r["mon"].get("per_pid", {}).values()), r["mon"].get("wall_s") or 0
+            if pp and w > 0:
+                info.setdefault(f"util_{r['phase']}_{r['test']}_{r['stack']}", []).append(
+                    "+".join(f"{p['cpu_s'] / w:.2f}" for p in pp))
         if r.get("test", "").startswith("tcp_"):
             retr = (r["res"] or {}).get("retr")
             if retr is not None:
@@ -299,10 +304,17 @@ def section(rows, meta, vals, out):
                     parts.append(f"{st} {fmt(med(v))}")
             if parts:
                 notes.append(f"iperf3 sender retransmits (median), TCP {d} MTU {mtu}: " + ", ".join(parts) + ".")
+    for ph, mtu in (("big", "65520"), ("1500", "1500")):
+        for d in ("up", "down"):
+            parts = [f"{st} {' '.join(info[k])}" for st in STACKS
+                     if (k := f"util_{ph}_tcp_{d}_{st}") in info]
+            if parts:
+                notes.append(f"CPU cores used by the stack during TCP {d} MTU {mtu}, per rep (qbkit: host+gadget): "
+                             + "; ".join(parts) + ".")
     parts = [f"{st} {info.get('hold_opened_' + st)}" for st in STACKS if info.get("hold_opened_" + st)]
     if parts:
         notes.append("Flows actually opened in the 1000-flow test (per rep): " + "; ".join(parts) + ".")
-    parts = [f"{st} {info.get('wrk_err_' + st)}" for st in STACKS if info.get("wrk_err_" + st)]
+    parts = [f"{st} {info.get('wrk_err_' + st)}" for st in STACKS if any(info.get("wrk_err_" + st) or [])]
     if parts:
         notes.append("wrk socket errors (per rep): " + "; ".join(parts) + ".")
     notes.append("CPU s/GiB counts only the NAT process (slirp4netns, pasta, qbkit-host); the kernel work on the "
@@ -310,6 +322,32 @@ def section(rows, meta, vals, out):
     for n in notes:
         L.append("- " + n)
     L.append("")
+    prof = [w for w in ("up", "down", "rr") if os.path.exists(os.path.join(out, f"perf.{w}.txt"))]
+    if prof:
+        L.append("Profile of qbkit (`bench/nat/run --profile`: `perf record -F 999 -g -p <qbkit-host>,<qbkit-gadget>` "
+                 "during one extra iperf3 up / down and one RR run; self time, top symbols):")
+        L.append("")
+        for w in prof:
+            with open(os.path.join(out, f"perf.{w}.txt")) as f:
+                lines = [x.rstrip() for x in f]
+            head = [x for x in lines if x.startswith("# perf")]
+            syms = []
+            sect = None
+            for x in lines:
+                if x.startswith("# by process:"):
+                    sect = "comm"
+                elif x.startswith("# by process and DSO"):
+                    sect = "dso"
+                elif x.startswith("# top symbols"):
+                    sect = "sym"
+                elif sect == "sym" and x.strip():
+                    syms.append(x)
+            L.append(f"{head[0][2:] if head else w}:")
+            L.append("")
+            L.append("```")
+            L.extend(syms[:14])
+            L.append("```")
+            L.append("")
     return "\n".join(L)
 
 
