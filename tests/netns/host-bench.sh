@@ -72,7 +72,8 @@ import json, sys
 j = json.loads(sys.argv[1]); e = j["end"]["sum_received"]
 bps = e["bits_per_second"]; gib = e["bytes"] / 2**30
 hc, gc = float(sys.argv[3]) - float(sys.argv[2]), float(sys.argv[5]) - float(sys.argv[4])
-print(f"{bps/1e9:.2f} {hc:.2f} {gc:.2f} {hc/gib:.2f} {j[\"end\"][\"sum_sent\"].get(\"retransmits\", 0)}")
+retr = j["end"]["sum_sent"].get("retransmits", 0)
+print(f"{bps/1e9:.2f} {hc:.2f} {gc:.2f} {hc/gib:.2f} {retr}")
 ' "$json" "$h0" "$h1" "$g0" "$g1")
       read -r gbps hc gc perg retr <<<"$line"
       echo "RUN dir=$dir mtu=$mtu rep=$rep gbit_s=$gbps host_cpu_s=$hc gadget_cpu_s=$gc host_cpu_s_per_gib=$perg retransmits=$retr"
