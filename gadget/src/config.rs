@@ -29,7 +29,7 @@ pub const DEFAULT_PRODUCT: &str = "qbkit-net";
 pub const GADGET_NAME: &str = "qbkit";
 /// DeviceInterfaceGUID announced through MS OS 1.0 extended properties. `windows-inf/qbkit.inf`
 /// and the host's Windows backend must use the same value.
-pub const DEVICE_INTERFACE_GUID: &str = "{6b3f4a1e-2c5d-4e8f-9a7b-1c2d3e4f5a60}";
+pub const DEVICE_INTERFACE_GUID: &str = "{6199f4ea-793a-4b5b-8c3d-560c3e8c6dd5}";
 /// Interface class triple of the qbkit-net interface: vendor-specific, subclass 'Q', protocol 1.
 pub const INTERFACE_CLASS: (u8, u8, u8) = (0xff, 0x51, 0x01);
 /// Interface string.

@@ -144,7 +144,7 @@ mod tests {
         let data_len = u32le(p, 10 + name_len) as usize;
         let data = &p[14 + name_len..14 + name_len + data_len];
         assert_eq!(data, format!("{DEVICE_INTERFACE_GUID}\0").as_bytes());
-        assert_eq!(data, b"{6b3f4a1e-2c5d-4e8f-9a7b-1c2d3e4f5a60}\0");
+        assert_eq!(data, b"{6199f4ea-793a-4b5b-8c3d-560c3e8c6dd5}\0");
         assert_eq!(at + len, b.len());
     }
 
