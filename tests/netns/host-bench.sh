@@ -20,8 +20,8 @@ REPS=${REPS:-3}
 ulimit -n 65536 2>/dev/null || true
 
 qbk_init hostbench
-BOARD=$(qbk_ns_add board)
-WAN=$(qbk_ns_add wan)
+qbk_ns_add BOARD board
+qbk_ns_add WAN wan
 T=$QBK_TMP
 SRV=198.51.100.2
 ip -n "$WAN" link add qbkw0 type veth peer name qbkw1

@@ -6,7 +6,8 @@
 #
 #   qbk_require_root              skip (exit 0) unless root; with QBKIT_TEST_PRIVILEGED=1 fail instead
 #   qbk_init NAME                 prefix, temp dir $QBK_TMP, cleanup trap
-#   qbk_ns_add SUFFIX             create namespace <prefix>-SUFFIX with lo up; prints its name
+#   qbk_ns_add VAR SUFFIX         create namespace <prefix>-SUFFIX with lo up; its name goes to $VAR
+#                                 (not printed: a $(...) subshell would lose the cleanup record)
 #   qbk_ns_resolv NS TEXT         /etc/netns/NS/resolv.conf (ip netns exec bind-mounts it)
 #   qbk_bg NS LOG CMD...          run CMD in NS in the background, output to $QBK_TMP/LOG; sets QBK_PID
 #   qbk_wait DESC SECS CMD...     poll CMD (every 0.1 s) until it succeeds, or fail after SECS
@@ -63,11 +64,11 @@ qbk_init() {
 }
 
 qbk_ns_add() {
-  local ns="$QBK_PREFIX-$1"
+  local ns="$QBK_PREFIX-$2"
   ip netns add "$ns"
   QBK_NSES+=("$ns")
   ip -n "$ns" link set lo up
-  echo "$ns"
+  printf -v "$1" '%s' "$ns"
 }
 
 qbk_ns_resolv() {
