@@ -263,6 +263,14 @@ def section(rows, meta, vals, out):
              "(198.51.100.130 on a veth pair whose two ends are both inside `wan`; nftables there drops "
              "anything else). slirp4netns and pasta attach to a holder process of the board namespace.")
     L.append("")
+    L.append("Reading the numbers: qbkit's path has one more user-space hop than the others. A packet goes "
+             "board TCP → TUN `qbkit0` → `qbkit-gadget` → unix-socket stream link (bundles) → `qbkit-host` "
+             "(smoltcp NAT) → socket, i.e. two processes and one extra socket per direction; slirp4netns and "
+             "pasta read the board's tap fd themselves. On the real product the gadget runs on the board's "
+             "CPU; here both share the same 2 cores with the clients, servers and other engineers' jobs, so "
+             "every hop costs a wake-up on a busy machine (see the per-rep CPU use below: no stack saturates "
+             "a core).")
+    L.append("")
     L.append("| metric | unit | qbkit | slirp4netns | pasta | qbkit vs best other (>1 = qbkit better) |")
     L.append("|---|---|---|---|---|---|")
     for name, unit, hib, desc, *_ in METRICS:
