@@ -15,7 +15,10 @@
 //! `peer`: the valid host after the attack (the Rust twin of scenarios/gadget-usbpeer.py): sends the
 //! Hello + LinkConfig bundle from `gadget-test-peer --dump-handshake` every second (it doubles as
 //! keepalive), prints `HELLO` once the board's Hello arrives and `PING <seq>` for each ICMP echo
-//! request to 10.47.0.1 it answers.
+//! request to 10.47.0.1 it answers. With `--attack-when-up N --attack-trigger FILE` it also sends
+//! every attack class once (junk burst of N) while the link is up, as soon as the board's Hello has
+//! arrived and FILE exists (the scenario creates it after reading the counters), and prints
+//! `ATTACKED`.
 //!
 //! The wire bytes are written here by hand from docs/protocol.md on purpose: this is an independent
 //! reading of the spec, and most of what it sends is what shared-frame refuses to produce.
@@ -61,6 +64,13 @@ enum Cmd {
         /// Run time.
         #[arg(long, default_value_t = 60)]
         secs: u64,
+        /// Once the board's Hello arrived and `--attack-trigger` exists, send every attack class
+        /// once (with a junk burst of this many bundles) between keepalives; prints `ATTACKED`.
+        #[arg(long, requires = "attack_trigger", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        attack_when_up: Option<u32>,
+        /// File whose existence starts the attack while up.
+        #[arg(long)]
+        attack_trigger: Option<PathBuf>,
     },
 }
 
@@ -81,7 +91,17 @@ fn main() -> ExitCode {
             control_socket,
             burst,
         } => attack(args.dev, &control_socket, burst),
-        Cmd::Peer { handshake, secs } => peer(args.dev, &handshake, secs),
+        Cmd::Peer {
+            handshake,
+            secs,
+            attack_when_up,
+            attack_trigger,
+        } => peer(
+            args.dev,
+            &handshake,
+            secs,
+            attack_when_up.zip(attack_trigger),
+        ),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -565,7 +585,12 @@ fn records(b: &[u8]) -> Vec<(u8, &[u8])> {
     v
 }
 
-fn peer(id: (u16, u16), handshake: &Path, secs: u64) -> Result<(), String> {
+fn peer(
+    id: (u16, u16),
+    handshake: &Path,
+    secs: u64,
+    mut attack: Option<(u32, PathBuf)>,
+) -> Result<(), String> {
     let hs = std::fs::read(handshake).map_err(|e| format!("{}: {e}", handshake.display()))?;
     let dev = open(id)?;
     let mut ep_out = dev
@@ -577,7 +602,7 @@ fn peer(id: (u16, u16), handshake: &Path, secs: u64) -> Result<(), String> {
         .endpoint::<Bulk, In>(dev.ep_in)
         .map_err(|e| format!("bulk IN: {e}"))?;
     let mps = dev.mps;
-    let mut send = |b: &[u8]| -> Result<(), String> {
+    let send = |ep_out: &mut nusb::Endpoint<Bulk, Out>, b: &[u8]| -> Result<(), String> {
         let mut buf = Buffer::new(b.len() + 4);
         buf.extend_from_slice(b);
         if b.len().is_multiple_of(mps) {
@@ -595,8 +620,23 @@ fn peer(id: (u16, u16), handshake: &Path, secs: u64) -> Result<(), String> {
     let mut next_ka = Instant::now();
     let mut hello = false;
     while Instant::now() < end {
+        if hello && let Some((burst, trigger)) = attack.take_if(|(_, t)| t.exists()) {
+            out(&format!("ATTACK trigger {}", trigger.display()));
+            let transfers: Vec<Vec<u8>> = classes(burst)
+                .into_iter()
+                .flat_map(|c| c.transfers)
+                .collect();
+            let (ok, errors) = send_all(&mut ep_out, &transfers);
+            out(&format!(
+                "ATTACKED transfers={} ok={ok} errors={} {}",
+                transfers.len(),
+                errors.len(),
+                errors.first().map_or("", String::as_str)
+            ));
+            next_ka = Instant::now();
+        }
         if Instant::now() >= next_ka {
-            send(&hs)?;
+            send(&mut ep_out, &hs)?;
             next_ka = Instant::now() + Duration::from_secs(1);
         }
         let Some(c) = ep_in.wait_next_complete(Duration::from_millis(200)) else {
@@ -624,7 +664,7 @@ fn peer(id: (u16, u16), handshake: &Path, secs: u64) -> Result<(), String> {
         buf.clear();
         ep_in.submit(buf);
         if !replies.is_empty() {
-            send(&bundle(&replies))?;
+            send(&mut ep_out, &bundle(&replies))?;
         }
     }
     Ok(())
