@@ -1,0 +1,261 @@
+//! Linux tray backend: a StatusNotifierItem on the session bus via `ksni` (pure Rust D-Bus, no
+//! GTK). KDE shows it natively, GNOME with the AppIndicator extension, XEmbed-only panels
+//! through a bridge such as snixembed.
+//!
+//! ```text
+//!  watch<Snapshot> ──changed──▶ handle.update(|item| item.snapshot = …) ──▶ PropertiesChanged /
+//!                                                                          NewIcon/NewToolTip/NewStatus
+//!  menu click (D-Bus) ──▶ Item::menu closure ──▶ tray::dispatch ──▶ mpsc<Action>
+//! ```
+//!
+//! No tray host: ksni is started with `assume_sni_available`, so a missing
+//! `org.kde.StatusNotifierWatcher` is reported once through `watcher_offline` (one log line)
+//! and ksni keeps watching `NameOwnerChanged`; it registers again whenever a watcher appears
+//! (also after a panel restart). No session bus at all, or a lost bus connection: the service
+//! is retried every [`RETRY`] without touching the engine.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use ksni::TrayMethods as _;
+use tokio::sync::{Notify, mpsc, watch};
+
+use super::icons;
+use super::{Action, Error, LinkState, MenuEntry, Model, Snapshot, TrayConfig};
+
+/// Wait between attempts to reach the session bus.
+const RETRY: Duration = Duration::from_secs(5);
+/// Pixmap sizes offered to the tray host (it picks the closest).
+const SIZES: [u32; 5] = [16, 22, 24, 32, 48];
+
+struct Item {
+    snapshot: Snapshot,
+    autostart: bool,
+    config: Arc<TrayConfig>,
+    actions: mpsc::UnboundedSender<Action>,
+    quit: Arc<Notify>,
+    /// Pixmaps per state, drawn once.
+    pixmaps: Arc<[Vec<ksni::Icon>; 4]>,
+    /// Whether "no tray host" was already logged (one line per outage, not per retry).
+    offline_logged: Arc<AtomicBool>,
+}
+
+fn state_index(s: LinkState) -> usize {
+    match s {
+        LinkState::NoBoard => 0,
+        LinkState::Connecting => 1,
+        LinkState::Online => 2,
+        LinkState::Error => 3,
+    }
+}
+
+fn draw_pixmaps() -> [Vec<ksni::Icon>; 4] {
+    LinkState::ALL.map(|s| {
+        SIZES
+            .iter()
+            .map(|&n| ksni::Icon {
+                width: n.cast_signed(),
+                height: n.cast_signed(),
+                data: icons::draw(s, n).to_argb_be(),
+            })
+            .collect()
+    })
+}
+
+impl ksni::Tray for Item {
+    fn id(&self) -> String {
+        "qbkit-host".into()
+    }
+
+    fn title(&self) -> String {
+        "qbkit-net".into()
+    }
+
+    fn category(&self) -> ksni::Category {
+        ksni::Category::Hardware
+    }
+
+    fn status(&self) -> ksni::Status {
+        match self.snapshot.state {
+            LinkState::Error => ksni::Status::NeedsAttention,
+            LinkState::Online | LinkState::Connecting => ksni::Status::Active,
+            LinkState::NoBoard => ksni::Status::Passive,
+        }
+    }
+
+    fn icon_pixmap(&self) -> Vec<ksni::Icon> {
+        self.pixmaps[state_index(self.snapshot.state)].clone()
+    }
+
+    fn attention_icon_pixmap(&self) -> Vec<ksni::Icon> {
+        self.pixmaps[state_index(LinkState::Error)].clone()
+    }
+
+    fn tool_tip(&self) -> ksni::ToolTip {
+        let m = Model::new(&self.snapshot, self.autostart);
+        ksni::ToolTip {
+            icon_name: String::new(),
+            icon_pixmap: Vec::new(),
+            title: m.title,
+            description: m.body.join("\n"),
+        }
+    }
+
+    fn activate(&mut self, _x: i32, _y: i32) {
+        // Left click: nothing to open (no window); the menu is on the right click.
+    }
+
+    fn menu(&self) -> Vec<ksni::MenuItem<Self>> {
+        use ksni::menu::{CheckmarkItem, StandardItem};
+        Model::new(&self.snapshot, self.autostart)
+            .menu
+            .into_iter()
+            .map(|e| match e {
+                MenuEntry::Separator => ksni::MenuItem::Separator,
+                MenuEntry::Item {
+                    id,
+                    label,
+                    enabled,
+                    checked,
+                } => {
+                    let activate = Box::new(move |this: &mut Self| {
+                        let sent = super::dispatch(
+                            &id,
+                            &this.snapshot,
+                            this.autostart,
+                            &this.config,
+                            &this.actions,
+                        );
+                        match sent {
+                            Some(Action::SetAutostart(on)) => this.autostart = on,
+                            Some(Action::Quit) => this.quit.notify_one(),
+                            _ => {}
+                        }
+                    });
+                    match checked {
+                        Some(checked) => CheckmarkItem {
+                            label,
+                            enabled,
+                            checked,
+                            activate,
+                            ..Default::default()
+                        }
+                        .into(),
+                        None => StandardItem {
+                            label,
+                            enabled,
+                            activate,
+                            ..Default::default()
+                        }
+                        .into(),
+                    }
+                }
+            })
+            .collect()
+    }
+
+    fn watcher_online(&self) {
+        self.offline_logged.store(false, Ordering::Relaxed);
+        tracing::info!("tray host is back: tray icon registered again");
+    }
+
+    fn watcher_offline(&self, reason: ksni::OfflineReason) -> bool {
+        if !self.offline_logged.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                ?reason,
+                "no tray host (StatusNotifierWatcher) on the session bus: no icon until one starts; \
+                 the board's network keeps working"
+            );
+        }
+        // Keep the service: ksni registers again when a watcher appears.
+        true
+    }
+}
+
+pub(super) fn run(
+    config: TrayConfig,
+    snapshots: watch::Receiver<Snapshot>,
+    actions: mpsc::UnboundedSender<Action>,
+) -> Result<(), Error> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Backend(format!("tray runtime: {e}")))?;
+    rt.block_on(serve(config, snapshots, actions));
+    Ok(())
+}
+
+/// Keeps one ksni service alive and fed until Quit or the engine goes away.
+async fn serve(
+    config: TrayConfig,
+    mut snapshots: watch::Receiver<Snapshot>,
+    actions: mpsc::UnboundedSender<Action>,
+) {
+    let config = Arc::new(config);
+    let quit = Arc::new(Notify::new());
+    let pixmaps = Arc::new(draw_pixmaps());
+    let offline_logged = Arc::new(AtomicBool::new(false));
+    let autostart = super::desktop::autostart_enabled();
+    let mut bus_error_logged = false;
+    loop {
+        let item = Item {
+            snapshot: snapshots.borrow_and_update().clone(),
+            autostart,
+            config: config.clone(),
+            actions: actions.clone(),
+            quit: quit.clone(),
+            pixmaps: pixmaps.clone(),
+            offline_logged: offline_logged.clone(),
+        };
+        let handle = match item.assume_sni_available(true).spawn().await {
+            Ok(h) => {
+                bus_error_logged = false;
+                Some(h)
+            }
+            Err(e) => {
+                if !bus_error_logged {
+                    tracing::warn!(error = %e, "tray icon unavailable (no D-Bus session bus?); retrying every {} s, the board's network keeps working", RETRY.as_secs());
+                    bus_error_logged = true;
+                }
+                None
+            }
+        };
+        // Feed snapshots until the service dies (bus lost), the user quits or the engine ends.
+        loop {
+            let closed = async {
+                match &handle {
+                    // ksni has no "closed" notification; a cheap poll of its handle suffices.
+                    Some(h) => {
+                        while !h.is_closed() {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                    None => tokio::time::sleep(RETRY).await,
+                }
+            };
+            tokio::select! {
+                () = quit.notified() => {
+                    if let Some(h) = &handle { h.shutdown().await; }
+                    return;
+                }
+                changed = snapshots.changed() => {
+                    if changed.is_err() {
+                        if let Some(h) = &handle { h.shutdown().await; }
+                        return;
+                    }
+                    let s = snapshots.borrow_and_update().clone();
+                    if let Some(h) = &handle {
+                        h.update(|item| item.snapshot = s).await;
+                    }
+                }
+                () = closed => {
+                    if handle.is_some() {
+                        tracing::warn!("tray icon lost its D-Bus connection; reconnecting");
+                    }
+                    break;
+                }
+            }
+        }
+    }
+}
