@@ -11,8 +11,11 @@
 //! No tray host: ksni is started with `assume_sni_available`, so a missing
 //! `org.kde.StatusNotifierWatcher` is reported once through `watcher_offline` (one log line)
 //! and ksni keeps watching `NameOwnerChanged`; it registers again whenever a watcher appears
-//! (also after a panel restart). No session bus at all, or a lost bus connection: the service
-//! is retried every [`RETRY`] without touching the engine.
+//! (also after a panel restart). When that registration fails (hosts such as gtk-sni-tray own
+//! the watcher name a moment before they export the object, so the first call gets
+//! UnknownObject) the service is started again with a short backoff, since ksni does not retry.
+//! No session bus at all, or a lost bus connection: retried every [`RETRY`]; the engine never
+//! waits for any of this.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,6 +29,8 @@ use super::{Action, Error, LinkState, MenuEntry, Model, Snapshot, TrayConfig};
 
 /// Wait between attempts to reach the session bus.
 const RETRY: Duration = Duration::from_secs(5);
+/// First wait before re-registering after a failed registration; doubles up to [`RETRY`].
+const RESPAWN_FIRST: Duration = Duration::from_millis(250);
 /// Pixmap sizes offered to the tray host (it picks the closest).
 const SIZES: [u32; 5] = [16, 22, 24, 32, 48];
 
@@ -39,6 +44,8 @@ struct Item {
     pixmaps: Arc<[Vec<ksni::Icon>; 4]>,
     /// Whether "no tray host" was already logged (one line per outage, not per retry).
     offline_logged: Arc<AtomicBool>,
+    /// Asks [`serve`] to start the service again (registration failed; see `watcher_offline`).
+    respawn: Arc<Notify>,
 }
 
 fn state_index(s: LinkState) -> usize {
@@ -157,7 +164,7 @@ impl ksni::Tray for Item {
 
     fn watcher_online(&self) {
         self.offline_logged.store(false, Ordering::Relaxed);
-        tracing::info!("tray host is back: tray icon registered again");
+        tracing::info!("tray host is back; registering the tray icon again");
     }
 
     fn watcher_offline(&self, reason: ksni::OfflineReason) -> bool {
@@ -168,7 +175,13 @@ impl ksni::Tray for Item {
                  the board's network keeps working"
             );
         }
-        // Keep the service: ksni registers again when a watcher appears.
+        // A watcher that vanished (`No`) is handled by ksni: it registers again when the name
+        // reappears. A failed registration (`Error`) is not retried by ksni; it happens when a
+        // host claims the watcher name before exporting its object (gtk-sni-tray does), so
+        // start the service again after a short backoff.
+        if matches!(reason, ksni::OfflineReason::Error(_)) {
+            self.respawn.notify_one();
+        }
         true
     }
 }
@@ -198,6 +211,8 @@ async fn serve(
     let offline_logged = Arc::new(AtomicBool::new(false));
     let autostart = super::desktop::autostart_enabled();
     let mut bus_error_logged = false;
+    let respawn = Arc::new(Notify::new());
+    let mut backoff = RESPAWN_FIRST;
     loop {
         let item = Item {
             snapshot: snapshots.borrow_and_update().clone(),
@@ -207,6 +222,7 @@ async fn serve(
             quit: quit.clone(),
             pixmaps: pixmaps.clone(),
             offline_logged: offline_logged.clone(),
+            respawn: respawn.clone(),
         };
         let handle = match item.assume_sni_available(true).spawn().await {
             Ok(h) => {
@@ -235,6 +251,12 @@ async fn serve(
                 }
             };
             tokio::select! {
+                () = respawn.notified() => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RETRY);
+                    if let Some(h) = &handle { h.shutdown().await; }
+                    break;
+                }
                 () = quit.notified() => {
                     if let Some(h) = &handle { h.shutdown().await; }
                     return;
@@ -245,6 +267,7 @@ async fn serve(
                         return;
                     }
                     let s = snapshots.borrow_and_update().clone();
+                    backoff = RESPAWN_FIRST;
                     if let Some(h) = &handle {
                         h.update(|item| item.snapshot = s).await;
                     }
