@@ -22,8 +22,16 @@ fn snapshot(state: LinkState) -> Snapshot {
         board_serial: attached.then(|| board.serial.clone()),
         board_address: (state == LinkState::Online).then(|| "10.47.0.2".into()),
         link_speed: attached.then(|| "tcp 127.0.0.1:4747".into()),
-        rate_up_bps: if state == LinkState::Online { 1_250_000 } else { 0 },
-        rate_down_bps: if state == LinkState::Online { 48_000 } else { 0 },
+        rate_up_bps: if state == LinkState::Online {
+            1_250_000
+        } else {
+            0
+        },
+        rate_down_bps: if state == LinkState::Online {
+            48_000
+        } else {
+            0
+        },
         flows: if state == LinkState::Online { 3 } else { 0 },
         boards: if attached { vec![board] } else { Vec::new() },
         connect_wanted: true,
