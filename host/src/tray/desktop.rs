@@ -6,7 +6,7 @@
 //! |---|---|---|---|
 //! | clipboard | `wl-copy`, `xclip`, `xsel` (first found) | `pbcopy` | `clip` |
 //! | open log | `xdg-open` | `open` | `explorer` |
-//! | autostart | `$XDG_CONFIG_HOME/autostart/qbkit-host.desktop` | `~/Library/LaunchAgents/net.qbkit.host.plist` | `HKCU\…\Run` value `qbkit-host` via `reg` |
+//! | autostart | `$XDG_CONFIG_HOME/autostart/qbkit-host.desktop` (Hidden=true masks the package's `/etc/xdg/autostart` entry) | `~/Library/LaunchAgents/net.qbkit.host.plist` | `HKCU\…\Run` value `qbkit-host` via `reg` |
 //!
 //! Tools run detached and their failures are logged, never fatal: a missing `xclip` must not
 //! take the tray down.
@@ -119,6 +119,14 @@ pub fn autostart_file() -> Option<PathBuf> {
 
 const RUN_KEY: &str = r"HKCU\Software\Microsoft\Windows\CurrentVersion\Run";
 
+/// The system-wide autostart entry the Debian package installs (Linux).
+const SYSTEM_AUTOSTART: &str = "/etc/xdg/autostart/qbkit-host.desktop";
+
+/// Whether a desktop entry says `Hidden=true` (the XDG way to switch an autostart entry off).
+fn entry_hidden(text: &str) -> bool {
+    text.lines().any(|l| l.trim() == "Hidden=true")
+}
+
 /// Whether start at login is on.
 pub fn autostart_enabled() -> bool {
     if cfg!(windows) {
@@ -129,7 +137,11 @@ pub fn autostart_enabled() -> bool {
             .status()
             .is_ok_and(|s| s.success());
     }
-    autostart_file().is_some_and(|p| p.exists())
+    match autostart_file().map(std::fs::read_to_string) {
+        Some(Ok(text)) => !entry_hidden(&text),
+        // No user entry: the package's system-wide entry (if any) applies.
+        _ => !cfg!(target_os = "macos") && Path::new(SYSTEM_AUTOSTART).exists(),
+    }
 }
 
 /// Quotes one argument for a desktop entry's `Exec=` line.
@@ -207,6 +219,15 @@ pub fn set_autostart(on: bool, command: &[String]) -> io::Result<()> {
             std::fs::create_dir_all(dir)?;
         }
         std::fs::write(&path, autostart_content(command))
+    } else if !cfg!(target_os = "macos") && Path::new(SYSTEM_AUTOSTART).exists() {
+        // A user entry with the same name and Hidden=true masks the system-wide one.
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(
+            &path,
+            "[Desktop Entry]\nType=Application\nName=qbkit-net\nHidden=true\n",
+        )
     } else {
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
@@ -223,6 +244,12 @@ mod tests {
     fn desktop_exec_quoting() {
         assert_eq!(desktop_quote("/usr/bin/qbkit-host"), "/usr/bin/qbkit-host");
         assert_eq!(desktop_quote("/opt/my dir/q$x"), "\"/opt/my dir/q\\$x\"");
+    }
+
+    #[test]
+    fn hidden_entries_are_off() {
+        assert!(entry_hidden("[Desktop Entry]\nHidden=true\n"));
+        assert!(!entry_hidden("[Desktop Entry]\nExec=qbkit-host tray\n"));
     }
 
     #[cfg(target_os = "linux")]
