@@ -92,6 +92,9 @@ pub struct DriverConfig {
     pub transport: String,
     /// Where to serve `qbkit-host status` (`None`: no control socket).
     pub control_path: Option<PathBuf>,
+    /// Redraw a one-line summary (link, rates, flows) on stdout every second (set when stdout
+    /// is a terminal; logs then clear the line before they print, see `main.rs`).
+    pub live_status: bool,
 }
 
 impl DriverConfig {
@@ -103,6 +106,7 @@ impl DriverConfig {
             identity: format!("qbkit-host {}", env!("CARGO_PKG_VERSION")),
             transport: String::new(),
             control_path: None,
+            live_status: false,
         }
     }
 }
@@ -169,6 +173,8 @@ struct Driver {
     spare: Option<Vec<u8>>,
     peer_stats: Option<shared_frame::Stats>,
     counters: DriverCounters,
+    /// Session byte counters (rx, tx) and time (µs) at the last live status line.
+    live_prev: (u64, u64, u64),
 }
 
 /// Runs the driver until `shutdown` completes or the transport's event channel closes.
@@ -198,6 +204,10 @@ pub async fn run(
     let mut shutdown = std::pin::pin!(shutdown);
     let mut sleep: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep(Duration::from_hours(1)));
     let ready = Arc::clone(&d.ready);
+    let mut live = d
+        .cfg
+        .live_status
+        .then(|| tokio::time::interval(Duration::from_secs(1)));
     loop {
         let deadline = d.work();
         sleep.as_mut().reset(clock.deadline(deadline));
@@ -225,6 +235,9 @@ pub async fn run(
                 drop(permit);
             }
             () = &mut sleep => {}
+            _ = async { live.as_mut().expect("guarded").tick().await }, if live.is_some() => {
+                d.print_live();
+            }
             conn = async { control.as_mut().expect("guarded").accept().await }, if control.is_some() => {
                 if let Some(stream) = conn {
                     let snapshot = d.status();
@@ -262,6 +275,7 @@ impl Driver {
             spare: None,
             peer_stats: None,
             counters: DriverCounters::default(),
+            live_prev: (0, 0, 0),
         })
     }
 
@@ -514,15 +528,47 @@ impl Driver {
         (packets, bytes)
     }
 
+    /// Redraws the live status line: link, rates both ways since the last line, flows.
+    #[allow(clippy::cast_precision_loss, reason = "display only")]
+    fn print_live(&mut self) {
+        use std::io::Write as _;
+        let now = self.clock.micros();
+        let c = self.session.counters();
+        let (rx0, tx0, t0) = self.live_prev;
+        self.live_prev = (c.rx_bytes, c.tx_bytes, now);
+        let secs = now.saturating_sub(t0).max(1) as f64 / 1e6;
+        let mbit = |b: u64| b as f64 * 8.0 / secs / 1e6;
+        let state = match (&self.link, &self.link_description) {
+            (Some(_), Some(d)) if self.session.is_up() => d.as_str(),
+            (Some(_), _) => "link up, no session yet",
+            (None, _) => "waiting for the board",
+        };
+        let line = format!(
+            "\r\x1b[K{state} | board→net {:.1} Mbit/s | net→board {:.1} Mbit/s | {} flows",
+            mbit(c.rx_bytes.saturating_sub(rx0)),
+            mbit(c.tx_bytes.saturating_sub(tx0)),
+            self.nat.flow_count()
+        );
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(line.as_bytes());
+        let _ = out.flush();
+    }
+
     /// Sends a Bye if a link is up and waits briefly for it to leave.
     async fn goodbye(&mut self) {
+        if self.cfg.live_status {
+            println!();
+        }
         self.session
             .close(ByeReason::Shutdown, "qbkit-host is stopping");
         if let Some(link) = &self.link {
             let mut buf = vec![0u8; self.session.tx_max_bundle()];
             let mut w = BundleWriter::new(&mut buf, self.session.tx_max_bundle());
             self.session.poll_control(&mut w);
-            let n = w.finish();
+            let n = match link.framing {
+                Framing::Usb { max_packet_size } => w.finish_usb(max_packet_size),
+                Framing::Stream => w.finish(),
+            };
             buf.truncate(n);
             let _ = tokio::time::timeout(Duration::from_millis(500), link.tx.send(buf)).await;
             // Give the writer a moment to put it on the wire.

@@ -14,3 +14,4 @@ pub mod platform;
 pub mod sockets;
 pub mod status;
 pub mod transport;
+pub mod usb;

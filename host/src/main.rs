@@ -1,15 +1,20 @@
 //! qbkit-host CLI: argument parsing, logging, then [`qbkit_host::driver::run`] on a tokio
-//! current-thread runtime; `status` reads the running daemon's control socket.
+//! current-thread runtime fed by the USB transport (default) or a stream transport; `list`
+//! enumerates boards, `status` reads the running daemon's control socket, `completions` and `man`
+//! print shell completions and the man page generated from these definitions.
 
 use std::hash::{BuildHasher as _, Hasher as _};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::{Context as _, bail};
-use clap::{Parser, Subcommand};
+use std::io::{IsTerminal as _, Write as _};
+
+use anyhow::Context as _;
+use clap::{CommandFactory as _, Parser, Subcommand};
 use qbkit_host::config::{self, NatOptions};
 use qbkit_host::driver::{self, DriverConfig};
 use qbkit_host::transport::{self, TransportSpec};
+use qbkit_host::usb::{self, BoardState, DeviceFilter, UsbConfig};
 use qbkit_host::{platform, status};
 use tokio::sync::mpsc;
 
@@ -37,14 +42,61 @@ enum Command {
         #[arg(long)]
         control: Option<PathBuf>,
     },
+    /// List the qbkit boards attached over USB (serial, speed, bus path, state).
+    List {
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        usb: UsbArgs,
+    },
+    /// Print shell completions to stdout.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout.
+    Man,
+}
+
+/// Which USB devices count as boards.
+#[derive(clap::Args, Debug)]
+struct UsbArgs {
+    /// Only the board with this USB serial number (when several are attached).
+    #[arg(long, value_name = "S")]
+    serial: Option<String>,
+    /// USB vendor ID, hex.
+    #[arg(long, value_name = "HEX", default_value = "1209", value_parser = parse_hex16)]
+    vid: u16,
+    /// USB product ID, hex.
+    #[arg(long, value_name = "HEX", default_value = "0001", value_parser = parse_hex16)]
+    pid: u16,
+}
+
+impl UsbArgs {
+    fn filter(&self) -> DeviceFilter {
+        DeviceFilter::new(self.vid, self.pid, self.serial.clone())
+    }
+}
+
+fn parse_hex16(s: &str) -> Result<u16, String> {
+    let h = s
+        .strip_prefix("0x")
+        .or_else(|| s.strip_prefix("0X"))
+        .unwrap_or(s);
+    u16::from_str_radix(h, 16).map_err(|_| format!("{s:?} is not a 16-bit hex number (e.g. 1209)"))
 }
 
 #[derive(clap::Args, Debug)]
 struct RunArgs {
-    /// The link to the board: `usb` (coming soon), or a stream link: tcp://HOST:PORT,
-    /// tcp-listen://ADDR:PORT, unix:///PATH, unix-listen:///PATH, stdio, exec:COMMAND.
-    #[arg(long, value_name = "URL")]
-    transport: Option<String>,
+    /// The link to the board: `usb` (the board on USB, waiting for it and serving it again after
+    /// every replug), or a stream link: tcp://HOST:PORT, tcp-listen://ADDR:PORT, unix:///PATH,
+    /// unix-listen:///PATH, stdio, exec:COMMAND.
+    #[arg(long, value_name = "URL", default_value = "usb")]
+    transport: String,
+    #[command(flatten)]
+    usb: UsbArgs,
     /// Let the board reach this machine's loopback and link-local addresses.
     #[arg(long)]
     allow_host_loopback: bool,
@@ -92,33 +144,93 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::List { json, usb } => list(json, &usb),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "qbkit-host",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Man => {
+            let mut out = std::io::stdout().lock();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut out)
+                .context("writing the man page")?;
+            out.flush().context("writing the man page")
+        }
+    }
+}
+
+fn list(json: bool, args: &UsbArgs) -> anyhow::Result<()> {
+    init_logging(false);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    let boards = rt.block_on(usb::list_boards(&args.filter(), true))?;
+    let infos: Vec<&usb::BoardInfo> = boards.iter().map(usb::Board::info).collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&infos)?);
+    } else if infos.is_empty() {
+        eprintln!(
+            "no qbkit board found (USB {:04x}:{:04x}); is it plugged in and running qbkit-gadget?",
+            args.vid, args.pid
+        );
+    } else {
+        println!(
+            "{:<20} {:<10} {:<12} {:<14} VID:PID",
+            "SERIAL", "SPEED", "BUS-PATH", "STATE"
+        );
+        for i in &infos {
+            let state = serde_json::to_value(i.state)?;
+            println!(
+                "{:<20} {:<10} {:<12} {:<14} {:04x}:{:04x}",
+                i.serial.as_deref().unwrap_or("-"),
+                i.speed.unwrap_or("?"),
+                i.bus_path,
+                state.as_str().unwrap_or("?"),
+                i.vid,
+                i.pid
+            );
+        }
+    }
+    if infos.iter().any(|i| i.state == BoardState::NoPermission) {
+        eprintln!(
+            "qbkit-host: permission denied opening the board: {}",
+            usb::permission_advice()
+        );
+    }
+    Ok(())
+}
+
+/// Logs to stderr at `RUST_LOG` (default info). With `clear_line`, each log line first erases
+/// the live status line on the terminal.
+fn init_logging(clear_line: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter);
+    if clear_line {
+        b.with_writer(|| {
+            let mut e = std::io::stderr();
+            let _ = e.write_all(b"\r\x1b[K");
+            e
+        })
+        .init();
+    } else {
+        b.with_writer(std::io::stderr).init();
     }
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // A live status line only on a terminal; otherwise (journald, files, pipes) plain logs.
+    let live = std::io::stdout().is_terminal();
+    init_logging(live && std::io::stderr().is_terminal());
     platform::tune_allocator();
     platform::raise_fd_limit();
-    let Some(t) = args.transport.as_deref() else {
-        bail!(
-            "no --transport given. The USB transport (the future default) is coming; until then \
-             use a stream link, e.g. --transport tcp-listen://127.0.0.1:4747 or \
-             --transport unix-listen:///run/qbkit.sock"
-        );
-    };
-    let spec = TransportSpec::parse(t)?;
-    let url = match spec {
-        TransportSpec::Usb => bail!(
-            "the USB transport is not available yet; use a stream link (--transport tcp-listen://127.0.0.1:4747)"
-        ),
-        TransportSpec::Stream(url) => url,
-    };
+    let spec = TransportSpec::parse(&args.transport)?;
     let opts = NatOptions {
         allow_host_loopback: args.allow_host_loopback,
         map_gateway_to_loopback: args.map_gateway_to_loopback,
@@ -144,9 +256,15 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::warn!("no upstream DNS resolvers: the board's DNS queries will fail (use --dns)");
     }
     let mut cfg = DriverConfig::new(nat);
-    cfg.transport = url.to_string();
+    cfg.transport = spec.to_string();
     cfg.control_path = Some(args.control.unwrap_or_else(platform::default_control_path));
+    cfg.live_status = live;
     let max_bundle = cfg.max_bundle;
+    // IN transfers are sized for the largest bundle we accept; OUT bundles follow the negotiated
+    // (never larger) size the driver takes from the session.
+    let mut usb_cfg = UsbConfig::default();
+    usb_cfg.transfer_size = max_bundle;
+    let filter = args.usb.filter();
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -154,7 +272,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("tokio runtime")?;
     rt.block_on(async move {
         let (tx, rx) = mpsc::channel(transport::EVENT_QUEUE);
-        tokio::spawn(transport::stream::run(url, max_bundle, tx));
+        match spec {
+            TransportSpec::Usb => tokio::spawn(transport::usb::run(filter, usb_cfg, tx)),
+            TransportSpec::Stream(url) => tokio::spawn(transport::stream::run(url, max_bundle, tx)),
+        };
         driver::run(cfg, rx, shutdown_signal()).await
     })?;
     Ok(())
@@ -204,7 +325,7 @@ mod tests {
         let Command::Run(r) = cli.command else {
             panic!("not run")
         };
-        assert_eq!(r.transport.as_deref(), Some("unix-listen:///tmp/q.sock"));
+        assert_eq!(r.transport, "unix-listen:///tmp/q.sock");
         assert!(r.allow_host_loopback && r.map_gateway_to_loopback && r.allow_lan);
         assert_eq!(r.mtu, Some(65520));
         assert_eq!(
@@ -216,6 +337,22 @@ mod tests {
         );
         assert!(Cli::try_parse_from(["qbkit-host", "run", "--mtu", "100"]).is_err());
         assert!(Cli::try_parse_from(["qbkit-host", "run", "--dns", "nope"]).is_err());
+        let cli = Cli::try_parse_from(["qbkit-host", "run", "--serial", "abc", "--pid", "0x0002"])
+            .unwrap();
+        let Command::Run(r) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(r.transport, "usb", "usb is the default transport");
+        assert_eq!(
+            r.usb.filter(),
+            DeviceFilter::new(0x1209, 2, Some("abc".into()))
+        );
+        assert!(Cli::try_parse_from(["qbkit-host", "run", "--vid", "xyz"]).is_err());
+        let cli = Cli::try_parse_from(["qbkit-host", "list", "--json", "--serial", "s1"]).unwrap();
+        assert!(matches!(cli.command, Command::List { json: true, .. }));
+        assert!(Cli::try_parse_from(["qbkit-host", "completions", "bash"]).is_ok());
+        assert!(Cli::try_parse_from(["qbkit-host", "man"]).is_ok());
+        Cli::command().debug_assert();
         let cli = Cli::try_parse_from(["qbkit-host", "status", "--json"]).unwrap();
         assert!(matches!(
             cli.command,

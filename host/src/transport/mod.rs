@@ -1,6 +1,6 @@
 //! Transports: whatever carries bundles between the board and the driver. A link is "something
 //! that delivers received bundles and accepts bundles to send, and can be lost and come back";
-//! every transport (stream links here, USB in `crate::usb`) is a task that reports [`LinkEvent`]s
+//! every transport (stream links in [`stream`], the board on USB in [`usb`] over `crate::usb`) is a task that reports [`LinkEvent`]s
 //! on one channel to [`crate::driver`], which never knows which transport it talks to.
 //!
 //! Data flow: a transport task sends [`LinkEvent::Up`] with a bounded sender for outgoing bundles
@@ -12,6 +12,7 @@
 //! driver how to finish them (USB needs the zero-length-packet pad rule).
 
 pub mod stream;
+pub mod usb;
 
 use std::fmt;
 
@@ -61,7 +62,7 @@ pub const EVENT_QUEUE: usize = 8;
 /// Which transport `qbkit-host run --transport` selected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TransportSpec {
-    /// The board on USB (the default once the USB transport lands).
+    /// The board on USB (the default).
     Usb,
     /// A stream link (`tcp://`, `tcp-listen://`, `unix://`, `unix-listen://`, `stdio`, `exec:`).
     Stream(LinkUrl),

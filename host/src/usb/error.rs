@@ -140,8 +140,8 @@ pub(crate) fn classify(kind: ErrorKind, windows: bool) -> Class {
     }
 }
 
-/// The permission advice for this OS.
-pub(crate) const fn permission_advice() -> &'static str {
+/// The fix for "permission denied" on this OS.
+pub const fn permission_advice() -> &'static str {
     if cfg!(target_os = "linux") {
         LINUX_PERMISSION_ADVICE
     } else if cfg!(windows) {

@@ -43,6 +43,24 @@ pub enum BoardEvent {
     },
 }
 
+/// What noticed a board event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventSource {
+    /// An OS hotplug notification.
+    Hotplug,
+    /// The periodic rescan (or the first scan at start).
+    Rescan,
+}
+
+impl std::fmt::Display for EventSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Hotplug => "hotplug",
+            Self::Rescan => "rescan",
+        })
+    }
+}
+
 /// Where the events came from (tests assert replugs are seen through hotplug, not the timer).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WatchStats {
@@ -57,7 +75,7 @@ pub struct BoardWatch {
     filter: DeviceFilter,
     hotplug: Option<HotplugWatch>,
     known: HashMap<DeviceId, BoardInfo>,
-    queue: VecDeque<BoardEvent>,
+    queue: VecDeque<(BoardEvent, EventSource)>,
     rescan: Duration,
     next_rescan: tokio::time::Instant,
     stats: WatchStats,
@@ -128,6 +146,11 @@ impl BoardWatch {
 
     /// The next arrival or removal. Cancel-safe.
     pub async fn next(&mut self) -> Result<BoardEvent, UsbError> {
+        self.next_with_source().await.map(|(ev, _)| ev)
+    }
+
+    /// The next arrival or removal and what noticed it. Cancel-safe.
+    pub async fn next_with_source(&mut self) -> Result<(BoardEvent, EventSource), UsbError> {
         loop {
             if let Some(ev) = self.queue.pop_front() {
                 return Ok(ev);
@@ -165,13 +188,15 @@ impl BoardWatch {
                     let board = Board::new(d);
                     self.known.insert(board.id(), board.info().clone());
                     self.stats.from_hotplug += 1;
-                    self.queue.push_back(BoardEvent::Arrived(board));
+                    self.queue
+                        .push_back((BoardEvent::Arrived(board), EventSource::Hotplug));
                 }
             }
             HotplugEvent::Disconnected(id) => {
                 if let Some(info) = self.known.remove(&id) {
                     self.stats.from_hotplug += 1;
-                    self.queue.push_back(BoardEvent::Left { id, info });
+                    self.queue
+                        .push_back((BoardEvent::Left { id, info }, EventSource::Hotplug));
                 }
             }
         }
@@ -189,14 +214,16 @@ impl BoardWatch {
         for id in gone {
             if let Some(info) = self.known.remove(&id) {
                 self.stats.from_rescan += 1;
-                self.queue.push_back(BoardEvent::Left { id, info });
+                self.queue
+                    .push_back((BoardEvent::Left { id, info }, EventSource::Rescan));
             }
         }
         for board in boards {
             if let std::collections::hash_map::Entry::Vacant(e) = self.known.entry(board.id()) {
                 e.insert(board.info().clone());
                 self.stats.from_rescan += 1;
-                self.queue.push_back(BoardEvent::Arrived(board));
+                self.queue
+                    .push_back((BoardEvent::Arrived(board), EventSource::Rescan));
             }
         }
         Ok(())

@@ -43,9 +43,9 @@ mod hotplug;
 mod link;
 
 pub use discover::{Board, BoardInfo, BoardState, DeviceFilter, VendorInterface, list_boards};
-pub use error::{LINUX_PERMISSION_ADVICE, UsbError, WINDOWS_DRIVER_ADVICE};
+pub use error::{LINUX_PERMISSION_ADVICE, UsbError, WINDOWS_DRIVER_ADVICE, permission_advice};
 pub use hotplug::{
-    BoardEvent, BoardWatch, RESCAN_WITH_HOTPLUG, RESCAN_WITHOUT_HOTPLUG, WatchStats,
+    BoardEvent, BoardWatch, EventSource, RESCAN_WITH_HOTPLUG, RESCAN_WITHOUT_HOTPLUG, WatchStats,
 };
 pub use link::{UsbConfig, UsbLink, UsbRx, UsbTx};
 

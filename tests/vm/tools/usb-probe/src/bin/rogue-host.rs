@@ -4,7 +4,8 @@
 //! `attack`: with nusb, sends one *class* of bad bulk OUT transfers at a time (garbage, wrong
 //! magic, wrong framing version, header length beyond the transfer, a record overrunning its bundle,
 //! empty IP records, a truncated Hello, a Hello of an unsupported version, a 1 MiB transfer, short
-//! transfers, a ZLP, a bounded burst of valid bundles full of junk records), each followed by one
+//! transfers, a ZLP, a bounded flood of bad control messages, a bounded burst of valid bundles full
+//! of junk records), each followed by one
 //! valid empty *sentinel* bundle. The gadget handles transfers in order, so once its `rx_bundles`
 //! counter (read over its control socket, `--control-socket`) has grown by the class's valid bundles
 //! plus the sentinel, every transfer of the class has been processed: the tool then prints
@@ -370,6 +371,12 @@ fn classes(burst: u32) -> Vec<Class> {
             what: "a zero-length transfer",
             transfers: vec![Vec::new()],
             valid_bundles: 0,
+        },
+        Class {
+            name: "bad_control_flood",
+            what: "one truncated Hello in each of `burst / 5` bundles (log rate limiting)",
+            transfers: vec![bundle(&[ctl(&[1, b'Q'])]); (burst / 5).max(1) as usize],
+            valid_bundles: u64::from((burst / 5).max(1)),
         },
         Class {
             name: "junk_burst",

@@ -1,0 +1,184 @@
+//! The USB transport task (`--transport usb`, the default): waits for a board, serves it, and
+//! serves it again after every replug, reporting [`LinkEvent`]s like every other transport.
+//!
+//! Data flow: [`BoardWatch`] (OS hotplug events, slow rescan as a fallback) → `Arrived` →
+//! [`UsbLink::open_board`] (short retries while the OS finishes enumerating; slow retries while
+//! access is denied, logging the fix once) → [`LinkEvent::Up`] with a bounded sender of depth
+//! `out_depth` → two loops on one task: IN bundles (`in_depth` transfers always queued) →
+//! [`LinkEvent::Bundle`], and bundles from the driver → [`crate::usb::UsbTx::send_bundle`] (at most
+//! `out_depth` OUT transfers in flight; a ZLP only for a bundle that ends on a packet boundary,
+//! which the driver's `finish_usb` padding never produces) → on unplug or transfer failure
+//! [`LinkEvent::Down`] → back to waiting for the next `Arrived`.
+//!
+//! Each state change is one `info` line (`board arrived … via hotplug|rescan`, `serving`,
+//! `board gone`); the VM scenario reads the `via` field to prove replugs are driven by hotplug.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::{Framing, LinkEvent, LinkUp};
+use crate::usb::{Board, BoardEvent, BoardWatch, DeviceFilter, UsbConfig, UsbError, UsbLink};
+
+/// Quick re-opens after an arrival (the OS may still be configuring the device).
+const OPEN_QUICK_TRIES: u32 = 20;
+const OPEN_QUICK_DELAY: Duration = Duration::from_millis(100);
+/// Re-open period while a present board cannot be opened (permissions, busy, stalled).
+const OPEN_SLOW_DELAY: Duration = Duration::from_secs(2);
+
+/// Runs the USB transport until the driver closes `events`.
+pub async fn run(filter: DeviceFilter, cfg: UsbConfig, events: mpsc::Sender<LinkEvent>) {
+    let mut watch = BoardWatch::new(filter);
+    tracing::info!(
+        hotplug = watch.has_hotplug(),
+        "waiting for a qbkit board on USB"
+    );
+    // A board to (re)open without waiting for an event: set after a failure that left the
+    // device attached.
+    let mut retry: Option<Board> = None;
+    let mut last_error: Option<String> = None;
+    loop {
+        let board = if let Some(b) = retry.take() {
+            tokio::time::sleep(OPEN_SLOW_DELAY).await;
+            b
+        } else {
+            match watch.next_with_source().await {
+                Ok((BoardEvent::Arrived(b), via)) => {
+                    let i = b.info();
+                    tracing::info!(
+                        path = %i.bus_path,
+                        serial = i.serial.as_deref().unwrap_or("-"),
+                        speed = i.speed.unwrap_or("?"),
+                        %via,
+                        "board arrived"
+                    );
+                    b
+                }
+                Ok((BoardEvent::Left { info, .. }, via)) => {
+                    tracing::info!(path = %info.bus_path, %via, "board left");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot enumerate USB devices");
+                    tokio::time::sleep(OPEN_SLOW_DELAY).await;
+                    continue;
+                }
+            }
+        };
+        let link = match open(&board, cfg).await {
+            Ok(l) => l,
+            Err(e) if e.is_disconnect() => {
+                tracing::info!(path = %board.info().bus_path, "board gone before it could be opened");
+                continue;
+            }
+            Err(e) => {
+                // Logged in full once (it names the fix); repeats of the same failure at debug.
+                let msg = e.to_string();
+                if last_error.as_ref() == Some(&msg) {
+                    tracing::debug!(error = %msg, "board still cannot be opened");
+                } else {
+                    tracing::error!("{msg} (retrying every {OPEN_SLOW_DELAY:?})");
+                    last_error = Some(msg);
+                }
+                retry = Some(board);
+                continue;
+            }
+        };
+        last_error = None;
+        match serve(link, cfg, &events).await {
+            Served::Ended => return,
+            Served::Down { reason, gone } => {
+                tracing::info!(path = %board.info().bus_path, %reason, "board link down");
+                if events.send(LinkEvent::Down { reason }).await.is_err() {
+                    return;
+                }
+                if !gone {
+                    retry = Some(board);
+                }
+            }
+        }
+    }
+}
+
+/// Opens a board, retrying briefly while the OS is still setting it up after an arrival.
+async fn open(board: &Board, cfg: UsbConfig) -> Result<UsbLink, UsbError> {
+    let mut tries = 0;
+    loop {
+        match UsbLink::open_board(board, cfg).await {
+            Ok(l) => return Ok(l),
+            Err(e @ UsbError::PermissionDenied { .. }) => return Err(e),
+            Err(e) if tries + 1 >= OPEN_QUICK_TRIES => return Err(e),
+            Err(e) => {
+                tracing::debug!(error = %e, tries, "open failed; retrying");
+                tries += 1;
+                tokio::time::sleep(OPEN_QUICK_DELAY).await;
+            }
+        }
+    }
+}
+
+enum Served {
+    /// The driver is gone.
+    Ended,
+    /// The link failed; `gone` when the board was unplugged (wait for it to arrive again).
+    Down { reason: String, gone: bool },
+}
+
+/// Moves bundles both ways until the board goes away or the driver stops.
+async fn serve(link: UsbLink, cfg: UsbConfig, events: &mpsc::Sender<LinkEvent>) -> Served {
+    let info = link.info().clone();
+    let iface = link.interface();
+    let description = format!(
+        "usb {} {}-speed{}",
+        info.bus_path,
+        info.speed.unwrap_or("?"),
+        info.serial
+            .as_deref()
+            .map(|s| format!(" serial {s}"))
+            .unwrap_or_default()
+    );
+    let (mut rx, mut tx) = link.split();
+    let (btx, mut brx) = mpsc::channel::<Vec<u8>>(cfg.out_depth.max(1));
+    let up = LinkUp {
+        framing: Framing::Usb {
+            max_packet_size: iface.out_max_packet,
+        },
+        tx: btx,
+        description: description.clone(),
+    };
+    tracing::info!(
+        link = %description,
+        in_flight_in = rx.in_flight(),
+        out_depth = cfg.out_depth,
+        mps = iface.out_max_packet,
+        "serving board"
+    );
+    if events.send(LinkEvent::Up(up)).await.is_err() {
+        return Served::Ended;
+    }
+    let reader = async {
+        loop {
+            let b = rx.recv_bundle().await?;
+            if events.send(LinkEvent::Bundle(b.to_vec())).await.is_err() {
+                return Ok(false);
+            }
+        }
+    };
+    let writer = async {
+        while let Some(b) = brx.recv().await {
+            tx.send_bundle(&b).await?;
+        }
+        Ok::<bool, UsbError>(false)
+    };
+    let res = tokio::select! {
+        r = reader => r,
+        r = writer => r,
+    };
+    match res {
+        Ok(_) => Served::Ended,
+        Err(e) => Served::Down {
+            gone: e.is_disconnect(),
+            reason: e.to_string(),
+        },
+    }
+}
