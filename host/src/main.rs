@@ -211,7 +211,10 @@ fn list(json: bool, args: &UsbArgs) -> anyhow::Result<()> {
 fn init_logging(clear_line: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colours only on a terminal: journald, files and the test suites read plain text.
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal());
     if clear_line {
         b.with_writer(|| {
             let mut e = std::io::stderr();

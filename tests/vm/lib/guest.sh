@@ -263,6 +263,21 @@ iperf_mbit() {
 }
 # median V...: median of numbers
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+# iperf_measure TAG [RUNS=$RUNS|3] [SECS=$DURATION|5]: RUNS x (up, down) iperf3 runs from board to
+# the wan server (up = board -> wan); sets <TAG>_UP / <TAG>_DOWN to the medians (Mbit/s)
+iperf_measure() {
+    local tag=$1 runs=${2:-${RUNS:-3}} secs=${3:-${DURATION:-5}} i u d ups=() downs=()
+    for ((i = 1; i <= runs; i++)); do
+        u=$(iperf_mbit board -t "$secs" -O 1) || fail "$tag iperf3 up run $i"
+        d=$(iperf_mbit board -t "$secs" -O 1 -R) || fail "$tag iperf3 down run $i"
+        say "$tag run $i: up $u Mbit/s, down $d Mbit/s"
+        ups+=("$u"); downs+=("$d")
+    done
+    printf -v "${tag}_UP" '%s' "$(median "${ups[@]}")"
+    printf -v "${tag}_DOWN" '%s' "$(median "${downs[@]}")"
+}
+# ratio X Y: X / Y with 2 decimals ("-" when X is "-")
+ratio() { [ "$1" = - ] && { echo -; return; }; awk -v q="$1" -v n="$2" 'BEGIN { printf "%.2f", q / n }'; }
 
 # ------------------------------------------------------------------ kernel CDC-NCM baseline
 # ncm_up: ConfigFS NCM gadget -> host cdc_ncm netdev; the gadget netdev goes to board
