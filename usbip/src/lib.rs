@@ -23,6 +23,7 @@
 //!   `handle_eof` / `poll_transmit` / `poll_event`). No I/O, no clock, no tokio, no libc.
 //! - `transport` (feature `tokio`): [`transport::UsbipLink`] drives a `Client` over TCP or a child
 //!   process and moves qbkit bundles; [`transport::list`] lists a server's devices.
+//! - `fake` (feature `fake`): an in-process fake usbipd with fault injection, for tests.
 //!
 //! Decoding is total: any byte sequence gives a value or an [`Error`], never a panic (unit tests,
 //! proptests and the `usbip_codec` fuzz target).
@@ -47,6 +48,9 @@ pub mod urb;
 
 #[cfg(feature = "tokio")]
 pub mod transport;
+
+#[cfg(feature = "fake")]
+pub mod fake;
 
 pub use client::{Client, ClientConfig, ClientEvent, Completion, TransferKind};
 pub use error::Error;

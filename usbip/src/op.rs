@@ -119,6 +119,20 @@ impl Speed {
         }
     }
 
+    /// Lower-case name, as `qbkit-host list` prints USB speeds: `low`, `full`, `high`, `wireless`,
+    /// `super`, `super-plus`, `unknown`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Low => "low",
+            Self::Full => "full",
+            Self::High => "high",
+            Self::Wireless => "wireless",
+            Self::Super => "super",
+            Self::SuperPlus => "super-plus",
+            Self::Unknown(_) => "unknown",
+        }
+    }
+
     /// From the sysfs `speed` text the qubes.USB service sends ("480", "5000", ...).
     pub fn from_sysfs(s: &str) -> Option<Self> {
         Some(match s {
@@ -595,6 +609,9 @@ mod tests {
         assert_eq!(Speed::from_sysfs("480"), Some(Speed::High));
         assert_eq!(Speed::from_sysfs("5000"), Some(Speed::Super));
         assert_eq!(Speed::from_sysfs("fast"), None);
+        assert_eq!(Speed::High.name(), "high");
+        assert_eq!(Speed::from_u32(6).name(), "super-plus");
+        assert_eq!(Speed::from_u32(9).name(), "unknown");
         for v in 0..10 {
             assert_eq!(Speed::from_u32(v).to_u32(), v);
         }
