@@ -18,6 +18,7 @@
 #   QBKIT_VM_TIMEOUT  seconds before qemu is killed in command mode (default 900) -> exit 124
 #   QBKIT_VM_APPEND   extra kernel command line       QBKIT_VM_KEEP=1 keep the run dir
 #   QBKIT_VM_LOG      also write the console to this file
+#   QBKIT_VM_INTERACTIVE=1  run CMD with this terminal as the console (stdin attached, no timeout)
 #   QBKIT_VM_BOOT_RETRIES  reboots when qemu dies before the guest is ready (default 1)
 #   QBKIT_VM_PASS     space-separated names of extra variables to pass to CMD. Always passed:
 #                     every QBKIT_* variable and SPEED RUNS DURATION CYCLES SECS.
@@ -87,6 +88,13 @@ QEMU=(qemu-system-x86_64 "${ACCEL_ARGS[@]}" -M q35 -smp "$CPUS" -m "$MEM"
 if [ $INTERACTIVE = 1 ]; then
     "${QEMU[@]}" -serial mon:stdio
     exit $?
+fi
+if [ "${QBKIT_VM_INTERACTIVE:-0}" = 1 ]; then
+    # CMD on the console with this terminal attached (scripts/demo --shell); no timeout
+    touch "$RUN/interactive"
+    "${QEMU[@]}" -serial mon:stdio
+    [ -f "$RUN/rc" ] && exit "$(cat "$RUN/rc")"
+    exit 255
 fi
 
 T0=$EPOCHREALTIME

@@ -33,7 +33,7 @@ flock 9
 # build machine's binaries: pitfall 7) plus what tests/vm/build-tools.sh needs to build the tools crate.
 PKGS=(qemu-system-x86 busybox-static kmod cpio gzip bc util-linux procps iproute2 iputils-ping
       iperf3 usbip usbutils python3 python3-usb dnsmasq-base libusb-1.0-0 libusb-1.0-0-dev
-      pkg-config curl)
+      pkg-config curl dnsutils udev)
 if [ "${QBKIT_VM_NO_APT:-0}" != 1 ]; then
     missing=()
     for p in "${PKGS[@]}"; do

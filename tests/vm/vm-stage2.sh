@@ -32,7 +32,13 @@ done
 
 echo "QBKIT_VM_READY uptime=$(cut -d' ' -f1 /proc/uptime)s"
 IO=/run/qbkit-vm/vmio
-if [ -f "$IO/cmd.sh" ]; then
+if [ -f "$IO/cmd.sh" ] && [ -f "$IO/interactive" ]; then
+    # QBKIT_VM_INTERACTIVE=1: the command gets the console as its controlling terminal
+    setsid -c bash "$IO/cmd.sh" </dev/ttyS0 >/dev/ttyS0 2>&1
+    rc=$?
+    echo "$rc" > "$IO/rc"
+    echo "QBKIT_VM_EXIT=$rc uptime=$(cut -d' ' -f1 /proc/uptime)s"
+elif [ -f "$IO/cmd.sh" ]; then
     bash "$IO/cmd.sh"
     rc=$?
     echo "$rc" > "$IO/rc"
