@@ -131,6 +131,16 @@ impl LinkUrl {
         }
     }
 
+    /// The address of a TCP listener that others than this machine can reach (not loopback):
+    /// such a link is open to anyone on that network, since stream links carry no
+    /// authentication. `None` for loopback listeners and every other form.
+    pub fn exposed_listener(&self) -> Option<SocketAddr> {
+        match self {
+            Self::TcpListen(a) if !a.ip().is_loopback() => Some(*a),
+            _ => None,
+        }
+    }
+
     /// True for the forms that wait for a peer rather than dial one.
     pub fn is_listener(&self) -> bool {
         matches!(self, Self::TcpListen(_) | Self::UnixListen(_))
@@ -217,10 +227,11 @@ impl Connector {
                 let l = TcpListener::bind(addr)
                     .await
                     .map_err(io_err("listen on", addr))?;
-                if !addr.ip().is_loopback() {
+                if let Some(addr) = self.url.exposed_listener() {
                     tracing::warn!(
                         %addr,
-                        "stream link listens on a non-loopback address; it has no authentication"
+                        "stream link listens on a non-loopback address; it has no authentication: \
+                         bind it to a trusted interface, or carry the link over SSH or qrexec"
                     );
                 }
                 self.listener = Listener::Tcp(l);

@@ -25,6 +25,23 @@ fn ip_payloads(b: &[u8]) -> Vec<Vec<u8>> {
 }
 
 #[test]
+fn only_non_loopback_listeners_are_exposed() {
+    for (url, exposed) in [
+        ("tcp-listen://127.0.0.1:4747", None),
+        ("tcp-listen://[::1]:4747", None),
+        ("tcp-listen://0.0.0.0:4747", Some("0.0.0.0:4747")),
+        ("tcp-listen://[::]:4747", Some("[::]:4747")),
+        ("tcp-listen://192.0.2.7:4747", Some("192.0.2.7:4747")),
+        ("tcp://192.0.2.7:4747", None),
+        ("unix-listen:///run/q.sock", None),
+        ("stdio", None),
+    ] {
+        let got = LinkUrl::parse(url).unwrap().exposed_listener();
+        assert_eq!(got.map(|a| a.to_string()).as_deref(), exposed, "{url}");
+    }
+}
+
+#[test]
 fn parses_every_form_and_rejects_garbage() {
     assert_eq!(
         LinkUrl::parse("tcp://localhost:4747").unwrap(),
