@@ -36,8 +36,14 @@
 //! reconnect (USB replug, stream re-accept) keeps the board's TCP connections alive. While no
 //! link is up the core is not drained: TCP stalls on its windows, UDP for the board is dropped
 //! and counted by the core.
+//!
+//! # Summary for front ends
+//!
+//! With [`DriverConfig::summary`] set, the loop publishes a small [`Summary`] (link, session,
+//! peer, byte counters, flows, handshake error) on a `watch` channel after every link or session
+//! change and once a second; `qbkit-host tray` renders it. Publishing never waits.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -48,7 +54,7 @@ use shared_frame::{
     BundleWriter, ByeReason, CHANNEL_NET, Cidr, LinkConfig, RecordKind, Role, Session,
     SessionConfig, SessionEvent,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Sleep;
 
 use crate::sockets::{ReadyQueue, Sockets};
@@ -60,6 +66,8 @@ use crate::transport::{Framing, LinkEvent, LinkUp};
 const RX_BATCH: usize = 16;
 /// While the link cannot take output, re-check the core's timers at least this often.
 const BUSY_TIMER: Duration = Duration::from_millis(100);
+/// How often [`Summary`] counters are refreshed (state changes are published at once).
+const SUMMARY_PERIOD: Duration = Duration::from_secs(1);
 
 /// Errors of the driver.
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +103,31 @@ pub struct DriverConfig {
     /// Redraw a one-line summary (link, rates, flows) on stdout every second (set when stdout
     /// is a terminal; logs then clear the line before they print, see `main.rs`).
     pub live_status: bool,
+    /// Publish a [`Summary`] here (front ends such as the tray; `None`: nothing is published).
+    pub summary: Option<watch::Sender<Summary>>,
+}
+
+/// What a front end shows of the running engine (see the module docs).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Summary {
+    /// The attached link's description (`None`: no board / no peer).
+    pub link: Option<String>,
+    /// The session is up: the board has its configuration and internet.
+    pub session_up: bool,
+    /// The board's identity from its Hello, while the session is up.
+    pub peer: Option<String>,
+    /// The board's IPv4 address on the link, while the session is up.
+    pub board_ipv4: Option<Ipv4Addr>,
+    /// Session bytes received from the board so far.
+    pub rx_bytes: u64,
+    /// Session bytes sent to the board so far.
+    pub tx_bytes: u64,
+    /// Open NAT flows.
+    pub flows: usize,
+    /// Why the handshake on the current link failed (version mismatch, wrong role); cleared
+    /// when the session comes up or the link goes away.
+    pub error: Option<String>,
 }
 
 impl DriverConfig {
@@ -107,6 +140,7 @@ impl DriverConfig {
             transport: String::new(),
             control_path: None,
             live_status: false,
+            summary: None,
         }
     }
 }
@@ -175,6 +209,12 @@ struct Driver {
     counters: DriverCounters,
     /// Session byte counters (rx, tx) and time (µs) at the last live status line.
     live_prev: (u64, u64, u64),
+    /// The board's identity while the session is up (for [`Summary`]).
+    peer: Option<String>,
+    /// Handshake failure on the current link (for [`Summary`]).
+    handshake_error: Option<String>,
+    /// A link or session change happened since the last [`Summary`] was published.
+    summary_dirty: bool,
 }
 
 /// Runs the driver until `shutdown` completes or the transport's event channel closes.
@@ -208,8 +248,16 @@ pub async fn run(
         .cfg
         .live_status
         .then(|| tokio::time::interval(Duration::from_secs(1)));
+    let mut summary_tick = d
+        .cfg
+        .summary
+        .is_some()
+        .then(|| tokio::time::interval(SUMMARY_PERIOD));
     loop {
         let deadline = d.work();
+        if d.summary_dirty {
+            d.publish_summary();
+        }
         sleep.as_mut().reset(clock.deadline(deadline));
         let want_tx = d.wants_transmit();
         let tx = d.link.as_ref().map(|l| l.tx.clone());
@@ -237,6 +285,9 @@ pub async fn run(
             () = &mut sleep => {}
             _ = async { live.as_mut().expect("guarded").tick().await }, if live.is_some() => {
                 d.print_live();
+            }
+            _ = async { summary_tick.as_mut().expect("guarded").tick().await }, if summary_tick.is_some() => {
+                d.publish_summary();
             }
             conn = async { control.as_mut().expect("guarded").accept().await }, if control.is_some() => {
                 if let Some(stream) = conn {
@@ -276,6 +327,9 @@ impl Driver {
             peer_stats: None,
             counters: DriverCounters::default(),
             live_prev: (0, 0, 0),
+            peer: None,
+            handshake_error: None,
+            summary_dirty: true,
         })
     }
 
@@ -354,6 +408,8 @@ impl Driver {
                 self.link = Some(up);
                 self.session.reset(self.clock.frame());
                 self.tx_pending = true;
+                self.handshake_error = None;
+                self.summary_dirty = true;
             }
             LinkEvent::Down { reason } => {
                 self.counters.link_downs += 1;
@@ -361,6 +417,9 @@ impl Driver {
                 self.link = None;
                 self.session.reset(self.clock.frame());
                 self.drain_session_events();
+                self.peer = None;
+                self.handshake_error = None;
+                self.summary_dirty = true;
             }
             LinkEvent::Bundle(b) => self.handle_bundle(&b),
         }
@@ -398,14 +457,30 @@ impl Driver {
                         max_bundle = n.max_bundle,
                         "board connected"
                     );
+                    self.peer = Some(n.peer.identity.clone());
+                    self.handshake_error = None;
+                    self.summary_dirty = true;
                     let mtu = n.max_mtu as usize;
                     if mtu < self.nat.config().mtu {
                         self.shrink_mtu(mtu);
                     }
                 }
-                SessionEvent::Down(reason) => tracing::info!(?reason, "board session down"),
+                SessionEvent::Down(reason) => {
+                    tracing::info!(?reason, "board session down");
+                    self.peer = None;
+                    self.summary_dirty = true;
+                }
                 SessionEvent::PeerStats(s) => self.peer_stats = Some(s),
-                SessionEvent::Error(e) => tracing::warn!(error = %e, "link protocol error"),
+                SessionEvent::Error(e) => {
+                    tracing::warn!(error = %e, "link protocol error");
+                    // Before the session is up an error means the handshake failed (a version
+                    // mismatch, a peer with the wrong role): the user has to act. Once up, a bad
+                    // message is counted and the link goes on.
+                    if !self.session.is_up() {
+                        self.handshake_error = Some(e.to_string());
+                        self.summary_dirty = true;
+                    }
+                }
                 SessionEvent::LinkConfig(_) => {}
                 other => tracing::debug!(?other, "session event"),
             }
@@ -552,6 +627,35 @@ impl Driver {
         let mut out = std::io::stdout().lock();
         let _ = out.write_all(line.as_bytes());
         let _ = out.flush();
+    }
+
+    /// Publishes the current [`Summary`] when it differs from the last one (no wake-up for an
+    /// idle link).
+    fn publish_summary(&mut self) {
+        self.summary_dirty = false;
+        let Some(tx) = &self.cfg.summary else { return };
+        let up = self.session.is_up();
+        let c = self.session.counters();
+        let next = Summary {
+            link: self
+                .link
+                .as_ref()
+                .map(|_| self.link_description.clone().unwrap_or_default()),
+            session_up: up,
+            peer: self.peer.clone().filter(|_| up),
+            board_ipv4: up.then_some(self.cfg.nat.board_ipv4),
+            rx_bytes: c.rx_bytes,
+            tx_bytes: c.tx_bytes,
+            flows: self.nat.flow_count(),
+            error: self.handshake_error.clone(),
+        };
+        tx.send_if_modified(|s| {
+            let changed = *s != next;
+            if changed {
+                *s = next;
+            }
+            changed
+        });
     }
 
     /// Sends a Bye if a link is up and waits briefly for it to leave.

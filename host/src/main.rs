@@ -1,7 +1,9 @@
 //! qbkit-host CLI: argument parsing, logging, then [`qbkit_host::driver::run`] on a tokio
 //! current-thread runtime fed by the USB transport (default) or a stream transport; `list`
 //! enumerates boards, `status` reads the running daemon's control socket, `completions` and `man`
-//! print shell completions and the man page generated from these definitions.
+//! print shell completions and the man page generated from these definitions. `tray` runs the
+//! same [`Engine`] on a second thread with the tray icon on the main thread (macOS needs it
+//! there), logging to the file the menu's "Open log" shows.
 
 use std::hash::{BuildHasher as _, Hasher as _};
 use std::net::SocketAddr;
@@ -12,11 +14,12 @@ use std::io::{IsTerminal as _, Write as _};
 use anyhow::Context as _;
 use clap::{CommandFactory as _, Parser, Subcommand};
 use qbkit_host::config::{self, NatOptions};
-use qbkit_host::driver::{self, DriverConfig};
-use qbkit_host::transport::{self, TransportSpec};
-use qbkit_host::usb::{self, BoardState, DeviceFilter, UsbConfig};
-use qbkit_host::{platform, status};
-use tokio::sync::mpsc;
+use qbkit_host::driver::DriverConfig;
+use qbkit_host::engine::Engine;
+use qbkit_host::transport::TransportSpec;
+use qbkit_host::usb::{self, BoardState, DeviceFilter};
+use qbkit_host::{platform, status, tray};
+use tokio::sync::{mpsc, watch};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -33,6 +36,8 @@ struct Cli {
 enum Command {
     /// Connect to the board and run the NAT until interrupted.
     Run(RunArgs),
+    /// Like `run`, with a tray icon: link state, rates, boards, connect/disconnect, start at login.
+    Tray(RunArgs),
     /// Show the running daemon's link, flows, traffic and drop counters.
     Status {
         /// Print the machine-readable JSON document.
@@ -127,6 +132,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run(args),
+        Command::Tray(args) => run_tray(args),
         Command::Status { json, control } => {
             let path = control.unwrap_or_else(platform::default_control_path);
             let doc = status::query(&path).with_context(|| {
@@ -166,11 +172,7 @@ fn main() -> anyhow::Result<()> {
 
 fn list(json: bool, args: &UsbArgs) -> anyhow::Result<()> {
     init_logging(false);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("tokio runtime")?;
-    let boards = rt.block_on(usb::list_boards(&args.filter(), true))?;
+    let boards = runtime()?.block_on(usb::list_boards(&args.filter(), true))?;
     let infos: Vec<&usb::BoardInfo> = boards.iter().map(usb::Board::info).collect();
     if json {
         println!("{}", serde_json::to_string_pretty(&infos)?);
@@ -209,8 +211,7 @@ fn list(json: bool, args: &UsbArgs) -> anyhow::Result<()> {
 /// Logs to stderr at `RUST_LOG` (default info). With `clear_line`, each log line first erases
 /// the live status line on the terminal.
 fn init_logging(clear_line: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = log_filter();
     // Colours only on a terminal: journald, files and the test suites read plain text.
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -227,10 +228,76 @@ fn init_logging(clear_line: bool) {
     }
 }
 
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+}
+
+/// Logs to stderr and appended to `path` (the tray's "Open log"), without colours.
+fn init_logging_tee(path: Option<&std::path::Path>) {
+    use tracing_subscriber::fmt::writer::MakeWriterExt as _;
+    let file = path.and_then(|p| {
+        std::fs::create_dir_all(p.parent()?)
+            .and_then(|()| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+            })
+            .map_err(|e| eprintln!("qbkit-host: cannot open the log {}: {e}", p.display()))
+            .ok()
+    });
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(log_filter())
+        .with_ansi(false);
+    match file {
+        Some(f) => b
+            .with_writer(std::io::stderr.and(std::sync::Arc::new(f)))
+            .init(),
+        None => b.with_writer(std::io::stderr).init(),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")
+}
+
 fn run(args: RunArgs) -> anyhow::Result<()> {
     // A live status line only on a terminal; otherwise (journald, files, pipes) plain logs.
     let live = std::io::stdout().is_terminal();
     init_logging(live && std::io::stderr().is_terminal());
+    let engine = engine(args, live)?;
+    runtime()?.block_on(engine.run(shutdown_signal()))?;
+    Ok(())
+}
+
+/// `qbkit-host tray`: the engine on its own thread, the tray icon on this one. The engine never
+/// waits for the icon; if the icon cannot be shown at all, the engine runs until a signal.
+fn run_tray(args: RunArgs) -> anyhow::Result<()> {
+    let tray_cfg = tray::TrayConfig::default();
+    init_logging_tee(tray_cfg.log_path.as_deref());
+    let engine = engine(args, false)?;
+    let rt = runtime()?;
+    let (snap_tx, snap_rx) = watch::channel(tray::Snapshot::default());
+    let (act_tx, act_rx) = mpsc::unbounded_channel();
+    let worker = std::thread::Builder::new()
+        .name("qbkit-engine".into())
+        .spawn(move || rt.block_on(tray::app::run(engine, snap_tx, act_rx, shutdown_signal())))
+        .context("engine thread")?;
+    if let Err(e) = tray::run(tray_cfg, snap_rx, act_tx) {
+        tracing::warn!(error = %e, "no tray icon; the board's network keeps working until Ctrl-C");
+    }
+    worker
+        .join()
+        .map_err(|_| anyhow::anyhow!("the engine thread panicked"))??;
+    Ok(())
+}
+
+/// The engine of `run` and `tray` from the command line: NAT policy and DNS, driver, transport.
+fn engine(args: RunArgs, live: bool) -> anyhow::Result<Engine> {
     platform::tune_allocator();
     platform::raise_fd_limit();
     let spec = TransportSpec::parse(&args.transport)?;
@@ -262,26 +329,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     cfg.transport = spec.to_string();
     cfg.control_path = Some(args.control.unwrap_or_else(platform::default_control_path));
     cfg.live_status = live;
-    let max_bundle = cfg.max_bundle;
-    // IN transfers are sized for the largest bundle we accept; OUT bundles follow the negotiated
-    // (never larger) size the driver takes from the session.
-    let mut usb_cfg = UsbConfig::default();
-    usb_cfg.transfer_size = max_bundle;
-    let filter = args.usb.filter();
-
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("tokio runtime")?;
-    rt.block_on(async move {
-        let (tx, rx) = mpsc::channel(transport::EVENT_QUEUE);
-        match spec {
-            TransportSpec::Usb => tokio::spawn(transport::usb::run(filter, usb_cfg, tx)),
-            TransportSpec::Stream(url) => tokio::spawn(transport::stream::run(url, max_bundle, tx)),
-        };
-        driver::run(cfg, rx, shutdown_signal()).await
-    })?;
-    Ok(())
+    Ok(Engine::new(cfg, spec, args.usb.filter()))
 }
 
 /// Completes on Ctrl-C, or SIGTERM on Unix.

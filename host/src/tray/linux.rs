@@ -15,7 +15,9 @@
 //! the watcher name a moment before they export the object, so the first call gets
 //! UnknownObject) the service is started again with a short backoff, since ksni does not retry.
 //! No session bus at all, or a lost bus connection: retried every [`RETRY`]; the engine never
-//! waits for any of this.
+//! waits for any of this. ksni does not notice a dead bus connection itself (its service loop
+//! just stops seeing signals), so a second small connection pings the bus daemon every
+//! [`PROBE`]; when the ping fails the service is started again on a fresh connection.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,6 +33,8 @@ use super::{Action, Error, LinkState, MenuEntry, Model, Snapshot, TrayConfig};
 const RETRY: Duration = Duration::from_secs(5);
 /// First wait before re-registering after a failed registration; doubles up to [`RETRY`].
 const RESPAWN_FIRST: Duration = Duration::from_millis(250);
+/// How often the bus connection is checked (and how long a ping may take).
+const PROBE: Duration = Duration::from_secs(2);
 /// Pixmap sizes offered to the tray host (it picks the closest).
 const SIZES: [u32; 5] = [16, 22, 24, 32, 48];
 
@@ -199,6 +203,19 @@ pub(super) fn run(
     Ok(())
 }
 
+/// Whether the session bus answers a Ping within [`PROBE`] on `conn`.
+async fn bus_alive(conn: Option<&zbus::Connection>) -> bool {
+    let Some(conn) = conn else { return false };
+    let ping = conn.call_method(
+        Some("org.freedesktop.DBus"),
+        "/org/freedesktop/DBus",
+        Some("org.freedesktop.DBus.Peer"),
+        "Ping",
+        &(),
+    );
+    matches!(tokio::time::timeout(PROBE, ping).await, Ok(Ok(_)))
+}
+
 /// Keeps one ksni service alive and fed until Quit or the engine goes away.
 async fn serve(
     config: TrayConfig,
@@ -237,14 +254,18 @@ async fn serve(
                 None
             }
         };
+        let probe = match &handle {
+            Some(_) => zbus::Connection::session().await.ok(),
+            None => None,
+        };
         // Feed snapshots until the service dies (bus lost), the user quits or the engine ends.
         loop {
             let closed = async {
                 match &handle {
-                    // ksni has no "closed" notification; a cheap poll of its handle suffices.
+                    // ksni has no "closed" notification: poll its handle and the bus.
                     Some(h) => {
-                        while !h.is_closed() {
-                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        while !h.is_closed() && bus_alive(probe.as_ref()).await {
+                            tokio::time::sleep(PROBE).await;
                         }
                     }
                     None => tokio::time::sleep(RETRY).await,
@@ -273,8 +294,11 @@ async fn serve(
                     }
                 }
                 () = closed => {
-                    if handle.is_some() {
+                    if let Some(h) = &handle {
                         tracing::warn!("tray icon lost its D-Bus connection; reconnecting");
+                        // Stop ksni's service task before dropping its handle (with its bus
+                        // gone and no handle it would have nothing left to wait on).
+                        let _ = tokio::time::timeout(PROBE, h.shutdown()).await;
                     }
                     break;
                 }

@@ -14,6 +14,7 @@
 //! thread and never waits for the tray, so a missing tray host or a dead D-Bus connection
 //! costs the icon, never the network.
 
+pub mod app;
 pub mod desktop;
 pub mod icons;
 

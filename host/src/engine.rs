@@ -1,0 +1,75 @@
+//! The engine that `qbkit-host run` and `qbkit-host tray` both run: one transport task (USB or a
+//! stream link) feeding [`driver::run`] through one [`LinkEvent`] channel.
+//!
+//! ```text
+//!  Engine::spawn_transport ──LinkEvent──▶ driver::run ◀──▶ NAT + OS sockets
+//!  (usb::run | stream::run)                  └──▶ Summary (tray) / control socket (status)
+//! ```
+//!
+//! `main.rs` builds an [`Engine`] from the command line once; `run` calls [`Engine::run`], the tray
+//! (`tray::app`) drives the driver itself so it can stop and start the transport task from the
+//! menu without ever stopping the driver (flows survive a reconnect).
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::driver::{self, DriverConfig};
+use crate::transport::{self, LinkEvent, TransportSpec};
+use crate::usb::{DeviceFilter, UsbConfig};
+
+/// Everything needed to run the host side: the driver's configuration and the transport.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Engine {
+    /// The driver loop's configuration (NAT, control socket, status output).
+    pub driver: DriverConfig,
+    /// Which transport carries the bundles.
+    pub transport: TransportSpec,
+    /// Which USB devices count as boards (`--transport usb`).
+    pub usb_filter: DeviceFilter,
+    /// USB transfer sizes and queue depths.
+    pub usb: UsbConfig,
+}
+
+impl Engine {
+    /// An engine; USB transfers are sized for the largest bundle the driver accepts.
+    pub fn new(driver: DriverConfig, transport: TransportSpec, usb_filter: DeviceFilter) -> Self {
+        // IN transfers are sized for the largest bundle we accept; OUT bundles follow the
+        // negotiated (never larger) size the driver takes from the session.
+        let usb = UsbConfig {
+            transfer_size: driver.max_bundle,
+            ..UsbConfig::default()
+        };
+        Self {
+            driver,
+            transport,
+            usb_filter,
+            usb,
+        }
+    }
+
+    /// Starts the transport task, reporting to `events`; `filter` selects the USB board (ignored
+    /// by stream links). Aborting the returned task drops the link (the driver is not told: send
+    /// it a [`LinkEvent::Down`]).
+    pub fn spawn_transport(
+        &self,
+        filter: DeviceFilter,
+        events: mpsc::Sender<LinkEvent>,
+    ) -> JoinHandle<()> {
+        match &self.transport {
+            TransportSpec::Usb => tokio::spawn(transport::usb::run(filter, self.usb, events)),
+            TransportSpec::Stream(url) => tokio::spawn(transport::stream::run(
+                url.clone(),
+                self.driver.max_bundle,
+                events,
+            )),
+        }
+    }
+
+    /// Runs the transport and the driver until `shutdown` completes or the transport ends.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), driver::Error> {
+        let (tx, rx) = mpsc::channel(transport::EVENT_QUEUE);
+        self.spawn_transport(self.usb_filter.clone(), tx);
+        driver::run(self.driver, rx, shutdown).await
+    }
+}
