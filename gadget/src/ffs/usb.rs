@@ -266,6 +266,18 @@ pub async fn run(g: UsbGadget, max_bundle: usize, events: mpsc::Sender<LinkEvent
     drop(reg);
 }
 
+/// Backoff between bulk OUT re-queues after read errors while the interface is enabled.
+const OUT_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(5);
+const OUT_RETRY_MAX: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Keeps bulk OUT reads queued whenever the interface is enabled.
+///
+/// A read error while disabled ends the connection's reads until the next enable. A read error
+/// while enabled is either the previous connection's shutdown seen late (after a quick replug the
+/// Disable and Enable events can both be processed before the failed reads are) or a transient
+/// fault: the queue is cancelled and refilled, with a growing delay, for as long as the interface
+/// stays enabled. Giving up after a fixed count left OUT dead for a whole connection while IN
+/// worked (seen in the VM endurance test: the host's Hellos never arrived, the board timed out).
 async fn out_loop(
     mut rx: EndpointReceiver,
     max_bundle: usize,
@@ -277,23 +289,37 @@ async fn out_loop(
             return;
         }
         let _ = rx.cancel();
+        let mut errors_enabled = 0u32;
+        let mut delay = OUT_RETRY_FIRST;
         loop {
             match rx.recv_async(BytesMut::with_capacity(max_bundle)).await {
                 Ok(Some(buf)) => {
+                    errors_enabled = 0;
+                    delay = OUT_RETRY_FIRST;
                     if events.send(LinkEvent::Bundle(buf)).await.is_err() {
                         return;
                     }
                 }
                 Ok(None) => {}
+                Err(e) if *enabled.borrow() => {
+                    errors_enabled += 1;
+                    if errors_enabled.is_power_of_two() && errors_enabled >= 8 {
+                        tracing::warn!(error = %e, errors_enabled, "bulk OUT reads keep failing while the interface is enabled; retrying");
+                    } else {
+                        tracing::debug!(error = %e, errors_enabled, "bulk OUT read failed; queueing again");
+                    }
+                    let _ = rx.cancel();
+                    // Sleep, but stop at once if the interface is disabled meanwhile.
+                    if errors_enabled > 1 {
+                        tokio::select! {
+                            () = tokio::time::sleep(delay) => {}
+                            r = enabled.wait_for(|e| !*e) => if r.is_err() { return },
+                        }
+                        delay = (delay * 2).min(OUT_RETRY_MAX);
+                    }
+                }
                 Err(e) => {
-                    if *enabled.borrow() {
-                        tracing::debug!(error = %e, "bulk OUT read failed");
-                    }
-                    // Wait for the next enable before queueing reads again; a closed watch means
-                    // the link task is gone.
-                    if *enabled.borrow() && enabled.changed().await.is_err() {
-                        return;
-                    }
+                    tracing::debug!(error = %e, "bulk OUT read failed while disabled");
                     break;
                 }
             }
