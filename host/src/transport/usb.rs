@@ -18,7 +18,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::{Framing, LinkEvent, LinkUp};
-use crate::usb::{Board, BoardEvent, BoardWatch, DeviceFilter, UsbConfig, UsbError, UsbLink};
+use crate::usb::{
+    Board, BoardEvent, BoardWatch, DeviceFilter, EventSource, UsbConfig, UsbError, UsbLink,
+};
 
 /// Quick re-opens after an arrival (the OS may still be configuring the device).
 const OPEN_QUICK_TRIES: u32 = 20;
@@ -85,7 +87,10 @@ pub async fn run(filter: DeviceFilter, cfg: UsbConfig, events: mpsc::Sender<Link
             }
         };
         last_error = None;
-        match serve(link, cfg, &events).await {
+        let mut deferred = Vec::new();
+        let served = serve(link, cfg, &events, &mut watch, board.id(), &mut deferred).await;
+        watch.requeue(deferred);
+        match served {
             Served::Ended => return,
             Served::Down { reason, gone } => {
                 tracing::info!(path = %board.info().bus_path, %reason, "board link down");
@@ -125,7 +130,18 @@ enum Served {
 }
 
 /// Moves bundles both ways until the board goes away or the driver stops.
-async fn serve(link: UsbLink, cfg: UsbConfig, events: &mpsc::Sender<LinkEvent>) -> Served {
+///
+/// The hotplug watch is read meanwhile: the board's own removal ends the link at once, whatever
+/// state its transfers are in (a transfer pending across an unplug must not be what notices it),
+/// and other boards' events are kept in `deferred` for after this one.
+async fn serve(
+    link: UsbLink,
+    cfg: UsbConfig,
+    events: &mpsc::Sender<LinkEvent>,
+    watch: &mut BoardWatch,
+    id: nusb::DeviceId,
+    deferred: &mut Vec<(BoardEvent, EventSource)>,
+) -> Served {
     let info = link.info().clone();
     let iface = link.interface();
     let description = format!(
@@ -170,9 +186,27 @@ async fn serve(link: UsbLink, cfg: UsbConfig, events: &mpsc::Sender<LinkEvent>) 
         }
         Ok::<bool, UsbError>(false)
     };
+    let unplugged = async {
+        loop {
+            match watch.next_with_source().await {
+                Ok((BoardEvent::Left { id: left, .. }, via)) if left == id => return via,
+                Ok(ev) => deferred.push(ev),
+                Err(e) => {
+                    tracing::debug!(error = %e, "USB rescan failed while serving");
+                    tokio::time::sleep(OPEN_SLOW_DELAY).await;
+                }
+            }
+        }
+    };
     let res = tokio::select! {
         r = reader => r,
         r = writer => r,
+        via = unplugged => {
+            return Served::Down {
+                reason: format!("the board at {} was unplugged (seen via {via})", info.bus_path),
+                gone: true,
+            };
+        }
     };
     match res {
         Ok(_) => Served::Ended,

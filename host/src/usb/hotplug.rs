@@ -144,6 +144,15 @@ impl BoardWatch {
         self.known.values()
     }
 
+    /// Puts events taken with [`next_with_source`](Self::next_with_source) back, in order, ahead
+    /// of newer ones (the transport defers arrivals of other boards while it serves one).
+    pub fn requeue(&mut self, events: impl IntoIterator<Item = (BoardEvent, EventSource)>) {
+        let mut evs: Vec<_> = events.into_iter().collect();
+        while let Some(ev) = evs.pop() {
+            self.queue.push_front(ev);
+        }
+    }
+
     /// The next arrival or removal. Cancel-safe.
     pub async fn next(&mut self) -> Result<BoardEvent, UsbError> {
         self.next_with_source().await.map(|(ev, _)| ev)
