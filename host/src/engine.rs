@@ -63,7 +63,21 @@ impl Engine {
                 self.driver.max_bundle,
                 events,
             )),
+            TransportSpec::Usbip(url) => tokio::spawn(transport::usbip::run(
+                url.clone(),
+                self.usbip_options(&filter),
+                events,
+            )),
         }
+    }
+
+    /// USB/IP link options: the board's VID:PID from the filter, IN URBs sized like USB
+    /// transfers, the same number of transfers in flight as on local USB.
+    fn usbip_options(&self, filter: &DeviceFilter) -> qbkit_usbip::transport::LinkOptions {
+        qbkit_usbip::transport::LinkOptions::default()
+            .vid_pid(Some((filter.vid, filter.pid)))
+            .max_bundle(self.usb.transfer_size)
+            .urbs(self.usb.in_depth, self.usb.out_depth)
     }
 
     /// Runs the transport and the driver until `shutdown` completes or the transport ends.

@@ -12,6 +12,7 @@ pub mod config;
 pub mod driver;
 pub mod engine;
 pub mod platform;
+pub mod relay;
 pub mod sockets;
 pub mod status;
 pub mod transport;

@@ -47,11 +47,23 @@ enum Command {
         #[arg(long)]
         control: Option<PathBuf>,
     },
-    /// List the qbkit boards attached over USB (serial, speed, bus path, state).
+    /// List the qbkit boards attached over USB (serial, speed, bus path, state), or the devices
+    /// a usbipd exports (`--usbip HOST`).
     List {
         /// Print a JSON array instead of a table.
         #[arg(long)]
         json: bool,
+        /// List the devices exported by the usbipd on HOST[:PORT] instead (bus ids for
+        /// `--transport usbip://HOST/BUSID`).
+        #[arg(long, value_name = "HOST")]
+        usbip: Option<String>,
+        #[command(flatten)]
+        usb: UsbArgs,
+    },
+    /// Serve the board on USB and relay its bundles over stdin/stdout in the stream framing, with
+    /// no NAT (the USB side of `--transport exec:'… qbkit-host relay'`, e.g. the Qubes qbkit.Net
+    /// service in sys-usb). Keeps running across replugs; ends when stdin closes.
+    Relay {
         #[command(flatten)]
         usb: UsbArgs,
     },
@@ -150,7 +162,13 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::List { json, usb } => list(json, &usb),
+        Command::List {
+            json,
+            usbip: Some(host),
+            usb,
+        } => list_usbip(json, &host, &usb),
+        Command::List { json, usb, .. } => list(json, &usb),
+        Command::Relay { usb } => relay(&usb),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -206,6 +224,71 @@ fn list(json: bool, args: &UsbArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `qbkit-host list --usbip HOST`: the devices a usbipd exports; qbkit boards are marked.
+fn list_usbip(json: bool, host: &str, args: &UsbArgs) -> anyhow::Result<()> {
+    init_logging(false);
+    let devs = runtime()?
+        .block_on(qbkit_usbip::transport::list(host))
+        .with_context(|| format!("cannot list the USB/IP devices of {host}"))?;
+    let is_board =
+        |d: &qbkit_usbip::DeviceInfo| (d.vendor_id, d.product_id) == (args.vid, args.pid);
+    if json {
+        let v: Vec<_> = devs
+            .iter()
+            .map(|d| {
+                serde_json::json!({
+                    "busid": d.busid,
+                    "vid": d.vendor_id,
+                    "pid": d.product_id,
+                    "speed": d.speed.name(),
+                    "path": d.path,
+                    "qbkit": is_board(d),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else if devs.is_empty() {
+        eprintln!("{host} exports no USB devices (bind one with `usbip bind -b BUSID`)");
+    } else {
+        println!(
+            "{:<16} {:<10} {:<10} {:<6} PATH",
+            "BUSID", "VID:PID", "SPEED", "QBKIT"
+        );
+        for d in &devs {
+            println!(
+                "{:<16} {:04x}:{:04x}  {:<10} {:<6} {}",
+                d.busid,
+                d.vendor_id,
+                d.product_id,
+                d.speed.name(),
+                if is_board(d) { "yes" } else { "-" },
+                d.path
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `qbkit-host relay`: the board on USB ⇄ stdin/stdout. Logs go to stderr only: stdout is the link.
+fn relay(args: &UsbArgs) -> anyhow::Result<()> {
+    init_logging(false);
+    let max_bundle = shared_frame::DEFAULT_MAX_BUNDLE;
+    let mut usb_cfg = usb::UsbConfig::default();
+    usb_cfg.transfer_size = max_bundle;
+    let filter = args.filter();
+    runtime()?.block_on(async move {
+        let (read, write) = qbkit_link::Connector::new(qbkit_link::LinkUrl::Stdio)
+            .connect()
+            .await?;
+        tokio::select! {
+            r = qbkit_host::relay::run(filter, usb_cfg, max_bundle, read, write) => {
+                r.map(drop).map_err(anyhow::Error::from)
+            }
+            () = shutdown_signal() => Ok(()),
+        }
+    })
 }
 
 /// Logs to stderr at `RUST_LOG` (default info). With `clear_line`, each log line first erases

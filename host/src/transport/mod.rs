@@ -1,6 +1,7 @@
 //! Transports: whatever carries bundles between the board and the driver. A link is "something
 //! that delivers received bundles and accepts bundles to send, and can be lost and come back";
-//! every transport (stream links in [`stream`], the board on USB in [`usb`] over `crate::usb`) is a task that reports [`LinkEvent`]s
+//! every transport (stream links in [`stream`], the board on USB in [`usb`] over `crate::usb`, the
+//! board over USB/IP or a Qubes qubes.USB service in [`usbip`]) is a task that reports [`LinkEvent`]s
 //! on one channel to [`crate::driver`], which never knows which transport it talks to.
 //!
 //! Data flow: a transport task sends [`LinkEvent::Up`] with a bounded sender for outgoing bundles
@@ -13,6 +14,7 @@
 
 pub mod stream;
 pub mod usb;
+pub mod usbip;
 
 use std::fmt;
 
@@ -66,15 +68,34 @@ pub enum TransportSpec {
     Usb,
     /// A stream link (`tcp://`, `tcp-listen://`, `unix://`, `unix-listen://`, `stdio`, `exec:`).
     Stream(LinkUrl),
+    /// The board through the userspace USB/IP client: `usbip://HOST[:PORT]/BUSID` or
+    /// `qubes-usb:CMD` (checked; kept as text for `qbkit_usbip::transport::UsbipLink`).
+    Usbip(String),
+}
+
+/// A `--transport` value that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpecError {
+    /// A bad stream link URL.
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    /// A bad `usbip://` or `qubes-usb:` URL.
+    #[error(transparent)]
+    Usbip(#[from] qbkit_usbip::transport::TransportError),
 }
 
 impl TransportSpec {
-    /// Parses `usb` or a stream link URL (the same syntax as `qbkit-gadget --link`).
-    pub fn parse(s: &str) -> Result<Self, LinkError> {
+    /// Parses `usb`, `usbip://…`, `qubes-usb:…` or a stream link URL (the same syntax as
+    /// `qbkit-gadget --link`).
+    pub fn parse(s: &str) -> Result<Self, SpecError> {
         if s == "usb" {
             Ok(Self::Usb)
+        } else if s.starts_with("usbip://") || s.starts_with("qubes-usb:") {
+            qbkit_usbip::transport::Target::parse(s)?;
+            Ok(Self::Usbip(s.to_owned()))
         } else {
-            LinkUrl::parse(s).map(Self::Stream)
+            Ok(LinkUrl::parse(s).map(Self::Stream)?)
         }
     }
 }
@@ -84,6 +105,7 @@ impl fmt::Display for TransportSpec {
         match self {
             Self::Usb => f.write_str("usb"),
             Self::Stream(u) => u.fmt(f),
+            Self::Usbip(u) => f.write_str(u),
         }
     }
 }
@@ -102,11 +124,27 @@ mod tests {
             "unix-listen:///run/q.sock",
             "stdio",
             "exec:ssh board qbkit-gadget run --link stdio",
+            "usbip://127.0.0.1/1-1",
+            "usbip://[::1]:3240/usbip-vudc.0",
+            "qubes-usb:qrexec-client-vm sys-usb qubes.USB+2-1",
         ] {
             let t = TransportSpec::parse(s).unwrap();
             assert_eq!(t.to_string(), s);
         }
-        for bad in ["udp://x:1", "unix://relative", "tcp://nohost", "exec:", ""] {
+        assert!(matches!(
+            TransportSpec::parse("usbip://h/1-1").unwrap(),
+            TransportSpec::Usbip(_)
+        ));
+        for bad in [
+            "udp://x:1",
+            "unix://relative",
+            "tcp://nohost",
+            "exec:",
+            "",
+            "usbip://host",
+            "usbip://h:x/1-1",
+            "qubes-usb:",
+        ] {
             assert!(TransportSpec::parse(bad).is_err(), "{bad} should not parse");
         }
     }
