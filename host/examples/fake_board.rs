@@ -11,20 +11,22 @@
 
 use std::time::Duration;
 
-use qbkit_link::{BundleReader, Connector, LinkUrl, write_bundle};
+use qbkit_link::{BundleReader, Connector, LinkUrl, LinkWrite, write_bundle};
 use shared_frame::{
     BundleWriter, Capabilities, Control, DEFAULT_MAX_BUNDLE, Hello, Instant, Role, Session,
     SessionConfig, SessionEvent,
 };
 use tokio::io::AsyncBufReadExt as _;
 
-fn bundle(f: impl FnOnce(&mut BundleWriter<'_>)) -> Vec<u8> {
+/// Writes one bundle filled by `fill`; nothing when it stays empty.
+async fn send(w: &mut LinkWrite, fill: impl FnOnce(&mut BundleWriter<'_>)) {
     let mut buf = vec![0; DEFAULT_MAX_BUNDLE];
-    let mut w = BundleWriter::new(&mut buf, DEFAULT_MAX_BUNDLE);
-    f(&mut w);
-    let n = w.finish();
-    buf.truncate(n);
-    buf
+    let mut bundle = BundleWriter::new(&mut buf, DEFAULT_MAX_BUNDLE);
+    fill(&mut bundle);
+    if !bundle.is_empty() {
+        let n = bundle.finish();
+        write_bundle(w, &buf[..n]).await.expect("write to the host");
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -32,46 +34,43 @@ async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let url = args.get(1).expect("usage: fake_board URL [--old-version]");
     let old_version = args.iter().any(|a| a == "--old-version");
-    let url = LinkUrl::parse(url).expect("bad URL");
+    let mut conn = Connector::new(LinkUrl::parse(url).expect("bad URL"));
     let start = std::time::Instant::now();
     let now = || Instant::from_micros(start.elapsed().as_micros() as u64);
-    let mut conn = Connector::new(url);
-    let (r, mut w) = loop {
-        match conn.connect().await {
-            Ok(s) => break s,
-            Err(_) if start.elapsed() < Duration::from_secs(10) => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+    // The host may not listen yet: dial until it does, for at most 10 s.
+    let dial = async {
+        loop {
+            if let Ok(s) = conn.connect().await {
+                return s;
             }
-            Err(e) => panic!("cannot connect: {e}"),
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };
+    let (r, mut w) = tokio::time::timeout(Duration::from_secs(10), dial)
+        .await
+        .expect("the host did not accept within 10 s");
     println!("CONNECTED");
     let mut s = Session::new(SessionConfig::new(Role::Board, "fake-board FB0001"), now());
     let mut reader = BundleReader::new(r, DEFAULT_MAX_BUNDLE);
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     if old_version {
-        let hello = bundle(|w| {
-            w.push_control(&Control::Hello(Hello {
-                version: 0,
-                role: Role::Board,
-                flags: 0,
-                capabilities: Capabilities::ALL,
-                max_bundle: 65536,
-                max_mtu: 16384,
-                identity: "ancient board".into(),
-            }))
-            .unwrap();
-        });
-        write_bundle(&mut w, &hello).await.unwrap();
+        let hello = Hello {
+            version: 0,
+            role: Role::Board,
+            flags: 0,
+            capabilities: Capabilities::ALL,
+            max_bundle: 65536,
+            max_mtu: 16384,
+            identity: "ancient board".into(),
+        };
+        send(&mut w, |b| b.push_control(&Control::Hello(hello)).unwrap()).await;
     }
     loop {
         if !old_version {
-            let out = bundle(|w| {
-                s.poll_control(w);
-            });
-            if out.len() > 8 {
-                write_bundle(&mut w, &out).await.unwrap();
-            }
+            send(&mut w, |b| {
+                s.poll_control(b);
+            })
+            .await;
         }
         while let Some(ev) = s.poll_event() {
             if let SessionEvent::LinkConfig(lc) = ev {
