@@ -164,8 +164,32 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn peer_vanishing_mid_urb_is_down_then_reconnect() {
-        let (f, mut rx, task) = start(Fault::VanishMidUrb).await;
+    async fn peer_vanishing_mid_urb_or_mid_reply_is_down_then_reconnect() {
+        for fault in [Fault::VanishMidUrb, Fault::VanishMidReply] {
+            peer_fault_is_down_then_reconnect(fault).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn garbage_or_truncated_setup_replies_are_retried_without_an_up() {
+        for fault in [Fault::Garbage, Fault::TruncatedImport] {
+            let (f, mut rx, task) = start(fault).await;
+            let mut imports = 0;
+            for _ in 0..100 {
+                imports = f.seen.lock().unwrap().imports.len();
+                if imports >= 2 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert!(imports >= 2, "{fault:?}: reconnected ({imports} imports)");
+            assert!(rx.try_recv().is_err(), "{fault:?}: no link was reported up");
+            task.abort();
+        }
+    }
+
+    async fn peer_fault_is_down_then_reconnect(fault: Fault) {
+        let (f, mut rx, task) = start(fault).await;
         for _ in 0..2 {
             let up = expect_up(&mut rx).await;
             up.tx.send(vec![7; 64]).await.unwrap();
