@@ -18,8 +18,9 @@ if [ "$(readlink -f "$dev/driver")" != "$(readlink -f "$drv")" ]; then
     # (a stale entry, e.g. left marked "other" by an earlier `usbip unbind`, makes bind fail with
     # ENODEV: drop it first; "del" of an absent entry fails harmlessly)
     if [ -e "$dev/driver" ]; then echo "$busid" > "$dev/driver/unbind" || die "unbind $busid"; fi
-    echo "del $busid" > "$drv/match_busid" 2>/dev/null
-    echo "add $busid" > "$drv/match_busid" || die "match_busid add $busid"
+    # (no newline: the kernel keeps the rest of the write, newline included, as the bus id)
+    printf 'del %s' "$busid" > "$drv/match_busid" 2>/dev/null
+    printf 'add %s' "$busid" > "$drv/match_busid" || die "match_busid add $busid"
     echo "$busid" > "$drv/bind" || die "bind $busid to usbip-host"
 fi
 read -r busnum < "$dev/busnum"; read -r devnum < "$dev/devnum"; read -r speed < "$dev/speed"
