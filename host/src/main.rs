@@ -484,6 +484,16 @@ mod tests {
         assert!(Cli::try_parse_from(["qbkit-host", "run", "--vid", "xyz"]).is_err());
         let cli = Cli::try_parse_from(["qbkit-host", "list", "--json", "--serial", "s1"]).unwrap();
         assert!(matches!(cli.command, Command::List { json: true, .. }));
+        let cli = Cli::try_parse_from(["qbkit-host", "list", "--usbip", "10.0.0.5:3240", "--json"])
+            .unwrap();
+        assert!(
+            matches!(cli.command, Command::List { json: true, usbip: Some(ref h), .. } if h == "10.0.0.5:3240")
+        );
+        let cli = Cli::try_parse_from(["qbkit-host", "relay", "--serial", "s1"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Relay { ref usb } if usb.serial.as_deref() == Some("s1"))
+        );
+        assert!(Cli::try_parse_from(["qbkit-host", "relay", "--transport", "usb"]).is_err());
         assert!(Cli::try_parse_from(["qbkit-host", "completions", "bash"]).is_ok());
         assert!(Cli::try_parse_from(["qbkit-host", "man"]).is_ok());
         Cli::command().debug_assert();
