@@ -83,6 +83,10 @@ struct UsbArgs {
     /// Only the board with this USB serial number (when several are attached).
     #[arg(long, value_name = "S")]
     serial: Option<String>,
+    /// Only the board plugged in at this bus path (as `list` shows it, e.g. 3-1), when one
+    /// board is attached twice (the original and its USB/IP import) or serials are not unique.
+    #[arg(long, value_name = "PATH")]
+    bus_path: Option<String>,
     /// USB vendor ID, hex.
     #[arg(long, value_name = "HEX", default_value = "1209", value_parser = parse_hex16)]
     vid: u16,
@@ -94,6 +98,7 @@ struct UsbArgs {
 impl UsbArgs {
     fn filter(&self) -> DeviceFilter {
         DeviceFilter::new(self.vid, self.pid, self.serial.clone())
+            .with_bus_path(self.bus_path.clone())
     }
 }
 

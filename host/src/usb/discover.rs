@@ -23,6 +23,9 @@ pub struct DeviceFilter {
     pub pid: u16,
     /// Serial number (`--serial`); `None` accepts any.
     pub serial: Option<String>,
+    /// Where it is plugged in (`--bus-path`, the [`BoardInfo::bus_path`] form); `None` accepts any.
+    /// Tells apart two attachments of one board, e.g. the original and its USB/IP (vhci) import.
+    pub bus_path: Option<String>,
 }
 
 impl Default for DeviceFilter {
@@ -31,6 +34,7 @@ impl Default for DeviceFilter {
             vid: DEFAULT_VID,
             pid: DEFAULT_PID,
             serial: None,
+            bus_path: None,
         }
     }
 }
@@ -38,7 +42,19 @@ impl Default for DeviceFilter {
 impl DeviceFilter {
     /// The default IDs with an optional serial number.
     pub fn new(vid: u16, pid: u16, serial: Option<String>) -> Self {
-        Self { vid, pid, serial }
+        Self {
+            vid,
+            pid,
+            serial,
+            bus_path: None,
+        }
+    }
+
+    /// Only the board plugged in at `bus_path` (`None`: anywhere).
+    #[must_use]
+    pub fn with_bus_path(mut self, bus_path: Option<String>) -> Self {
+        self.bus_path = bus_path;
+        self
     }
 
     /// Pure matching rule. `interface_classes` is empty when the OS does not list interfaces (an
@@ -64,6 +80,7 @@ impl DeviceFilter {
     pub fn matches(&self, d: &DeviceInfo) -> bool {
         let classes: Vec<u8> = d.interfaces().map(nusb::InterfaceInfo::class).collect();
         self.matches_ids(d.vendor_id(), d.product_id(), d.serial_number(), &classes)
+            && self.bus_path.as_deref().is_none_or(|want| bus_path(d) == want)
     }
 }
 
