@@ -80,7 +80,10 @@ impl DeviceFilter {
     pub fn matches(&self, d: &DeviceInfo) -> bool {
         let classes: Vec<u8> = d.interfaces().map(nusb::InterfaceInfo::class).collect();
         self.matches_ids(d.vendor_id(), d.product_id(), d.serial_number(), &classes)
-            && self.bus_path.as_deref().is_none_or(|want| bus_path(d) == want)
+            && self
+                .bus_path
+                .as_deref()
+                .is_none_or(|want| bus_path(d) == want)
     }
 }
 
