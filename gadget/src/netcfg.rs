@@ -9,6 +9,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::LinkMessage;
+use rtnetlink::packet_route::route::RouteMessage;
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 use shared_frame::LinkConfig;
 
@@ -41,9 +43,14 @@ pub struct NetConfig {
     ifname: String,
     index: u32,
     addrs: Vec<(IpAddr, u8)>,
-    routes_v4: Option<Ipv4Addr>,
-    routes_v6: Option<Ipv6Addr>,
+    /// The default routes installed by `apply`, by family (`V4`, `V6`).
+    routes: [Option<IpAddr>; 2],
 }
+
+/// Index of the IPv4 default route in `NetConfig::routes`.
+const V4: usize = 0;
+/// Index of the IPv6 default route in `NetConfig::routes`.
+const V6: usize = 1;
 
 impl NetConfig {
     /// Connects to rtnetlink (spawns its connection task on the current runtime) and looks up
@@ -61,8 +68,7 @@ impl NetConfig {
             ifname: ifname.to_owned(),
             index,
             addrs: Vec::new(),
-            routes_v4: None,
-            routes_v6: None,
+            routes: [None; 2],
         })
     }
 
@@ -79,37 +85,40 @@ impl NetConfig {
         }
     }
 
-    /// Sets the link administratively up.
-    pub async fn set_up(&self) -> Result<(), NetError> {
-        let msg = LinkUnspec::new_with_index(self.index).up().build();
+    async fn set_link(&self, msg: LinkMessage, what: &'static str) -> Result<(), NetError> {
         self.handle
             .link()
             .set(msg)
             .execute()
             .await
-            .map_err(self.err("set up"))
+            .map_err(self.err(what))
+    }
+
+    /// Sets the link administratively up.
+    pub async fn set_up(&self) -> Result<(), NetError> {
+        self.set_link(
+            LinkUnspec::new_with_index(self.index).up().build(),
+            "set up",
+        )
+        .await
     }
 
     /// Sets the carrier (lower layer up/down).
     pub async fn set_carrier(&self, on: bool) -> Result<(), NetError> {
-        let msg = LinkUnspec::new_with_index(self.index).carrier(on).build();
-        self.handle
-            .link()
-            .set(msg)
-            .execute()
-            .await
-            .map_err(self.err("set carrier"))
+        self.set_link(
+            LinkUnspec::new_with_index(self.index).carrier(on).build(),
+            "set carrier",
+        )
+        .await
     }
 
     /// Sets the MTU.
     pub async fn set_mtu(&self, mtu: u32) -> Result<(), NetError> {
-        let msg = LinkUnspec::new_with_index(self.index).mtu(mtu).build();
-        self.handle
-            .link()
-            .set(msg)
-            .execute()
-            .await
-            .map_err(self.err("set mtu"))
+        self.set_link(
+            LinkUnspec::new_with_index(self.index).mtu(mtu).build(),
+            "set mtu",
+        )
+        .await
     }
 
     /// Applies a (merged) LinkConfig: MTU, addresses, and default routes when `default_route`.
@@ -145,44 +154,12 @@ impl NetConfig {
         }
         self.addrs = want;
 
-        let gw4 = lc.gateway_v4.filter(|_| default_route);
-        if self.routes_v4.is_some() && self.routes_v4 != gw4 {
-            self.del_default_v4().await;
-        }
-        if let Some(gw) = gw4 {
-            let r = RouteMessageBuilder::<Ipv4Addr>::new()
-                .output_interface(self.index)
-                .gateway(gw)
-                .onlink()
-                .build();
-            self.handle
-                .route()
-                .add(r)
-                .replace()
-                .execute()
-                .await
-                .map_err(self.err("add IPv4 default route"))?;
-            self.routes_v4 = Some(gw);
-        }
-        let gw6 = lc.gateway_v6.filter(|_| default_route);
-        if self.routes_v6.is_some() && self.routes_v6 != gw6 {
-            self.del_default_v6().await;
-        }
-        if let Some(gw) = gw6 {
-            let r = RouteMessageBuilder::<Ipv6Addr>::new()
-                .output_interface(self.index)
-                .gateway(gw)
-                .onlink()
-                .build();
-            self.handle
-                .route()
-                .add(r)
-                .replace()
-                .execute()
-                .await
-                .map_err(self.err("add IPv6 default route"))?;
-            self.routes_v6 = Some(gw);
-        }
+        let gw4 = lc.gateway_v4.filter(|_| default_route).map(IpAddr::V4);
+        self.set_default_route(V4, gw4, "add IPv4 default route")
+            .await?;
+        let gw6 = lc.gateway_v6.filter(|_| default_route).map(IpAddr::V6);
+        self.set_default_route(V6, gw6, "add IPv6 default route")
+            .await?;
         Ok(())
     }
 
@@ -205,23 +182,55 @@ impl NetConfig {
         }
     }
 
-    async fn del_default_v4(&mut self) {
-        if let Some(gw) = self.routes_v4.take() {
-            let r = RouteMessageBuilder::<Ipv4Addr>::new()
-                .output_interface(self.index)
-                .gateway(gw)
-                .build();
+    /// Makes `want` the default route of one family (`V4` or `V6`): removes the one installed
+    /// before when it differs, then adds (or replaces) the new one.
+    async fn set_default_route(
+        &mut self,
+        family: usize,
+        want: Option<IpAddr>,
+        what: &'static str,
+    ) -> Result<(), NetError> {
+        if self.routes[family].is_some() && self.routes[family] != want {
+            self.del_default(family).await;
+        }
+        if let Some(gw) = want {
+            self.handle
+                .route()
+                .add(self.default_route_msg(gw, true))
+                .replace()
+                .execute()
+                .await
+                .map_err(self.err(what))?;
+            self.routes[family] = Some(gw);
+        }
+        Ok(())
+    }
+
+    async fn del_default(&mut self, family: usize) {
+        if let Some(gw) = self.routes[family].take() {
+            let r = self.default_route_msg(gw, false);
             let _ = self.handle.route().del(r).execute().await;
         }
     }
 
-    async fn del_default_v6(&mut self) {
-        if let Some(gw) = self.routes_v6.take() {
-            let r = RouteMessageBuilder::<Ipv6Addr>::new()
-                .output_interface(self.index)
-                .gateway(gw)
-                .build();
-            let _ = self.handle.route().del(r).execute().await;
+    /// A default route through `gw` out of this interface.
+    fn default_route_msg(&self, gw: IpAddr, onlink: bool) -> RouteMessage {
+        fn finish<T>(b: RouteMessageBuilder<T>, onlink: bool) -> RouteMessage {
+            if onlink { b.onlink() } else { b }.build()
+        }
+        match gw {
+            IpAddr::V4(gw) => finish(
+                RouteMessageBuilder::<Ipv4Addr>::new()
+                    .output_interface(self.index)
+                    .gateway(gw),
+                onlink,
+            ),
+            IpAddr::V6(gw) => finish(
+                RouteMessageBuilder::<Ipv6Addr>::new()
+                    .output_interface(self.index)
+                    .gateway(gw),
+                onlink,
+            ),
         }
     }
 }
