@@ -275,27 +275,9 @@ fn status(pump: &Pump, opts: &RunOptions, uptime: Duration) -> Status {
             counters.insert(k, v.as_u64().unwrap_or(0));
         }
     }
-    let c = s.counters();
-    for (k, v) in [
-        ("rx_bundles", c.rx_bundles),
-        ("rx_packets", c.rx_packets),
-        ("rx_bytes", c.rx_bytes),
-        ("rx_controls", c.rx_controls),
-        ("rx_bad_bundles", c.rx_bad_bundles),
-        ("rx_bad_records", c.rx_bad_records),
-        ("rx_bad_controls", c.rx_bad_controls),
-        ("rx_unknown_records", c.rx_unknown_records),
-        ("rx_unknown_controls", c.rx_unknown_controls),
-        ("rx_empty_packets", c.rx_empty_packets),
-        ("rx_unexpected_controls", c.rx_unexpected_controls),
-        ("version_mismatches", c.version_mismatches),
-        ("peer_timeouts", c.peer_timeouts),
-        ("events_dropped", c.events_dropped),
-        ("tx_packets", c.tx_packets),
-        ("tx_ip_bytes", c.tx_bytes),
-        ("tx_drops", c.tx_drops),
-        ("tx_controls", c.tx_controls),
-    ] {
+    for (k, v) in s.counters().named() {
+        // `tx_bytes` is the pump's (bytes written to the link); the session counts IP bytes.
+        let k = if k == "tx_bytes" { "tx_ip_bytes" } else { k };
         counters.insert(k.to_owned(), v);
     }
     Status {

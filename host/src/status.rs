@@ -147,30 +147,13 @@ impl Status {
                 .rtt()
                 .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
         };
-        let c = s.session.counters();
-        let session: BTreeMap<String, u64> = [
-            ("rx_bundles", c.rx_bundles),
-            ("rx_packets", c.rx_packets),
-            ("rx_bytes", c.rx_bytes),
-            ("rx_controls", c.rx_controls),
-            ("rx_bad_bundles", c.rx_bad_bundles),
-            ("rx_bad_records", c.rx_bad_records),
-            ("rx_bad_controls", c.rx_bad_controls),
-            ("rx_unknown_records", c.rx_unknown_records),
-            ("rx_unknown_controls", c.rx_unknown_controls),
-            ("rx_empty_packets", c.rx_empty_packets),
-            ("rx_unexpected_controls", c.rx_unexpected_controls),
-            ("version_mismatches", c.version_mismatches),
-            ("peer_timeouts", c.peer_timeouts),
-            ("events_dropped", c.events_dropped),
-            ("tx_packets", c.tx_packets),
-            ("tx_bytes", c.tx_bytes),
-            ("tx_drops", c.tx_drops),
-            ("tx_controls", c.tx_controls),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
+        let session: BTreeMap<String, u64> = s
+            .session
+            .counters()
+            .named()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
         let mut flow_counts = BTreeMap::new();
         for f in &s.flows {
             *flow_counts

@@ -194,6 +194,32 @@ pub struct Counters {
     pub tx_controls: u64,
 }
 
+impl Counters {
+    /// Every counter with its field name, in declaration order (for `status` output).
+    pub fn named(&self) -> [(&'static str, u64); 18] {
+        [
+            ("rx_bundles", self.rx_bundles),
+            ("rx_packets", self.rx_packets),
+            ("rx_bytes", self.rx_bytes),
+            ("rx_controls", self.rx_controls),
+            ("rx_bad_bundles", self.rx_bad_bundles),
+            ("rx_bad_records", self.rx_bad_records),
+            ("rx_bad_controls", self.rx_bad_controls),
+            ("rx_unknown_records", self.rx_unknown_records),
+            ("rx_unknown_controls", self.rx_unknown_controls),
+            ("rx_empty_packets", self.rx_empty_packets),
+            ("rx_unexpected_controls", self.rx_unexpected_controls),
+            ("version_mismatches", self.version_mismatches),
+            ("peer_timeouts", self.peer_timeouts),
+            ("events_dropped", self.events_dropped),
+            ("tx_packets", self.tx_packets),
+            ("tx_bytes", self.tx_bytes),
+            ("tx_drops", self.tx_drops),
+            ("tx_controls", self.tx_controls),
+        ]
+    }
+}
+
 /// The per-link state machine. See the module docs.
 #[derive(Debug)]
 pub struct Session {
