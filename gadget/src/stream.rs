@@ -6,10 +6,8 @@
 //! for outgoing bundles → bundles read from the stream as [`LinkEvent::Bundle`] → on EOF or error
 //! [`LinkEvent::Down`] → reconnect with capped exponential backoff.
 
-use std::time::Duration;
-
 use bytes::BytesMut;
-use qbkit_link::{BundleReader, Connector, LinkError, LinkUrl, write_bundle};
+use qbkit_link::{Connector, LinkError, LinkUrl};
 use tokio::sync::mpsc;
 
 use crate::pump::Transport;
@@ -17,7 +15,6 @@ use crate::pump::Transport;
 /// Bundles queued to a stream writer: the "transfers in flight" of a stream link. While they are
 /// all queued, the pump aggregates.
 pub const STREAM_TX_DEPTH: usize = 2;
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Which link the daemon uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,24 +67,8 @@ pub enum LinkEvent {
 /// Runs a stream link forever (returns only when `events` is closed or stdio ended).
 pub async fn run(url: LinkUrl, max_bundle: usize, events: mpsc::Sender<LinkEvent>) {
     let mut conn = Connector::new(url);
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let (r, mut w) = match conn.connect().await {
-            Ok(s) => s,
-            Err(LinkError::Exhausted(what)) => {
-                tracing::info!(what, "stream link ended and cannot reconnect");
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "stream link connect failed");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-                continue;
-            }
-        };
-        backoff = Duration::from_millis(100);
-        tracing::info!(link = %conn.url(), "stream link connected");
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(STREAM_TX_DEPTH);
+    while let Some(stream) = conn.connect_retrying().await {
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(STREAM_TX_DEPTH);
         if events
             .send(LinkEvent::Up {
                 transport: Transport::Stream,
@@ -98,34 +79,10 @@ pub async fn run(url: LinkUrl, max_bundle: usize, events: mpsc::Sender<LinkEvent
         {
             return;
         }
-        let mut reader = BundleReader::new(r, max_bundle);
-        let writer = async {
-            while let Some(b) = rx.recv().await {
-                write_bundle(&mut w, &b).await?;
-            }
-            Ok::<(), LinkError>(())
-        };
-        let read = async {
-            loop {
-                match reader.next().await {
-                    Ok(Some(b)) => {
-                        if events
-                            .send(LinkEvent::Bundle(BytesMut::from(b)))
-                            .await
-                            .is_err()
-                        {
-                            return Ok(());
-                        }
-                    }
-                    Ok(None) => return Ok(()),
-                    Err(e) => return Err(e),
-                }
-            }
-        };
-        let res = tokio::select! {
-            r = writer => r,
-            r = read => r,
-        };
+        let res = qbkit_link::pump(stream, max_bundle, rx, &events, |b| {
+            LinkEvent::Bundle(BytesMut::from(b))
+        })
+        .await;
         let framing_error = matches!(res, Err(LinkError::Frame(_)));
         match &res {
             Ok(()) => tracing::info!("stream link closed by the peer"),

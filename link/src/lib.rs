@@ -5,8 +5,10 @@
 //! that into a fresh byte stream each time the previous one is lost (it re-dials, or re-accepts on a
 //! listener it keeps bound); [`BundleReader`] cuts the stream into bundles with
 //! [`shared_frame::StreamDecoder`] (bounded buffering, one read buffer allocated once) and
-//! [`write_bundle`] writes one. The session logic (Hello, keepalives) is not here: it lives in
-//! [`shared_frame::Session`], driven by each program's event loop.
+//! [`write_bundle`] writes one. Both programs' link tasks are the same loop on top of these:
+//! [`Connector::connect_retrying`] (capped exponential backoff), then [`pump`] (bundles both ways
+//! until the stream ends), then again. The session logic (Hello, keepalives) is not here: it
+//! lives in [`shared_frame::Session`], driven by each program's event loop.
 //!
 //! Stream links carry no authentication. Listening on a non-loopback address logs a warning; bind
 //! to trusted interfaces or run the link over SSH or qrexec.
@@ -17,12 +19,19 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::Stdio;
+use std::time::Duration;
 
 use shared_frame::{Bundle, FrameError, StreamDecoder};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 #[cfg(unix)]
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+
+/// First wait of [`Connector::connect_retrying`] after a failed connect; it doubles each time.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest wait of [`Connector::connect_retrying`].
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// The read half of a link stream.
 pub type LinkRead = Pin<Box<dyn AsyncRead + Send>>;
@@ -327,6 +336,31 @@ impl Connector {
     }
 }
 
+impl Connector {
+    /// [`connect`](Self::connect) until it succeeds, waiting after each failure (100 ms, doubling up
+    /// to 5 s). `None` when the link cannot be re-established ([`LinkError::Exhausted`]).
+    pub async fn connect_retrying(&mut self) -> Option<(LinkRead, LinkWrite)> {
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            match self.connect().await {
+                Ok(s) => {
+                    tracing::info!(link = %self.url, "stream link connected");
+                    return Some(s);
+                }
+                Err(LinkError::Exhausted(what)) => {
+                    tracing::info!(what, "stream link ended and cannot reconnect");
+                    return None;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "stream link connect failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(unix)]
 fn exec_command(cmd: &str) -> tokio::process::Command {
     let mut c = tokio::process::Command::new("/bin/sh");
@@ -418,4 +452,38 @@ pub async fn write_bundle(w: &mut LinkWrite, bundle: &[u8]) -> Result<(), LinkEr
         .await
         .map_err(io_err("write to", "link"))?;
     w.flush().await.map_err(io_err("flush", "link"))
+}
+
+/// Carries bundles both ways over one connected stream until it ends: every bundle from
+/// `outgoing` is written, and every bundle read is turned into an event by `wrap` and sent on
+/// `events` (waiting while it is full: backpressure onto the stream).
+///
+/// `Ok` when the peer closed the stream between bundles, or `outgoing` or `events` was closed;
+/// an error when reading or writing failed or the peer sent bytes that are not qbkit framing.
+pub async fn pump<T>(
+    (read, mut write): (LinkRead, LinkWrite),
+    max_bundle: usize,
+    mut outgoing: mpsc::Receiver<Vec<u8>>,
+    events: &mpsc::Sender<T>,
+    wrap: impl Fn(&[u8]) -> T,
+) -> Result<(), LinkError> {
+    let mut reader = BundleReader::new(read, max_bundle);
+    let writer = async {
+        while let Some(b) = outgoing.recv().await {
+            write_bundle(&mut write, &b).await?;
+        }
+        Ok::<(), LinkError>(())
+    };
+    let read = async {
+        while let Some(b) = reader.next().await? {
+            if events.send(wrap(b)).await.is_err() {
+                return Ok(());
+            }
+        }
+        Ok(())
+    };
+    tokio::select! {
+        r = writer => r,
+        r = read => r,
+    }
 }
