@@ -1,5 +1,6 @@
-//! macOS backend of [`crate::platform`]: resolv.conf (maintained by configd from the system's DNS
-//! settings), ping sockets (macOS allows `SOCK_DGRAM`/`IPPROTO_ICMP` for every user), no allocator
+//! macOS backend of [`crate::platform`], also used on the other Unix systems (BSDs): resolv.conf
+//! (on macOS maintained by configd from the system's DNS settings), ping sockets (macOS allows
+//! `SOCK_DGRAM`/`IPPROTO_ICMP` for every user; elsewhere where the OS has them), no allocator
 //! tuning, no RSS probe yet.
 
 use std::io;

@@ -15,16 +15,13 @@ mod unix;
 #[path = "linux.rs"]
 mod imp;
 
-#[cfg(target_os = "macos")]
+// macOS, and the other Unix systems (BSDs), which need nothing different.
+#[cfg(all(unix, not(target_os = "linux")))]
 #[path = "macos.rs"]
 mod imp;
 
 #[cfg(windows)]
 #[path = "windows.rs"]
-mod imp;
-
-#[cfg(not(any(target_os = "linux", target_os = "macos", windows)))]
-#[path = "other.rs"]
 mod imp;
 
 pub use imp::{
