@@ -31,7 +31,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Shutdown, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
@@ -80,11 +80,14 @@ struct ReadyInner {
 }
 
 impl ReadyQueue {
-    fn push(&self, t: u64) {
-        let mut g = self
-            .inner
+    fn lock(&self) -> MutexGuard<'_, ReadyInner> {
+        self.inner
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn push(&self, t: u64) {
+        let mut g = self.lock();
         g.tokens.push(t);
         if let Some(w) = g.waker.take() {
             w.wake();
@@ -92,19 +95,13 @@ impl ReadyQueue {
     }
 
     fn take(&self, out: &mut Vec<u64>) {
-        let mut g = self
-            .inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut g = self.lock();
         std::mem::swap(&mut g.tokens, out);
     }
 
     /// Ready when some socket became ready since the last [`Sockets::service_ready`].
     pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
-        let mut g = self
-            .inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut g = self.lock();
         if g.tokens.is_empty() {
             g.waker = Some(cx.waker().clone());
             Poll::Pending
@@ -625,18 +622,11 @@ fn tcp_os_to_board(
         if moved >= TCP_BUDGET {
             return Outcome::Again;
         }
-        match t.stream.poll_read_ready(&mut cx) {
-            Poll::Pending => return Outcome::Idle,
-            Poll::Ready(Ok(())) => {}
-            Poll::Ready(Err(e)) => return tcp_failed(nat, now, flow, &e, counters),
+        if let Some(stop) = unready(t.stream.poll_read_ready(&mut cx), nat, now, flow, counters) {
+            return stop;
         }
         let mut res: Option<io::Result<usize>> = None;
-        let taken = nat.tcp_send_with(flow, |buf| {
-            let r = t.stream.try_read(buf);
-            let n = *r.as_ref().unwrap_or(&0);
-            res = Some(r);
-            n
-        });
+        let taken = nat.tcp_send_with(flow, |buf| keep(&mut res, t.stream.try_read(buf)));
         match taken {
             Ok(_) => {}
             // The board side is gone or closed: stop reading; the core ends the flow.
@@ -657,13 +647,13 @@ fn tcp_os_to_board(
                 nat.handle_os_event(now, OsEvent::TcpEof { flow });
                 return Outcome::Idle;
             }
-            Some(Ok(n)) => {
-                moved += n;
-                counters.tcp_bytes_from_os += n as u64;
-            }
-            Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-            Some(Err(e)) => return tcp_failed(nat, now, flow, &e, counters),
+            Some(r) => match bytes_moved(r, nat, now, flow, counters) {
+                Ok(n) => {
+                    moved += n;
+                    counters.tcp_bytes_from_os += n as u64;
+                }
+                Err(gone) => return gone,
+            },
         }
     }
 }
@@ -685,20 +675,15 @@ fn tcp_board_to_os(
         if moved >= TCP_BUDGET {
             return Outcome::Again;
         }
-        match t.stream.poll_write_ready(&mut cx) {
-            Poll::Pending => return Outcome::Idle,
-            Poll::Ready(Ok(())) => {}
-            Poll::Ready(Err(e)) => return tcp_failed(nat, now, flow, &e, counters),
+        if let Some(stop) = unready(t.stream.poll_write_ready(&mut cx), nat, now, flow, counters) {
+            return stop;
         }
         let mut res: Option<io::Result<usize>> = None;
         let taken = nat.tcp_recv_with(flow, |data| {
             if data.is_empty() {
                 return 0;
             }
-            let r = t.stream.try_write(data);
-            let n = *r.as_ref().unwrap_or(&0);
-            res = Some(r);
-            n
+            keep(&mut res, t.stream.try_write(data))
         });
         if taken.is_err() {
             t.board_data = false;
@@ -710,14 +695,61 @@ fn tcp_board_to_os(
                 t.board_data = false;
                 return Outcome::Idle;
             }
-            Some(Ok(n)) => {
-                moved += n;
-                counters.tcp_bytes_to_os += n as u64;
-            }
-            Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-            Some(Err(e)) => return tcp_failed(nat, now, flow, &e, counters),
+            Some(r) => match bytes_moved(r, nat, now, flow, counters) {
+                Ok(n) => {
+                    moved += n;
+                    counters.tcp_bytes_to_os += n as u64;
+                }
+                Err(gone) => return gone,
+            },
         }
+    }
+}
+
+/// `None` when a TCP socket is ready; else what to return: `Idle` while it is not, the flow's end
+/// after an error (the board's connection is reset).
+fn unready(
+    poll: Poll<io::Result<()>>,
+    nat: &mut Nat,
+    now: Instant,
+    flow: FlowId,
+    counters: &mut SocketCounters,
+) -> Option<Outcome> {
+    match poll {
+        Poll::Pending => Some(Outcome::Idle),
+        Poll::Ready(Ok(())) => None,
+        Poll::Ready(Err(e)) => Some(tcp_failed(nat, now, flow, &e, counters)),
+    }
+}
+
+/// Keeps the result of a socket call made inside a core callback in `res` and tells the core how
+/// many bytes it moved (none on an error).
+fn keep(res: &mut Option<io::Result<usize>>, r: io::Result<usize>) -> usize {
+    let n = *r.as_ref().unwrap_or(&0);
+    *res = Some(r);
+    n
+}
+
+/// The bytes a TCP socket read or write moved (0 when it would block or was interrupted), or,
+/// after a real error, the flow's end (the board's connection is reset).
+fn bytes_moved(
+    r: io::Result<usize>,
+    nat: &mut Nat,
+    now: Instant,
+    flow: FlowId,
+    counters: &mut SocketCounters,
+) -> Result<usize, Outcome> {
+    match r {
+        Ok(n) => Ok(n),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) =>
+        {
+            Ok(0)
+        }
+        Err(e) => Err(tcp_failed(nat, now, flow, &e, counters)),
     }
 }
 
@@ -838,34 +870,21 @@ mod tests {
 
     #[test]
     fn connect_errors_map_to_what_the_board_should_see() {
-        let e = |k| io::Error::from(k);
-        assert_eq!(
-            connect_error(&e(io::ErrorKind::ConnectionRefused)),
-            ConnectError::Refused
-        );
-        assert_eq!(
-            connect_error(&e(io::ErrorKind::HostUnreachable)),
-            ConnectError::HostUnreachable
-        );
-        assert_eq!(
-            connect_error(&e(io::ErrorKind::NetworkUnreachable)),
-            ConnectError::NetUnreachable
-        );
-        assert_eq!(
-            connect_error(&e(io::ErrorKind::TimedOut)),
-            ConnectError::TimedOut
-        );
-        assert_eq!(
-            connect_error(&e(io::ErrorKind::PermissionDenied)),
-            ConnectError::Other
-        );
-        assert_eq!(
-            datagram_error(&e(io::ErrorKind::ConnectionRefused)),
-            DatagramError::PortUnreachable
-        );
-        assert_eq!(
-            datagram_error(&e(io::ErrorKind::Other)),
-            DatagramError::Failed
-        );
+        use io::ErrorKind as K;
+        for (kind, want) in [
+            (K::ConnectionRefused, ConnectError::Refused),
+            (K::HostUnreachable, ConnectError::HostUnreachable),
+            (K::NetworkUnreachable, ConnectError::NetUnreachable),
+            (K::TimedOut, ConnectError::TimedOut),
+            (K::PermissionDenied, ConnectError::Other),
+        ] {
+            assert_eq!(connect_error(&io::Error::from(kind)), want, "{kind:?}");
+        }
+        for (kind, want) in [
+            (K::ConnectionRefused, DatagramError::PortUnreachable),
+            (K::Other, DatagramError::Failed),
+        ] {
+            assert_eq!(datagram_error(&io::Error::from(kind)), want, "{kind:?}");
+        }
     }
 }
