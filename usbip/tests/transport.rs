@@ -20,6 +20,39 @@ fn bundle(i: usize, len: usize) -> Vec<u8> {
     (0..len).map(|j| (i * 31 + j * 7) as u8).collect()
 }
 
+/// Asserts that `e` is a USB/IP protocol error whose diagnosis matches `source`.
+macro_rules! assert_protocol_error {
+    ($e:expr, $source:pat) => {{
+        let e = &$e;
+        assert!(
+            matches!(
+                e,
+                TransportError::Protocol {
+                    source: $source,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }};
+}
+
+/// The error of connecting to a fake usbipd that misbehaves with `fault` during setup.
+async fn connect_error(fault: Fault) -> TransportError {
+    let f = fake(fault, 1, false).await;
+    UsbipLink::connect(&url(f.port, "1-1")).await.unwrap_err()
+}
+
+/// The link to a fake usbipd that misbehaves with `fault` once URBs flow, and the error of
+/// receiving after one bundle was sent.
+async fn recv_error(fault: Fault) -> (UsbipLink, TransportError) {
+    let f = fake(fault, 1, false).await;
+    let mut link = UsbipLink::connect(&url(f.port, "1-1")).await.unwrap();
+    link.send_bundle(&bundle(0, 100)).await.unwrap();
+    let e = link.recv_bundle().await.unwrap_err();
+    (link, e)
+}
+
 #[tokio::test]
 async fn lists_devices() {
     let f = fake(Fault::None, 1, false).await;
@@ -91,73 +124,38 @@ async fn wrong_device_is_refused() {
 async fn unknown_busid_is_a_clear_error() {
     let f = fake(Fault::None, 1, false).await;
     let e = UsbipLink::connect(&url(f.port, "9-9")).await.unwrap_err();
-    assert!(
-        matches!(
-            e,
-            TransportError::Protocol {
-                source: Error::OpRefused {
-                    op: "import",
-                    status: 1
-                },
-                ..
-            }
-        ),
-        "{e}"
+    assert_protocol_error!(
+        e,
+        Error::OpRefused {
+            op: "import",
+            status: 1
+        }
     );
     assert!(e.to_string().contains("usbip bind"), "{e}");
 }
 
 #[tokio::test]
 async fn truncated_import_reply() {
-    let f = fake(Fault::TruncatedImport, 1, false).await;
-    let e = UsbipLink::connect(&url(f.port, "1-1")).await.unwrap_err();
-    assert!(
-        matches!(
-            e,
-            TransportError::Protocol {
-                source: Error::PeerClosed { partial: 100, .. },
-                ..
-            }
-        ),
-        "{e}"
-    );
+    let e = connect_error(Fault::TruncatedImport).await;
+    assert_protocol_error!(e, Error::PeerClosed { partial: 100, .. });
 }
 
 #[tokio::test]
 async fn garbage_reply_to_an_urb() {
-    let f = fake(Fault::Garbage, 1, false).await;
-    let e = UsbipLink::connect(&url(f.port, "1-1")).await.unwrap_err();
-    assert!(
-        matches!(
-            e,
-            TransportError::Protocol {
-                source: Error::BadCommand(_),
-                ..
-            }
-        ),
-        "{e}"
-    );
+    let e = connect_error(Fault::Garbage).await;
+    assert_protocol_error!(e, Error::BadCommand(_));
 }
 
 #[tokio::test]
 async fn peer_vanishes_mid_urb() {
-    let f = fake(Fault::VanishMidUrb, 1, false).await;
-    let mut link = UsbipLink::connect(&url(f.port, "1-1")).await.unwrap();
-    link.send_bundle(&bundle(0, 100)).await.unwrap();
-    let e = link.recv_bundle().await.unwrap_err();
+    let (mut link, e) = recv_error(Fault::VanishMidUrb).await;
     // 4 IN URBs and the OUT URB never completed.
-    assert!(
-        matches!(
-            e,
-            TransportError::Protocol {
-                source: Error::PeerClosed {
-                    in_flight: 5,
-                    partial: 0
-                },
-                ..
-            }
-        ),
-        "{e}"
+    assert_protocol_error!(
+        e,
+        Error::PeerClosed {
+            in_flight: 5,
+            partial: 0
+        }
     );
     // The link stays failed; a new connect is the way out.
     assert!(link.recv_bundle().await.is_err());
@@ -166,20 +164,8 @@ async fn peer_vanishes_mid_urb() {
 
 #[tokio::test]
 async fn peer_vanishes_mid_reply() {
-    let f = fake(Fault::VanishMidReply, 1, false).await;
-    let mut link = UsbipLink::connect(&url(f.port, "1-1")).await.unwrap();
-    link.send_bundle(&bundle(0, 100)).await.unwrap();
-    let e = link.recv_bundle().await.unwrap_err();
-    assert!(
-        matches!(
-            e,
-            TransportError::Protocol {
-                source: Error::PeerClosed { partial: 30, .. },
-                ..
-            }
-        ),
-        "{e}"
-    );
+    let (_, e) = recv_error(Fault::VanishMidReply).await;
+    assert_protocol_error!(e, Error::PeerClosed { partial: 30, .. });
 }
 
 #[tokio::test]
