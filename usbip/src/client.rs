@@ -509,35 +509,10 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{hex, ret_submit};
     use crate::urb::ECONNRESET;
 
     const DEVID: u32 = 0x0011_0002;
-
-    fn hex(s: &str) -> Vec<u8> {
-        let s: String = s.chars().filter(char::is_ascii_hexdigit).collect();
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
-    }
-
-    fn ret_submit(seqnum: u32, status: i32, actual: u32, data: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        Pdu::RetSubmit(RetSubmit {
-            seqnum,
-            devid: 0,
-            direction: 0,
-            ep: 0,
-            status,
-            actual_length: actual,
-            start_frame: 0,
-            number_of_packets: 0,
-            error_count: 0,
-        })
-        .emit(&mut out);
-        out.extend_from_slice(data);
-        out
-    }
 
     fn completed(c: &mut Client) -> Completion {
         match c.poll_event() {

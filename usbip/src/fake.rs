@@ -21,9 +21,10 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::SetupPacket;
 use crate::op::{self, DeviceInfo, OpRequest};
-use crate::urb::{ECONNRESET, HEADER_LEN, Pdu, RetSubmit, RetUnlink, flags};
-use crate::{SetupPacket, Speed};
+use crate::testing::{dummy_hcd_device, ret_submit};
+use crate::urb::{ECONNRESET, HEADER_LEN, Pdu, RetUnlink, flags};
 
 pub const FFS_CONFIG: [u8; 32] = [
     9, 2, 32, 0, 1, 1, 0, 0x80, 50, // config 1, one interface
@@ -60,27 +61,12 @@ pub struct Seen {
 }
 
 pub fn device(config_value: u8) -> DeviceInfo {
-    DeviceInfo {
-        path: "/sys/devices/platform/dummy_hcd.0/usb1/1-1".into(),
-        busid: "1-1".into(),
-        busnum: 1,
-        devnum: 2,
-        speed: Speed::High,
-        vendor_id: 0x1209,
-        product_id: 0x0001,
-        bcd_device: 0x0100,
-        class: 0,
+    let vendor = op::InterfaceInfo {
+        class: 0xff,
         subclass: 0,
         protocol: 0,
-        configuration_value: config_value,
-        num_configurations: 1,
-        num_interfaces: 1,
-        interfaces: vec![op::InterfaceInfo {
-            class: 0xff,
-            subclass: 0,
-            protocol: 0,
-        }],
-    }
+    };
+    dummy_hcd_device(1, config_value, vec![vendor])
 }
 
 pub struct Fake {
@@ -113,24 +99,6 @@ async fn read_exact_or_eof(s: &mut TcpStream, n: usize) -> Option<Vec<u8>> {
     let mut b = vec![0; n];
     s.read_exact(&mut b).await.ok()?;
     Some(b)
-}
-
-fn ret_submit(seqnum: u32, status: i32, data_len: u32, data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    Pdu::RetSubmit(RetSubmit {
-        seqnum,
-        devid: 0,
-        direction: 0,
-        ep: 0,
-        status,
-        actual_length: data_len,
-        start_frame: 0,
-        number_of_packets: 0,
-        error_count: 0,
-    })
-    .emit(&mut out);
-    out.extend_from_slice(data);
-    out
 }
 
 async fn serve(

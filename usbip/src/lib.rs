@@ -52,6 +52,10 @@ pub mod transport;
 #[cfg(feature = "fake")]
 pub mod fake;
 
+#[cfg(any(test, feature = "fake"))]
+#[doc(hidden)]
+pub mod testing;
+
 pub use client::{Client, ClientConfig, ClientEvent, Completion, TransferKind};
 pub use error::Error;
 pub use op::{DeviceInfo, InterfaceInfo, Speed, USBIP_PORT};

@@ -465,34 +465,19 @@ mod tests {
     }
 
     fn expected_device() -> DeviceInfo {
-        DeviceInfo {
-            path: "/sys/devices/platform/dummy_hcd.0/usb17/17-1".into(),
-            busid: "17-1".into(),
-            busnum: 17,
-            devnum: 2,
-            speed: Speed::High,
-            vendor_id: 0x1209,
-            product_id: 0x0001,
-            bcd_device: 0x0100,
-            class: 0,
-            subclass: 0,
-            protocol: 0,
-            configuration_value: 1,
-            num_configurations: 1,
-            num_interfaces: 2,
-            interfaces: vec![
-                InterfaceInfo {
-                    class: 0xff,
-                    subclass: 0,
-                    protocol: 0,
-                },
-                InterfaceInfo {
-                    class: 2,
-                    subclass: 0x0d,
-                    protocol: 0,
-                },
-            ],
-        }
+        let interfaces = vec![
+            InterfaceInfo {
+                class: 0xff,
+                subclass: 0,
+                protocol: 0,
+            },
+            InterfaceInfo {
+                class: 2,
+                subclass: 0x0d,
+                protocol: 0,
+            },
+        ];
+        crate::testing::dummy_hcd_device(17, 1, interfaces)
     }
 
     #[test]

@@ -447,14 +447,7 @@ pub fn status_name(status: i32) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn hex(s: &str) -> Vec<u8> {
-        let s: String = s.chars().filter(char::is_ascii_hexdigit).collect();
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
-    }
+    use crate::testing::hex;
 
     // The wire captures in the EXAMPLE section of Documentation/usb/usbip_protocol.rst (a HID device:
     // interrupt IN and OUT on endpoint 1, devid 0x0001000f).
