@@ -227,15 +227,23 @@ impl Nat {
         );
     }
 
-    pub(crate) fn tcp_connected(&mut self, id: FlowId) {
-        let syn = if let Some(FlowKind::Tcp(TcpFlow {
+    /// The board's SYN of a flow still waiting for its OS connect; `None` (counted as a stale OS
+    /// event) when the flow is gone or already connected.
+    fn connecting_syn(&mut self, id: FlowId) -> Option<SynCopy> {
+        if let Some(FlowKind::Tcp(TcpFlow {
             phase: TcpPhase::Connecting { syn },
             ..
         })) = self.flows.get(id).map(|f| &f.kind)
         {
-            *syn
+            Some(*syn)
         } else {
             self.counters.drop_stale_os_event += 1;
+            None
+        }
+    }
+
+    pub(crate) fn tcp_connected(&mut self, id: FlowId) {
+        let Some(syn) = self.connecting_syn(id) else {
             return;
         };
         if !self.zombies.is_empty() {
@@ -301,14 +309,7 @@ impl Nat {
     }
 
     pub(crate) fn tcp_connect_failed(&mut self, id: FlowId, error: ConnectError) {
-        let syn = if let Some(FlowKind::Tcp(TcpFlow {
-            phase: TcpPhase::Connecting { syn },
-            ..
-        })) = self.flows.get(id).map(|f| &f.kind)
-        {
-            *syn
-        } else {
-            self.counters.drop_stale_os_event += 1;
+        let Some(syn) = self.connecting_syn(id) else {
             return;
         };
         self.flows.remove(id);
@@ -533,25 +534,19 @@ impl Nat {
     /// and `TcpClose` are queued); later calls return `Err(UnknownFlow)`.
     /// Call `poll_ip_packet` afterwards: the freed space opens the board's window.
     pub fn tcp_recv(&mut self, flow: FlowId, buf: &mut [u8]) -> Result<usize, FlowError> {
-        let mut done = 0;
-        while done < buf.len() {
+        let len = buf.len();
+        copy_until_stalled(len, |done| {
             let res = self.tcp_recv_with(flow, |data| {
-                let n = data.len().min(buf.len() - done);
+                let n = data.len().min(len - done);
                 buf[done..done + n].copy_from_slice(&data[..n]);
                 n
             });
             // Taking the last bytes of a finished flow ends it: report what was read.
-            let n = match res {
-                Ok(n) => n,
-                Err(e) if done == 0 => return Err(e),
-                Err(_) => 0,
-            };
-            if n == 0 {
-                break;
+            match res {
+                Err(_) if done > 0 => Ok(0),
+                res => res,
             }
-            done += n;
-        }
-        Ok(done)
+        })
     }
 
     /// Zero-copy variant of [`tcp_recv`](Self::tcp_recv): `write` sees the next contiguous run
@@ -606,19 +601,13 @@ impl Nat {
     /// Before the board completes the handshake this returns 0 (a `TcpWritable` follows).
     /// Call `poll_ip_packet` afterwards.
     pub fn tcp_send(&mut self, flow: FlowId, data: &[u8]) -> Result<usize, FlowError> {
-        let mut done = 0;
-        while done < data.len() {
-            let n = self.tcp_send_with(flow, |buf| {
+        copy_until_stalled(data.len(), |done| {
+            self.tcp_send_with(flow, |buf| {
                 let n = buf.len().min(data.len() - done);
                 buf[..n].copy_from_slice(&data[done..done + n]);
                 n
-            })?;
-            if n == 0 {
-                break;
-            }
-            done += n;
-        }
-        Ok(done)
+            })
+        })
     }
 
     /// Zero-copy variant of [`tcp_send`](Self::tcp_send): `read` gets the next contiguous free
@@ -684,6 +673,23 @@ impl Nat {
             _ => 0,
         }
     }
+}
+
+/// Calls `step` with the count done so far until `len` bytes are done or a step moves none;
+/// returns the count. The copy loop of [`Nat::tcp_recv`] and [`Nat::tcp_send`].
+fn copy_until_stalled(
+    len: usize,
+    mut step: impl FnMut(usize) -> Result<usize, FlowError>,
+) -> Result<usize, FlowError> {
+    let mut done = 0;
+    while done < len {
+        let n = step(done)?;
+        if n == 0 {
+            break;
+        }
+        done += n;
+    }
+    Ok(done)
 }
 
 /// smoltcp's timeout also fires on a connection that is merely quiet, so it is armed only while
