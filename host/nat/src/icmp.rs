@@ -130,16 +130,7 @@ impl Nat {
             seq_no,
             data,
         };
-        self.emit_to_board(
-            from,
-            to,
-            IpProtocol::Icmp,
-            repr.buffer_len(),
-            false,
-            |buf, csum| {
-                repr.emit(&mut Icmpv4Packet::new_unchecked(buf), csum);
-            },
-        );
+        self.emit_icmp_to_board(from, to, &repr);
     }
 
     /// Send an ICMP error about a board packet, quoting its header and first 8 payload bytes.
@@ -182,7 +173,14 @@ impl Nat {
             },
         };
         let to = header.src_addr;
-        if self.emit_to_board(
+        if self.emit_icmp_to_board(from, to, &repr) {
+            self.counters.icmp_errors_sent += 1;
+        }
+    }
+
+    /// Queues one ICMP message for the board; returns whether it was queued.
+    fn emit_icmp_to_board(&mut self, from: Ipv4Addr, to: Ipv4Addr, repr: &Icmpv4Repr<'_>) -> bool {
+        self.emit_to_board(
             from,
             to,
             IpProtocol::Icmp,
@@ -191,8 +189,6 @@ impl Nat {
             |buf, csum| {
                 repr.emit(&mut Icmpv4Packet::new_unchecked(buf), csum);
             },
-        ) {
-            self.counters.icmp_errors_sent += 1;
-        }
+        )
     }
 }
