@@ -7,12 +7,11 @@
 //! Usage: gadget-test-peer SOCKET_PATH SECONDS
 //!        gadget-test-peer --dump-handshake FILE   (Hello + LinkConfig bundle, for the VM's pyusb peer)
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use qbkit_link::{BundleReader, Connector, LinkUrl, write_bundle};
 use shared_frame::{
-    BundleWriter, CHANNEL_NET, Capabilities, Cidr, Control, DEFAULT_MAX_BUNDLE, Hello, Instant,
+    BundleWriter, CHANNEL_NET, Capabilities, Control, DEFAULT_MAX_BUNDLE, Hello, Instant,
     LinkConfig, Role, Session, SessionConfig, SessionEvent,
 };
 
@@ -61,16 +60,7 @@ fn bundle(f: impl FnOnce(&mut BundleWriter<'_>)) -> Vec<u8> {
 }
 
 fn offer() -> LinkConfig {
-    LinkConfig {
-        ipv4: Some(Cidr {
-            addr: Ipv4Addr::new(10, 47, 0, 2),
-            prefix: 24,
-        }),
-        gateway_v4: Some(Ipv4Addr::new(10, 47, 0, 1)),
-        dns: vec![IpAddr::V4(Ipv4Addr::new(10, 47, 0, 1))],
-        mtu: 9000,
-        ..LinkConfig::default()
-    }
+    shared_frame::testing::link_config_v4(9000)
 }
 
 #[tokio::main(flavor = "current_thread")]

@@ -435,9 +435,8 @@ impl Pump {
 
 #[cfg(test)]
 mod tests {
-    use std::net::{IpAddr, Ipv4Addr};
 
-    use shared_frame::{Bundle, Cidr, Control, DEFAULT_MAX_BUNDLE, Hello, RecordKind};
+    use shared_frame::{Bundle, Control, DEFAULT_MAX_BUNDLE, Hello, RecordKind};
 
     use super::*;
 
@@ -446,16 +445,7 @@ mod tests {
     }
 
     fn link_config() -> LinkConfig {
-        LinkConfig {
-            ipv4: Some(Cidr {
-                addr: Ipv4Addr::new(10, 47, 0, 2),
-                prefix: 24,
-            }),
-            gateway_v4: Some(Ipv4Addr::new(10, 47, 0, 1)),
-            dns: vec![IpAddr::V4(Ipv4Addr::new(10, 47, 0, 1))],
-            mtu: 16384,
-            ..LinkConfig::default()
-        }
+        shared_frame::testing::link_config_v4(16384)
     }
 
     /// The host end of an in-memory link.

@@ -3,13 +3,9 @@
 //! into `<dir>/frame_stream` (prefixed with the read-size byte that target expects).
 //! Run: `cargo run -p shared-frame --example fuzz_seeds -- fuzz/corpus`.
 
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use shared_frame::{
-    BundleWriter, Capabilities, Cidr, Control, DEFAULT_MAX_BUNDLE, Hello, Keepalive, LinkConfig,
-    Role,
-};
+use shared_frame::{BundleWriter, Control, DEFAULT_MAX_BUNDLE, Keepalive, testing};
 
 fn bundle(fill: impl FnOnce(&mut BundleWriter<'_>), usb: bool) -> Vec<u8> {
     let mut buf = vec![0; DEFAULT_MAX_BUNDLE];
@@ -26,25 +22,8 @@ fn main() -> std::io::Result<()> {
             .nth(1)
             .unwrap_or_else(|| "fuzz/corpus".into()),
     );
-    let hello = Control::Hello(Hello {
-        version: 1,
-        role: Role::Board,
-        flags: 0,
-        capabilities: Capabilities::ALL,
-        max_bundle: DEFAULT_MAX_BUNDLE as u32,
-        max_mtu: 16384,
-        identity: "board-1".into(),
-    });
-    let lc = Control::LinkConfig(LinkConfig {
-        ipv4: Some(Cidr {
-            addr: Ipv4Addr::new(10, 47, 0, 2),
-            prefix: 24,
-        }),
-        gateway_v4: Some(Ipv4Addr::new(10, 47, 0, 1)),
-        dns: vec![Ipv4Addr::new(10, 47, 0, 1).into()],
-        mtu: 16384,
-        ..LinkConfig::default()
-    });
+    let hello = Control::Hello(testing::board_hello("board-1"));
+    let lc = Control::LinkConfig(testing::link_config_v4(16384));
     let ka = Control::Keepalive(Keepalive {
         seq: 1,
         timestamp_us: 1_000_000,

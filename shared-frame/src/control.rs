@@ -626,15 +626,7 @@ mod tests {
     ];
 
     fn hello() -> Control {
-        Control::Hello(Hello {
-            version: 1,
-            role: Role::Board,
-            flags: 0,
-            capabilities: Capabilities::ALL,
-            max_bundle: 65536,
-            max_mtu: 16384,
-            identity: "sn1".into(),
-        })
+        Control::Hello(crate::testing::board_hello("sn1"))
     }
 
     /// The default board configuration with one IPv4 and one IPv6 DNS server.
@@ -648,23 +640,7 @@ mod tests {
     ];
 
     fn link_config() -> Control {
-        Control::LinkConfig(LinkConfig {
-            ipv4: Some(Cidr {
-                addr: Ipv4Addr::new(10, 47, 0, 2),
-                prefix: 24,
-            }),
-            gateway_v4: Some(Ipv4Addr::new(10, 47, 0, 1)),
-            ipv6: Some(Cidr {
-                addr: Ipv6Addr::new(0xfd47, 0, 0, 0, 0, 0, 0, 2),
-                prefix: 64,
-            }),
-            gateway_v6: Some(Ipv6Addr::new(0xfd47, 0, 0, 0, 0, 0, 0, 1)),
-            dns: vec![
-                IpAddr::V4(Ipv4Addr::new(10, 47, 0, 1)),
-                IpAddr::V6(Ipv6Addr::new(0xfd47, 0, 0, 0, 0, 0, 0, 1)),
-            ],
-            mtu: 16384,
-        })
+        Control::LinkConfig(crate::testing::link_config_dual_stack())
     }
 
     static KEEPALIVE_BYTES: [u8; 17] = [

@@ -33,6 +33,8 @@ pub mod control;
 mod error;
 pub mod session;
 pub mod stream;
+#[doc(hidden)]
+pub mod testing;
 mod time;
 
 pub use bundle::{

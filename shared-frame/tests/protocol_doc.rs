@@ -3,11 +3,9 @@
 //! match the crate's constants. Edit the doc and the code together, or this fails.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, Ipv6Addr};
 
 use shared_frame::{
-    Bundle, BundleWriter, Capabilities, Cidr, Control, Hello, Keepalive, LinkConfig, RecordKind,
-    Role, control, session,
+    Bundle, BundleWriter, Control, Keepalive, RecordKind, control, session, testing,
 };
 
 const DOC: &str = include_str!("../../docs/protocol.md");
@@ -76,30 +74,8 @@ fn decode(bytes: &[u8]) -> Vec<Item> {
 }
 
 fn examples() -> Vec<(&'static str, Vec<Item>, Option<usize>)> {
-    let hello = Control::Hello(Hello {
-        version: 1,
-        role: Role::Board,
-        flags: 0,
-        capabilities: Capabilities::ALL,
-        max_bundle: 65536,
-        max_mtu: 16384,
-        identity: "board-1".into(),
-    });
-    let v6 = |last| Ipv6Addr::new(0xfd47, 0, 0, 0, 0, 0, 0, last);
-    let lc = Control::LinkConfig(LinkConfig {
-        ipv4: Some(Cidr {
-            addr: Ipv4Addr::new(10, 47, 0, 2),
-            prefix: 24,
-        }),
-        gateway_v4: Some(Ipv4Addr::new(10, 47, 0, 1)),
-        ipv6: Some(Cidr {
-            addr: v6(2),
-            prefix: 64,
-        }),
-        gateway_v6: Some(v6(1)),
-        dns: vec![Ipv4Addr::new(10, 47, 0, 1).into(), v6(1).into()],
-        mtu: 16384,
-    });
+    let hello = Control::Hello(testing::board_hello("board-1"));
+    let lc = Control::LinkConfig(testing::link_config_dual_stack());
     let ka = Control::Keepalive(Keepalive {
         seq: 1,
         timestamp_us: 1_000_000,

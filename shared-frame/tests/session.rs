@@ -3,13 +3,12 @@
 //! host and back; the simulation jumps the clock to the next delivery or timer, so no test sleeps.
 
 use std::collections::VecDeque;
-use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use shared_frame::{
-    Bundle, BundleWriter, Bye, ByeReason, Capabilities, Cidr, Control, DEFAULT_MAX_BUNDLE,
-    DownReason, FrameError, Hello, Instant, LinkConfig, LinkState, Role, Session, SessionConfig,
-    SessionEvent, StatId, Stats,
+    Bundle, BundleWriter, Bye, ByeReason, Capabilities, Control, DEFAULT_MAX_BUNDLE, DownReason,
+    FrameError, Hello, Instant, LinkConfig, LinkState, Role, Session, SessionConfig, SessionEvent,
+    StatId, Stats,
 };
 
 const MPS: usize = 512;
@@ -20,16 +19,7 @@ fn board_config() -> SessionConfig {
 }
 
 fn link_config() -> LinkConfig {
-    LinkConfig {
-        ipv4: Some(Cidr {
-            addr: Ipv4Addr::new(10, 47, 0, 2),
-            prefix: 24,
-        }),
-        gateway_v4: Some(Ipv4Addr::new(10, 47, 0, 1)),
-        dns: vec![Ipv4Addr::new(10, 47, 0, 1).into()],
-        mtu: 16384,
-        ..LinkConfig::default()
-    }
+    shared_frame::testing::link_config_v4(16384)
 }
 
 fn host_config() -> SessionConfig {
