@@ -105,17 +105,12 @@ mod tests {
     #[test]
     fn link_spec_parses_every_form() {
         assert_eq!(LinkSpec::parse("functionfs").unwrap(), LinkSpec::FunctionFs);
-        for s in [
-            "tcp://127.0.0.1:4747",
-            "tcp-listen://127.0.0.1:4747",
-            "unix:///run/q.sock",
-            "unix-listen:///run/q.sock",
-            "stdio",
-        ] {
+        for s in qbkit_link::testing::URLS {
             let l = LinkSpec::parse(s).unwrap();
             assert_eq!(l.to_string(), s);
         }
-        assert!(LinkSpec::parse("udp://x:1").is_err());
-        assert!(LinkSpec::parse("unix://relative").is_err());
+        for bad in qbkit_link::testing::BAD_URLS {
+            assert!(LinkSpec::parse(bad).is_err(), "{bad} should not parse");
+        }
     }
 }

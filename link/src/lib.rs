@@ -68,6 +68,23 @@ pub enum LinkError {
     Exhausted(&'static str),
 }
 
+/// Link URLs for the tests of the programs that accept them. Not part of the API.
+#[doc(hidden)]
+pub mod testing {
+    /// One URL of every form, each printed back exactly as written.
+    pub const URLS: [&str; 6] = [
+        "tcp://127.0.0.1:4747",
+        "tcp-listen://127.0.0.1:4747",
+        "unix:///run/q.sock",
+        "unix-listen:///run/q.sock",
+        "stdio",
+        "exec:ssh board qbkit-gadget run --link stdio",
+    ];
+
+    /// Values that are not link URLs.
+    pub const BAD_URLS: [&str; 5] = ["udp://x:1", "unix://relative", "tcp://nohost", "exec:", ""];
+}
+
 /// Where a stream link goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkUrl {
