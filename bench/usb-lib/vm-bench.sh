@@ -14,6 +14,7 @@ SECS=${SECS:-4}; REPS=${REPS:-3}; IN_DEPTH=${IN_DEPTH:-4}; OUT_DEPTH=${OUT_DEPTH
 SPEEDS=${SPEEDS:-high super}
 rc=0
 say() { printf '[usb-lib] %s\n' "$*"; }
+. "$HERE/vm-lib.sh"
 wait_dev() {
     for _ in $(seq 1 300); do
         for d in /sys/bus/usb/devices/*; do
@@ -25,10 +26,7 @@ wait_dev() {
 }
 modprobe libcomposite; modprobe usb_f_fs
 for speed in $SPEEDS; do
-    rmmod dummy_hcd 2>/dev/null
-    if [ "$speed" = super ]; then modprobe dummy_hcd is_super_speed=Y; else modprobe dummy_hcd; fi
-    "$FFS" 600 > "/tmp/ffs-dev-$speed.log" 2>&1 &
-    DEVPID=$!
+    start_ffs_dev "$speed"
     if ! d=$(wait_dev); then say "FAIL: ffs-dev never enumerated at $speed"; cat "/tmp/ffs-dev-$speed.log"; rc=1; kill $DEVPID; wait $DEVPID; continue; fi
     say "speed=$speed device $d at $(cat /sys/bus/usb/devices/$d/speed)M"
     for r in $(seq 1 "$REPS"); do
@@ -36,9 +34,7 @@ for speed in $SPEEDS; do
             timeout 120 "$BIN/bench-$lib" "$SECS" 1 "$IN_DEPTH" "$OUT_DEPTH" | sed -u "s/^RESULT /RESULT speed=$speed round=$r /" || rc=1
         done
     done
-    "$BIN/bench-nusb" stop
-    for _ in $(seq 1 50); do kill -0 $DEVPID 2>/dev/null || break; sleep 0.2; done
-    kill $DEVPID 2>/dev/null; wait $DEVPID 2>/dev/null
+    stop_ffs_dev
     say "ffs-dev: $(grep -E 'done|error' /tmp/ffs-dev-$speed.log | sort | uniq -c | head -5 | tr '\n' ';')"
 done
 say "exit $rc"

@@ -11,21 +11,17 @@ BIN=${BIN:-$HERE/target/release}
 REPLUGS=${REPLUGS:-3}; SPEEDS=${SPEEDS:-high super}; EXPECT_HOTPLUG=${EXPECT_HOTPLUG:-0}
 rc=0
 say() { printf '[usb-link] %s\n' "$*"; }
+. "$HERE/vm-lib.sh"
 if [ "$EXPECT_HOTPLUG" = 1 ]; then
     UDEVD=$(command -v systemd-udevd || echo /lib/systemd/systemd-udevd)
     "$UDEVD" --daemon || { say "FAIL: cannot start $UDEVD"; exit 1; }
 fi
 modprobe libcomposite; modprobe usb_f_fs
 for speed in $SPEEDS; do
-    rmmod dummy_hcd 2>/dev/null
-    if [ "$speed" = super ]; then modprobe dummy_hcd is_super_speed=Y; else modprobe dummy_hcd; fi
-    "$FFS" 600 > "/tmp/ffs-dev-$speed.log" 2>&1 &
-    DEVPID=$!
+    start_ffs_dev "$speed"
     say "speed=$speed"
     timeout 300 "$BIN/usb-link-test" "$REPLUGS" "$EXPECT_HOTPLUG" || { say "FAIL at $speed"; rc=1; }
-    "$BIN/bench-nusb" stop >/dev/null 2>&1
-    for _ in $(seq 1 50); do kill -0 $DEVPID 2>/dev/null || break; sleep 0.2; done
-    kill $DEVPID 2>/dev/null; wait $DEVPID 2>/dev/null
+    stop_ffs_dev >/dev/null 2>&1
     say "ffs-dev: $(grep -E 'done|bad' /tmp/ffs-dev-$speed.log | tr '\n' ';')"
 done
 say "exit $rc"
