@@ -31,18 +31,25 @@ def read_all(s, limit=1 << 31):
     return b"".join(chunks)
 
 
-def refused(host, port):
+def timed_connect(host, port):
+    """Connects with a 5 s timeout: the OSError (None when it connected) and the time in ms."""
     s = socket.socket()
     s.settimeout(5)
     t = time.monotonic()
     try:
         s.connect((host, port))
-    except ConnectionRefusedError:
-        ms = (time.monotonic() - t) * 1000
+        err = None
+    except OSError as e:
+        err = e
+    return err, (time.monotonic() - t) * 1000
+
+
+def refused(host, port):
+    e, ms = timed_connect(host, port)
+    if isinstance(e, ConnectionRefusedError):
         print(f"ECONNREFUSED after {ms:.1f} ms")
         return 0
-    except OSError as e:
-        ms = (time.monotonic() - t) * 1000
+    if e is not None:
         print(f"expected ECONNREFUSED, got {e!r} after {ms:.1f} ms")
         return 1
     print("expected ECONNREFUSED, but the connect succeeded")
@@ -51,13 +58,8 @@ def refused(host, port):
 
 def denied(host, port):
     """A connect that must fail fast: refused or unreachable, not a timeout or success."""
-    s = socket.socket()
-    s.settimeout(5)
-    t = time.monotonic()
-    try:
-        s.connect((host, port))
-    except OSError as e:
-        ms = (time.monotonic() - t) * 1000
+    e, ms = timed_connect(host, port)
+    if e is not None:
         ok = e.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EACCES)
         print(f"{errno.errorcode.get(e.errno, e)} after {ms:.1f} ms")
         return 0 if ok else 1
