@@ -191,6 +191,13 @@ fn header(magic: [u8; 2], version: u8, len: u32) -> Vec<u8> {
     b
 }
 
+/// A bundle header claiming `len` bytes, then `body` as it is (for malformed bundles).
+fn raw_bundle(magic: [u8; 2], version: u8, len: u32, body: &[u8]) -> Vec<u8> {
+    let mut b = header(magic, version, len);
+    b.extend_from_slice(body);
+    b
+}
+
 /// A record: kind, channel, payload, padded to 4.
 fn record(kind: u8, channel: u8, payload: &[u8]) -> Vec<u8> {
     let mut r = vec![kind, channel];
@@ -277,47 +284,27 @@ fn classes(burst: u32) -> Vec<Class> {
         Class {
             name: "bad_magic",
             what: "magic \"QX\"",
-            transfers: vec![{
-                let mut b = header(*b"QX", 1, 16);
-                b.extend_from_slice(&[0; 8]);
-                b
-            }],
+            transfers: vec![raw_bundle(*b"QX", 1, 16, &[0; 8])],
             valid_bundles: 0,
         },
         Class {
             name: "bad_version",
             what: "framing version 7",
-            transfers: vec![{
-                let mut b = header(MAGIC, 7, 16);
-                b.extend_from_slice(&[0; 8]);
-                b
-            }],
+            transfers: vec![raw_bundle(MAGIC, 7, 16, &[0; 8])],
             valid_bundles: 0,
         },
         Class {
             name: "len_gt_transfer",
             what: "header length 4096 in a 64-byte transfer",
-            transfers: vec![{
-                let mut b = header(MAGIC, 1, 4096);
-                b.extend_from_slice(&ip(&junk(52, 9)));
-                b
-            }],
+            transfers: vec![raw_bundle(MAGIC, 1, 4096, &ip(&junk(52, 9)))],
             valid_bundles: 0,
         },
         Class {
             name: "len_unaligned",
             what: "header length 13 (not a multiple of 4) and 4 (below the header)",
             transfers: vec![
-                {
-                    let mut b = header(MAGIC, 1, 13);
-                    b.extend_from_slice(&[0; 5]);
-                    b
-                },
-                {
-                    let mut b = header(MAGIC, 1, 4);
-                    b.extend_from_slice(&[0; 4]);
-                    b
-                },
+                raw_bundle(MAGIC, 1, 13, &[0; 5]),
+                raw_bundle(MAGIC, 1, 4, &[0; 4]),
             ],
             valid_bundles: 0,
         },
