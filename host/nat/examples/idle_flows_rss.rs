@@ -10,10 +10,7 @@
 use core::net::{Ipv4Addr, SocketAddrV4};
 
 use qbkit_nat::{Instant, Nat, NatConfig, NatEvent, OsEvent};
-use smoltcp::phy::ChecksumCapabilities;
-use smoltcp::wire::{
-    IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
-};
+use smoltcp::wire::{Ipv4Packet, TcpControl, TcpPacket};
 
 const BOARD: Ipv4Addr = Ipv4Addr::new(10, 47, 0, 2);
 const SERVER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
@@ -31,38 +28,7 @@ fn seg(port: u16, control: TcpControl, seq: u32, ack: Option<u32>, payload: &[u8
         SocketAddrV4::new(BOARD, port),
         SocketAddrV4::new(SERVER, 80),
     );
-    let repr = TcpRepr {
-        src_port: src.port(),
-        dst_port: dst.port(),
-        control,
-        seq_number: TcpSeqNumber(seq.cast_signed()),
-        ack_number: ack.map(|a| TcpSeqNumber(a.cast_signed())),
-        window_len: 65535,
-        window_scale: (control == TcpControl::Syn).then_some(7),
-        max_seg_size: (control == TcpControl::Syn).then_some(65000),
-        sack_permitted: false,
-        sack_ranges: [None; 3],
-        timestamp: None,
-        payload,
-    };
-    let ip = Ipv4Repr {
-        src_addr: BOARD,
-        dst_addr: SERVER,
-        next_header: IpProtocol::Tcp,
-        payload_len: repr.buffer_len(),
-        hop_limit: 64,
-    };
-    let mut buf = vec![0; ip.buffer_len() + repr.buffer_len()];
-    let mut p = Ipv4Packet::new_unchecked(&mut buf[..]);
-    let caps = ChecksumCapabilities::default();
-    ip.emit(&mut p, &caps);
-    repr.emit(
-        &mut TcpPacket::new_unchecked(p.payload_mut()),
-        &BOARD.into(),
-        &SERVER.into(),
-        &caps,
-    );
-    buf
+    qbkit_nat::testing::tcp_segment(src, dst, control, seq, ack, 65000, payload)
 }
 
 /// Board-side view of one connection.

@@ -170,5 +170,7 @@ pub enum FlowError {
     SendClosed(FlowId),
 }
 
+#[doc(hidden)]
+pub mod testing;
 #[cfg(test)]
 mod tests;

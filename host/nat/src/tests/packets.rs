@@ -5,8 +5,8 @@ use core::net::{Ipv4Addr, SocketAddrV4};
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    Icmpv4Packet, Icmpv4Repr, IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr,
-    TcpSeqNumber, UdpPacket, UdpRepr,
+    Icmpv4Packet, Icmpv4Repr, IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, UdpPacket,
+    UdpRepr,
 };
 
 pub(crate) const BOARD: Ipv4Addr = Ipv4Addr::new(10, 47, 0, 2);
@@ -17,27 +17,7 @@ pub(crate) fn ep(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(ip, port)
 }
 
-pub(crate) fn ipv4(
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    proto: IpProtocol,
-    ttl: u8,
-    payload_len: usize,
-    fill: impl FnOnce(&mut [u8]),
-) -> Vec<u8> {
-    let repr = Ipv4Repr {
-        src_addr: src,
-        dst_addr: dst,
-        next_header: proto,
-        payload_len,
-        hop_limit: ttl,
-    };
-    let mut buf = vec![0; repr.buffer_len() + payload_len];
-    let mut p = Ipv4Packet::new_unchecked(&mut buf[..]);
-    repr.emit(&mut p, &ChecksumCapabilities::default());
-    fill(p.payload_mut());
-    buf
-}
+pub(crate) use crate::testing::ipv4;
 
 /// A TCP segment from `src` to `dst`.
 pub(crate) fn tcp(
@@ -48,43 +28,7 @@ pub(crate) fn tcp(
     ack: Option<u32>,
     payload: &[u8],
 ) -> Vec<u8> {
-    let repr = TcpRepr {
-        src_port: src.port(),
-        dst_port: dst.port(),
-        control,
-        seq_number: TcpSeqNumber(seq.cast_signed()),
-        ack_number: ack.map(|a| TcpSeqNumber(a.cast_signed())),
-        window_len: 65535,
-        window_scale: if control == TcpControl::Syn {
-            Some(7)
-        } else {
-            None
-        },
-        max_seg_size: if control == TcpControl::Syn {
-            Some(1460)
-        } else {
-            None
-        },
-        sack_permitted: false,
-        sack_ranges: [None; 3],
-        timestamp: None,
-        payload,
-    };
-    ipv4(
-        *src.ip(),
-        *dst.ip(),
-        IpProtocol::Tcp,
-        64,
-        repr.buffer_len(),
-        |b| {
-            repr.emit(
-                &mut TcpPacket::new_unchecked(b),
-                &(*src.ip()).into(),
-                &(*dst.ip()).into(),
-                &ChecksumCapabilities::default(),
-            );
-        },
-    )
+    crate::testing::tcp_segment(src, dst, control, seq, ack, 1460, payload)
 }
 
 pub(crate) fn syn(src: SocketAddrV4, dst: SocketAddrV4, seq: u32) -> Vec<u8> {
