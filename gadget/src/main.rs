@@ -101,6 +101,8 @@ mod linux {
             #[arg(long)]
             shell: bool,
         },
+        /// Print the man page (roff) to stdout.
+        Man,
     }
 
     fn parse_hex_u16(s: &str) -> Result<u16, String> {
@@ -266,6 +268,15 @@ mod linux {
                         println!("{op:?}");
                     }
                 }
+            }
+            Cmd::Man => {
+                use clap::CommandFactory as _;
+                use std::io::Write as _;
+                let mut out = std::io::stdout().lock();
+                clap_mangen::Man::new(Cli::command())
+                    .render(&mut out)
+                    .context("writing the man page")?;
+                out.flush().context("writing the man page")?;
             }
         }
         Ok(())
