@@ -285,6 +285,17 @@ ratio() { [ "$1" = - ] && { echo -; return; }; awk -v q="$1" -v n="$2" 'BEGIN { 
 # product's traffic takes (board -> USB -> laptop -> wan servers). Sets NCM_GIF, NCM_HIF.
 NCM_G=/sys/kernel/config/usb_gadget/qbkit-ncm
 ncm_up() {
+    # The kernel NCM link on dummy_hcd occasionally never passes traffic (seen once in ~30 boots:
+    # both netdevs up, no reply for 30 s); that is the baseline's problem, not the product's, so
+    # report what the links looked like and build the NCM gadget once more before failing.
+    _ncm_try && return 0
+    say "ncm: no traffic over NCM; links: board $(ip -n board -br link show "$NCM_GIF" 2>&1) / wan $(ip -n wan -br link show "$NCM_HIF" 2>&1); neighbours: $(ip -n board neigh 2>&1 | tr '\n' ' ')"
+    ncm_down
+    wait_usb_gone 1d6b:0104 30 || fail "NCM gadget still attached after removing it"
+    say "ncm: second attempt"
+    _ncm_try || fail "board cannot ping $WAN_IP over NCM (two attempts)"
+}
+_ncm_try() {
     local g=$NCM_G n d t0
     mkdir "$g" || fail "configfs gadget dir"
     QVM_GADGETS+=("$g")
@@ -315,7 +326,7 @@ ncm_up() {
     ip -n board addr add "$BOARD_IP/24" dev "$NCM_GIF"; ip -n board link set "$NCM_GIF" up
     ip -n board route add default via "$GW_IP"
     ip -n wan addr add "$GW_IP/24" dev "$NCM_HIF"; ip -n wan link set "$NCM_HIF" up
-    wait_for 30 in_ns board ping -n -c1 -W1 "$WAN_IP" >/dev/null || fail "board cannot ping $WAN_IP over NCM"
+    wait_for 20 in_ns board ping -n -c1 -W1 "$WAN_IP" >/dev/null
 }
 ncm_down() {
     _gadget_rm "$NCM_G"
