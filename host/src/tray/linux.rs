@@ -13,7 +13,8 @@
 //! and ksni keeps watching `NameOwnerChanged`; it registers again whenever a watcher appears
 //! (also after a panel restart). When that registration fails (hosts such as gtk-sni-tray own
 //! the watcher name a moment before they export the object, so the first call gets
-//! UnknownObject) the service is started again with a short backoff, since ksni does not retry.
+//! UnknownObject) the service is started again with a backoff (250 ms doubling to [`RETRY`],
+//! from the start for each watcher that appears), since ksni does not retry.
 //! No session bus at all, or a lost bus connection: retried every [`RETRY`]; the engine never
 //! waits for any of this. ksni does not notice a dead bus connection itself (its service loop
 //! just stops seeing signals), so a second small connection pings the bus daemon every
@@ -50,6 +51,8 @@ struct Item {
     offline_logged: Arc<AtomicBool>,
     /// Asks [`serve`] to start the service again (registration failed; see `watcher_offline`).
     respawn: Arc<Notify>,
+    /// Set when a watcher appears: its registration attempts start at the shortest backoff.
+    fresh_watcher: Arc<AtomicBool>,
 }
 
 fn state_index(s: LinkState) -> usize {
@@ -168,6 +171,7 @@ impl ksni::Tray for Item {
 
     fn watcher_online(&self) {
         self.offline_logged.store(false, Ordering::Relaxed);
+        self.fresh_watcher.store(true, Ordering::Relaxed);
         tracing::info!("tray host is back; registering the tray icon again");
     }
 
@@ -179,11 +183,18 @@ impl ksni::Tray for Item {
                  the board's network keeps working"
             );
         }
-        // A watcher that vanished (`No`) is handled by ksni: it registers again when the name
-        // reappears. A failed registration (`Error`) is not retried by ksni; it happens when a
-        // host claims the watcher name before exporting its object (gtk-sni-tray does), so
-        // start the service again after a short backoff.
-        if matches!(reason, ksni::OfflineReason::Error(_)) {
+        // A watcher that vanished (`No`) or has no owner yet (`ServiceUnknown`) is handled by
+        // ksni: it registers when the name appears. Any other failed registration is not
+        // retried by ksni; it happens when a host claims the watcher name before exporting its
+        // object (gtk-sni-tray does), so start the service again after a short backoff.
+        let unowned = matches!(
+            reason,
+            ksni::OfflineReason::No
+                | ksni::OfflineReason::Error(ksni::Error::Watcher(
+                    zbus::fdo::Error::ServiceUnknown(_)
+                ))
+        );
+        if !unowned {
             self.respawn.notify_one();
         }
         true
@@ -229,6 +240,7 @@ async fn serve(
     let autostart = super::desktop::autostart_enabled();
     let mut bus_error_logged = false;
     let respawn = Arc::new(Notify::new());
+    let fresh_watcher = Arc::new(AtomicBool::new(false));
     let mut backoff = RESPAWN_FIRST;
     loop {
         let item = Item {
@@ -240,11 +252,23 @@ async fn serve(
             pixmaps: pixmaps.clone(),
             offline_logged: offline_logged.clone(),
             respawn: respawn.clone(),
+            fresh_watcher: fresh_watcher.clone(),
         };
+        // How long to wait before the next attempt when this one gets no service.
+        let mut retry_in = RETRY;
         let handle = match item.assume_sni_available(true).spawn().await {
             Ok(h) => {
                 bus_error_logged = false;
                 Some(h)
+            }
+            // The watcher name has an owner but its object refused the registration: a tray
+            // host that is still starting (it owns the name before it exports the object).
+            // Try again soon; the wait doubles up to RETRY while it keeps refusing.
+            Err(ksni::Error::Watcher(e)) => {
+                tracing::debug!(error = %e, "tray host not ready; registering again in {backoff:?}");
+                retry_in = backoff;
+                backoff = (backoff * 2).min(RETRY);
+                None
             }
             Err(e) => {
                 if !bus_error_logged {
@@ -254,6 +278,7 @@ async fn serve(
                 None
             }
         };
+        let retry_at = tokio::time::Instant::now() + retry_in;
         let probe = match &handle {
             Some(_) => zbus::Connection::session().await.ok(),
             None => None,
@@ -268,11 +293,16 @@ async fn serve(
                             tokio::time::sleep(PROBE).await;
                         }
                     }
-                    None => tokio::time::sleep(RETRY).await,
+                    // A deadline, not a fresh sleep per pass: snapshots arrive every second
+                    // while a board is online and would otherwise push the retry out forever.
+                    None => tokio::time::sleep_until(retry_at).await,
                 }
             };
             tokio::select! {
                 () = respawn.notified() => {
+                    if fresh_watcher.swap(false, Ordering::Relaxed) {
+                        backoff = RESPAWN_FIRST;
+                    }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(RETRY);
                     if let Some(h) = &handle { h.shutdown().await; }
@@ -288,7 +318,6 @@ async fn serve(
                         return;
                     }
                     let s = snapshots.borrow_and_update().clone();
-                    backoff = RESPAWN_FIRST;
                     if let Some(h) = &handle {
                         h.update(|item| item.snapshot = s).await;
                     }
