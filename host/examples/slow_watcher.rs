@@ -25,7 +25,10 @@ mod watcher {
     }
 
     #[zbus::interface(name = "org.kde.StatusNotifierWatcher")]
-    #[expect(clippy::unused_self, reason = "D-Bus methods and properties take &self")]
+    #[expect(
+        clippy::unused_self,
+        reason = "D-Bus methods and properties take &self"
+    )]
     impl Watcher {
         async fn register_status_notifier_item(
             &self,
