@@ -43,6 +43,9 @@ use shared_frame::{
 
 /// Period of the Stats message sent to the host while the link is up.
 pub const STATS_INTERVAL: Duration = Duration::from_secs(10);
+/// Room reserved in a bundle for pending control records (a Hello with a 255-byte identity and
+/// the other messages fit; what does not fit waits for the next bundle).
+const CONTROL_ROOM: usize = 1024;
 
 /// How transfers are delimited on the current link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -264,9 +267,18 @@ impl Pump {
         if !self.wants_transmit() {
             return None;
         }
-        let cap = self.tx_cap();
-        let mut buf = vec![0u8; cap];
-        let mut w = BundleWriter::new(&mut buf, cap);
+        // Only as large as what is waiting (the zeroed allocation is per bundle: a ping or an
+        // ACK does not pay for 64 KiB), at least the protocol minimum, at most the link's cap.
+        let control = if self.session.has_pending_control() {
+            CONTROL_ROOM
+        } else {
+            0
+        };
+        let size = (BUNDLE_HEADER_LEN + control + self.staged_wire + USB_PAD_LEN)
+            .max(MIN_MAX_BUNDLE)
+            .min(self.tx_cap());
+        let mut buf = vec![0u8; size];
+        let mut w = BundleWriter::new(&mut buf, size);
         self.session.poll_control(&mut w);
         let (mut off, mut packets, mut bytes) = (0, 0u64, 0u64);
         while off < self.staged.len() {
@@ -525,6 +537,10 @@ mod tests {
         for i in 0..3 {
             p.handle_tun_packet(&pkt(i, 100));
             let b = p.poll_transmit().expect("idle link sends immediately");
+            assert!(
+                b.capacity() <= MIN_MAX_BUNDLE + CONTROL_ROOM,
+                "a small packet gets a small buffer, not the link's 64 KiB"
+            );
             peer.recv(ms(1), &b);
             assert!(p.poll_transmit().is_none());
         }
@@ -568,7 +584,14 @@ mod tests {
         // A driver that reads anyway gets the packet dropped and counted, not queued.
         p.handle_tun_packet(&big);
         assert_eq!(p.counters().drop_backpressure, 1);
-        assert!(p.poll_transmit().is_some());
+        let b = p.poll_transmit().unwrap();
+        let bundle = Bundle::new_checked(&b[..], DEFAULT_MAX_BUNDLE).unwrap();
+        assert_eq!(
+            bundle.records().count(),
+            4,
+            "the bundle is sized for all that was staged"
+        );
+        assert_eq!(p.staged_packets(), 0);
         assert!(p.can_accept_tun(), "a free slot drains staging");
         p.handle_tun_packet(&vec![0x45; 20000]);
         assert_eq!(p.counters().drop_oversize, 1, "larger than the MTU");
