@@ -27,6 +27,18 @@ const OPEN_QUICK_TRIES: u32 = 20;
 const OPEN_QUICK_DELAY: Duration = Duration::from_millis(100);
 /// Re-open period while a present board cannot be opened (permissions, busy, stalled).
 const OPEN_SLOW_DELAY: Duration = Duration::from_secs(2);
+/// Linux configures a new device itself moments after announcing it; there the first half of
+/// the quick tries leave an unconfigured board to the kernel (configuring it from here as well
+/// races the kernel's own set-configuration, which then resets the interface under the claimed
+/// endpoints). Elsewhere (macOS may leave a vendor device unconfigured) configure at once.
+fn may_configure(tries: u32) -> bool {
+    !cfg!(target_os = "linux") || tries >= OPEN_QUICK_TRIES / 2
+}
+/// How long a transfer that reports "disconnected" waits for the OS's removal event before the
+/// board counts as still attached (reset or reconfigured under us) and is opened again.
+const REMOVAL_GRACE: Duration = Duration::from_secs(1);
+/// Delay before re-opening a board whose link failed while it stayed attached.
+const REOPEN_DELAY: Duration = Duration::from_millis(200);
 
 /// Runs the USB transport until the driver closes `events`.
 pub async fn run(filter: DeviceFilter, cfg: UsbConfig, events: mpsc::Sender<LinkEvent>) {
@@ -35,13 +47,13 @@ pub async fn run(filter: DeviceFilter, cfg: UsbConfig, events: mpsc::Sender<Link
         hotplug = watch.has_hotplug(),
         "waiting for a qbkit board on USB"
     );
-    // A board to (re)open without waiting for an event: set after a failure that left the
-    // device attached.
-    let mut retry: Option<Board> = None;
+    // A board to (re)open without waiting for an event, and after what delay: set after a
+    // failure that left the device attached.
+    let mut retry: Option<(Board, Duration)> = None;
     let mut last_error: Option<String> = None;
     loop {
-        let board = if let Some(b) = retry.take() {
-            tokio::time::sleep(OPEN_SLOW_DELAY).await;
+        let board = if let Some((b, delay)) = retry.take() {
+            tokio::time::sleep(delay).await;
             b
         } else {
             match watch.next_with_source().await {
@@ -70,7 +82,15 @@ pub async fn run(filter: DeviceFilter, cfg: UsbConfig, events: mpsc::Sender<Link
         let link = match open(&board, cfg).await {
             Ok(l) => l,
             Err(e) if e.is_disconnect() => {
-                tracing::info!(path = %board.info().bus_path, "board gone before it could be opened");
+                let mut deferred = Vec::new();
+                let gone = removed(&mut watch, board.id(), &mut deferred).await;
+                watch.requeue(deferred);
+                if gone {
+                    tracing::info!(path = %board.info().bus_path, "board gone before it could be opened");
+                } else {
+                    tracing::info!(path = %board.info().bus_path, "board reset while opening; opening it again");
+                    retry = Some((board, REOPEN_DELAY));
+                }
                 continue;
             }
             Err(e) => {
@@ -82,7 +102,7 @@ pub async fn run(filter: DeviceFilter, cfg: UsbConfig, events: mpsc::Sender<Link
                     tracing::error!("{msg} (retrying every {OPEN_SLOW_DELAY:?})");
                     last_error = Some(msg);
                 }
-                retry = Some(board);
+                retry = Some((board, OPEN_SLOW_DELAY));
                 continue;
             }
         };
@@ -92,13 +112,14 @@ pub async fn run(filter: DeviceFilter, cfg: UsbConfig, events: mpsc::Sender<Link
         watch.requeue(deferred);
         match served {
             Served::Ended => return,
-            Served::Down { reason, gone } => {
+            Served::Down { reason, reopen } => {
                 tracing::info!(path = %board.info().bus_path, %reason, "board link down");
                 if events.send(LinkEvent::Down { reason }).await.is_err() {
                     return;
                 }
-                if !gone {
-                    retry = Some(board);
+                if let Some(delay) = reopen {
+                    tracing::info!(path = %board.info().bus_path, "board still attached; opening it again");
+                    retry = Some((board, delay));
                 }
             }
         }
@@ -109,7 +130,8 @@ pub async fn run(filter: DeviceFilter, cfg: UsbConfig, events: mpsc::Sender<Link
 async fn open(board: &Board, cfg: UsbConfig) -> Result<UsbLink, UsbError> {
     let mut tries = 0;
     loop {
-        match UsbLink::open_board(board, cfg).await {
+        let configure = may_configure(tries);
+        match UsbLink::open_board_with(board, cfg, configure).await {
             Ok(l) => return Ok(l),
             Err(e @ UsbError::PermissionDenied { .. }) => return Err(e),
             Err(e) if tries + 1 >= OPEN_QUICK_TRIES => return Err(e),
@@ -125,8 +147,12 @@ async fn open(board: &Board, cfg: UsbConfig) -> Result<UsbLink, UsbError> {
 enum Served {
     /// The driver is gone.
     Ended,
-    /// The link failed; `gone` when the board was unplugged (wait for it to arrive again).
-    Down { reason: String, gone: bool },
+    /// The link failed; `reopen` after what delay to open the board again when it is still
+    /// attached, `None` when it was unplugged (wait for it to arrive again).
+    Down {
+        reason: String,
+        reopen: Option<Duration>,
+    },
 }
 
 /// Moves bundles both ways until the board goes away or the driver stops.
@@ -204,15 +230,45 @@ async fn serve(
         via = unplugged => {
             return Served::Down {
                 reason: format!("the board at {} was unplugged (seen via {via})", info.bus_path),
-                gone: true,
+                reopen: None,
             };
         }
     };
     match res {
         Ok(_) => Served::Ended,
+        Err(e) if e.is_disconnect() => {
+            // Unplugged, or only reset/reconfigured (the kernel kills the transfers of an
+            // interface it rebinds): the removal event tells them apart. Without one the board is
+            // still there, and waiting for its arrival would wait forever.
+            let gone = removed(watch, id, deferred).await;
+            Served::Down {
+                reopen: (!gone).then_some(REOPEN_DELAY),
+                reason: e.to_string(),
+            }
+        }
         Err(e) => Served::Down {
-            gone: e.is_disconnect(),
+            reopen: Some(OPEN_SLOW_DELAY),
             reason: e.to_string(),
         },
     }
+}
+
+/// Whether the OS reports the removal of board `id` within [`REMOVAL_GRACE`]; other boards'
+/// events seen meanwhile go to `deferred`.
+async fn removed(
+    watch: &mut BoardWatch,
+    id: nusb::DeviceId,
+    deferred: &mut Vec<(BoardEvent, EventSource)>,
+) -> bool {
+    tokio::time::timeout(REMOVAL_GRACE, async {
+        loop {
+            match watch.next_with_source().await {
+                Ok((BoardEvent::Left { id: left, .. }, _)) if left == id => return,
+                Ok(ev) => deferred.push(ev),
+                Err(_) => tokio::time::sleep(OPEN_SLOW_DELAY).await,
+            }
+        }
+    })
+    .await
+    .is_ok()
 }

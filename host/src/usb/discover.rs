@@ -160,7 +160,7 @@ impl Board {
     /// Opens and claims the board briefly to fill in [`BoardInfo::state`]; a board that another
     /// program serves shows as [`BoardState::InUse`], and the probe does not disturb it.
     pub async fn probe(&mut self) -> BoardState {
-        let state = match super::link::open_and_claim(self).await {
+        let state = match super::link::open_and_claim(self, true).await {
             Ok(_) => BoardState::Ready,
             Err(UsbError::Busy { .. }) => BoardState::InUse,
             Err(UsbError::PermissionDenied { .. }) => BoardState::NoPermission,

@@ -91,6 +91,14 @@ pub enum UsbError {
         #[source]
         source: nusb::Error,
     },
+    /// The board is attached but has no active configuration yet. On Linux the kernel selects
+    /// one moments after the arrival event; setting it from here as well would race the kernel,
+    /// whose own set-configuration then resets the interface under our claimed endpoints.
+    #[error("the board at {path} is not configured yet")]
+    Unconfigured {
+        /// Bus path of the board.
+        path: String,
+    },
     /// The board went away (unplugged, reset, or its gadget stopped). Wait for it to come back.
     #[error("the board at {path} disconnected")]
     Disconnected {

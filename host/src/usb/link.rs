@@ -50,9 +50,12 @@ pub struct UsbLink {
 }
 
 /// Opens a board and claims its vendor interface; shared by [`UsbLink::open_board`] and
-/// [`Board::probe`].
+/// [`Board::probe`]. `configure`: select a configuration when the device has none active
+/// (macOS may leave a vendor device so); without it an unconfigured device is
+/// [`UsbError::Unconfigured`], for callers that give the OS time to configure it first.
 pub(crate) async fn open_and_claim(
     board: &Board,
+    configure: bool,
 ) -> Result<(nusb::Interface, VendorInterface), UsbError> {
     let path = board.info().bus_path.as_str();
     #[cfg(windows)]
@@ -74,6 +77,10 @@ pub(crate) async fn open_and_claim(
         .and_then(|c| VendorInterface::find(&c));
     let vi = if let Some(vi) = active {
         vi
+    } else if !configure {
+        return Err(UsbError::Unconfigured {
+            path: path.to_owned(),
+        });
     } else {
         // Unconfigured (macOS may leave a vendor device so) or in a configuration without our
         // interface: select the first configuration that has it.
@@ -112,9 +119,20 @@ impl UsbLink {
         Self::open_board(&board, cfg).await
     }
 
-    /// Opens a board found by [`discover::list_boards`] or a [`super::BoardWatch`] event.
+    /// Opens a board found by [`discover::list_boards`] or a [`super::BoardWatch`] event,
+    /// selecting a configuration if it has none.
     pub async fn open_board(board: &Board, cfg: UsbConfig) -> Result<Self, UsbError> {
-        let (interface, iface) = open_and_claim(board).await?;
+        Self::open_board_with(board, cfg, true).await
+    }
+
+    /// [`UsbLink::open_board`]; with `configure` false an unconfigured board is
+    /// [`UsbError::Unconfigured`] instead of being configured from here.
+    pub async fn open_board_with(
+        board: &Board,
+        cfg: UsbConfig,
+        configure: bool,
+    ) -> Result<Self, UsbError> {
+        let (interface, iface) = open_and_claim(board, configure).await?;
         let path = board.info().bus_path.clone();
         let ep_in = interface
             .endpoint::<Bulk, In>(iface.ep_in)
