@@ -212,18 +212,7 @@ async fn serve(
         }
         Ok::<bool, UsbError>(false)
     };
-    let unplugged = async {
-        loop {
-            match watch.next_with_source().await {
-                Ok((BoardEvent::Left { id: left, .. }, via)) if left == id => return via,
-                Ok(ev) => deferred.push(ev),
-                Err(e) => {
-                    tracing::debug!(error = %e, "USB rescan failed while serving");
-                    tokio::time::sleep(OPEN_SLOW_DELAY).await;
-                }
-            }
-        }
-    };
+    let unplugged = removal(watch, id, deferred);
     let res = tokio::select! {
         r = reader => r,
         r = writer => r,
@@ -253,22 +242,32 @@ async fn serve(
     }
 }
 
-/// Whether the OS reports the removal of board `id` within [`REMOVAL_GRACE`]; other boards'
+/// Waits for the OS's removal event of board `id` and returns what noticed it; other boards'
 /// events seen meanwhile go to `deferred`.
+async fn removal(
+    watch: &mut BoardWatch,
+    id: nusb::DeviceId,
+    deferred: &mut Vec<(BoardEvent, EventSource)>,
+) -> EventSource {
+    loop {
+        match watch.next_with_source().await {
+            Ok((BoardEvent::Left { id: left, .. }, via)) if left == id => return via,
+            Ok(ev) => deferred.push(ev),
+            Err(e) => {
+                tracing::debug!(error = %e, "USB rescan failed while watching for the board's removal");
+                tokio::time::sleep(OPEN_SLOW_DELAY).await;
+            }
+        }
+    }
+}
+
+/// Whether the OS reports the removal of board `id` within [`REMOVAL_GRACE`] (see [`removal`]).
 async fn removed(
     watch: &mut BoardWatch,
     id: nusb::DeviceId,
     deferred: &mut Vec<(BoardEvent, EventSource)>,
 ) -> bool {
-    tokio::time::timeout(REMOVAL_GRACE, async {
-        loop {
-            match watch.next_with_source().await {
-                Ok((BoardEvent::Left { id: left, .. }, _)) if left == id => return,
-                Ok(ev) => deferred.push(ev),
-                Err(_) => tokio::time::sleep(OPEN_SLOW_DELAY).await,
-            }
-        }
-    })
-    .await
-    .is_ok()
+    tokio::time::timeout(REMOVAL_GRACE, removal(watch, id, deferred))
+        .await
+        .is_ok()
 }
