@@ -95,6 +95,17 @@ counters! {
     drop_icmp_type,
     /// Dropped: echo request while ping sockets are unavailable (only the gateway answers).
     drop_ping_unavailable,
+    /// Connections the laptop opened towards the board (forwards, `connect`).
+    tcp_inbound,
+    /// Of those, the ones the board accepted (its SYN-ACK arrived).
+    tcp_inbound_established,
+    /// Of those, the ones the board refused (RST) or never answered.
+    tcp_inbound_refused,
+    /// UDP flows the laptop opened towards the board (one per forward peer).
+    udp_inbound,
+    /// Refused: a laptop-side connection or datagram for the board while the flow table was
+    /// full of busy flows, or no gateway port was free.
+    drop_inbound_no_room,
     /// Dropped: UDP payload or echo data while the event queue was over its byte limit.
     drop_event_queue_full,
     /// Dropped: packet for the board while the board queue was full.

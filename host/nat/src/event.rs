@@ -35,6 +35,14 @@ pub enum NatEvent {
         /// Where the OS socket connects to.
         dst: SocketAddr,
     },
+    /// The board accepted a connection the laptop opened with
+    /// [`Nat::tcp_open_inbound`](crate::Nat::tcp_open_inbound) (its SYN-ACK arrived). Comes once,
+    /// before any data event of the flow. A refused or unanswered one ends with
+    /// `TcpClose { reset: true }` instead.
+    TcpEstablished {
+        /// The flow.
+        flow: FlowId,
+    },
     /// Data from the board is waiting. Call [`Nat::tcp_recv`](crate::Nat::tcp_recv) (or
     /// `tcp_recv_with`) and write it to the OS socket until it returns 0 or the OS socket would
     /// block. Edge-triggered: it comes again only after a `tcp_recv` call has emptied the buffer.
@@ -110,6 +118,7 @@ impl NatEvent {
     pub fn flow(&self) -> FlowId {
         match self {
             Self::TcpConnect { flow, .. }
+            | Self::TcpEstablished { flow }
             | Self::TcpReadable { flow }
             | Self::TcpWritable { flow }
             | Self::TcpShutdown { flow }

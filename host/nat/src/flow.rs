@@ -96,6 +96,11 @@ pub(crate) struct TcpFlow {
     pub(crate) board_fin: bool,
     /// On the dirty list.
     pub(crate) dirty: bool,
+    /// The laptop dialled the board (a forward or `connect`): the core's socket connects from
+    /// the gateway and `TcpEstablished` is reported once the board accepts.
+    pub(crate) inbound: bool,
+    /// `TcpEstablished` was emitted (inbound flows only).
+    pub(crate) established: bool,
 }
 
 #[derive(Debug)]
@@ -104,6 +109,8 @@ pub(crate) struct UdpFlow {
     pub(crate) replied: bool,
     /// This flow is DNS forwarding (short timeout).
     pub(crate) dns: bool,
+    /// The laptop side sent first (a UDP forward): the OS endpoint is a peer of the forward.
+    pub(crate) inbound: bool,
 }
 
 #[derive(Debug)]
@@ -284,6 +291,9 @@ pub struct FlowInfo {
     pub age: Duration,
     /// Time since the last packet or event.
     pub idle: Duration,
+    /// The laptop opened this flow towards the board (a forward or `connect`); `dst` is then
+    /// the gateway endpoint the board sees and `os_dst` the laptop-side peer.
+    pub inbound: bool,
 }
 
 impl FlowKey {

@@ -113,6 +113,7 @@ mod device;
 mod event;
 mod flow;
 mod icmp;
+mod inbound;
 mod nat;
 mod policy;
 mod tcp;
@@ -168,6 +169,19 @@ pub enum FlowError {
     /// The board-bound direction is closed (after `TcpEof`, or the board's side is gone).
     #[error("flow {0} cannot send to the board any more")]
     SendClosed(FlowId),
+}
+
+/// Why the core could not open a flow the laptop asked for (a forward or `connect`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InboundError {
+    /// Port 0 on the board.
+    #[error("board port 0 is not a port")]
+    PortZero,
+    /// The flow table is full of busy flows, or every gateway port towards this board port is
+    /// in use.
+    #[error("no room for another flow (the flow table is full)")]
+    NoRoom,
 }
 
 #[doc(hidden)]

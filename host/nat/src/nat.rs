@@ -66,6 +66,8 @@ pub struct Nat {
     pub(crate) egress_pending: bool,
     pub(crate) next_aging: Instant,
     pub(crate) ping_available: bool,
+    /// The next gateway port to try for an inbound flow (see `inbound.rs`).
+    pub(crate) next_inbound_port: u16,
     pub(crate) counters: Counters,
     pub(crate) log: LogLimiter,
 }
@@ -121,6 +123,7 @@ impl Nat {
             zombies: Vec::new(),
             egress_pending: false,
             next_aging: now + AGING_INTERVAL,
+            next_inbound_port: 0,
             counters: Counters::default(),
         })
     }
@@ -324,6 +327,11 @@ impl Nat {
             .iter()
             .map(|f| {
                 let (src, dst) = f.key.endpoints();
+                let inbound = match &f.kind {
+                    FlowKind::Tcp(t) => t.inbound,
+                    FlowKind::Udp(u) => u.inbound,
+                    FlowKind::Icmp => false,
+                };
                 let (protocol, state) = match &f.kind {
                     FlowKind::Tcp(t) => (
                         Protocol::Tcp,
@@ -354,6 +362,7 @@ impl Nat {
                     bytes_to_board: f.bytes_to_board,
                     age: now - f.created,
                     idle: now - f.last_active,
+                    inbound,
                 }
             })
             .collect();

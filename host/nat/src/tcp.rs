@@ -157,6 +157,8 @@ impl Nat {
             os_eof: false,
             board_fin: false,
             dirty: false,
+            inbound: false,
+            established: false,
         };
         let id = self.flows.insert(
             FlowKey::Tcp { src, dst },
@@ -477,6 +479,10 @@ impl Nat {
                 }
                 State::Closed if !(t.board_fin && t.os_eof) => {
                     // Reset by the board, or aborted by smoltcp's timeout (RST still to send).
+                    if t.inbound && !t.established {
+                        // The board refused (RST) or never answered the laptop's SYN.
+                        self.counters.tcp_inbound_refused += 1;
+                    }
                     if sock.remote_endpoint().is_some() {
                         self.zombies.push(handle);
                         self.egress_pending = true;
@@ -512,6 +518,13 @@ impl Nat {
                 _ => {}
             }
             set_timeout(sock, self.cfg.tcp_timeout);
+            if t.inbound && !t.established && !matches!(state, State::SynSent | State::SynReceived)
+            {
+                // The board accepted the laptop's connection: once, before any data event.
+                t.established = true;
+                self.counters.tcp_inbound_established += 1;
+                self.events.push_back(NatEvent::TcpEstablished { flow: id });
+            }
             let recv_queue = sock.recv_queue();
             if recv_queue > 0 && t.readable_armed {
                 t.readable_armed = false;
@@ -633,7 +646,7 @@ impl Nat {
             TcpPhase::Open { handle } => {
                 let sock = self.sockets.get_mut::<tcp::Socket<'_>>(*handle);
                 if !sock.may_send() {
-                    if sock.state() == State::SynReceived {
+                    if matches!(sock.state(), State::SynSent | State::SynReceived) {
                         t.writable_armed = true;
                         return Ok(0);
                     }
@@ -696,7 +709,7 @@ fn copy_until_stalled(
 /// the board owes us something: the handshake, or acknowledgements for queued data. An idle
 /// flow (an SSH session, a keep-alive pool) then lives as long as both ends keep it.
 fn set_timeout(s: &mut tcp::Socket<'_>, timeout: smoltcp::time::Duration) {
-    let owed = s.state() == State::SynReceived || s.send_queue() > 0;
+    let owed = matches!(s.state(), State::SynSent | State::SynReceived) || s.send_queue() > 0;
     if owed != s.timeout().is_some() {
         s.set_timeout(owed.then_some(timeout));
     }

@@ -51,6 +51,7 @@ impl Nat {
             let kind = FlowKind::Udp(UdpFlow {
                 replied: false,
                 dns: target.dns,
+                inbound: false,
             });
             let id = self.flows.insert(key, target.os_dst, self.now, kind);
             self.counters.udp_flows += 1;

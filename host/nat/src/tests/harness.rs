@@ -199,6 +199,17 @@ impl Board {
         self.sockets.add(s)
     }
 
+    /// A board TCP server on `port` with `buf`-byte buffers (one connection).
+    pub(crate) fn listen(&mut self, port: u16, buf: usize) -> SocketHandle {
+        let mut s = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; buf]),
+            tcp::SocketBuffer::new(vec![0; buf]),
+        );
+        s.set_ack_delay(None);
+        s.listen(port).expect("listen");
+        self.sockets.add(s)
+    }
+
     pub(crate) fn sock(&mut self, h: SocketHandle) -> &mut tcp::Socket<'static> {
         self.sockets.get_mut(h)
     }

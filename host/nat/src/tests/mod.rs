@@ -6,6 +6,7 @@
 #![allow(clippy::field_reassign_with_default)]
 
 mod harness;
+mod inbound;
 mod packets;
 mod proto;
 mod stream;
