@@ -37,6 +37,16 @@
 //! link is up the core is not drained: TCP stalls on its windows, UDP for the board is dropped
 //! and counted by the core.
 //!
+//! # Forwards and `connect`
+//!
+//! Forward listeners (`forward.rs`) hand accepted connections and received datagrams to the
+//! loop through one channel; the loop asks the core for an inbound flow
+//! (`Nat::tcp_open_inbound`, `udp_open_inbound`) and gives the socket to [`Sockets`], after
+//! which it is serviced like any other. Without a board session a new connection is reset at
+//! once (the laptop client sees ECONNRESET, not a hang). Control-socket requests arrive as
+//! parsed [`status::Request`]s; `connect` adopts the control connection itself as the flow's
+//! stream.
+//!
 //! # Summary for front ends
 //!
 //! With [`DriverConfig::summary`] set, the loop publishes a small [`Summary`] (link, session,
@@ -57,8 +67,9 @@ use shared_frame::{
 use tokio::sync::{mpsc, watch};
 use tokio::time::Sleep;
 
-use crate::sockets::{ReadyQueue, Sockets};
-use crate::status::{self, Status};
+use crate::forward::{self, ForwardSpec, Forwards, Inbound, Owner};
+use crate::sockets::{OsStream, ReadyQueue, Sockets};
+use crate::status::{self, ControlMsg, Reply, Request, Status};
 use crate::transport::{Framing, LinkEvent, LinkUp};
 
 /// Received bundles handled per work pass before the core's output is drained (bounds latency
@@ -84,6 +95,14 @@ pub enum Error {
         /// The OS error.
         source: std::io::Error,
     },
+    /// A `--forward` could not listen.
+    #[error("forward {spec}: {source}")]
+    Forward {
+        /// The forward.
+        spec: ForwardSpec,
+        /// The OS error.
+        source: std::io::Error,
+    },
 }
 
 /// What the driver needs besides the link.
@@ -105,6 +124,8 @@ pub struct DriverConfig {
     pub live_status: bool,
     /// Publish a [`Summary`] here (front ends such as the tray; `None`: nothing is published).
     pub summary: Option<watch::Sender<Summary>>,
+    /// Port forwards into the board opened at start (`--forward`).
+    pub forwards: Vec<ForwardSpec>,
 }
 
 /// What a front end shows of the running engine (see the module docs).
@@ -128,6 +149,8 @@ pub struct Summary {
     /// Why the handshake on the current link failed (version mismatch, wrong role); cleared
     /// when the session comes up or the link goes away.
     pub error: Option<String>,
+    /// One line per port forward (`ssh 127.0.0.1:2222 → tcp:22`).
+    pub forwards: Vec<String>,
 }
 
 impl DriverConfig {
@@ -141,6 +164,7 @@ impl DriverConfig {
             control_path: None,
             live_status: false,
             summary: None,
+            forwards: Vec::new(),
         }
     }
 }
@@ -167,6 +191,10 @@ pub struct DriverCounters {
     pub drop_tx_link_gone: u64,
     /// Work passes (loop turns).
     pub passes: u64,
+    /// Inbound connections or datagrams refused because no board session was up.
+    pub inbound_no_session: u64,
+    /// Inbound connections or datagrams the NAT had no room for.
+    pub inbound_no_room: u64,
 }
 
 /// Monotonic clock in microseconds since the driver started (the sans-IO cores' time base).
@@ -215,6 +243,7 @@ struct Driver {
     handshake_error: Option<String>,
     /// A link or session change happened since the last [`Summary`] was published.
     summary_dirty: bool,
+    forwards: Forwards,
 }
 
 /// Runs the driver until `shutdown` completes or the transport's event channel closes.
@@ -224,16 +253,27 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     let clock = Clock(std::time::Instant::now());
-    let mut d = Driver::new(cfg, clock)?;
+    let (inbound_tx, mut inbound_rx) = mpsc::channel(forward::UDP_QUEUE);
+    let mut d = Driver::new(cfg, clock, inbound_tx)?;
+    for spec in d.cfg.forwards.clone() {
+        d.forwards
+            .add(spec)
+            .map_err(|source| Error::Forward { spec, source })?;
+    }
+    d.summary_dirty = true;
+    // Without a control socket the board is still served: only status, runtime forwards and
+    // `connect` are missing.
     let mut control = match &d.cfg.control_path {
-        Some(p) => Some(
-            status::ControlServer::bind(p).map_err(|source| Error::Control {
-                path: p.clone(),
-                source,
-            })?,
-        ),
+        Some(p) => match status::ControlServer::bind(p) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(path = %p.display(), error = %e, "no control socket: `status`, `forward` and `connect` will not reach this daemon");
+                None
+            }
+        },
         None => None,
     };
+    let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlMsg>(16);
     tracing::info!(
         board = %d.cfg.nat.board_ipv4,
         gateway = %d.cfg.nat.gateway_ipv4,
@@ -291,8 +331,15 @@ pub async fn run(
             }
             conn = async { control.as_mut().expect("guarded").accept().await }, if control.is_some() => {
                 if let Some(stream) = conn {
-                    let snapshot = d.status();
-                    status::reply(stream, &snapshot);
+                    status::read_request(stream, ctl_tx.clone());
+                }
+            }
+            Some(msg) = ctl_rx.recv() => d.handle_control(msg),
+            Some(ev) = inbound_rx.recv() => {
+                d.handle_inbound(ev);
+                for _ in 1..RX_BATCH {
+                    let Ok(ev) = inbound_rx.try_recv() else { break };
+                    d.handle_inbound(ev);
                 }
             }
         }
@@ -302,7 +349,7 @@ pub async fn run(
 }
 
 impl Driver {
-    fn new(cfg: DriverConfig, clock: Clock) -> Result<Self, Error> {
+    fn new(cfg: DriverConfig, clock: Clock, inbound: mpsc::Sender<Inbound>) -> Result<Self, Error> {
         let nat = Nat::new(cfg.nat.clone(), clock.nat())?;
         let mut scfg = SessionConfig::new(Role::Host, cfg.identity.clone());
         scfg.max_bundle = cfg.max_bundle;
@@ -330,6 +377,7 @@ impl Driver {
             peer: None,
             handshake_error: None,
             summary_dirty: true,
+            forwards: Forwards::new(inbound),
         })
     }
 
@@ -357,6 +405,10 @@ impl Driver {
             self.drain_session_events();
             let mut progress = self.sockets.service_ready(&mut self.nat, self.clock.nat());
             progress |= self.drain_nat_events();
+            for c in self.sockets.take_closed() {
+                self.forwards
+                    .closed(c.flow, c.to_board, c.from_board, c.refused);
+            }
             if progress {
                 self.tx_pending = true;
             }
@@ -648,6 +700,7 @@ impl Driver {
             tx_bytes: c.tx_bytes,
             flows: self.nat.flow_count(),
             error: self.handshake_error.clone(),
+            forwards: self.forwards.summary(),
         };
         tx.send_if_modified(|s| {
             let changed = *s != next;
@@ -697,7 +750,155 @@ impl Driver {
             driver: &self.counters,
             peer_stats: self.peer_stats.as_ref(),
             uptime: Duration::from_micros(self.clock.micros()),
+            forwards: self.forward_status(),
         })
+    }
+
+    fn forward_status(&self) -> Vec<forward::ForwardStatus> {
+        self.forwards.status(|f| self.sockets.flow_bytes(f))
+    }
+
+    /// A connection accepted or a datagram received by a forward listener.
+    fn handle_inbound(&mut self, ev: Inbound) {
+        let now = self.clock.nat();
+        match ev {
+            Inbound::Tcp {
+                forward,
+                board_port,
+                stream,
+                peer,
+            } => {
+                let flow = if self.session.is_up() {
+                    self.nat
+                        .tcp_open_inbound(now, board_port, peer)
+                        .map_err(|e| {
+                            self.counters.inbound_no_room += 1;
+                            tracing::debug!(%peer, board_port, error = %e, "forward: connection refused");
+                        })
+                } else {
+                    self.counters.inbound_no_session += 1;
+                    tracing::debug!(%peer, board_port, "forward: no board connected, connection reset");
+                    Err(())
+                };
+                if let Ok(flow) = flow {
+                    self.sockets
+                        .adopt_stream(flow, OsStream::Tcp(stream), false);
+                    self.forwards.opened(flow, Owner::Forward(forward));
+                } else {
+                    self.forwards.refused(forward);
+                    // Reset, not a clean close: the client must not mistake it for an answer
+                    // of the board's service.
+                    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                }
+            }
+            Inbound::Udp {
+                forward,
+                board_port,
+                sock,
+                peer,
+                payload,
+            } => {
+                if !self.session.is_up() {
+                    self.counters.inbound_no_session += 1;
+                    return;
+                }
+                let local = sock.local_addr().unwrap_or(peer);
+                let flow = match self.forwards.udp_flow(forward, local, peer) {
+                    Some(f) => f,
+                    None => match self.nat.udp_open_inbound(now, board_port, peer) {
+                        Ok(f) => {
+                            self.sockets.adopt_udp_peer(f, sock, peer);
+                            self.forwards.udp_opened(f, forward, local, peer);
+                            f
+                        }
+                        Err(e) => {
+                            self.counters.inbound_no_room += 1;
+                            self.forwards.refused(forward);
+                            tracing::debug!(%peer, board_port, error = %e, "forward: datagram dropped");
+                            return;
+                        }
+                    },
+                };
+                self.sockets.note_udp_to_board(flow, payload.len());
+                self.nat.handle_os_event(
+                    now,
+                    qbkit_nat::OsEvent::UdpReceived {
+                        flow,
+                        payload: &payload,
+                    },
+                );
+            }
+        }
+        self.tx_pending = true;
+    }
+
+    /// A control-socket request.
+    fn handle_control(&mut self, msg: ControlMsg) {
+        let ControlMsg { request, stream } = msg;
+        let forwards_reply = |d: &Self, r: Result<(), String>| match r {
+            Ok(()) => Reply {
+                ok: true,
+                error: None,
+                forwards: Some(d.forward_status()),
+            },
+            Err(e) => Reply::error(e),
+        };
+        match request {
+            Request::Status => status::reply(stream, &self.status()),
+            Request::ForwardList => status::reply_json(stream, &forwards_reply(self, Ok(()))),
+            Request::ForwardAdd { spec } => {
+                let r = ForwardSpec::parse(&spec)
+                    .map_err(|e| e.to_string())
+                    .and_then(|s| {
+                        self.forwards
+                            .add(s)
+                            .map_err(|e| format!("forward {s}: {e}"))
+                    });
+                self.summary_dirty = true;
+                status::reply_json(stream, &forwards_reply(self, r));
+            }
+            Request::ForwardRemove { spec } => {
+                let r = ForwardSpec::parse(&spec)
+                    .map_err(|e| e.to_string())
+                    .and_then(|s| self.forwards.remove(&s).map_err(|e| e.to_string()));
+                self.summary_dirty = true;
+                status::reply_json(stream, &forwards_reply(self, r));
+            }
+            Request::Connect { target } => self.connect(stream, &target),
+        }
+    }
+
+    /// `qbkit-host connect`: the control connection becomes a TCP connection to the board.
+    fn connect(&mut self, stream: status::ControlStream, target: &str) {
+        let port = match forward::connect_target(target, self.cfg.nat.board_ipv4) {
+            Ok(p) => p,
+            Err(e) => return status::reply_json(stream, &Reply::error(e)),
+        };
+        if !self.session.is_up() {
+            self.counters.inbound_no_session += 1;
+            return status::reply_json(
+                stream,
+                &Reply::error("no board is connected to this qbkit-host"),
+            );
+        }
+        #[cfg(unix)]
+        {
+            let peer = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+            match self.nat.tcp_open_inbound(self.clock.nat(), port, peer) {
+                Ok(flow) => {
+                    self.sockets
+                        .adopt_stream(flow, OsStream::Unix(stream), true);
+                    self.forwards.opened(flow, Owner::Connect);
+                    self.tx_pending = true;
+                }
+                Err(e) => {
+                    self.counters.inbound_no_room += 1;
+                    status::reply_json(stream, &Reply::error(format!("board port {port}: {e}")));
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = (stream, port);
     }
 }
 

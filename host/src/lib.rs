@@ -11,6 +11,7 @@
 pub mod config;
 pub mod driver;
 pub mod engine;
+pub mod forward;
 pub mod platform;
 pub mod relay;
 pub mod sockets;

@@ -16,6 +16,7 @@ use clap::{CommandFactory as _, Parser, Subcommand};
 use qbkit_host::config::{self, NatOptions};
 use qbkit_host::driver::DriverConfig;
 use qbkit_host::engine::Engine;
+use qbkit_host::forward::ForwardSpec;
 use qbkit_host::transport::TransportSpec;
 use qbkit_host::usb::{self, BoardState, DeviceFilter};
 use qbkit_host::{platform, status, tray};
@@ -67,6 +68,24 @@ enum Command {
         #[command(flatten)]
         usb: UsbArgs,
     },
+    /// Manage the running daemon's port forwards into the board.
+    Forward {
+        #[command(subcommand)]
+        action: ForwardAction,
+        /// The daemon's control socket (default: $XDG_RUNTIME_DIR/qbkit-host.sock).
+        #[arg(long, global = true)]
+        control: Option<PathBuf>,
+    },
+    /// Connect standard input/output to a TCP port of the board through the running daemon,
+    /// opening no port on this machine: `ssh -o ProxyCommand='qbkit-host connect %p' root@qbkit`.
+    Connect {
+        /// The board's port, or BOARD_ADDR:PORT.
+        #[arg(value_name = "PORT")]
+        target: String,
+        /// The daemon's control socket (default: $XDG_RUNTIME_DIR/qbkit-host.sock).
+        #[arg(long)]
+        control: Option<PathBuf>,
+    },
     /// Print shell completions to stdout.
     Completions {
         /// The shell.
@@ -75,6 +94,32 @@ enum Command {
     },
     /// Print the man page (roff) to stdout.
     Man,
+}
+
+#[derive(Subcommand, Debug, Clone, Copy)]
+enum ForwardAction {
+    /// Forward a laptop port to the board: [tcp/|udp/][BIND_ADDR:]LAPTOP_PORT[-END]:BOARD_PORT[-END].
+    Add {
+        /// The forward, e.g. 2222:22, udp/5353:53, 0.0.0.0:8080:80.
+        #[arg(value_name = "SPEC", value_parser = parse_forward)]
+        spec: ForwardSpec,
+    },
+    /// Stop forwarding (open connections keep running).
+    Remove {
+        /// The forward as it was added (or as `forward list` shows it).
+        #[arg(value_name = "SPEC", value_parser = parse_forward)]
+        spec: ForwardSpec,
+    },
+    /// List the forwards with their connection and byte counters.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_forward(s: &str) -> Result<ForwardSpec, String> {
+    ForwardSpec::parse(s).map_err(|e| e.to_string())
 }
 
 /// Which USB devices count as boards.
@@ -139,6 +184,12 @@ struct RunArgs {
     /// Serve `qbkit-host status` on this unix socket (default: $XDG_RUNTIME_DIR/qbkit-host.sock).
     #[arg(long)]
     control: Option<PathBuf>,
+    /// Forward a laptop port to the board (repeatable):
+    /// [tcp/|udp/][BIND_ADDR:]LAPTOP_PORT[-END]:BOARD_PORT[-END], e.g. 2222:22 (ssh -p 2222
+    /// localhost reaches the board's sshd), udp/5353:53, 0.0.0.0:8080:80. Binds to 127.0.0.1
+    /// unless an address is given.
+    #[arg(short = 'L', long = "forward", value_name = "SPEC", value_parser = parse_forward)]
+    forwards: Vec<ForwardSpec>,
 }
 
 fn parse_dns(s: &str) -> Result<SocketAddr, String> {
@@ -151,15 +202,10 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => run(args),
         Command::Tray(args) => run_tray(args),
         Command::Status { json, control } => {
-            let path = control.unwrap_or_else(platform::default_control_path);
-            let doc = status::query(&path).with_context(|| {
-                format!(
-                    "cannot reach qbkit-host at {} (is `qbkit-host run` running?)",
-                    path.display()
-                )
-            })?;
+            let path = control_path(control);
+            let doc = status::query(&path).with_context(|| unreachable_daemon(&path))?;
             if json {
-                println!("{doc}");
+                print!("{doc}");
             } else {
                 let s: status::Status =
                     serde_json::from_str(&doc).context("bad status document")?;
@@ -174,6 +220,8 @@ fn main() -> anyhow::Result<()> {
         } => list_usbip(json, &host, &usb),
         Command::List { json, usb, .. } => list(json, &usb),
         Command::Relay { usb } => relay(&usb),
+        Command::Forward { action, control } => forward(action, control),
+        Command::Connect { target, control } => connect(&target, control),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -191,6 +239,117 @@ fn main() -> anyhow::Result<()> {
             out.flush().context("writing the man page")
         }
     }
+}
+
+/// The control socket of a client command, and the error for a daemon that is not there.
+fn control_path(control: Option<PathBuf>) -> PathBuf {
+    control.unwrap_or_else(platform::default_control_path)
+}
+
+fn unreachable_daemon(path: &std::path::Path) -> String {
+    format!(
+        "cannot reach qbkit-host at {} (is `qbkit-host run` running?)",
+        path.display()
+    )
+}
+
+/// `forward add|remove|list`.
+fn forward(action: ForwardAction, control: Option<PathBuf>) -> anyhow::Result<()> {
+    let path = control_path(control);
+    let (request, json) = match action {
+        ForwardAction::Add { spec } => (
+            status::Request::ForwardAdd {
+                spec: spec.to_string(),
+            },
+            false,
+        ),
+        ForwardAction::Remove { spec } => (
+            status::Request::ForwardRemove {
+                spec: spec.to_string(),
+            },
+            false,
+        ),
+        ForwardAction::List { json } => (status::Request::ForwardList, json),
+    };
+    let doc = status::request(&path, &request).with_context(|| unreachable_daemon(&path))?;
+    let reply: status::Reply = serde_json::from_str(&doc)
+        .with_context(|| format!("unexpected answer from qbkit-host at {}", path.display()))?;
+    if let Some(e) = reply.error {
+        anyhow::bail!(e);
+    }
+    let forwards = reply.forwards.unwrap_or_default();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&forwards)?);
+    } else if matches!(request, status::Request::ForwardList) {
+        if forwards.is_empty() {
+            println!("no forwards");
+        } else {
+            print!("{}", status::render_forwards(&forwards));
+        }
+    }
+    Ok(())
+}
+
+/// `connect PORT`: stdin/stdout ⇄ the board's port through the daemon.
+#[cfg(unix)]
+fn connect(target: &str, control: Option<PathBuf>) -> anyhow::Result<()> {
+    use std::io::{Read as _, Write as _};
+    let path = control_path(control);
+    let stream = match status::connect(&path, target) {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            anyhow::bail!(unreachable_daemon(&path))
+        }
+        Err(e) => anyhow::bail!("connect {target}: {e}"),
+    };
+    let mut up = stream.try_clone().context("connect: socket")?;
+    // stdin → board; at EOF half-close, so the board's side sees FIN and can still answer.
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if up.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = up.shutdown(std::net::Shutdown::Write);
+    });
+    // board → stdout until the board's side closes.
+    let mut down = stream;
+    let mut stdout = std::io::stdout().lock();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match down.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if stdout
+                    .write_all(&buf[..n])
+                    .and_then(|()| stdout.flush())
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => anyhow::bail!("connect {target}: {e}"),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn connect(_target: &str, _control: Option<PathBuf>) -> anyhow::Result<()> {
+    anyhow::bail!("connect needs the control socket, which is not available on this OS yet")
 }
 
 fn list(json: bool, args: &UsbArgs) -> anyhow::Result<()> {
@@ -417,6 +576,7 @@ fn engine(args: RunArgs, live: bool) -> anyhow::Result<Engine> {
     cfg.transport = spec.to_string();
     cfg.control_path = Some(args.control.unwrap_or_else(platform::default_control_path));
     cfg.live_status = live;
+    cfg.forwards = args.forwards;
     Ok(Engine::new(cfg, spec, args.usb.filter()))
 }
 

@@ -22,6 +22,17 @@
 //!   write readiness. The board's TCP stalls on the closed window.
 //! - UDP/ICMP are lossy: a datagram the OS will not take now is dropped and counted.
 //!
+//! # Inbound flows (forwards, `connect`)
+//!
+//! A connection the laptop side opened (a forward's accepted TCP stream, a `qbkit-host connect`
+//! client on the control socket) is *adopted* for a flow the core dials towards the board
+//! (`Nat::tcp_open_inbound`): from then on it is serviced exactly like an outbound flow's socket.
+//! It is not read until the board accepted (`TcpEstablished`; the core takes no bytes before).
+//! A `connect` client first gets one line, `{"ok":true}` or `{"error":…}`, then raw bytes. A UDP
+//! forward's peer is a flow whose datagrams for the board come from the forward's listener task
+//! and whose replies leave through the forward's shared socket to that peer. When an inbound flow
+//! ends, its byte counts are reported through [`Sockets::take_closed`].
+//!
 //! # Fairness
 //!
 //! One readiness service moves at most [`TCP_BUDGET`] bytes or [`DGRAM_BUDGET`] datagrams for a
@@ -38,6 +49,8 @@ use std::time::Duration;
 use qbkit_nat::{ConnectError, DatagramError, FlowError, FlowId, Instant, Nat, NatEvent, OsEvent};
 use serde::Serialize;
 use socket2::{Domain, SockRef, Socket, Type};
+#[cfg(unix)]
+use tokio::net::UnixStream;
 use tokio::net::{TcpStream, UdpSocket};
 
 use crate::platform;
@@ -161,6 +174,84 @@ pub struct SocketCounters {
     pub drop_icmp_not_reply: u64,
     /// Events naming a flow this side does not know (already closed).
     pub drop_unknown_flow: u64,
+    /// Laptop-side connections adopted for inbound flows (forwards, `connect`).
+    pub inbound_adopted: u64,
+    /// Dropped: a board reply on a UDP forward the OS would not send to the peer.
+    pub drop_udp_forward_send: u64,
+}
+
+/// A stream socket of a flow: an OS TCP connection, or a `qbkit-host connect` client.
+#[derive(Debug)]
+pub enum OsStream {
+    /// A TCP connection (outbound flows, forward listeners).
+    Tcp(TcpStream),
+    /// A control-socket client that asked for `connect`.
+    #[cfg(unix)]
+    Unix(UnixStream),
+}
+
+impl OsStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Self::Tcp(s) => s.poll_read_ready(cx),
+            #[cfg(unix)]
+            Self::Unix(s) => s.poll_read_ready(cx),
+        }
+    }
+    fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Self::Tcp(s) => s.poll_write_ready(cx),
+            #[cfg(unix)]
+            Self::Unix(s) => s.poll_write_ready(cx),
+        }
+    }
+    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Self::Tcp(s) => s.try_read(buf),
+            #[cfg(unix)]
+            Self::Unix(s) => s.try_read(buf),
+        }
+    }
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Tcp(s) => s.try_write(buf),
+            #[cfg(unix)]
+            Self::Unix(s) => s.try_write(buf),
+        }
+    }
+    fn shutdown_write(&self) -> io::Result<()> {
+        match self {
+            Self::Tcp(s) => SockRef::from(s).shutdown(Shutdown::Write),
+            #[cfg(unix)]
+            Self::Unix(s) => SockRef::from(s).shutdown(Shutdown::Write),
+        }
+    }
+    /// Closing after this sends a RST (TCP only: a unix stream just closes).
+    fn set_reset_on_close(&self) {
+        if let Self::Tcp(s) = self {
+            let _ = SockRef::from(s).set_linger(Some(Duration::ZERO));
+        }
+    }
+    fn tcp(&self) -> Option<&TcpStream> {
+        match self {
+            Self::Tcp(s) => Some(s),
+            #[cfg(unix)]
+            Self::Unix(_) => None,
+        }
+    }
+}
+
+/// An inbound flow that ended (see [`Sockets::take_closed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClosedInbound {
+    /// The flow.
+    pub flow: FlowId,
+    /// Payload bytes it carried to the board.
+    pub to_board: u64,
+    /// Payload bytes it carried from the board.
+    pub from_board: u64,
+    /// The board never accepted it (refused, no answer).
+    pub refused: bool,
 }
 
 struct Wakers {
@@ -188,7 +279,7 @@ impl Wakers {
     reason = "independent per-direction states of one connection"
 )]
 struct TcpFlow {
-    stream: TcpStream,
+    stream: OsStream,
     wakers: Wakers,
     /// The non-blocking connect has not completed yet.
     connecting: bool,
@@ -198,6 +289,15 @@ struct TcpFlow {
     read_closed: bool,
     /// The board has data for the OS socket (`TcpReadable` seen, not yet drained).
     board_data: bool,
+    /// The laptop opened this flow (forward, `connect`): report it in `closed` when it ends.
+    inbound: bool,
+    /// The board accepted it (`TcpEstablished`); always true for outbound flows.
+    established: bool,
+    /// A `connect` client still waits for its reply line.
+    greeting: bool,
+    /// Payload bytes to / from the board.
+    to_board: u64,
+    from_board: u64,
 }
 
 struct DgramFlow {
@@ -208,6 +308,13 @@ struct DgramFlow {
 enum OsFlow {
     Tcp(TcpFlow),
     Udp(DgramFlow),
+    /// A peer of a UDP forward: the board's replies go to `peer` through the forward's socket.
+    UdpPeer {
+        sock: Arc<UdpSocket>,
+        peer: SocketAddr,
+        to_board: u64,
+        from_board: u64,
+    },
     /// A ping socket; `None` until the first echo request opened it.
     Icmp(Option<DgramFlow>),
 }
@@ -221,6 +328,7 @@ pub struct Sockets {
     scratch_tokens: Vec<u64>,
     buf: Vec<u8>,
     counters: SocketCounters,
+    closed: Vec<ClosedInbound>,
 }
 
 impl std::fmt::Debug for Sockets {
@@ -247,6 +355,7 @@ impl Sockets {
             scratch_tokens: Vec::new(),
             buf: vec![0; DGRAM_BUF],
             counters: SocketCounters::default(),
+            closed: Vec::new(),
         }
     }
 
@@ -280,6 +389,7 @@ impl Sockets {
     pub fn handle_event(&mut self, nat: &mut Nat, now: Instant, ev: NatEvent) {
         match ev {
             NatEvent::TcpConnect { flow, src, dst } => self.tcp_connect(nat, now, flow, src, dst),
+            NatEvent::TcpEstablished { flow } => self.tcp_established(nat, now, flow),
             NatEvent::TcpReadable { flow } => {
                 if let Some(OsFlow::Tcp(t)) = self.flows.get_mut(&flow) {
                     t.board_data = true;
@@ -306,19 +416,24 @@ impl Sockets {
                 }
             }
             NatEvent::TcpClose { flow, reset } => {
-                if let Some(OsFlow::Tcp(t)) = self.flows.remove(&flow) {
+                if let Some(OsFlow::Tcp(t)) = self.flows.get(&flow) {
                     if reset {
                         self.counters.tcp_resets_to_os += 1;
-                        let _ = SockRef::from(&t.stream).set_linger(Some(Duration::ZERO));
+                        t.stream.set_reset_on_close();
+                    }
+                    if t.greeting {
+                        reply_line(
+                            &t.stream,
+                            r#"{"error":"the board refused or did not answer the connection (nothing listens on that port?)"}"#,
+                        );
                     }
                     tracing::trace!(%flow, reset, "tcp flow closed");
                 }
+                self.remove(flow);
             }
             NatEvent::UdpOpen { flow, dst, .. } => self.udp_open(nat, now, flow, dst),
             NatEvent::UdpSend { flow, payload } => self.udp_send(nat, now, flow, &payload),
-            NatEvent::UdpClose { flow } | NatEvent::IcmpClose { flow } => {
-                self.flows.remove(&flow);
-            }
+            NatEvent::UdpClose { flow } | NatEvent::IcmpClose { flow } => self.remove(flow),
             NatEvent::IcmpEchoRequest {
                 flow,
                 dst,
@@ -358,7 +473,7 @@ impl Sockets {
             OsFlow::Icmp(Some(d)) => {
                 icmp_recv(d, nat, now, flow, &mut self.buf, &mut self.counters)
             }
-            OsFlow::Icmp(None) => Outcome::Idle,
+            OsFlow::Icmp(None) | OsFlow::UdpPeer { .. } => Outcome::Idle,
         };
         match outcome {
             Outcome::Idle => {}
@@ -368,10 +483,111 @@ impl Sockets {
                 self.service(nat, now, flow, Dir::Read);
                 self.service(nat, now, flow, Dir::Write);
             }
-            Outcome::Gone => {
-                self.flows.remove(&flow);
+            Outcome::Gone => self.remove(flow),
+        }
+    }
+
+    /// Drops a flow's socket; an inbound flow is reported in [`take_closed`](Self::take_closed).
+    fn remove(&mut self, flow: FlowId) {
+        let closed = match self.flows.remove(&flow) {
+            Some(OsFlow::Tcp(t)) if t.inbound => ClosedInbound {
+                flow,
+                to_board: t.to_board,
+                from_board: t.from_board,
+                refused: !t.established,
+            },
+            Some(OsFlow::UdpPeer {
+                to_board,
+                from_board,
+                ..
+            }) => ClosedInbound {
+                flow,
+                to_board,
+                from_board,
+                refused: false,
+            },
+            _ => return,
+        };
+        self.closed.push(closed);
+    }
+
+    /// Inbound flows that ended since the last call.
+    pub fn take_closed(&mut self) -> Vec<ClosedInbound> {
+        std::mem::take(&mut self.closed)
+    }
+
+    /// Bytes (to, from the board) of an open inbound flow.
+    pub fn flow_bytes(&self, flow: FlowId) -> Option<(u64, u64)> {
+        match self.flows.get(&flow)? {
+            OsFlow::Tcp(t) => Some((t.to_board, t.from_board)),
+            OsFlow::UdpPeer {
+                to_board,
+                from_board,
+                ..
+            } => Some((*to_board, *from_board)),
+            _ => None,
+        }
+    }
+
+    /// Takes over a laptop-side stream for an inbound flow the core is dialling
+    /// (`Nat::tcp_open_inbound`). With `greeting`, the client gets `{"ok":true}` once the board
+    /// accepted (or an error line if it does not) before any data.
+    pub fn adopt_stream(&mut self, flow: FlowId, stream: OsStream, greeting: bool) {
+        self.counters.inbound_adopted += 1;
+        let t = TcpFlow {
+            stream,
+            wakers: Wakers::new(flow, &self.queue),
+            connecting: false,
+            // Nothing is read until the board accepted (`TcpEstablished` → `TcpWritable`).
+            paused: true,
+            read_closed: false,
+            board_data: false,
+            inbound: true,
+            established: false,
+            greeting,
+            to_board: 0,
+            from_board: 0,
+        };
+        self.flows.insert(flow, OsFlow::Tcp(t));
+    }
+
+    /// Records a UDP forward's peer for an inbound flow (`Nat::udp_open_inbound`).
+    pub fn adopt_udp_peer(&mut self, flow: FlowId, sock: Arc<UdpSocket>, peer: SocketAddr) {
+        self.counters.inbound_adopted += 1;
+        self.flows.insert(
+            flow,
+            OsFlow::UdpPeer {
+                sock,
+                peer,
+                to_board: 0,
+                from_board: 0,
+            },
+        );
+    }
+
+    /// Counts a datagram a UDP forward's peer sent to the board.
+    pub fn note_udp_to_board(&mut self, flow: FlowId, len: usize) {
+        if let Some(OsFlow::UdpPeer { to_board, .. }) = self.flows.get_mut(&flow) {
+            *to_board += len as u64;
+        }
+    }
+
+    fn tcp_established(&mut self, nat: &mut Nat, now: Instant, flow: FlowId) {
+        let Some(OsFlow::Tcp(t)) = self.flows.get_mut(&flow) else {
+            self.counters.drop_unknown_flow += 1;
+            return;
+        };
+        t.established = true;
+        if t.greeting {
+            t.greeting = false;
+            if !reply_line(&t.stream, r#"{"ok":true}"#) {
+                tracing::debug!(%flow, "connect client went away before the board answered");
+                nat.handle_os_event(now, OsEvent::TcpReset { flow });
+                self.remove(flow);
+                return;
             }
         }
+        tracing::debug!(%flow, "the board accepted an inbound connection");
     }
 
     fn tcp_connect(
@@ -387,12 +603,17 @@ impl Sockets {
             Ok(stream) => {
                 tracing::trace!(%flow, %src, %dst, "tcp connect");
                 let t = TcpFlow {
-                    stream,
+                    stream: OsStream::Tcp(stream),
                     wakers: Wakers::new(flow, &self.queue),
                     connecting: true,
                     paused: false,
                     read_closed: false,
                     board_data: false,
+                    inbound: false,
+                    established: true,
+                    greeting: false,
+                    to_board: 0,
+                    from_board: 0,
                 };
                 self.flows.insert(flow, OsFlow::Tcp(t));
                 self.service(nat, now, flow, Dir::Write);
@@ -438,9 +659,25 @@ impl Sockets {
     }
 
     fn udp_send(&mut self, nat: &mut Nat, now: Instant, flow: FlowId, payload: &[u8]) {
-        let Some(OsFlow::Udp(d)) = self.flows.get(&flow) else {
-            self.counters.drop_unknown_flow += 1;
-            return;
+        let d = match self.flows.get_mut(&flow) {
+            Some(OsFlow::Udp(d)) => d,
+            Some(OsFlow::UdpPeer {
+                sock,
+                peer,
+                from_board,
+                ..
+            }) => {
+                *from_board += payload.len() as u64;
+                if let Err(e) = SockRef::from(&**sock).send_to(payload, &(*peer).into()) {
+                    self.counters.drop_udp_forward_send += 1;
+                    tracing::debug!(%flow, %peer, error = %e, "reply to a UDP forward peer not sent");
+                }
+                return;
+            }
+            _ => {
+                self.counters.drop_unknown_flow += 1;
+                return;
+            }
         };
         // A direct send, not tokio's `try_send`: that one refuses (WouldBlock) until the
         // reactor has seen the socket writable once, which would drop the first datagram of
@@ -581,11 +818,15 @@ fn datagram_error(e: &io::Error) -> DatagramError {
 /// Completes a non-blocking connect: write readiness, then `SO_ERROR`.
 fn tcp_check_connect(t: &mut TcpFlow, nat: &mut Nat, now: Instant, flow: FlowId) -> Outcome {
     let mut cx = Context::from_waker(&t.wakers.write);
-    let err = match t.stream.poll_write_ready(&mut cx) {
+    let Some(stream) = t.stream.tcp() else {
+        t.connecting = false;
+        return Outcome::Connected;
+    };
+    let err = match stream.poll_write_ready(&mut cx) {
         Poll::Pending => return Outcome::Idle,
         Poll::Ready(Err(e)) => Some(e),
-        Poll::Ready(Ok(())) => match t.stream.take_error() {
-            Ok(None) => match t.stream.peer_addr() {
+        Poll::Ready(Ok(())) => match stream.take_error() {
+            Ok(None) => match stream.peer_addr() {
                 Ok(_) => None,
                 // Writable without an error but not connected: a spurious wake-up.
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => return Outcome::Idle,
@@ -650,6 +891,7 @@ fn tcp_os_to_board(
             Some(r) => match bytes_moved(r, nat, now, flow, counters) {
                 Ok(n) => {
                     moved += n;
+                    t.to_board += n as u64;
                     counters.tcp_bytes_from_os += n as u64;
                 }
                 Err(gone) => return gone,
@@ -698,6 +940,7 @@ fn tcp_board_to_os(
             Some(r) => match bytes_moved(r, nat, now, flow, counters) {
                 Ok(n) => {
                     moved += n;
+                    t.from_board += n as u64;
                     counters.tcp_bytes_to_os += n as u64;
                 }
                 Err(gone) => return gone,
@@ -845,14 +1088,11 @@ fn icmp_recv(
     Outcome::Again
 }
 
-trait ShutdownWrite {
-    fn shutdown_write(&self) -> io::Result<()>;
-}
-
-impl ShutdownWrite for TcpStream {
-    fn shutdown_write(&self) -> io::Result<()> {
-        SockRef::from(self).shutdown(Shutdown::Write)
-    }
+/// Writes one reply line to a `connect` client (a fresh socket: it fits its buffer). Returns
+/// false when the client is gone.
+fn reply_line(stream: &OsStream, line: &str) -> bool {
+    let msg = format!("{line}\n");
+    matches!(stream.try_write(msg.as_bytes()), Ok(n) if n == msg.len())
 }
 
 #[cfg(test)]

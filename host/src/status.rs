@@ -1,10 +1,14 @@
 //! `qbkit-host status`: the snapshot the running driver serves on its control socket, and the
 //! client that reads it.
 //!
-//! Protocol (deliberately trivial): a client connects to the unix socket; the daemon writes one
-//! JSON document ([`Status`]) and closes. The daemon builds the snapshot synchronously in its
-//! loop (a copy of counters and the flow list) and a small task writes it, so a slow client never
-//! stalls the NAT. `--json` prints the document as is; the default output is a human summary.
+//! Protocol: a client connects to the unix socket and writes one request line, a JSON
+//! [`Request`] (`{"op":"status"}`, `{"op":"forward_add","spec":"2222:22"}`, …; a client that
+//! sends nothing and half-closes gets the status, as before requests existed). A small task reads
+//! the line (bounded in size and time) and hands it to the driver loop, which answers with one
+//! JSON document ([`Status`], or a [`Reply`]) written by another small task, so a slow client
+//! never stalls the NAT. `connect` is the exception: after its `{"ok":true}` line the same
+//! connection carries the raw bytes of a TCP connection to the board (see `sockets.rs`).
+//! `--json` prints a document as is; the default output is a human summary.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -16,7 +20,62 @@ use serde::{Deserialize, Serialize};
 use shared_frame::{LinkState, Session, Stats};
 
 use crate::driver::DriverCounters;
+use crate::forward::ForwardStatus;
 use crate::sockets::SocketCounters;
+
+/// The longest request line a client may send.
+const MAX_REQUEST: usize = 4096;
+
+/// A control-socket request (one JSON line).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Request {
+    /// The [`Status`] document.
+    Status,
+    /// Add a forward (`SPEC` as `--forward` takes it).
+    ForwardAdd {
+        /// The spec.
+        spec: String,
+    },
+    /// Remove a forward.
+    ForwardRemove {
+        /// The spec.
+        spec: String,
+    },
+    /// List the forwards.
+    ForwardList,
+    /// Turn this connection into a TCP connection to the board: `PORT` or `BOARD_ADDR:PORT`.
+    Connect {
+        /// The target.
+        target: String,
+    },
+}
+
+/// The answer to every request but `status` (and `connect` once it succeeded: then `ok` only).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    /// The request was carried out.
+    #[serde(default)]
+    pub ok: bool,
+    /// Why not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The forwards after the request (forward requests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwards: Option<Vec<ForwardStatus>>,
+}
+
+impl Reply {
+    /// A failure.
+    pub fn error(msg: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            error: Some(msg.into()),
+            forwards: None,
+        }
+    }
+}
 
 /// Everything `status` shows.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -49,6 +108,9 @@ pub struct Status {
     pub peer_stats: BTreeMap<String, u64>,
     /// Every flow.
     pub flows: Vec<FlowStatus>,
+    /// Port forwards into the board.
+    #[serde(default)]
+    pub forwards: Vec<ForwardStatus>,
 }
 
 /// The link part of [`Status`].
@@ -93,6 +155,10 @@ pub struct FlowStatus {
     pub bytes_to_board: u64,
     /// Milliseconds since the last activity.
     pub idle_ms: u64,
+    /// `out` (the board dialled) or `in` (a forward or `connect` dialled the board; `os_dst`
+    /// is then the laptop-side peer).
+    #[serde(default)]
+    pub direction: String,
 }
 
 /// What the driver hands to [`Status::collect`].
@@ -107,6 +173,7 @@ pub(crate) struct Sources<'a> {
     pub(crate) driver: &'a DriverCounters,
     pub(crate) peer_stats: Option<&'a Stats>,
     pub(crate) uptime: Duration,
+    pub(crate) forwards: Vec<ForwardStatus>,
 }
 
 fn protocol_name(p: Protocol) -> &'static str {
@@ -173,6 +240,7 @@ impl Status {
                 bytes_from_board: f.bytes_from_board,
                 bytes_to_board: f.bytes_to_board,
                 idle_ms: f.idle.total_millis(),
+                direction: if f.inbound { "in" } else { "out" }.to_owned(),
             })
             .collect();
         let peer_stats = s
@@ -204,6 +272,7 @@ impl Status {
             driver: counter_map(s.driver),
             peer_stats,
             flows,
+            forwards: s.forwards.clone(),
         }
     }
 
@@ -294,22 +363,12 @@ impl Status {
                 drops.join(" ")
             }
         );
+        if !self.forwards.is_empty() {
+            let _ = writeln!(o, "\nforwards");
+            o.push_str(&render_forwards(&self.forwards));
+        }
         if !self.flows.is_empty() {
-            let _ = writeln!(
-                o,
-                "\n{:>6} {:4} {:21} {:21} {:12} {:>10} {:>10}",
-                "id", "prot", "board", "destination", "state", "up B", "down B"
-            );
-            for f in self.flows.iter().take(50) {
-                let _ = writeln!(
-                    o,
-                    "{:>6} {:4} {:21} {:21} {:12} {:>10} {:>10}",
-                    f.id, f.protocol, f.src, f.dst, f.state, f.bytes_from_board, f.bytes_to_board
-                );
-            }
-            if self.flows.len() > 50 {
-                let _ = writeln!(o, "… {} more (use --json)", self.flows.len() - 50);
-            }
+            o.push_str(&render_flows(&self.flows));
         }
         o
     }
@@ -390,14 +449,75 @@ impl Drop for ControlServer {
     }
 }
 
+/// A request read from a control client, with the client to answer.
+#[derive(Debug)]
+pub(crate) struct ControlMsg {
+    pub(crate) request: Request,
+    pub(crate) stream: ControlStream,
+}
+
+/// Reads one request line from a new client in a small task and hands it to the driver.
+/// A client that half-closes without a request gets the status; a bad request gets an error
+/// reply at once, without the driver.
+pub(crate) fn read_request(stream: ControlStream, tx: tokio::sync::mpsc::Sender<ControlMsg>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::io::AsyncReadExt as _;
+        let mut stream = stream;
+        let mut line = Vec::new();
+        let read = async {
+            // Byte by byte: nothing after the newline may be consumed (`connect` turns the rest
+            // of the connection into raw data).
+            let mut b = [0u8; 1];
+            while line.len() < MAX_REQUEST {
+                if stream.read(&mut b).await? == 0 || b[0] == b'\n' {
+                    break;
+                }
+                line.push(b[0]);
+            }
+            io::Result::Ok(())
+        };
+        match tokio::time::timeout(Duration::from_secs(5), read).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return tracing::debug!(error = %e, "control client went away"),
+            Err(_) => return tracing::debug!("control client sent no request in 5 s"),
+        }
+        let request = if line.iter().all(u8::is_ascii_whitespace) {
+            Ok(Request::Status)
+        } else {
+            serde_json::from_slice::<Request>(&line)
+        };
+        match request {
+            Ok(request) => {
+                let _ = tx.send(ControlMsg { request, stream }).await;
+            }
+            Err(e) => reply_json(
+                stream,
+                &Reply::error(format!(
+                    "bad request (is this qbkit-host {} ?): {e}",
+                    env!("CARGO_PKG_VERSION")
+                )),
+            ),
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = (stream, tx);
+}
+
 /// Writes `status` to a client from a small task, so the loop does not wait for it.
 pub(crate) fn reply(stream: ControlStream, status: &Status) {
+    reply_json(stream, status);
+}
+
+/// Writes one JSON document to a client from a small task, then closes.
+pub(crate) fn reply_json<T: Serialize>(stream: ControlStream, doc: &T) {
     #[cfg(unix)]
     {
         use tokio::io::AsyncWriteExt as _;
-        let Ok(doc) = serde_json::to_vec(status) else {
+        let Ok(mut doc) = serde_json::to_vec(doc) else {
             return;
         };
+        doc.push(b'\n');
         let mut stream = stream;
         tokio::spawn(async move {
             let w = async {
@@ -405,30 +525,124 @@ pub(crate) fn reply(stream: ControlStream, status: &Status) {
                 stream.shutdown().await
             };
             if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(5), w).await {
-                tracing::debug!(error = %e, "status client went away");
+                tracing::debug!(error = %e, "control client went away");
             }
         });
     }
     #[cfg(not(unix))]
-    let _ = (stream, status);
+    let _ = (stream, doc);
 }
 
-/// Client: reads the daemon's status document from `path`.
+/// Client: sends `request` and returns the daemon's JSON answer.
 #[cfg(unix)]
-pub fn query(path: &Path) -> io::Result<String> {
-    use std::io::Read as _;
+pub fn request(path: &Path, request: &Request) -> io::Result<String> {
+    use std::io::{Read as _, Write as _};
     let mut s = std::os::unix::net::UnixStream::connect(path)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut line = serde_json::to_vec(request).map_err(io::Error::other)?;
+    line.push(b'\n');
+    s.write_all(&line)?;
     let mut doc = String::new();
     s.read_to_string(&mut doc)?;
     Ok(doc)
 }
 
-/// Client: not available on this OS yet.
+/// Client: reads the daemon's status document from `path`.
+pub fn query(path: &Path) -> io::Result<String> {
+    request(path, &Request::Status)
+}
+
+/// Client of `qbkit-host connect`: asks the daemon for a connection to the board's port and
+/// waits until the board accepted. The returned stream then carries that connection's bytes.
+#[cfg(unix)]
+pub fn connect(path: &Path, target: &str) -> io::Result<std::os::unix::net::UnixStream> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::os::unix::net::UnixStream::connect(path)?;
+    let mut line = serde_json::to_vec(&Request::Connect {
+        target: target.to_owned(),
+    })
+    .map_err(io::Error::other)?;
+    line.push(b'\n');
+    s.write_all(&line)?;
+    // The board answers within a round trip; a silent one within the NAT's connect timeout.
+    s.set_read_timeout(Some(Duration::from_secs(90)))?;
+    let mut reply = Vec::new();
+    let mut b = [0u8; 1];
+    while reply.len() < MAX_REQUEST {
+        if s.read(&mut b)? == 0 || b[0] == b'\n' {
+            break;
+        }
+        reply.push(b[0]);
+    }
+    s.set_read_timeout(None)?;
+    let reply: Reply = serde_json::from_slice(&reply).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the daemon closed the connection without an answer",
+        )
+    })?;
+    if reply.ok {
+        Ok(s)
+    } else {
+        Err(io::Error::other(
+            reply.error.unwrap_or_else(|| "refused".to_owned()),
+        ))
+    }
+}
+
+/// Client: the control socket is not available on this OS yet.
 #[cfg(not(unix))]
-pub fn query(_path: &Path) -> io::Result<String> {
+pub fn request(_path: &Path, _request: &Request) -> io::Result<String> {
     Err(io::Error::new(
         io::ErrorKind::Unsupported,
         "the control socket is not available on this OS yet",
     ))
+}
+
+/// The first flows as a table (`status`).
+fn render_flows(flows: &[FlowStatus]) -> String {
+    use std::fmt::Write as _;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "\n{:>6} {:4} {:3} {:21} {:21} {:12} {:>10} {:>10}",
+        "id", "prot", "dir", "board", "destination", "state", "up B", "down B"
+    );
+    for f in flows.iter().take(50) {
+        let _ = writeln!(
+            o,
+            "{:>6} {:4} {:3} {:21} {:21} {:12} {:>10} {:>10}",
+            f.id,
+            f.protocol,
+            f.direction,
+            f.src,
+            f.dst,
+            f.state,
+            f.bytes_from_board,
+            f.bytes_to_board
+        );
+    }
+    if flows.len() > 50 {
+        let _ = writeln!(o, "… {} more (use --json)", flows.len() - 50);
+    }
+    o
+}
+
+/// Forwards as a table (`status`, `forward list`).
+pub fn render_forwards(forwards: &[ForwardStatus]) -> String {
+    use std::fmt::Write as _;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "{:32} {:>6} {:>6} {:>8} {:>12} {:>12}",
+        "forward", "conns", "active", "refused", "to board B", "from board B"
+    );
+    for f in forwards {
+        let _ = writeln!(
+            o,
+            "{:32} {:>6} {:>6} {:>8} {:>12} {:>12}",
+            f.spec, f.connections, f.active, f.refused, f.bytes_to_board, f.bytes_from_board
+        );
+    }
+    o
 }

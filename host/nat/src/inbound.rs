@@ -42,7 +42,8 @@ impl Nat {
         peer: SocketAddr,
     ) -> Result<FlowId, InboundError> {
         self.now = now;
-        let (board, gateway) = self.inbound_endpoints(port, |src, dst| FlowKey::Tcp { src, dst })?;
+        let (board, gateway) =
+            self.inbound_endpoints(port, |src, dst| FlowKey::Tcp { src, dst })?;
         let mut sock = tcp::Socket::new(
             tcp::SocketBuffer::new(vec![0; self.cfg.tcp_rx_buffer]),
             tcp::SocketBuffer::new(vec![0; self.cfg.tcp_tx_buffer]),
@@ -97,7 +98,8 @@ impl Nat {
         peer: SocketAddr,
     ) -> Result<FlowId, InboundError> {
         self.now = now;
-        let (board, gateway) = self.inbound_endpoints(port, |src, dst| FlowKey::Udp { src, dst })?;
+        let (board, gateway) =
+            self.inbound_endpoints(port, |src, dst| FlowKey::Udp { src, dst })?;
         let kind = FlowKind::Udp(UdpFlow {
             replied: false,
             dns: false,

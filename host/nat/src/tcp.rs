@@ -460,6 +460,9 @@ impl Nat {
             };
             let sock = self.sockets.get_mut::<tcp::Socket<'_>>(handle);
             let state = sock.state();
+            if t.inbound && !t.established {
+                inbound_progress(t, state, id, &mut self.counters, &mut self.events);
+            }
             if matches!(
                 state,
                 State::CloseWait | State::LastAck | State::Closing | State::TimeWait
@@ -479,10 +482,6 @@ impl Nat {
                 }
                 State::Closed if !(t.board_fin && t.os_eof) => {
                     // Reset by the board, or aborted by smoltcp's timeout (RST still to send).
-                    if t.inbound && !t.established {
-                        // The board refused (RST) or never answered the laptop's SYN.
-                        self.counters.tcp_inbound_refused += 1;
-                    }
                     if sock.remote_endpoint().is_some() {
                         self.zombies.push(handle);
                         self.egress_pending = true;
@@ -518,13 +517,6 @@ impl Nat {
                 _ => {}
             }
             set_timeout(sock, self.cfg.tcp_timeout);
-            if t.inbound && !t.established && !matches!(state, State::SynSent | State::SynReceived)
-            {
-                // The board accepted the laptop's connection: once, before any data event.
-                t.established = true;
-                self.counters.tcp_inbound_established += 1;
-                self.events.push_back(NatEvent::TcpEstablished { flow: id });
-            }
             let recv_queue = sock.recv_queue();
             if recv_queue > 0 && t.readable_armed {
                 t.readable_armed = false;
@@ -684,6 +676,26 @@ impl Nat {
                 if s.may_send() { send_space(s) } else { 0 }
             }
             _ => 0,
+        }
+    }
+}
+
+/// An inbound flow the board has not accepted yet: `TcpEstablished` once it has (before any
+/// data event), or count the refusal when the socket closed (RST, or no answer in time).
+fn inbound_progress(
+    t: &mut TcpFlow,
+    state: State,
+    id: FlowId,
+    counters: &mut crate::Counters,
+    events: &mut VecDeque<NatEvent>,
+) {
+    match state {
+        State::SynSent | State::SynReceived => {}
+        State::Closed => counters.tcp_inbound_refused += 1,
+        _ => {
+            t.established = true;
+            counters.tcp_inbound_established += 1;
+            events.push_back(NatEvent::TcpEstablished { flow: id });
         }
     }
 }

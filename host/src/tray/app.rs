@@ -271,6 +271,7 @@ mod tests {
             tx_bytes: 500_000,
             flows: 4,
             error: None,
+            forwards: Vec::new(),
         }
     }
 

@@ -116,7 +116,9 @@ fn silent_board_times_out_with_a_reset() {
     for _ in 0..100 {
         h.advance(Duration::from_millis(200));
         h.recv();
-        if h.events().contains(&NatEvent::TcpClose { flow, reset: true }) {
+        if h.events()
+            .contains(&NatEvent::TcpClose { flow, reset: true })
+        {
             closed = true;
             break;
         }
@@ -137,7 +139,11 @@ fn resets_propagate_both_ways() {
     let (s, flow) = accepted(&mut h, &mut board);
     h.os(OsEvent::TcpReset { flow });
     board.exchange(&mut h);
-    assert_eq!(board.sock(s).state(), State::Closed, "the board saw the RST");
+    assert_eq!(
+        board.sock(s).state(),
+        State::Closed,
+        "the board saw the RST"
+    );
     assert_eq!(h.nat.flow_count(), 0);
 }
 
@@ -163,7 +169,10 @@ fn board_window_backpressures_the_laptop() {
     let mut writable = false;
     for _ in 0..20 {
         let _ = board.sock(s).recv_slice(&mut buf);
-        if board.exchange(&mut h).contains(&NatEvent::TcpWritable { flow }) {
+        if board
+            .exchange(&mut h)
+            .contains(&NatEvent::TcpWritable { flow })
+        {
             writable = true;
             break;
         }
@@ -188,7 +197,10 @@ fn udp_peer_gets_its_own_flow_and_replies() {
     assert_eq!(pkts.len(), 2);
     let (src_a, dst_a, pa) = udp_of(&pkts[0]);
     let (src_b, dst_b, pb) = udp_of(&pkts[1]);
-    assert_eq!((pa.as_slice(), pb.as_slice()), (&b"from a"[..], &b"from b"[..]));
+    assert_eq!(
+        (pa.as_slice(), pb.as_slice()),
+        (&b"from a"[..], &b"from b"[..])
+    );
     assert_eq!((dst_a, dst_b), (ep(BOARD, 5353), ep(BOARD, 5353)));
     assert_eq!(*src_a.ip(), GATEWAY);
     assert_ne!(src_a, src_b, "one gateway port per peer");
