@@ -303,3 +303,210 @@ async fn board_tcp_through_the_driver_to_a_real_server() {
     let (res, ()) = tokio::join!(drv, board);
     res.unwrap();
 }
+
+impl Board {
+    /// `n` board servers on `port` (smoltcp: one connection per listening socket).
+    fn listen(&mut self, port: u16, n: usize) -> Vec<SocketHandle> {
+        (0..n)
+            .map(|_| {
+                let mut s = tcp::Socket::new(
+                    tcp::SocketBuffer::new(vec![0; 256 * 1024]),
+                    tcp::SocketBuffer::new(vec![0; 256 * 1024]),
+                );
+                s.set_ack_delay(None);
+                s.listen(port).unwrap();
+                self.sockets.add(s)
+            })
+            .collect()
+    }
+
+    /// The board's echo service: echoes what arrives; after the client's FIN, finishes
+    /// sending and closes.
+    fn serve_echo(&mut self, servers: &[SocketHandle]) {
+        for &h in servers {
+            let s = self.sockets.get_mut::<tcp::Socket<'_>>(h);
+            while s.can_recv() && s.send_capacity() - s.send_queue() > 0 {
+                let room = s.send_capacity() - s.send_queue();
+                let mut buf = vec![0u8; room.min(65536)];
+                let n = s.recv_slice(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                assert_eq!(s.send_slice(&buf[..n]).unwrap(), n);
+            }
+            if s.state() == tcp::State::CloseWait && s.send_queue() == 0 {
+                s.close();
+            }
+        }
+    }
+}
+
+/// A free loopback port for a forward (bound and released; the test binds it right after).
+fn free_port() -> u16 {
+    closed_port().port()
+}
+
+/// Laptop clients reach the fake board's port 22 through `--forward` and through `connect`
+/// (the control socket turned into the stream), with half-close keeping every byte; a forward
+/// to a port nothing listens on resets the client at once.
+#[cfg(unix)]
+#[tokio::test(flavor = "current_thread")]
+async fn laptop_reaches_the_board_through_a_forward_and_connect() {
+    use qbkit_host::forward::ForwardSpec;
+
+    let dir = std::env::temp_dir().join(format!("qbkit-fwd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let control = dir.join("control.sock");
+    let (ssh_port, closed_port) = (free_port(), free_port());
+    let (ev_tx, ev_rx) = mpsc::channel(8);
+    let (down_tx, down_rx) = mpsc::channel(2);
+    let mut nat = NatConfig::default();
+    nat.mtu = MTU;
+    let mut cfg = DriverConfig::new(nat);
+    cfg.control_path = Some(control.clone());
+    cfg.forwards = vec![
+        ForwardSpec::parse(&format!("{ssh_port}:22")).unwrap(),
+        ForwardSpec::parse(&format!("{closed_port}:23")).unwrap(),
+    ];
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let drv = driver::run(cfg, ev_rx, async {
+        let _ = stop_rx.await;
+    });
+
+    let board = async move {
+        ev_tx
+            .send(LinkEvent::Up(LinkUp {
+                framing: Framing::Stream,
+                tx: down_tx,
+                description: "in-memory".into(),
+            }))
+            .await
+            .unwrap();
+        let mut b = fake_board(ev_tx, down_rx);
+        let servers = b.listen(22, 2);
+        for _ in 0..2000 {
+            if b.up {
+                break;
+            }
+            b.step().await;
+        }
+        assert!(b.up, "the host's LinkConfig never arrived");
+
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        let echo_client = move |mut s: Box<dyn ReadWriteShutdown>| {
+            let d = data.clone();
+            let writer = {
+                let mut w = s.try_clone_box();
+                std::thread::spawn(move || {
+                    w.write_all(&d).unwrap();
+                    w.shutdown_write();
+                })
+            };
+            let mut back = Vec::new();
+            s.read_to_end(&mut back).unwrap();
+            writer.join().unwrap();
+            back == data
+        };
+        let forward = tokio::task::spawn_blocking({
+            let echo_client = echo_client.clone();
+            move || {
+                let s = std::net::TcpStream::connect(("127.0.0.1", ssh_port)).unwrap();
+                echo_client(Box::new(s))
+            }
+        });
+        let via_connect = tokio::task::spawn_blocking({
+            let control = control.clone();
+            move || {
+                let s = qbkit_host::status::connect(&control, "10.47.0.2:22").unwrap();
+                echo_client(Box::new(s))
+            }
+        });
+        let refused = tokio::task::spawn_blocking(move || {
+            let t0 = std::time::Instant::now();
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", closed_port)).unwrap();
+            let mut buf = [0u8; 16];
+            let r = s.read(&mut buf);
+            assert!(
+                matches!(&r, Ok(0))
+                    || r.as_ref()
+                        .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+                "{r:?}"
+            );
+            t0.elapsed()
+        });
+        let connect_refused = tokio::task::spawn_blocking({
+            let control = control.clone();
+            move || {
+                qbkit_host::status::connect(&control, "23")
+                    .map(|_| ())
+                    .unwrap_err()
+                    .to_string()
+            }
+        });
+        for _ in 0..30_000 {
+            b.step().await;
+            b.serve_echo(&servers);
+            if forward.is_finished()
+                && via_connect.is_finished()
+                && refused.is_finished()
+                && connect_refused.is_finished()
+            {
+                break;
+            }
+        }
+        assert!(
+            forward.await.unwrap(),
+            "echo through the forward incomplete"
+        );
+        assert!(
+            via_connect.await.unwrap(),
+            "echo through connect incomplete"
+        );
+        let t = refused.await.unwrap();
+        assert!(t < Duration::from_secs(2), "closed board port took {t:?}");
+        let e = connect_refused.await.unwrap();
+        assert!(e.contains("refused"), "{e}");
+
+        // The status client blocks: run it beside the loop.
+        let query = tokio::task::spawn_blocking(move || qbkit_host::status::query(&control));
+        while !query.is_finished() {
+            b.step().await;
+        }
+        let doc = query.await.unwrap().unwrap();
+        let s: qbkit_host::status::Status = serde_json::from_str(&doc).unwrap();
+        let f = &s.forwards[0];
+        assert_eq!((f.connections, f.active), (1, 0), "{f:?}");
+        assert_eq!(f.bytes_to_board, 300_000, "{f:?}");
+        assert_eq!(f.bytes_from_board, 300_000, "{f:?}");
+        assert_eq!(s.forwards[1].refused, 1, "{:?}", s.forwards[1]);
+        let _ = stop_tx.send(());
+    };
+    let (res, ()) = tokio::join!(drv, board);
+    res.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A byte stream the echo client can split into a writer thread and a reader.
+trait ReadWriteShutdown: std::io::Read + std::io::Write + Send {
+    fn try_clone_box(&self) -> Box<dyn ReadWriteShutdown>;
+    fn shutdown_write(&mut self);
+}
+
+impl ReadWriteShutdown for std::net::TcpStream {
+    fn try_clone_box(&self) -> Box<dyn ReadWriteShutdown> {
+        Box::new(self.try_clone().unwrap())
+    }
+    fn shutdown_write(&mut self) {
+        self.shutdown(std::net::Shutdown::Write).unwrap();
+    }
+}
+
+#[cfg(unix)]
+impl ReadWriteShutdown for std::os::unix::net::UnixStream {
+    fn try_clone_box(&self) -> Box<dyn ReadWriteShutdown> {
+        Box::new(self.try_clone().unwrap())
+    }
+    fn shutdown_write(&mut self) {
+        self.shutdown(std::net::Shutdown::Write).unwrap();
+    }
+}
