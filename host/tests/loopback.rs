@@ -218,6 +218,34 @@ fn echo_server() -> SocketAddr {
     addr
 }
 
+/// Brings the link and the session up between the driver and a new fake board (`setup` runs
+/// on the board before the session comes up).
+async fn board_up(
+    ev_tx: mpsc::Sender<LinkEvent>,
+    down_tx: mpsc::Sender<Vec<u8>>,
+    down_rx: mpsc::Receiver<Vec<u8>>,
+    setup: impl FnOnce(&mut Board),
+) -> Board {
+    ev_tx
+        .send(LinkEvent::Up(LinkUp {
+            framing: Framing::Stream,
+            tx: down_tx,
+            description: "in-memory".into(),
+        }))
+        .await
+        .unwrap();
+    let mut board = fake_board(ev_tx, down_rx);
+    setup(&mut board);
+    for _ in 0..2000 {
+        if board.up {
+            break;
+        }
+        board.step().await;
+    }
+    assert!(board.up, "the host's LinkConfig never arrived");
+    board
+}
+
 fn closed_port() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
@@ -240,22 +268,7 @@ async fn board_tcp_through_the_driver_to_a_real_server() {
     });
 
     let board = async move {
-        ev_tx
-            .send(LinkEvent::Up(LinkUp {
-                framing: Framing::Stream,
-                tx: down_tx,
-                description: "in-memory".into(),
-            }))
-            .await
-            .unwrap();
-        let mut b = fake_board(ev_tx, down_rx);
-        for _ in 0..2000 {
-            if b.up {
-                break;
-            }
-            b.step().await;
-        }
-        assert!(b.up, "the host's LinkConfig never arrived");
+        let mut b = board_up(ev_tx, down_tx, down_rx, |_| ()).await;
 
         // A refused port: the board's connect must fail (RST) without ever establishing.
         let refused = b.tcp(closed, 40001);
@@ -374,66 +387,22 @@ async fn laptop_reaches_the_board_through_a_forward_and_connect() {
     });
 
     let board = async move {
-        ev_tx
-            .send(LinkEvent::Up(LinkUp {
-                framing: Framing::Stream,
-                tx: down_tx,
-                description: "in-memory".into(),
-            }))
-            .await
-            .unwrap();
-        let mut b = fake_board(ev_tx, down_rx);
-        let servers = b.listen(22, 2);
-        for _ in 0..2000 {
-            if b.up {
-                break;
-            }
-            b.step().await;
-        }
-        assert!(b.up, "the host's LinkConfig never arrived");
-
-        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
-        let echo_client = move |mut s: Box<dyn ReadWriteShutdown>| {
-            let d = data.clone();
-            let writer = {
-                let mut w = s.try_clone_box();
-                std::thread::spawn(move || {
-                    w.write_all(&d).unwrap();
-                    w.shutdown_write();
-                })
-            };
-            let mut back = Vec::new();
-            s.read_to_end(&mut back).unwrap();
-            writer.join().unwrap();
-            back == data
-        };
-        let forward = tokio::task::spawn_blocking({
-            let echo_client = echo_client.clone();
-            move || {
-                let s = std::net::TcpStream::connect(("127.0.0.1", ssh_port)).unwrap();
-                echo_client(Box::new(s))
-            }
+        let mut servers = Vec::new();
+        let mut b = board_up(ev_tx, down_tx, down_rx, |b| servers = b.listen(22, 2)).await;
+        let forward = tokio::task::spawn_blocking(move || {
+            echo_client(Box::new(
+                std::net::TcpStream::connect(("127.0.0.1", ssh_port)).unwrap(),
+            ))
         });
         let via_connect = tokio::task::spawn_blocking({
             let control = control.clone();
             move || {
-                let s = qbkit_host::status::connect(&control, "10.47.0.2:22").unwrap();
-                echo_client(Box::new(s))
+                echo_client(Box::new(
+                    qbkit_host::status::connect(&control, "10.47.0.2:22").unwrap(),
+                ))
             }
         });
-        let refused = tokio::task::spawn_blocking(move || {
-            let t0 = std::time::Instant::now();
-            let mut s = std::net::TcpStream::connect(("127.0.0.1", closed_port)).unwrap();
-            let mut buf = [0u8; 16];
-            let r = s.read(&mut buf);
-            assert!(
-                matches!(&r, Ok(0))
-                    || r.as_ref()
-                        .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
-                "{r:?}"
-            );
-            t0.elapsed()
-        });
+        let refused = tokio::task::spawn_blocking(move || reset_after(closed_port));
         let connect_refused = tokio::task::spawn_blocking({
             let control = control.clone();
             move || {
@@ -462,10 +431,13 @@ async fn laptop_reaches_the_board_through_a_forward_and_connect() {
             via_connect.await.unwrap(),
             "echo through connect incomplete"
         );
-        let t = refused.await.unwrap();
-        assert!(t < Duration::from_secs(2), "closed board port took {t:?}");
-        let e = connect_refused.await.unwrap();
-        assert!(e.contains("refused"), "{e}");
+        let took = refused.await.unwrap();
+        assert!(
+            took < Duration::from_secs(2),
+            "closed board port took {took:?}"
+        );
+        let err = connect_refused.await.unwrap();
+        assert!(err.contains("refused"), "{err}");
 
         // The status client blocks: run it beside the loop.
         let query = tokio::task::spawn_blocking(move || qbkit_host::status::query(&control));
@@ -484,6 +456,38 @@ async fn laptop_reaches_the_board_through_a_forward_and_connect() {
     let (res, ()) = tokio::join!(drv, board);
     res.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Writes 300 000 bytes from a second thread, half-closes, reads everything back until EOF:
+/// true when every byte came back in order.
+fn echo_client(mut stream: Box<dyn ReadWriteShutdown>) -> bool {
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    let writer = {
+        let mut w = stream.try_clone_box();
+        let data = data.clone();
+        std::thread::spawn(move || {
+            w.write_all(&data).unwrap();
+            w.shutdown_write();
+        })
+    };
+    let mut back = Vec::new();
+    stream.read_to_end(&mut back).unwrap();
+    writer.join().unwrap();
+    back == data
+}
+
+/// Connects to a forward whose board port is closed; returns how long until the reset.
+fn reset_after(port: u16) -> Duration {
+    let t0 = std::time::Instant::now();
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let r = stream.read(&mut [0u8; 16]);
+    assert!(
+        matches!(&r, Ok(0))
+            || r.as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{r:?}"
+    );
+    t0.elapsed()
 }
 
 /// A byte stream the echo client can split into a writer thread and a reader.
