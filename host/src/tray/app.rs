@@ -107,6 +107,7 @@ pub fn snapshot(
         boards,
         connect_wanted,
         error: s.error.clone().filter(|_| attached),
+        forwards: s.forwards.clone(),
     }
 }
 

@@ -94,6 +94,8 @@ pub struct Snapshot {
     pub connect_wanted: bool,
     /// Error text for [`LinkState::Error`].
     pub error: Option<String>,
+    /// Port forwards into the board, one line each (`ssh 127.0.0.1:2222 → tcp:22`).
+    pub forwards: Vec<String>,
 }
 
 /// What the user asked for, sent to the engine.
@@ -337,6 +339,17 @@ impl Model {
             enabled: s.board_address.is_some(),
             checked: None,
         });
+        if !s.forwards.is_empty() {
+            menu.push(MenuEntry::Separator);
+        }
+        for f in &s.forwards {
+            menu.push(MenuEntry::Item {
+                id: MenuId::Info,
+                label: format!("Forward: {f}"),
+                enabled: false,
+                checked: None,
+            });
+        }
         menu.push(MenuEntry::Separator);
         menu.push(MenuEntry::Item {
             id: MenuId::OpenLog,
@@ -434,6 +447,7 @@ mod tests {
             }],
             connect_wanted: true,
             error: None,
+            forwards: Vec::new(),
         }
     }
 
@@ -475,6 +489,20 @@ mod tests {
         assert!(ids.contains(&(MenuId::CopyAddress, true, None)));
         assert!(ids.contains(&(MenuId::Autostart, true, Some(true))));
         assert_eq!(ids.last().unwrap().0, MenuId::Quit);
+        let mut fwd = online();
+        fwd.forwards = vec!["ssh 127.0.0.1:2222 → tcp:22".into()];
+        let labels: Vec<String> = Model::new(&fwd, true)
+            .menu
+            .iter()
+            .filter_map(|e| match e {
+                MenuEntry::Item { label, .. } => Some(label.clone()),
+                MenuEntry::Separator => None,
+            })
+            .collect();
+        assert!(
+            labels.contains(&"Forward: ssh 127.0.0.1:2222 → tcp:22".to_owned()),
+            "{labels:?}"
+        );
         let idle = Model::new(&Snapshot::default(), false);
         assert!(idle.menu.iter().any(|e| matches!(
             e,
