@@ -1,6 +1,7 @@
 //! Fuzz target: the NAT core (qbkit-nat) driven by an arbitrary script of board packets (raw bytes,
 //! or well-formed TCP/UDP/ICMP packets with arbitrary fields so the fuzzer reaches flow state),
-//! driver events for the flows it has seen, TCP data calls and clock jumps. Nothing may panic, and
+//! driver events for the flows it has seen, flows the laptop opens towards the board (forwards,
+//! `connect`), TCP data calls and clock jumps. Nothing may panic, and
 //! every packet the core sends to the board must be a valid IPv4 packet addressed to the board.
 #![no_main]
 
@@ -63,6 +64,12 @@ enum Op {
         flow: u8,
         data: Vec<u8>,
     },
+    /// The laptop opens a flow towards board port 1000 + port % 8 (a forward or `connect`).
+    Inbound {
+        udp: bool,
+        port: u8,
+        peer: u16,
+    },
     /// Advance the clock (ms) and run timers.
     Advance(u16),
     /// Drain the board queue, maybe with a too-small buffer.
@@ -104,6 +111,8 @@ fn port(p: u8) -> u16 {
     match p % 4 {
         0 => 53,
         1 => 80,
+        // The first gateway ports inbound flows get: the board's answers to the laptop.
+        2 => 49152 + u16::from(p / 4 % 4),
         _ => 1000 + u16::from(p),
     }
 }
@@ -257,6 +266,18 @@ fuzz_target!(|ops: Vec<Op>| {
             Op::Send { flow, data } => {
                 if let Some(&f) = flows.get(usize::from(flow) % flows.len().max(1)) {
                     let _ = nat.tcp_send(f, &data);
+                }
+            }
+            Op::Inbound { udp, port, peer } => {
+                let port = 1000 + u16::from(port % 8);
+                let peer = SocketAddr::from(([127, 0, 0, 1], peer));
+                let r = if udp {
+                    nat.udp_open_inbound(now, port, peer)
+                } else {
+                    nat.tcp_open_inbound(now, port, peer)
+                };
+                if let Ok(f) = r {
+                    flows.push(f);
                 }
             }
             Op::Advance(ms) => {
