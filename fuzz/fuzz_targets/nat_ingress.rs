@@ -11,6 +11,7 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use qbkit_nat::{
     ConnectError, DatagramError, Duration, FlowId, Instant, Nat, NatConfig, NatEvent, OsEvent,
+    Protocol,
 };
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
@@ -272,9 +273,9 @@ fuzz_target!(|ops: Vec<Op>| {
                 let port = 1000 + u16::from(port % 8);
                 let peer = SocketAddr::from(([127, 0, 0, 1], peer));
                 let r = if udp {
-                    nat.udp_open_inbound(now, port, peer)
+                    nat.open_inbound(now, Protocol::Udp, port, peer)
                 } else {
-                    nat.tcp_open_inbound(now, port, peer)
+                    nat.open_inbound(now, Protocol::Tcp, port, peer)
                 };
                 if let Ok(f) = r {
                     flows.push(f);

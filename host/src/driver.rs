@@ -41,7 +41,7 @@
 //!
 //! Forward listeners (`forward.rs`) hand accepted connections and received datagrams to the
 //! loop through one channel; the loop asks the core for an inbound flow
-//! (`Nat::tcp_open_inbound`, `udp_open_inbound`) and gives the socket to [`Sockets`], after
+//! (`Nat::open_inbound`) and gives the socket to [`Sockets`], after
 //! which it is serviced like any other. Without a board session a new connection is reset at
 //! once (the laptop client sees ECONNRESET, not a hang). Control-socket requests arrive as
 //! parsed [`status::Request`]s; `connect` adopts the control connection itself as the flow's
@@ -59,7 +59,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use qbkit_nat::{Nat, NatConfig, NatError};
+use qbkit_nat::{Nat, NatConfig, NatError, Protocol};
 use shared_frame::{
     BundleWriter, ByeReason, CHANNEL_NET, Cidr, LinkConfig, RecordKind, Role, Session,
     SessionConfig, SessionEvent,
@@ -770,7 +770,7 @@ impl Driver {
             } => {
                 let flow = if self.session.is_up() {
                     self.nat
-                        .tcp_open_inbound(now, board_port, peer)
+                        .open_inbound(now, Protocol::Tcp, board_port, peer)
                         .map_err(|e| {
                             self.counters.inbound_no_room += 1;
                             tracing::debug!(%peer, board_port, error = %e, "forward: connection refused");
@@ -805,7 +805,7 @@ impl Driver {
                 let local = sock.local_addr().unwrap_or(peer);
                 let flow = match self.forwards.udp_flow(forward, local, peer) {
                     Some(f) => f,
-                    None => match self.nat.udp_open_inbound(now, board_port, peer) {
+                    None => match self.nat.open_inbound(now, Protocol::Udp, board_port, peer) {
                         Ok(f) => {
                             self.sockets.adopt_udp_peer(f, sock, peer);
                             self.forwards.udp_opened(f, forward, local, peer);
@@ -884,7 +884,10 @@ impl Driver {
         #[cfg(unix)]
         {
             let peer = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
-            match self.nat.tcp_open_inbound(self.clock.nat(), port, peer) {
+            match self
+                .nat
+                .open_inbound(self.clock.nat(), Protocol::Tcp, port, peer)
+            {
                 Ok(flow) => {
                     self.sockets
                         .adopt_stream(flow, OsStream::Unix(stream), true);

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //!  laptop client ─▶ listener task (TCP accept / UDP recv_from) ─Inbound─▶ driver
-//!  driver: Nat::tcp_open_inbound / udp_open_inbound ─▶ Sockets adopts the stream / peer
+//!  driver: Nat::open_inbound ─▶ Sockets adopts the stream / peer
 //!  board ◀─ gateway:EPHEMERAL ─ NAT flow ─ OS stream ─▶ laptop client (both ways, like any flow)
 //! ```
 //!

@@ -26,7 +26,7 @@
 //!
 //! A connection the laptop side opened (a forward's accepted TCP stream, a `qbkit-host connect`
 //! client on the control socket) is *adopted* for a flow the core dials towards the board
-//! (`Nat::tcp_open_inbound`): from then on it is serviced exactly like an outbound flow's socket.
+//! (`Nat::open_inbound`): from then on it is serviced exactly like an outbound flow's socket.
 //! It is not read until the board accepted (`TcpEstablished`; the core takes no bytes before).
 //! A `connect` client first gets one line, `{"ok":true}` or `{"error":…}`, then raw bytes. A UDP
 //! forward's peer is a flow whose datagrams for the board come from the forward's listener task
@@ -530,7 +530,7 @@ impl Sockets {
     }
 
     /// Takes over a laptop-side stream for an inbound flow the core is dialling
-    /// (`Nat::tcp_open_inbound`). With `greeting`, the client gets `{"ok":true}` once the board
+    /// (`Nat::open_inbound`). With `greeting`, the client gets `{"ok":true}` once the board
     /// accepted (or an error line if it does not) before any data.
     pub fn adopt_stream(&mut self, flow: FlowId, stream: OsStream, greeting: bool) {
         self.counters.inbound_adopted += 1;
@@ -551,7 +551,7 @@ impl Sockets {
         self.flows.insert(flow, OsFlow::Tcp(t));
     }
 
-    /// Records a UDP forward's peer for an inbound flow (`Nat::udp_open_inbound`).
+    /// Records a UDP forward's peer for an inbound flow (`Nat::open_inbound`).
     pub fn adopt_udp_peer(&mut self, flow: FlowId, sock: Arc<UdpSocket>, peer: SocketAddr) {
         self.counters.inbound_adopted += 1;
         self.flows.insert(

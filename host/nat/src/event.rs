@@ -36,7 +36,7 @@ pub enum NatEvent {
         dst: SocketAddr,
     },
     /// The board accepted a connection the laptop opened with
-    /// [`Nat::tcp_open_inbound`](crate::Nat::tcp_open_inbound) (its SYN-ACK arrived). Comes once,
+    /// [`Nat::open_inbound`](crate::Nat::open_inbound) (its SYN-ACK arrived). Comes once,
     /// before any data event of the flow. A refused or unanswered one ends with
     /// `TcpClose { reset: true }` instead.
     TcpEstablished {

@@ -103,6 +103,23 @@ pub(crate) struct TcpFlow {
     pub(crate) established: bool,
 }
 
+impl TcpFlow {
+    /// A flow in `phase` with every edge armed; `inbound` when the laptop dialled the board.
+    pub(crate) fn new(phase: TcpPhase, inbound: bool) -> Self {
+        Self {
+            phase,
+            readable_armed: true,
+            writable_armed: true,
+            shutdown_sent: false,
+            os_eof: false,
+            board_fin: false,
+            dirty: false,
+            inbound,
+            established: false,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct UdpFlow {
     /// Replies came back from the OS side.

@@ -182,6 +182,9 @@ pub enum InboundError {
     /// in use.
     #[error("no room for another flow (the flow table is full)")]
     NoRoom,
+    /// The protocol has no ports to forward (ICMP).
+    #[error("only TCP and UDP can be opened towards the board")]
+    NoPorts,
 }
 
 #[doc(hidden)]

@@ -149,17 +149,7 @@ impl Nat {
         if !self.make_room() {
             return;
         }
-        let flow = TcpFlow {
-            phase: TcpPhase::Connecting { syn },
-            readable_armed: true,
-            writable_armed: true,
-            shutdown_sent: false,
-            os_eof: false,
-            board_fin: false,
-            dirty: false,
-            inbound: false,
-            established: false,
-        };
+        let flow = TcpFlow::new(TcpPhase::Connecting { syn }, false);
         let id = self.flows.insert(
             FlowKey::Tcp { src, dst },
             target.os_dst,

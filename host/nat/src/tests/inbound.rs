@@ -9,7 +9,7 @@ use smoltcp::socket::tcp::State;
 use smoltcp::time::Duration;
 
 use super::*;
-use crate::{FlowId, InboundError, NatConfig, NatEvent, OsEvent};
+use crate::{FlowId, InboundError, NatConfig, NatEvent, OsEvent, Protocol};
 
 fn peer(port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
@@ -26,7 +26,10 @@ fn cfg() -> NatConfig {
 /// The laptop dials board port 22, the board accepts: returns (board socket, flow).
 fn accepted(h: &mut H, board: &mut Board) -> (SocketHandle, FlowId) {
     let s = board.listen(22, 64 * 1024);
-    let flow = h.nat.tcp_open_inbound(h.now, 22, peer(50000)).unwrap();
+    let flow = h
+        .nat
+        .open_inbound(h.now, Protocol::Tcp, 22, peer(50000))
+        .unwrap();
     // Nothing may be read from the laptop before the board accepted.
     assert_eq!(h.nat.tcp_send(flow, b"early").unwrap(), 0);
     let ev = board.exchange(h);
@@ -88,7 +91,10 @@ fn board_accepts_data_both_ways_and_half_close_keeps_every_byte() {
 fn closed_board_port_resets_the_laptop_connection_at_once() {
     let mut h = H::with(cfg());
     let mut board = Board::new(h.now, 1500);
-    let flow = h.nat.tcp_open_inbound(h.now, 2399, peer(50001)).unwrap();
+    let flow = h
+        .nat
+        .open_inbound(h.now, Protocol::Tcp, 2399, peer(50001))
+        .unwrap();
     // The board's stack answers the SYN with a RST; no time passes.
     let ev = board.exchange(&mut h);
     assert_eq!(ev, vec![NatEvent::TcpClose { flow, reset: true }]);
@@ -105,7 +111,10 @@ fn silent_board_times_out_with_a_reset() {
     let mut c = cfg();
     c.tcp_connect_timeout = Duration::from_secs(5);
     let mut h = H::with(c);
-    let flow = h.nat.tcp_open_inbound(h.now, 22, peer(50002)).unwrap();
+    let flow = h
+        .nat
+        .open_inbound(h.now, Protocol::Tcp, 22, peer(50002))
+        .unwrap();
     let syns = h.recv();
     assert_eq!(syns.len(), 1);
     let seg = seg_of(&syns[0]);
@@ -183,8 +192,14 @@ fn board_window_backpressures_the_laptop() {
 #[test]
 fn udp_peer_gets_its_own_flow_and_replies() {
     let mut h = H::new();
-    let a = h.nat.udp_open_inbound(h.now, 5353, peer(40000)).unwrap();
-    let b = h.nat.udp_open_inbound(h.now, 5353, peer(40001)).unwrap();
+    let a = h
+        .nat
+        .open_inbound(h.now, Protocol::Udp, 5353, peer(40000))
+        .unwrap();
+    let b = h
+        .nat
+        .open_inbound(h.now, Protocol::Udp, 5353, peer(40001))
+        .unwrap();
     h.os(OsEvent::UdpReceived {
         flow: a,
         payload: b"from a",
@@ -231,17 +246,21 @@ fn inbound_flows_share_the_flow_limit() {
     let _b = accepted(&mut h, &mut board);
     // Both busy (not idle long enough to evict): the third is refused and counted.
     assert_eq!(
-        h.nat.tcp_open_inbound(h.now, 22, peer(50009)),
+        h.nat.open_inbound(h.now, Protocol::Tcp, 22, peer(50009)),
         Err(InboundError::NoRoom)
     );
     assert_eq!(h.nat.counters().drop_inbound_no_room, 1);
     assert_eq!(
-        h.nat.tcp_open_inbound(h.now, 0, peer(50009)),
+        h.nat.open_inbound(h.now, Protocol::Tcp, 0, peer(50009)),
         Err(InboundError::PortZero)
     );
     // Once idle, the oldest is evicted with a reset both ways to make room.
     h.advance(Duration::from_secs(11));
     board.exchange(&mut h);
-    assert!(h.nat.tcp_open_inbound(h.now, 22, peer(50010)).is_ok());
+    assert!(
+        h.nat
+            .open_inbound(h.now, Protocol::Tcp, 22, peer(50010))
+            .is_ok()
+    );
     assert_eq!(h.nat.counters().flows_evicted, 1);
 }
