@@ -322,7 +322,7 @@ impl Forwards {
                     tokio::spawn(accept_loop(l, id, board_port, self.tx.clone()))
                 }
                 Proto::Udp => {
-                    let s = Arc::new(UdpSocket::from_std(std::net::UdpSocket::bind(addr)?)?);
+                    let s = Arc::new(bind_udp(addr)?);
                     tokio::spawn(recv_loop(
                         s,
                         id,
@@ -490,6 +490,13 @@ fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
     s.bind(&addr.into())?;
     s.listen(128)?;
     TcpListener::from_std(s.into())
+}
+
+fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let s = std::net::UdpSocket::bind(addr)?;
+    // tokio needs it: a blocking socket would block the driver's one thread in recv_from.
+    s.set_nonblocking(true)?;
+    UdpSocket::from_std(s)
 }
 
 async fn accept_loop(l: TcpListener, forward: u32, board_port: u16, tx: mpsc::Sender<Inbound>) {

@@ -354,6 +354,53 @@ impl Board {
     }
 }
 
+impl Board {
+    /// A board UDP echo service on `port`.
+    fn udp_echo(&mut self, port: u16) -> SocketHandle {
+        use smoltcp::socket::udp;
+        let buf = || udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 16], vec![0; 65536]);
+        let mut s = udp::Socket::new(buf(), buf());
+        s.bind(port).unwrap();
+        self.sockets.add(s)
+    }
+
+    fn serve_udp_echo(&mut self, h: SocketHandle) {
+        use smoltcp::socket::udp;
+        let s = self.sockets.get_mut::<udp::Socket<'_>>(h);
+        while let Ok((data, meta)) = s.recv() {
+            let (data, to) = (data.to_vec(), meta.endpoint);
+            s.send_slice(&data, to).unwrap();
+        }
+    }
+}
+
+/// Two laptop peers each send 3 datagrams through a UDP forward; returns how many replies each
+/// got back (a reply must carry what that peer sent).
+fn udp_round_trips(port: u16) -> (usize, usize) {
+    let peers: Vec<std::net::UdpSocket> = (0..2)
+        .map(|_| {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s
+        })
+        .collect();
+    let mut got = [0usize; 2];
+    for round in 0..3u8 {
+        for (i, p) in peers.iter().enumerate() {
+            p.send_to(&[i as u8, round], ("127.0.0.1", port)).unwrap();
+        }
+        for (i, p) in peers.iter().enumerate() {
+            let mut buf = [0u8; 16];
+            if let Ok(n) = p.recv(&mut buf)
+                && buf[..n] == [i as u8, round]
+            {
+                got[i] += 1;
+            }
+        }
+    }
+    (got[0], got[1])
+}
+
 /// A free loopback port for a forward (bound and released; the test binds it right after).
 fn free_port() -> u16 {
     closed_port().port()
@@ -371,6 +418,11 @@ async fn laptop_reaches_the_board_through_a_forward_and_connect() {
     std::fs::create_dir_all(&dir).unwrap();
     let control = dir.join("control.sock");
     let (ssh_port, closed_port) = (free_port(), free_port());
+    let udp_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let (ev_tx, ev_rx) = mpsc::channel(8);
     let (down_tx, down_rx) = mpsc::channel(2);
     let mut nat = NatConfig::default();
@@ -380,6 +432,7 @@ async fn laptop_reaches_the_board_through_a_forward_and_connect() {
     cfg.forwards = vec![
         ForwardSpec::parse(&format!("{ssh_port}:22")).unwrap(),
         ForwardSpec::parse(&format!("{closed_port}:23")).unwrap(),
+        ForwardSpec::parse(&format!("udp/{udp_port}:5353")).unwrap(),
     ];
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let drv = driver::run(cfg, ev_rx, async {
@@ -388,7 +441,13 @@ async fn laptop_reaches_the_board_through_a_forward_and_connect() {
 
     let board = async move {
         let mut servers = Vec::new();
-        let mut b = board_up(ev_tx, down_tx, down_rx, |b| servers = b.listen(22, 2)).await;
+        let mut udp_echo = None;
+        let mut b = board_up(ev_tx, down_tx, down_rx, |b| {
+            servers = b.listen(22, 2);
+            udp_echo = Some(b.udp_echo(5353));
+        })
+        .await;
+        let udp_echo = udp_echo.unwrap();
         let forward = tokio::task::spawn_blocking(move || {
             echo_client(Box::new(
                 std::net::TcpStream::connect(("127.0.0.1", ssh_port)).unwrap(),
@@ -403,6 +462,7 @@ async fn laptop_reaches_the_board_through_a_forward_and_connect() {
             }
         });
         let refused = tokio::task::spawn_blocking(move || reset_after(closed_port));
+        let udp = tokio::task::spawn_blocking(move || udp_round_trips(udp_port));
         let connect_refused = tokio::task::spawn_blocking({
             let control = control.clone();
             move || {
@@ -415,9 +475,11 @@ async fn laptop_reaches_the_board_through_a_forward_and_connect() {
         for _ in 0..30_000 {
             b.step().await;
             b.serve_echo(&servers);
+            b.serve_udp_echo(udp_echo);
             if forward.is_finished()
                 && via_connect.is_finished()
                 && refused.is_finished()
+                && udp.is_finished()
                 && connect_refused.is_finished()
             {
                 break;
@@ -436,6 +498,7 @@ async fn laptop_reaches_the_board_through_a_forward_and_connect() {
             took < Duration::from_secs(2),
             "closed board port took {took:?}"
         );
+        assert_eq!(udp.await.unwrap(), (3, 3), "UDP replies per peer");
         let err = connect_refused.await.unwrap();
         assert!(err.contains("refused"), "{err}");
 
