@@ -5,7 +5,9 @@ Every subcommand prints one JSON object on stdout; errors are reported in it, ne
 every loop is bounded by its count and by MAXSEC (env, default 60 s), every socket has a timeout.
 
   seqconn HOST PORT N        N sequential HTTP-like connections: connect, send a request, read the
-                             whole 71-byte response (Content-Length, like wrk), close
+                             whole 71-byte response (Content-Length, like wrk), close; times from
+                             the start of connect() to its return ("connect"), to the response's
+                             first byte ("first_byte") and to the end ("transaction")
   tcppp   HOST PORT N SIZE   N request/response round trips of SIZE bytes over one TCP connection
                              (TCP_NODELAY); p50/p99 in microseconds
   hold    HOST PORT N SECS   open N concurrent connections to an echo server, check each with a
@@ -39,7 +41,7 @@ def stats_us(ns):
 
 def seqconn(host, port, n):
     port, n = int(port), int(n)
-    ok, errs, tot, conn = 0, 0, [], []
+    ok, errs, tot, conn, first = 0, 0, [], [], []
     t_start = time.perf_counter()
     for _ in range(n):
         if time.perf_counter() - t_start > MAXSEC:
@@ -51,11 +53,12 @@ def seqconn(host, port, n):
             s.connect((host, port))
             t1 = time.perf_counter_ns()
             s.sendall(REQ)
-            got = b""
+            got, t2 = b"", None
             while not got.endswith(b"\r\n\r\nok"):
                 b = s.recv(4096)
                 if not b:
                     break
+                t2 = t2 or time.perf_counter_ns()
                 got += b
             if not got.startswith(b"HTTP/1.1 200"):
                 errs += 1
@@ -67,11 +70,12 @@ def seqconn(host, port, n):
             s.close()
         ok += 1
         conn.append(t1 - t0)
+        first.append(t2 - t0)
         tot.append(time.perf_counter_ns() - t0)
     wall = time.perf_counter() - t_start
     return {"test": "seqconn", "ok": ok, "errors": errs, "wall_s": round(wall, 3),
             "conn_per_s": round(ok / wall, 1) if wall > 0 else None,
-            "connect": stats_us(conn), "transaction": stats_us(tot)}
+            "connect": stats_us(conn), "first_byte": stats_us(first), "transaction": stats_us(tot)}
 
 
 def tcppp(host, port, n, size):
