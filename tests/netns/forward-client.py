@@ -10,23 +10,10 @@ import socket
 import sys
 import time
 
+from netclient import TIMEOUT, connect, read_all, refused, reset  # noqa: F401
+
+
 PATTERN = bytes(range(256)) * 4096  # 1 MiB, as forward-servers.py sends it
-TIMEOUT = 20
-
-
-def connect(host, port, timeout=TIMEOUT):
-    return socket.create_connection((host, port), timeout=timeout)
-
-
-def read_all(s, limit=1 << 31):
-    chunks, n = [], 0
-    while n < limit:
-        d = s.recv(1 << 20)
-        if not d:
-            break
-        chunks.append(d)
-        n += len(d)
-    return b"".join(chunks)
 
 
 def half_close(host, port, size="1048576"):
@@ -84,24 +71,6 @@ def board_first(host, port, result_file):
     return 0
 
 
-def reset(host, port):
-    n = 0
-    with connect(host, port) as s:
-        try:
-            while True:
-                d = s.recv(65536)
-                if not d:
-                    print(f"expected a reset, got a clean EOF after {n} bytes")
-                    return 1
-                n += len(d)
-        except ConnectionResetError:
-            print(f"ECONNRESET after {n} bytes")
-            return 0
-        except socket.timeout:
-            print(f"no reset within {TIMEOUT} s ({n} bytes)")
-            return 1
-
-
 def closed(host, port, goal_ms="200", limit_ms="1000"):
     """Forward to a closed board port: the connection must end at once (reset or EOF)."""
     goal, limit = float(goal_ms), float(limit_ms)
@@ -123,24 +92,6 @@ def closed(host, port, goal_ms="200", limit_ms="1000"):
     note = "" if ms < goal else f" (over the {goal:.0f} ms goal)"
     print(f"{what} after {ms:.1f} ms{note}")
     return 0 if what in ("EOF", "ECONNRESET", "ECONNREFUSED") and ms < limit else 1
-
-
-def refused(host, port):
-    s = socket.socket()
-    s.settimeout(5)
-    t = time.monotonic()
-    try:
-        s.connect((host, port))
-    except ConnectionRefusedError:
-        print(f"ECONNREFUSED after {(time.monotonic() - t) * 1000:.1f} ms")
-        return 0
-    except OSError as e:
-        print(f"expected ECONNREFUSED, got {e!r}")
-        return 1
-    finally:
-        s.close()
-    print("expected ECONNREFUSED, but the connect succeeded: the listener is still there")
-    return 1
 
 
 def udp2(host, port, want_peer):
@@ -194,6 +145,7 @@ CMDS = {
     "halfclose": half_close, "whoami": whoami, "boardfirst": board_first, "reset": reset,
     "closed": closed, "refused": refused, "udp2": udp2, "hold": hold,
 }
+
 
 if __name__ == "__main__":
     cmd, host, port, *rest = sys.argv[1:]

@@ -11,49 +11,10 @@ import socket
 import sys
 import time
 
+from netclient import TIMEOUT, connect, read_all, refused, reset, timed_connect  # noqa: F401
+
+
 PATTERN = bytes(range(256)) * 4096  # 1 MiB, as the servers send it
-TIMEOUT = 20
-
-
-def connect(host, port, timeout=TIMEOUT):
-    s = socket.create_connection((host, port), timeout=timeout)
-    return s
-
-
-def read_all(s, limit=1 << 31):
-    chunks, n = [], 0
-    while n < limit:
-        d = s.recv(1 << 20)
-        if not d:
-            break
-        chunks.append(d)
-        n += len(d)
-    return b"".join(chunks)
-
-
-def timed_connect(host, port):
-    """Connects with a 5 s timeout: the OSError (None when it connected) and the time in ms."""
-    s = socket.socket()
-    s.settimeout(5)
-    t = time.monotonic()
-    try:
-        s.connect((host, port))
-        err = None
-    except OSError as e:
-        err = e
-    return err, (time.monotonic() - t) * 1000
-
-
-def refused(host, port):
-    e, ms = timed_connect(host, port)
-    if isinstance(e, ConnectionRefusedError):
-        print(f"ECONNREFUSED after {ms:.1f} ms")
-        return 0
-    if e is not None:
-        print(f"expected ECONNREFUSED, got {e!r} after {ms:.1f} ms")
-        return 1
-    print("expected ECONNREFUSED, but the connect succeeded")
-    return 1
 
 
 def denied(host, port):
@@ -107,21 +68,6 @@ def server_close(host, port):
         return 1
     print("256 KiB then the server's FIN")
     return 0
-
-
-def reset(host, port):
-    n = 0
-    with connect(host, port) as s:
-        try:
-            while True:
-                d = s.recv(65536)
-                if not d:
-                    print(f"expected a reset, got a clean EOF after {n} bytes")
-                    return 1
-                n += len(d)
-        except ConnectionResetError:
-            print(f"ECONNRESET after {n} bytes")
-            return 0
 
 
 def rss_kib(pid):
@@ -202,6 +148,7 @@ CMDS = {
     "refused": refused, "denied": denied, "parallel": parallel, "halfclose": half_close,
     "serverclose": server_close, "reset": reset, "slow": slow_reader, "udp": udp, "hold": hold,
 }
+
 
 if __name__ == "__main__":
     cmd, host, port, *rest = sys.argv[1:]
