@@ -228,8 +228,12 @@ impl OsStream {
     }
     /// Closing after this sends a RST (TCP only: a unix stream just closes).
     fn set_reset_on_close(&self) {
-        if let Self::Tcp(s) = self {
-            let _ = SockRef::from(s).set_linger(Some(Duration::ZERO));
+        match self {
+            Self::Tcp(s) => {
+                let _ = SockRef::from(s).set_linger(Some(Duration::ZERO));
+            }
+            #[cfg(unix)]
+            Self::Unix(_) => {}
         }
     }
     fn tcp(&self) -> Option<&TcpStream> {

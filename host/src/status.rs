@@ -24,6 +24,7 @@ use crate::forward::ForwardStatus;
 use crate::sockets::SocketCounters;
 
 /// The longest request line a client may send.
+#[cfg(unix)]
 const MAX_REQUEST: usize = 4096;
 
 /// A control-socket request (one JSON line).
