@@ -134,7 +134,7 @@ _listening() {
 wait_listen() { wait_for "${4:-30}" _listening "$1" "$2" "$3"; }
 
 # bin NAME: path of a product binary ($QBKIT_BIN_DIR), fail if missing
-bin() { [ -x "$QBKIT_BIN_DIR/$1" ] || fail "missing $QBKIT_BIN_DIR/$1 (cargo build --release)"; echo "$QBKIT_BIN_DIR/$1"; }
+bin() { [ -x "$QBKIT_BIN_DIR/$1" ] || fail "missing $QBKIT_BIN_DIR/$1 (build it on the build machine: cargo build --release --workspace --locked --bins --examples)"; echo "$QBKIT_BIN_DIR/$1"; }
 # tool NAME: path of a test tool (tests/vm/build-tools.sh)
 tool() { [ -x "$QBKIT_TOOLS_DIR/$1" ] || fail "missing $QBKIT_TOOLS_DIR/$1 (tests/vm/build-tools.sh)"; echo "$QBKIT_TOOLS_DIR/$1"; }
 
