@@ -19,14 +19,17 @@ fn bash_completes_run_link() {
         .unwrap();
     assert!(out.status.success());
     std::fs::write(&script, &out.stdout).unwrap();
-    let prog = format!(
-        "source {script:?} || exit 9
-         f=$(complete -p qbkit-gadget | sed -n 's/.*-F \\([^ ]*\\) .*/\\1/p')
+    let prog = r#"source "$0" || exit 9
+         f=$(complete -p qbkit-gadget | sed -n 's/.*-F \([^ ]*\) .*/\1/p')
          COMP_WORDS=(qbkit-gadget run --li); COMP_CWORD=2
-         \"$f\" qbkit-gadget --li run
-         echo \"${{COMPREPLY[*]}}\""
-    );
-    let Ok(out) = Command::new("bash").arg("-c").arg(prog).output() else {
+         "$f" qbkit-gadget --li run
+         echo "${COMPREPLY[*]}""#;
+    let Ok(out) = Command::new("bash")
+        .arg("-c")
+        .arg(prog)
+        .arg(&script)
+        .output()
+    else {
         eprintln!("skipped: no bash");
         return;
     };

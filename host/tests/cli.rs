@@ -30,7 +30,7 @@ fn tmp(name: &str) -> PathBuf {
 fn bash_complete(script: &std::path::Path, prog: &str, words: &[&str]) -> Option<String> {
     let line = words.join(" ");
     let prog_script = format!(
-        "source {script:?} || exit 9
+        "source \"$0\" || exit 9
          complete -p {prog} >/dev/null || exit 8
          f=$(complete -p {prog} | sed -n 's/.*-F \\([^ ]*\\) .*/\\1/p')
          COMP_WORDS=({line}); COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1))
@@ -40,6 +40,7 @@ fn bash_complete(script: &std::path::Path, prog: &str, words: &[&str]) -> Option
     let out = Command::new("bash")
         .arg("-c")
         .arg(prog_script)
+        .arg(script)
         .output()
         .ok()?;
     assert!(out.status.success(), "bash: {out:?}");
