@@ -27,7 +27,7 @@ QVM_NAME=${QVM_NAME:-$(basename "$0")}
 PY=/usr/bin/python3            # Debian's python3 (pyusb), not a pyenv shim (pitfall 6)
 export QBKIT_REPO QBKIT_BIN_DIR QBKIT_TOOLS_DIR SPEED
 
-# test network (DESIGN.md defaults for the board side, RFC 5737/3849 documentation ranges for wan)
+# test network (the defaults of docs/architecture.md for the board side, RFC 5737/3849 documentation ranges for wan)
 WAN_IP=198.51.100.1
 WAN_IP6=2001:db8:5100::1
 WAN_DNS_NAME=test.qbkit
