@@ -61,10 +61,9 @@ const MAX_QUBES_LINE: usize = 128;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TransportError {
-    /// The transport URL does not parse.
-    #[error(
-        "invalid USB/IP transport {url:?}: {reason} (forms: usbip://HOST[:PORT]/BUSID, qubes-usb:CMD)"
-    )]
+    /// The transport URL (or `list`'s HOST[:PORT]) does not parse. qbkit-host lists every
+    /// transport form itself (`TransportSpec::forms`), so the reason names only what is wrong.
+    #[error("invalid USB/IP address {url:?}: {reason}")]
     BadUrl {
         /// The text given.
         url: String,
@@ -192,7 +191,7 @@ impl Target {
         }
         let rest = url
             .strip_prefix("usbip://")
-            .ok_or_else(|| bad("expected usbip:// or qubes-usb:"))?;
+            .ok_or_else(|| bad("expected usbip://HOST[:PORT]/BUSID or qubes-usb:COMMAND"))?;
         let (authority, busid) = rest
             .split_once('/')
             .ok_or_else(|| bad("usbip:// needs /BUSID after the host"))?;
