@@ -1,5 +1,8 @@
 //! qbkit-gadget CLI: argument parsing, logging, config merging, then `qbkit_gadget::driver::run`.
-//! `status` and `teardown` talk to the running daemon over its control socket.
+//! `status` and `teardown` talk to the running daemon over its control socket; `plan` prints the
+//! ConfigFS steps; `completions` and `man` print shell completions and man pages generated from
+//! these definitions (`qbkit_cli`, shared with qbkit-host). Errors end as one line on stderr
+//! (`status --json`: JSON on stdout).
 
 #[cfg(not(target_os = "linux"))]
 fn main() {
@@ -8,7 +11,7 @@ fn main() {
 }
 
 #[cfg(target_os = "linux")]
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     linux::main()
 }
 
@@ -51,21 +54,18 @@ mod linux {
         Run {
             #[command(flatten)]
             common: Common,
-            /// functionfs (default), tcp://HOST:PORT, tcp-listen://ADDR:PORT, unix:///PATH,
-            /// unix-listen:///PATH or stdio.
-            #[arg(long)]
+            #[arg(long, value_name = "URL", help = LinkSpec::help())]
             link: Option<String>,
-            /// TUN device name.
-            #[arg(long)]
+            #[arg(long, value_name = "NAME", help = format!("TUN device name [default: {}]", config::DEFAULT_TUN))]
             tun: Option<String>,
             /// USB device controller (default: the only one).
             #[arg(long)]
             udc: Option<String>,
-            /// USB vendor id (hex).
-            #[arg(long, value_parser = parse_hex_u16)]
+            #[arg(long, value_name = "HEX", value_parser = parse_hex_u16,
+                  help = format!("USB vendor id, hex [default: {:04x}]", config::DEFAULT_VID))]
             vid: Option<u16>,
-            /// USB product id (hex).
-            #[arg(long, value_parser = parse_hex_u16)]
+            #[arg(long, value_name = "HEX", value_parser = parse_hex_u16,
+                  help = format!("USB product id, hex [default: {:04x}]", config::DEFAULT_PID))]
             pid: Option<u16>,
             /// USB serial number (default: derived from /etc/machine-id).
             #[arg(long)]
@@ -76,8 +76,8 @@ mod linux {
             /// Do not install default routes (only the link).
             #[arg(long)]
             no_default_route: bool,
-            /// DNS handling: auto, resolved, resolv-conf, off.
-            #[arg(long, value_parser = parse_dns_mode)]
+            /// DNS handling: auto, resolved, resolv-conf, off [default: auto].
+            #[arg(long, value_name = "MODE", value_parser = parse_dns_mode)]
             dns: Option<DnsMode>,
         },
         /// Show the running daemon's state and counters.
@@ -101,8 +101,14 @@ mod linux {
             #[arg(long)]
             shell: bool,
         },
-        /// Print the man page (roff) to stdout.
-        Man,
+        /// Print shell completions to stdout.
+        Completions {
+            /// The shell.
+            #[arg(value_enum)]
+            shell: qbkit_cli::Shell,
+        },
+        /// Print a man page (roff) to stdout: the top page or one subcommand's; `--dir` writes them all.
+        Man(qbkit_cli::ManArgs),
     }
 
     fn parse_hex_u16(s: &str) -> Result<u16, String> {
@@ -141,9 +147,17 @@ mod linux {
         Ok(ConfigFile::load(&common.config, required)?)
     }
 
-    #[allow(clippy::too_many_lines, reason = "one match arm per subcommand")]
-    pub(crate) fn main() -> anyhow::Result<()> {
+    pub(crate) fn main() -> std::process::ExitCode {
         let cli = Cli::parse();
+        let json = matches!(cli.cmd, Cmd::Status { json: true, .. });
+        if !matches!(cli.cmd, Cmd::Run { .. } | Cmd::Teardown { .. }) {
+            qbkit_cli::quiet_on_closed_stdout();
+        }
+        qbkit_cli::finish("qbkit-gadget", json, dispatch(cli))
+    }
+
+    #[allow(clippy::too_many_lines, reason = "one match arm per subcommand")]
+    fn dispatch(cli: Cli) -> anyhow::Result<()> {
         init_logging();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -264,19 +278,23 @@ mod linux {
                 if shell {
                     print!("{}", plan::render_shell(&spec));
                 } else {
+                    println!(
+                        "# ConfigFS steps of gadget {} (paths under /sys/kernel/config)",
+                        spec.name
+                    );
                     for op in plan::plan(&spec) {
-                        println!("{op:?}");
+                        println!("{op}");
                     }
                 }
             }
-            Cmd::Man => {
+            Cmd::Completions { shell } => {
                 use clap::CommandFactory as _;
-                use std::io::Write as _;
-                let mut out = std::io::stdout().lock();
-                clap_mangen::Man::new(Cli::command())
-                    .render(&mut out)
-                    .context("writing the man page")?;
-                out.flush().context("writing the man page")?;
+                qbkit_cli::completions(Cli::command(), shell, &mut std::io::stdout().lock())
+                    .context("writing the completions")?;
+            }
+            Cmd::Man(args) => {
+                use clap::CommandFactory as _;
+                qbkit_cli::man(Cli::command(), &args).context("man")?;
             }
         }
         Ok(())

@@ -26,14 +26,46 @@ pub enum LinkSpec {
 }
 
 impl LinkSpec {
+    /// Every form `--link` accepts: the one list `run --help` and parse errors show.
+    pub fn forms() -> Vec<&'static str> {
+        std::iter::once("functionfs")
+            .chain(LinkUrl::FORMS)
+            .collect()
+    }
+
+    /// The `--link` help text, built from [`forms`](Self::forms).
+    pub fn help() -> String {
+        format!(
+            "The link to the host: functionfs (the USB gadget; default) or a stream link. One of: {}",
+            Self::forms().join(", ")
+        )
+    }
+
     /// Parses `functionfs` or a stream link URL.
-    pub fn parse(s: &str) -> Result<Self, LinkError> {
+    pub fn parse(s: &str) -> Result<Self, LinkSpecError> {
         if s == "functionfs" || s == "ffs" || s == "usb" {
             Ok(Self::FunctionFs)
         } else {
-            LinkUrl::parse(s).map(Self::Stream)
+            match LinkUrl::parse(s) {
+                Ok(u) => Ok(Self::Stream(u)),
+                Err(LinkError::BadUrl { url, reason }) => Err(LinkSpecError { url, reason }),
+                Err(_) => Err(LinkSpecError {
+                    url: s.to_owned(),
+                    reason: "not a link",
+                }),
+            }
         }
     }
+}
+
+/// A `--link` value that does not parse; the message lists every accepted form.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid link {url:?}: {reason}; expected one of: {}", LinkSpec::forms().join(", "))]
+pub struct LinkSpecError {
+    /// The text given.
+    pub url: String,
+    /// What is wrong.
+    pub reason: &'static str,
 }
 
 impl std::fmt::Display for LinkSpec {

@@ -44,7 +44,8 @@ enum Command {
         /// Print the machine-readable JSON document.
         #[arg(long)]
         json: bool,
-        /// The daemon's control socket (default: $XDG_RUNTIME_DIR/qbkit-host.sock).
+        /// The daemon's control socket (default: $XDG_RUNTIME_DIR/qbkit-host.sock; without
+        /// XDG_RUNTIME_DIR, /run/qbkit-host/control.sock for root, else /tmp/qbkit-host-UID/control.sock).
         #[arg(long)]
         control: Option<PathBuf>,
     },
@@ -92,8 +93,8 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff) to stdout.
-    Man,
+    /// Print a man page (roff) to stdout: the top page or one subcommand's; `--dir` writes them all.
+    Man(qbkit_cli::ManArgs),
 }
 
 #[derive(Subcommand, Debug, Clone, Copy)]
@@ -157,10 +158,7 @@ fn parse_hex16(s: &str) -> Result<u16, String> {
 
 #[derive(clap::Args, Debug)]
 struct RunArgs {
-    /// The link to the board: `usb` (the board on USB, waiting for it and serving it again after
-    /// every replug), or a stream link: tcp://HOST:PORT, tcp-listen://ADDR:PORT, unix:///PATH,
-    /// unix-listen:///PATH, stdio, exec:COMMAND.
-    #[arg(long, value_name = "URL", default_value = "usb")]
+    #[arg(long, value_name = "URL", default_value = "usb", help = TransportSpec::help())]
     transport: String,
     #[command(flatten)]
     usb: UsbArgs,
@@ -181,7 +179,9 @@ struct RunArgs {
     /// (default: from /etc/resolv.conf).
     #[arg(long, value_name = "ADDR", value_delimiter = ',', num_args = 1.., value_parser = parse_dns)]
     dns: Option<Vec<SocketAddr>>,
-    /// Serve `qbkit-host status` on this unix socket (default: $XDG_RUNTIME_DIR/qbkit-host.sock).
+    /// Serve `qbkit-host status` on this unix socket (default: $XDG_RUNTIME_DIR/qbkit-host.sock;
+    /// without XDG_RUNTIME_DIR, /run/qbkit-host/control.sock for root, else
+    /// /tmp/qbkit-host-UID/control.sock).
     #[arg(long)]
     control: Option<PathBuf>,
     /// Forward a laptop port to the board (repeatable):
@@ -196,8 +196,27 @@ fn parse_dns(s: &str) -> Result<SocketAddr, String> {
     config::parse_dns(s).map_err(|e| e.to_string())
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // `--json` commands report errors as JSON on stdout; commands that only print end quietly
+    // when their stdout is closed (`| head -1`).
+    let json = matches!(
+        cli.command,
+        Command::Status { json: true, .. } | Command::List { json: true, .. }
+    );
+    if matches!(
+        cli.command,
+        Command::Status { .. }
+            | Command::List { .. }
+            | Command::Completions { .. }
+            | Command::Man(_)
+    ) {
+        qbkit_cli::quiet_on_closed_stdout();
+    }
+    qbkit_cli::finish("qbkit-host", json, dispatch(cli))
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run(args),
         Command::Tray(args) => run_tray(args),
@@ -223,21 +242,10 @@ fn main() -> anyhow::Result<()> {
         Command::Forward { action, control } => forward(action, control),
         Command::Connect { target, control } => connect(&target, control),
         Command::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "qbkit-host",
-                &mut std::io::stdout(),
-            );
-            Ok(())
+            qbkit_cli::completions(Cli::command(), shell, &mut std::io::stdout().lock())
+                .context("writing the completions")
         }
-        Command::Man => {
-            let mut out = std::io::stdout().lock();
-            clap_mangen::Man::new(Cli::command())
-                .render(&mut out)
-                .context("writing the man page")?;
-            out.flush().context("writing the man page")
-        }
+        Command::Man(args) => qbkit_cli::man(Cli::command(), &args).context("man"),
     }
 }
 
@@ -661,6 +669,8 @@ mod tests {
         assert!(Cli::try_parse_from(["qbkit-host", "relay", "--transport", "usb"]).is_err());
         assert!(Cli::try_parse_from(["qbkit-host", "completions", "bash"]).is_ok());
         assert!(Cli::try_parse_from(["qbkit-host", "man"]).is_ok());
+        assert!(Cli::try_parse_from(["qbkit-host", "man", "run"]).is_ok());
+        assert!(Cli::try_parse_from(["qbkit-host", "man", "--dir", "/tmp/m"]).is_ok());
         Cli::command().debug_assert();
         let cli = Cli::try_parse_from(["qbkit-host", "status", "--json"]).unwrap();
         assert!(matches!(

@@ -103,9 +103,16 @@ pub enum LinkUrl {
 }
 
 impl LinkUrl {
-    /// The accepted forms, for error messages and `--help`.
-    pub const FORMS: &'static str = "tcp://HOST:PORT, tcp-listen://ADDR:PORT, unix:///PATH, \
-                                     unix-listen:///PATH, stdio, exec:COMMAND";
+    /// The accepted forms, in the order `--help` and parse errors of both programs list them
+    /// (each program puts its own forms in front: `usb`, `functionfs`, …).
+    pub const FORMS: [&'static str; 6] = [
+        "tcp://HOST:PORT",
+        "tcp-listen://ADDR:PORT",
+        "unix:///PATH",
+        "unix-listen:///PATH",
+        "stdio",
+        "exec:COMMAND",
+    ];
 
     /// Parses a link URL.
     pub fn parse(s: &str) -> Result<Self, LinkError> {
@@ -124,9 +131,7 @@ impl LinkUrl {
             };
         }
         let Some((scheme, rest)) = s.split_once("://") else {
-            return Err(bad(
-                "expected tcp://, tcp-listen://, unix://, unix-listen://, stdio or exec:",
-            ));
+            return Err(bad("not a known form"));
         };
         match scheme {
             "tcp" => {
@@ -242,6 +247,15 @@ impl Connector {
         }
     }
 
+    /// The URL with a bound listener's real address (`tcp-listen://127.0.0.1:40123` for a
+    /// `tcp-listen://127.0.0.1:0` link after [`bind`](Self::bind)); the URL itself otherwise.
+    pub fn bound_url(&self) -> LinkUrl {
+        match (&self.url, self.local_addr()) {
+            (LinkUrl::TcpListen(_), Some(a)) => LinkUrl::TcpListen(a),
+            (u, _) => u.clone(),
+        }
+    }
+
     /// Binds a listening link now (a no-op for the other forms), so address-in-use and permission
     /// errors show at start-up and peers can connect before the first [`connect`](Self::connect).
     pub async fn bind(&mut self) -> Result<(), LinkError> {
@@ -260,6 +274,9 @@ impl Connector {
                          bind it to a trusted interface, or carry the link over SSH or qrexec"
                     );
                 }
+                // The bound address, so port 0 shows the port the OS chose.
+                let bound = l.local_addr().map_err(io_err("listen on", addr))?;
+                tracing::info!("listening on {bound}");
                 self.listener = Listener::Tcp(l);
             }
             #[cfg(unix)]
@@ -270,6 +287,7 @@ impl Connector {
                     Err(e) => return Err(io_err("remove stale socket", path.display())(e)),
                 }
                 let l = UnixListener::bind(path).map_err(io_err("listen on", path.display()))?;
+                tracing::info!("listening on {}", path.display());
                 self.listener = Listener::Unix(l);
             }
             _ => {}

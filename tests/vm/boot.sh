@@ -8,7 +8,10 @@
 # Data flow: a per-run dir $QBKIT_VM_DIR/runs/run.* is shared with the guest as 9p tag "vmio"
 # (/run/qbkit-vm/vmio in the guest). boot.sh writes cmd.sh there (cwd, exported environment, CMD);
 # vm-stage2.sh runs it and writes rc. The console streams to stdout (and $QBKIT_VM_LOG).
-# Paths under the build machine's /tmp are /host/tmp/... in the guest (its /tmp is a tmpfs).
+# Paths under the build machine's /tmp are /host/tmp/... in the guest (its /tmp is a tmpfs): boot.sh
+# maps the working directory, the path variables below, CMD itself and every argument that names an
+# existing /tmp path (also in NAME=PATH and --opt=PATH form), so a clone under /tmp works like one
+# under /root. Any path, spaces included, is quoted into cmd.sh with printf %q.
 #
 # Environment (build machine side):
 #   QBKIT_VM_DIR      cache from build-initramfs.sh (default /var/cache/qbkit-vm)
@@ -22,6 +25,7 @@
 #   QBKIT_VM_BOOT_RETRIES  reboots when qemu dies before the guest is ready (default 1)
 #   QBKIT_VM_PASS     space-separated names of extra variables to pass to CMD. Always passed:
 #                     every QBKIT_* variable and SPEED RUNS DURATION CYCLES SECS.
+#   QBKIT_VM_PRINT_CMD=1  print the guest's cmd.sh for CMD and exit without booting (tests)
 # Exit status: CMD's; 124 on timeout; 255 when the guest reported nothing.
 set -uo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -31,6 +35,41 @@ export QBKIT_VM_DIR
 MEM=${QBKIT_VM_MEM:-1024M}
 CPUS=${QBKIT_VM_CPUS:-2}
 ACCEL=${QBKIT_VM_ACCEL:-auto}
+
+# The build machine's /tmp as the guest sees it: the guest's own /tmp is an empty tmpfs.
+guest_path() { case $1 in /tmp|/tmp/*) echo "/host$1" ;; *) echo "$1" ;; esac; }
+# An argument of CMD: an existing /tmp path (or NAME=PATH, --opt=PATH with one) is mapped; a path
+# that does not exist here is left alone (a file the command creates in the guest's /tmp).
+guest_arg() {
+    local a=$1 pre='' val=$1
+    case $a in
+        /tmp|/tmp/*) ;;
+        *=/tmp|*=/tmp/*) pre=${a%%=/tmp*}=; val=${a#"$pre"} ;;
+        *) echo "$a"; return ;;
+    esac
+    if [ -e "$val" ]; then echo "$pre$(guest_path "$val")"; else echo "$a"; fi
+}
+INTERACTIVE=1
+CMD_SH=
+if [ $# -gt 0 ]; then
+    INTERACTIVE=0
+    CMD_SH=$(
+        for v in $(compgen -v | grep -E '^QBKIT_[A-Z0-9_]*$'; echo SPEED RUNS DURATION CYCLES SECS ${QBKIT_VM_PASS:-}); do
+            [ -n "${!v+x}" ] || continue
+            val=${!v}
+            case $v in QBKIT_VM_DIR|QBKIT_BIN_DIR|QBKIT_REPO|QBKIT_TOOLS_DIR) val=$(guest_path "$val") ;; esac
+            printf 'export %s=%q\n' "$v" "$val"
+        done
+        printf 'cd %q 2>/dev/null || cd /\n' "$(guest_path "$PWD")"
+        printf 'exec'
+        for a in "$@"; do printf ' %q' "$(guest_arg "$a")"; done
+        printf '\n'
+    )
+fi
+if [ "${QBKIT_VM_PRINT_CMD:-0}" = 1 ]; then
+    printf '%s\n' "$CMD_SH"
+    exit 0
+fi
 
 # cheap when up to date; rebuilds the initramfs when its inputs changed
 "$HERE/build-initramfs.sh" || exit 1
@@ -57,22 +96,7 @@ mkdir -p "$QBKIT_VM_DIR/runs"
 RUN=$(mktemp -d "$QBKIT_VM_DIR/runs/run.XXXXXX")
 cleanup() { [ "${QBKIT_VM_KEEP:-0}" = 1 ] || rm -rf "$RUN"; }
 trap cleanup EXIT
-
-guest_path() { case $1 in /tmp|/tmp/*) echo "/host$1" ;; *) echo "$1" ;; esac; }
-INTERACTIVE=1
-if [ $# -gt 0 ]; then
-    INTERACTIVE=0
-    {
-        for v in $(compgen -v | grep -E '^QBKIT_[A-Z0-9_]*$'; echo SPEED RUNS DURATION CYCLES SECS ${QBKIT_VM_PASS:-}); do
-            [ -n "${!v+x}" ] || continue
-            val=${!v}
-            case $v in QBKIT_VM_DIR|QBKIT_BIN_DIR|QBKIT_REPO|QBKIT_TOOLS_DIR) val=$(guest_path "$val") ;; esac
-            printf 'export %s=%q\n' "$v" "$val"
-        done
-        printf 'cd %q 2>/dev/null || cd /\n' "$(guest_path "$PWD")"
-        printf 'exec'; printf ' %q' "$@"; printf '\n'
-    } > "$RUN/cmd.sh"
-fi
+[ $INTERACTIVE = 1 ] || printf '%s\n' "$CMD_SH" > "$RUN/cmd.sh"
 
 APPEND="console=ttyS0 quiet loglevel=3 panic=-1 8250.nr_uarts=1 i8042.noaux i8042.nokbd i8042.nopnp"
 [ -n "${QBKIT_VM_MODULES:-}" ] && APPEND+=" qvm.modules=$QBKIT_VM_MODULES"

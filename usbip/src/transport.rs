@@ -61,10 +61,9 @@ const MAX_QUBES_LINE: usize = 128;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TransportError {
-    /// The transport URL does not parse.
-    #[error(
-        "invalid USB/IP transport {url:?}: {reason} (forms: usbip://HOST[:PORT]/BUSID, qubes-usb:CMD)"
-    )]
+    /// The transport URL (or `list`'s HOST[:PORT]) does not parse. qbkit-host lists every
+    /// transport form itself (`TransportSpec::forms`), so the reason names only what is wrong.
+    #[error("invalid USB/IP address {url:?}: {reason}")]
     BadUrl {
         /// The text given.
         url: String,
@@ -192,14 +191,14 @@ impl Target {
         }
         let rest = url
             .strip_prefix("usbip://")
-            .ok_or_else(|| bad("expected usbip:// or qubes-usb:"))?;
+            .ok_or_else(|| bad("expected usbip://HOST[:PORT]/BUSID or qubes-usb:COMMAND"))?;
         let (authority, busid) = rest
             .split_once('/')
             .ok_or_else(|| bad("usbip:// needs /BUSID after the host"))?;
         if busid.is_empty() || busid.len() >= op::BUSID_LEN || busid.contains('/') {
             return Err(bad("the bus id must be 1..31 characters, e.g. 1-1"));
         }
-        let (host, port) = parse_host_port(authority).ok_or_else(|| bad("bad HOST[:PORT]"))?;
+        let (host, port) = parse_host_port(authority).ok_or_else(|| bad(HOST_PORT_HELP))?;
         Ok(Self::Usbip {
             host,
             port,
@@ -214,6 +213,10 @@ impl Target {
         }
     }
 }
+
+/// What [`parse_host_port`] accepts, for errors.
+const HOST_PORT_HELP: &str =
+    "expected HOST[:PORT], with an IPv6 address in brackets (e.g. [::1]:3240 or [fd00::5])";
 
 /// Splits `HOST[:PORT]` / `[V6]:PORT`; the port defaults to 3240.
 fn parse_host_port(s: &str) -> Option<(String, u16)> {
@@ -368,7 +371,7 @@ pub async fn list_with(host: &str, limit: Duration) -> Result<Vec<DeviceInfo>, T
     let authority = authority.split('/').next().unwrap_or_default();
     let (h, port) = parse_host_port(authority).ok_or_else(|| TransportError::BadUrl {
         url: host.to_owned(),
-        reason: "expected HOST[:PORT]",
+        reason: HOST_PORT_HELP,
     })?;
     let target = format!("{h}:{port}");
     bounded(limit, "device list", &target, async {

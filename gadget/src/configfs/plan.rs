@@ -60,6 +60,34 @@ pub enum Value {
     Udc,
 }
 
+/// One line of `qbkit-gadget plan`: what the step does, with paths relative to the ConfigFS mount.
+impl std::fmt::Display for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Mkdir(d) => write!(f, "mkdir    {d}"),
+            Self::Write { path, value } => write!(f, "write    {path} = {value}"),
+            Self::Symlink { target, link } => write!(f, "symlink  {link} -> {target}"),
+            Self::FunctionFs { instance, dir } => {
+                write!(
+                    f,
+                    "mount    functionfs {instance} on {dir}, write the ep0 descriptors"
+                )
+            }
+            Self::BindUdc(path) => write!(f, "bind     {path} = <udc>"),
+        }
+    }
+}
+
+impl std::fmt::Display for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Lit(v) => write!(f, "{v:?}"),
+            Self::Serial => f.write_str("<serial>"),
+            Self::Udc => f.write_str("<udc>"),
+        }
+    }
+}
+
 fn w(path: impl Into<String>, v: impl Into<String>) -> Op {
     Op::Write {
         path: path.into(),
@@ -267,6 +295,19 @@ const SHELL_FOOTER: &str = r#"echo "qbkit gadget bound to $UDC (serial $SERIAL)"
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plan_lines_read_as_steps() {
+        assert_eq!(
+            Op::Mkdir("usb_gadget/qbkit".into()).to_string(),
+            "mkdir    usb_gadget/qbkit"
+        );
+        let op = w("usb_gadget/qbkit/idVendor", "0x1209");
+        assert_eq!(
+            op.to_string(),
+            "write    usb_gadget/qbkit/idVendor = \"0x1209\""
+        );
+    }
     use crate::config::ConfigFile;
 
     fn spec(with_serial: bool) -> GadgetSpec {

@@ -77,25 +77,66 @@ pub enum TransportSpec {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SpecError {
-    /// A bad stream link URL.
+    /// Not one of [`TransportSpec::forms`], or one with a bad address; the message lists them all.
+    #[error("invalid transport {url:?}: {reason}; expected one of: {}", TransportSpec::forms().join(", "))]
+    Bad {
+        /// The text given.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A stream link error other than a bad URL.
     #[error(transparent)]
     Link(#[from] LinkError),
-    /// A bad `usbip://` or `qubes-usb:` URL.
+    /// A USB/IP error other than a bad URL.
     #[error(transparent)]
     Usbip(#[from] qbkit_usbip::transport::TransportError),
 }
 
 impl TransportSpec {
+    /// Every form `--transport` accepts: the one list `run --help`, every parse error and the
+    /// README show.
+    pub fn forms() -> Vec<&'static str> {
+        ["usb", "usbip://HOST[:PORT]/BUSID", "qubes-usb:COMMAND"]
+            .into_iter()
+            .chain(LinkUrl::FORMS)
+            .collect()
+    }
+
+    /// The `--transport` help text, built from [`forms`](Self::forms).
+    pub fn help() -> String {
+        format!(
+            "The link to the board: usb (the board on USB, served again after every replug), \
+             the board over USB/IP or a Qubes qubes.USB service, or a stream link. One of: {}",
+            Self::forms().join(", ")
+        )
+    }
+
     /// Parses `usb`, `usbip://…`, `qubes-usb:…` or a stream link URL (the same syntax as
     /// `qbkit-gadget --link`).
     pub fn parse(s: &str) -> Result<Self, SpecError> {
         if s == "usb" {
             Ok(Self::Usb)
         } else if s.starts_with("usbip://") || s.starts_with("qubes-usb:") {
-            qbkit_usbip::transport::Target::parse(s)?;
-            Ok(Self::Usbip(s.to_owned()))
+            match qbkit_usbip::transport::Target::parse(s) {
+                Ok(_) => Ok(Self::Usbip(s.to_owned())),
+                Err(qbkit_usbip::transport::TransportError::BadUrl { url, reason }) => {
+                    Err(SpecError::Bad {
+                        url,
+                        reason: reason.to_owned(),
+                    })
+                }
+                Err(e) => Err(e.into()),
+            }
         } else {
-            Ok(LinkUrl::parse(s).map(Self::Stream)?)
+            match LinkUrl::parse(s) {
+                Ok(u) => Ok(Self::Stream(u)),
+                Err(LinkError::BadUrl { url, reason }) => Err(SpecError::Bad {
+                    url,
+                    reason: reason.to_owned(),
+                }),
+                Err(e) => Err(e.into()),
+            }
         }
     }
 }
@@ -131,8 +172,25 @@ mod tests {
             TransportSpec::Usbip(_)
         ));
         let bad_usbip = ["usbip://host", "usbip://h:x/1-1", "qubes-usb:"];
-        for bad in qbkit_link::testing::BAD_URLS.into_iter().chain(bad_usbip) {
-            assert!(TransportSpec::parse(bad).is_err(), "{bad} should not parse");
+        for bad in qbkit_link::testing::BAD_URLS
+            .into_iter()
+            .chain(bad_usbip)
+            .chain(["foo://x", "USB"])
+        {
+            let e = TransportSpec::parse(bad).unwrap_err().to_string();
+            for form in TransportSpec::forms() {
+                assert!(e.contains(form), "{bad}: {e:?} does not name {form}");
+            }
+        }
+    }
+
+    #[test]
+    fn help_and_readme_list_every_form() {
+        let help = TransportSpec::help();
+        let readme = include_str!("../../../README.md");
+        for form in TransportSpec::forms() {
+            assert!(help.contains(form), "--help lacks {form}");
+            assert!(readme.contains(form), "README.md lacks {form}");
         }
     }
 }

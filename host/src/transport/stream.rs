@@ -29,7 +29,8 @@ pub async fn run(url: LinkUrl, max_bundle: usize, events: mpsc::Sender<LinkEvent
         let up = LinkUp {
             framing: Framing::Stream,
             tx,
-            description: conn.url().to_string(),
+            // The real port of a port-0 listener, for logs and `status`.
+            description: conn.bound_url().to_string(),
         };
         if events.send(LinkEvent::Up(up)).await.is_err() {
             return;

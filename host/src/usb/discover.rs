@@ -178,11 +178,9 @@ impl Board {
 /// All attached boards that match `filter`, in bus order. `probe` opens each one to fill in its
 /// state (for `qbkit-host list`).
 pub async fn list_boards(filter: &DeviceFilter, probe: bool) -> Result<Vec<Board>, UsbError> {
-    let devices = nusb::list_devices().await.map_err(|source| UsbError::Usb {
-        path: "-".into(),
-        op: "list devices",
-        source,
-    })?;
+    let devices = nusb::list_devices()
+        .await
+        .map_err(|source| UsbError::ListDevices { source })?;
     let mut boards: Vec<Board> = devices
         .filter(|d| filter.matches(d))
         .map(Board::new)

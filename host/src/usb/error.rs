@@ -80,6 +80,15 @@ pub enum UsbError {
         /// Bus path of the device.
         path: String,
     },
+    /// The OS would not list the USB devices (no /sys/bus/usb in a container, say): no board yet.
+    #[error(
+        "cannot list the USB devices: {source} (in a container or VM, is USB passed through? /sys/bus/usb must exist)"
+    )]
+    ListDevices {
+        /// The OS error.
+        #[source]
+        source: nusb::Error,
+    },
     /// Another USB operation failed.
     #[error("USB {op} failed for the board at {path}")]
     Usb {

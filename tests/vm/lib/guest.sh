@@ -27,7 +27,7 @@ QVM_NAME=${QVM_NAME:-$(basename "$0")}
 PY=/usr/bin/python3            # Debian's python3 (pyusb), not a pyenv shim (pitfall 6)
 export QBKIT_REPO QBKIT_BIN_DIR QBKIT_TOOLS_DIR SPEED
 
-# test network (DESIGN.md defaults for the board side, RFC 5737/3849 documentation ranges for wan)
+# test network (the defaults of docs/architecture.md for the board side, RFC 5737/3849 documentation ranges for wan)
 WAN_IP=198.51.100.1
 WAN_IP6=2001:db8:5100::1
 WAN_DNS_NAME=test.qbkit
@@ -134,7 +134,7 @@ _listening() {
 wait_listen() { wait_for "${4:-30}" _listening "$1" "$2" "$3"; }
 
 # bin NAME: path of a product binary ($QBKIT_BIN_DIR), fail if missing
-bin() { [ -x "$QBKIT_BIN_DIR/$1" ] || fail "missing $QBKIT_BIN_DIR/$1 (cargo build --release)"; echo "$QBKIT_BIN_DIR/$1"; }
+bin() { [ -x "$QBKIT_BIN_DIR/$1" ] || fail "missing $QBKIT_BIN_DIR/$1 (build it on the build machine: cargo build --release --workspace --locked --bins --examples)"; echo "$QBKIT_BIN_DIR/$1"; }
 # tool NAME: path of a test tool (tests/vm/build-tools.sh)
 tool() { [ -x "$QBKIT_TOOLS_DIR/$1" ] || fail "missing $QBKIT_TOOLS_DIR/$1 (tests/vm/build-tools.sh)"; echo "$QBKIT_TOOLS_DIR/$1"; }
 

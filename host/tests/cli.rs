@@ -1,0 +1,200 @@
+//! The qbkit-host program as a new user meets it, run as a built binary: bash completion of
+//! options (the generated script sourced in a real bash), one man page per subcommand, `--help`
+//! of every subcommand, one list of transports in errors, listeners saying where they listen
+//! (the real port for port 0), one-line errors, and a quiet exit on a closed stdout.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_qbkit-host");
+const SUBCOMMANDS: [&str; 7] = [
+    "run",
+    "tray",
+    "status",
+    "list",
+    "relay",
+    "completions",
+    "man",
+];
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("qbkit-host-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// What bash completes for `words` (the last one being completed), or None without bash.
+fn bash_complete(script: &std::path::Path, prog: &str, words: &[&str]) -> Option<String> {
+    let line = words.join(" ");
+    let prog_script = format!(
+        "source \"$0\" || exit 9
+         complete -p {prog} >/dev/null || exit 8
+         f=$(complete -p {prog} | sed -n 's/.*-F \\([^ ]*\\) .*/\\1/p')
+         COMP_WORDS=({line}); COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1))
+         \"$f\" {prog} \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\"
+         echo \"${{COMPREPLY[*]}}\""
+    );
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(prog_script)
+        .arg(script)
+        .output()
+        .ok()?;
+    assert!(out.status.success(), "bash: {out:?}");
+    Some(String::from_utf8(out.stdout).unwrap().trim().to_owned())
+}
+
+#[test]
+fn bash_completes_subcommand_options() {
+    let d = tmp("completion");
+    let script = d.join("qbkit-host.bash");
+    let out = Command::new(BIN)
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    std::fs::write(&script, &out.stdout).unwrap();
+    let Some(got) = bash_complete(&script, "qbkit-host", &["qbkit-host", "run", "--tr"]) else {
+        eprintln!("skipped: no bash");
+        return;
+    };
+    assert_eq!(got, "--transport");
+    let got = bash_complete(&script, "qbkit-host", &["qbkit-host", "run", "--"]).unwrap();
+    assert!(got.split(' ').any(|w| w == "--transport"), "{got}");
+    let got = bash_complete(&script, "qbkit-host", &["qbkit-host", "li"]).unwrap();
+    assert_eq!(got, "list");
+    for sh in ["zsh", "fish"] {
+        let out = Command::new(BIN)
+            .args(["completions", sh])
+            .output()
+            .unwrap();
+        assert!(out.status.success() && !out.stdout.is_empty(), "{sh}");
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn man_pages_exist_for_every_subcommand_the_top_page_names() {
+    let d = tmp("man");
+    let out = Command::new(BIN)
+        .arg("man")
+        .arg("--dir")
+        .arg(&d)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let top = std::fs::read_to_string(d.join("qbkit-host.1")).unwrap();
+    for sub in SUBCOMMANDS {
+        let page = d.join(format!("qbkit-host-{sub}.1"));
+        assert!(page.exists(), "{} missing", page.display());
+        assert!(
+            top.contains(&format!("qbkit\\-host\\-{sub}(1)")),
+            "top page lacks {sub}"
+        );
+    }
+    let run = std::fs::read_to_string(d.join("qbkit-host-run.1")).unwrap();
+    assert!(
+        run.contains("\\-\\-transport") && run.contains("usbip://"),
+        "{run}"
+    );
+    let out = Command::new(BIN).args(["man", "run"]).output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(out.stdout, run.as_bytes());
+    let out = Command::new(BIN).args(["man", "nope"]).output().unwrap();
+    assert!(!out.status.success());
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn help_of_every_subcommand_exits_zero() {
+    for sub in SUBCOMMANDS {
+        let out = Command::new(BIN).args([sub, "--help"]).output().unwrap();
+        assert!(out.status.success(), "{sub} --help: {out:?}");
+    }
+}
+
+#[test]
+fn bad_transports_name_every_form_in_one_line() {
+    let d = tmp("transport");
+    for bad in ["foo://x", "USB", "usbip://host", "tcp://nohost"] {
+        let out = Command::new(BIN)
+            .args(["run", "--dns", "127.0.0.1", "--transport", bad, "--control"])
+            .arg(d.join("c.sock"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{bad}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 1, "{bad}: one line, got {err:?}");
+        for form in qbkit_host::transport::TransportSpec::forms() {
+            assert!(err.contains(form), "{bad}: {err:?} lacks {form}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn tcp_listener_logs_its_real_port() {
+    let d = tmp("listen");
+    let mut child = Command::new(BIN)
+        .args([
+            "run",
+            "--dns",
+            "127.0.0.1",
+            "--transport",
+            "tcp-listen://127.0.0.1:0",
+        ])
+        .arg("--control")
+        .arg(d.join("c.sock"))
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    let found = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) if l.contains("listening on 127.0.0.1:") => break Some(l),
+            Ok(l) => seen.push(l),
+            Err(_) => break None,
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&d);
+    let line = found.unwrap_or_else(|| panic!("no listening line in {seen:?}"));
+    assert!(line.contains("INFO"), "{line}");
+    let port = line.rsplit(':').next().unwrap().trim();
+    assert_ne!(port.parse::<u16>().unwrap(), 0, "{line}");
+}
+
+#[test]
+fn closed_stdout_is_a_quiet_exit() {
+    for args in [&["man"][..], &["completions", "bash"]] {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert_ne!(out.status.code(), Some(101), "{args:?} panicked: {out:?}");
+        assert!(out.stderr.is_empty(), "{args:?}: {out:?}");
+    }
+}
