@@ -202,12 +202,18 @@ fn main() -> std::process::ExitCode {
     // when their stdout is closed (`| head -1`).
     let json = matches!(
         cli.command,
-        Command::Status { json: true, .. } | Command::List { json: true, .. }
+        Command::Status { json: true, .. }
+            | Command::List { json: true, .. }
+            | Command::Forward {
+                action: ForwardAction::List { json: true },
+                ..
+            }
     );
     if matches!(
         cli.command,
         Command::Status { .. }
             | Command::List { .. }
+            | Command::Forward { .. }
             | Command::Completions { .. }
             | Command::Man(_)
     ) {

@@ -502,18 +502,7 @@ async fn laptop_reaches_the_board_through_a_forward_and_connect() {
         let err = connect_refused.await.unwrap();
         assert!(err.contains("refused"), "{err}");
 
-        // The status client blocks: run it beside the loop.
-        let query = tokio::task::spawn_blocking(move || qbkit_host::status::query(&control));
-        while !query.is_finished() {
-            b.step().await;
-        }
-        let doc = query.await.unwrap().unwrap();
-        let s: qbkit_host::status::Status = serde_json::from_str(&doc).unwrap();
-        let f = &s.forwards[0];
-        assert_eq!((f.connections, f.active), (1, 0), "{f:?}");
-        assert_eq!(f.bytes_to_board, 300_000, "{f:?}");
-        assert_eq!(f.bytes_from_board, 300_000, "{f:?}");
-        assert_eq!(s.forwards[1].refused, 1, "{:?}", s.forwards[1]);
+        check_forward_status(&mut b, control).await;
         let _ = stop_tx.send(());
     };
     let (res, ()) = tokio::join!(drv, board);
@@ -551,6 +540,24 @@ fn reset_after(port: u16) -> Duration {
         "{r:?}"
     );
     t0.elapsed()
+}
+
+/// After the clients of `laptop_reaches_the_board_through_a_forward_and_connect`: status counts
+/// the forwards' connections and bytes.
+#[cfg(unix)]
+async fn check_forward_status(b: &mut Board, control: std::path::PathBuf) {
+    // The status client blocks: run it beside the loop.
+    let query = tokio::task::spawn_blocking(move || qbkit_host::status::query(&control));
+    while !query.is_finished() {
+        b.step().await;
+    }
+    let doc = query.await.unwrap().unwrap();
+    let s: qbkit_host::status::Status = serde_json::from_str(&doc).unwrap();
+    let f = &s.forwards[0];
+    assert_eq!((f.connections, f.active), (1, 0), "{f:?}");
+    assert_eq!(f.bytes_to_board, 300_000, "{f:?}");
+    assert_eq!(f.bytes_from_board, 300_000, "{f:?}");
+    assert_eq!(s.forwards[1].refused, 1, "{:?}", s.forwards[1]);
 }
 
 /// A byte stream the echo client can split into a writer thread and a reader.

@@ -87,6 +87,12 @@ impl Nat {
                 // Anything else cannot be valid yet: the board has no SYN-ACK.
             }
             TcpPhase::Open { .. } => {
+                if t.inbound && !t.established && seg.syn() && !seg.ack() {
+                    // A bare SYN to the port the core is dialling from: a simultaneous open,
+                    // which no board does (smoltcp's handling of it breaks its window
+                    // arithmetic). The board's SYN-ACK is still awaited.
+                    return drop_pkt!(self, drop_malformed, %src, %dst, "nat: SYN to a gateway port that is dialling the board");
+                }
                 if seg.rst() {
                     self.counters.tcp_reset_from_board += 1;
                 }

@@ -264,3 +264,26 @@ fn inbound_flows_share_the_flow_limit() {
     );
     assert_eq!(h.nat.counters().flows_evicted, 1);
 }
+
+#[test]
+fn board_syn_to_a_dialling_gateway_port_is_dropped_not_a_simultaneous_open() {
+    // Found by fuzzing: smoltcp's simultaneous open (SYN-SENT receiving a bare SYN) leaves the
+    // socket in a state whose window arithmetic panics. A board never dials the gateway's
+    // ephemeral port itself; the core drops such a SYN and keeps waiting for the SYN-ACK.
+    let mut h = H::with(cfg());
+    let flow = h
+        .nat
+        .open_inbound(h.now, Protocol::Tcp, 22, peer(50003))
+        .unwrap();
+    let ours = seg_of(&h.recv()[0]);
+    h.send(&syn(ep(BOARD, 22), ours.src, 10237));
+    let _ = h.nat.poll_timeout(h.now);
+    h.advance(Duration::from_millis(100));
+    assert_eq!(h.nat.counters().drop_malformed, 1);
+    assert!(h.events().is_empty());
+    assert_eq!(
+        h.nat.flow_count(),
+        1,
+        "the flow still waits for the board's SYN-ACK {flow}"
+    );
+}
