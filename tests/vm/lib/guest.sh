@@ -256,6 +256,22 @@ wan_up() {
 
 # iperf_mbit NS [iperf3 client args...]: one iperf3 run from NS to the wan server; prints the
 # receiver's Mbit/s (-R for server->client)
+# sshd_board DIR: the board's sshd (tests/lib/ssh-board.sh made DIR) in namespace `board`;
+# sets SSHD_PID once it listens on :22. The guest runs the build machine's userland, root's
+# ~/.bashrc included, and Debian's bash sources it for every command sshd runs; a pyenv init there
+# costs seconds of process starts under TCG. So sshd gets its own mount namespace with an empty
+# file over it: nothing else in the guest sees that.
+sshd_board() {
+    local dir=$1 rc
+    : > "$dir/empty-bashrc"
+    rc=$(getent passwd root | cut -d: -f6)/.bashrc
+    bg_ns board sshd unshare --mount --propagation private -- sh -c \
+        '[ ! -e "$1" ] || mount --bind "$2" "$1" || exit 1; exec /usr/sbin/sshd -D -e -f "$3"' \
+        sh "$rc" "$dir/empty-bashrc" "$dir/sshd_config"
+    SSHD_PID=$BG_PID
+    wait_listen "$SSHD_PID" tcp 22 60 || fail "sshd not listening in board: $(tail -5 "$QVM_RUN/sshd.log")"
+}
+
 iperf_mbit() {
     local ns=$1; shift
     in_ns "$ns" iperf3 -c "$WAN_IP" -p "$WAN_IPERF_PORT" -J "$@" > "$QVM_RUN/iperf.json" || { cat "$QVM_RUN/iperf.json"; return 1; }
