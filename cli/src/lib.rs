@@ -173,6 +173,25 @@ where
     ExitCode::FAILURE
 }
 
+/// What the programs' CLI tests share: run a built binary with its stdout closed at once (as
+/// `| head -1` does after the first line).
+#[doc(hidden)]
+pub mod testing {
+    use std::process::{Command, Output, Stdio};
+
+    /// Runs `bin args` with stdout closed before it writes; returns its exit and stderr.
+    pub fn closed_stdout(bin: &str, args: &[&str]) -> Output {
+        let mut child = Command::new(bin)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the binary runs");
+        drop(child.stdout.take());
+        child.wait_with_output().expect("the binary exits")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,7 @@
 //! in errors, a readable `plan`, and a quiet exit on a closed stdout (`plan | head -1`).
 #![cfg(target_os = "linux")]
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_qbkit-gadget");
 const SUBCOMMANDS: [&str; 6] = ["run", "status", "teardown", "plan", "completions", "man"];
@@ -87,14 +87,7 @@ fn plan_is_readable_and_quiet_on_a_closed_stdout() {
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("mkdir    usb_gadget/qbkit"), "{text}");
     assert!(!text.contains("Mkdir("), "no Debug structs: {text}");
-    let mut child = Command::new(BIN)
-        .args(["plan", "--config", "/dev/null"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
+    let out = qbkit_cli::testing::closed_stdout(BIN, &["plan", "--config", "/dev/null"]);
     assert_ne!(out.status.code(), Some(101), "{out:?}");
     assert!(out.stderr.is_empty(), "{out:?}");
 }

@@ -186,14 +186,7 @@ fn tcp_listener_logs_its_real_port() {
 #[test]
 fn closed_stdout_is_a_quiet_exit() {
     for args in [&["man"][..], &["completions", "bash"]] {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        drop(child.stdout.take());
-        let out = child.wait_with_output().unwrap();
+        let out = qbkit_cli::testing::closed_stdout(BIN, args);
         assert_ne!(out.status.code(), Some(101), "{args:?} panicked: {out:?}");
         assert!(out.stderr.is_empty(), "{args:?}: {out:?}");
     }
