@@ -474,6 +474,7 @@ impl Driver {
                 self.summary_dirty = true;
             }
             LinkEvent::Bundle(b) => self.handle_bundle(&b),
+            LinkEvent::Listening { url } => self.cfg.transport = url,
         }
     }
 

@@ -277,6 +277,42 @@ impl Status {
         }
     }
 
+    /// Non-zero drop counters: real drops (`section.name=N`), and the ones every healthy link
+    /// sees, named for what they are (segments arriving after their connection closed, IPv6
+    /// until it is forwarded).
+    fn drop_lines(&self) -> (Vec<String>, Vec<String>) {
+        let (mut drops, mut normal) = (Vec::new(), Vec::new());
+        for (section, m) in [
+            ("nat", &self.nat),
+            ("session", &self.session),
+            ("sockets", &self.sockets),
+            ("driver", &self.driver),
+        ] {
+            for (k, v) in m {
+                let is_drop = k.starts_with("drop_")
+                    || k.starts_with("rx_bad")
+                    || k == "tx_drops"
+                    || k == "events_dropped";
+                if !is_drop || *v == 0 {
+                    continue;
+                }
+                match (section, k.as_str()) {
+                    ("nat", "drop_tcp_no_flow") => {
+                        normal.push(format!("{v} late TCP segments after a close"));
+                    }
+                    ("nat", "drop_ipv6") => {
+                        normal.push(format!("{v} IPv6 packets (not forwarded yet)"));
+                    }
+                    ("nat", "drop_stale_os_event") => {
+                        normal.push(format!("{v} socket events for closed flows"));
+                    }
+                    _ => drops.push(format!("{section}.{k}={v}")),
+                }
+            }
+        }
+        (drops, normal)
+    }
+
     /// A human-readable summary: link, traffic, every non-zero drop counter, the first flows.
     #[allow(
         clippy::many_single_char_names,
@@ -338,23 +374,7 @@ impl Status {
             },
             self.os_sockets
         );
-        let mut drops = Vec::new();
-        for (section, m) in [
-            ("nat", &self.nat),
-            ("session", &self.session),
-            ("sockets", &self.sockets),
-            ("driver", &self.driver),
-        ] {
-            for (k, v) in m {
-                let is_drop = k.starts_with("drop_")
-                    || k.starts_with("rx_bad")
-                    || k == "tx_drops"
-                    || k == "events_dropped";
-                if is_drop && *v > 0 {
-                    drops.push(format!("{section}.{k}={v}"));
-                }
-            }
-        }
+        let (drops, normal) = self.drop_lines();
         let _ = writeln!(
             o,
             "drops      {}",
@@ -364,6 +384,9 @@ impl Status {
                 drops.join(" ")
             }
         );
+        if !normal.is_empty() {
+            let _ = writeln!(o, "normal     {} (not faults)", normal.join(", "));
+        }
         if !self.forwards.is_empty() {
             let _ = writeln!(o, "\nforwards");
             o.push_str(&render_forwards(&self.forwards));
@@ -646,4 +669,30 @@ pub fn render_forwards(forwards: &[ForwardStatus]) -> String {
         );
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn late_segments_are_not_shown_as_faults() {
+        let doc = serde_json::json!({
+            "version": "0", "pid": 1, "uptime_s": 1.0, "rss_bytes": null, "transport": "usb",
+            "link": {"connected": true, "description": null, "session": "up", "version": 1,
+                     "mtu": 16384, "max_bundle": 65536, "peer": null, "rtt_us": null},
+            "flow_counts": {}, "os_sockets": 0,
+            "nat": {"drop_tcp_no_flow": 35, "drop_ipv6": 1, "drop_board_queue_full": 2},
+            "session": {}, "sockets": {}, "driver": {}, "peer_stats": {}, "flows": [],
+        });
+        let s: Status = serde_json::from_value(doc).unwrap();
+        let text = s.render();
+        assert!(
+            text.contains("drops      nat.drop_board_queue_full=2\n"),
+            "{text}"
+        );
+        assert!(text.contains("35 late TCP segments after a close"), "{text}");
+        assert!(text.contains("1 IPv6 packets (not forwarded yet)"), "{text}");
+        assert!(!text.contains("drop_tcp_no_flow"), "{text}");
+    }
 }

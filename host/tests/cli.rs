@@ -174,13 +174,28 @@ fn tcp_listener_logs_its_real_port() {
             Err(_) => break None,
         }
     };
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = std::fs::remove_dir_all(&d);
     let line = found.unwrap_or_else(|| panic!("no listening line in {seen:?}"));
     assert!(line.contains("INFO"), "{line}");
     let port = line.rsplit(':').next().unwrap().trim();
     assert_ne!(port.parse::<u16>().unwrap(), 0, "{line}");
+    // `status` names the same bound address before any board connected (the control socket is
+    // served from the first turn of the loop; the Listening event may trail the log line).
+    let want = format!("tcp-listen://127.0.0.1:{port}");
+    let mut transport = String::new();
+    while Instant::now() < deadline && transport != want {
+        let out = Command::new(BIN)
+            .args(["status", "--json", "--control"])
+            .arg(d.join("c.sock"))
+            .output()
+            .unwrap();
+        let doc: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        transport = doc["transport"].as_str().unwrap_or("").to_owned();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&d);
+    assert_eq!(transport, want);
 }
 
 #[test]

@@ -51,6 +51,12 @@ pub enum LinkEvent {
     Up(LinkUp),
     /// One received bundle.
     Bundle(Vec<u8>),
+    /// A listening transport is bound here (the real port of a port-0 listener), before any
+    /// peer connected: `status` shows it as the transport.
+    Listening {
+        /// The transport with its bound address, e.g. `tcp-listen://127.0.0.1:36703`.
+        url: String,
+    },
     /// The link is gone (a new `Up` may follow).
     Down {
         /// Why, for logs.

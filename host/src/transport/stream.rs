@@ -24,6 +24,17 @@ pub async fn run(url: LinkUrl, max_bundle: usize, events: mpsc::Sender<LinkEvent
         tracing::error!(error = %e, "stream link cannot listen");
         return;
     }
+    let bound = conn.bound_url();
+    if bound.is_listener()
+        && events
+            .send(LinkEvent::Listening {
+                url: bound.to_string(),
+            })
+            .await
+            .is_err()
+    {
+        return;
+    }
     while let Some(stream) = conn.connect_retrying().await {
         let (tx, rx) = mpsc::channel::<Vec<u8>>(STREAM_TX_DEPTH);
         let up = LinkUp {
