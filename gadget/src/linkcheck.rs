@@ -101,66 +101,46 @@ mod tests {
 
     #[test]
     fn short_prefixes_are_refused() {
-        let mut lc = link_config_v4(1500);
-        lc.gateway_v4 = None;
-        for (p, ok) in [
-            (1, false),
-            (7, false),
-            (8, true),
-            (30, true),
-            (32, true),
-            (33, false),
-        ] {
+        let v4 = |prefix| {
+            let mut lc = link_config_v4(1500);
+            lc.gateway_v4 = None;
             lc.ipv4 = Some(Cidr {
                 addr: Ipv4Addr::new(10, 47, 0, 2),
-                prefix: p,
+                prefix,
             });
-            let want = if ok {
-                Ok(())
-            } else {
-                Err(LinkConfigError::PrefixV4(p))
-            };
-            assert_eq!(check(&lc), want, "/{p}");
+            check(&lc)
+        };
+        let v6 = |prefix| {
+            let mut lc = link_config_dual_stack();
+            lc.gateway_v6 = None;
+            lc.ipv6 = lc.ipv6.map(|c| Cidr { prefix, ..c });
+            check(&lc)
+        };
+        for p in [8, 30, 32] {
+            assert_eq!(v4(p), Ok(()), "/{p}");
         }
-        let mut lc = link_config_dual_stack();
-        lc.gateway_v6 = None;
-        for (p, ok) in [
-            (0, false),
-            (47, false),
-            (48, true),
-            (64, true),
-            (128, true),
-            (129, false),
-        ] {
-            let mut c = lc.ipv6.unwrap();
-            c.prefix = p;
-            lc.ipv6 = Some(c);
-            let want = if ok {
-                Ok(())
-            } else {
-                Err(LinkConfigError::PrefixV6(p))
-            };
-            assert_eq!(check(&lc), want, "/{p}");
+        for p in [0, 1, 7, 33] {
+            assert_eq!(v4(p), Err(LinkConfigError::PrefixV4(p)), "/{p}");
+        }
+        for p in [48, 64, 128] {
+            assert_eq!(v6(p), Ok(()), "/{p}");
+        }
+        for p in [0, 1, 47, 129] {
+            assert_eq!(v6(p), Err(LinkConfigError::PrefixV6(p)), "/{p}");
         }
     }
 
     #[test]
     fn mtu_outside_the_range_is_refused() {
-        for (mtu, ok) in [
-            (0, false),
-            (576, false),
-            (1279, false),
-            (1280, true),
-            (65520, true),
-            (65521, false),
-            (u32::MAX, false),
-        ] {
-            let want = if ok {
-                Ok(())
-            } else {
-                Err(LinkConfigError::Mtu(mtu))
-            };
-            assert_eq!(check(&link_config_v4(mtu)), want, "{mtu}");
+        for mtu in [1280, 1500, 16384, 65520] {
+            assert_eq!(check(&link_config_v4(mtu)), Ok(()), "{mtu}");
+        }
+        for mtu in [0, 576, 1279, 65521, 65535, u32::MAX] {
+            assert_eq!(
+                check(&link_config_v4(mtu)),
+                Err(LinkConfigError::Mtu(mtu)),
+                "{mtu}"
+            );
         }
     }
 
