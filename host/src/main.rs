@@ -163,6 +163,10 @@ fn parse_hex16(s: &str) -> Result<u16, String> {
 }
 
 #[derive(clap::Args, Debug)]
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "independent policy switches (one a deprecated no-op), as clap flags"
+)]
 struct RunArgs {
     /// The link to the board: `usb` (the board on USB, waiting for it and serving it again after
     /// every replug), or a stream link: tcp://HOST:PORT, tcp-listen://ADDR:PORT, unix:///PATH,
