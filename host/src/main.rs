@@ -658,10 +658,10 @@ mod tests {
         assert!(!r.allow_lan);
         // --allow-lan is still accepted (a hidden no-op) so old scripts keep working.
         let cli = Cli::try_parse_from(["qbkit-host", "run", "--allow-lan"]).unwrap();
-        let Command::Run(r) = cli.command else {
+        let Command::Run(old) = cli.command else {
             panic!("not run")
         };
-        assert!(r.allow_lan && !r.deny_lan);
+        assert!(old.allow_lan && !old.deny_lan);
         let help = Cli::command()
             .find_subcommand_mut("run")
             .map(|c| c.render_long_help().to_string())
