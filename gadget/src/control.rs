@@ -38,6 +38,9 @@ pub struct Status {
     pub state: String,
     /// TUN carrier.
     pub carrier: bool,
+    /// Why the carrier is kept off although the link is up: the host's LinkConfig was refused.
+    #[serde(default)]
+    pub refused: Option<String>,
     /// Transport of the attached link, if any.
     pub transport: Option<String>,
     /// Negotiated protocol version.

@@ -77,6 +77,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     let now =
         || Instant::from_micros(u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX));
     let mut pcfg = PumpConfig::new(opts.spec.serial.clone());
+    pcfg.overrides = opts.net.clone();
     if let Some(mtu) = opts.net.mtu {
         pcfg.session.max_mtu = mtu;
         pcfg.mtu = mtu as usize;
@@ -291,6 +292,7 @@ fn status(pump: &Pump, opts: &RunOptions, uptime: Duration) -> Status {
         }
         .to_owned(),
         carrier: pump.carrier(),
+        refused: pump.link_config_refused().map(ToString::to_string),
         transport: pump.transport().map(|t| match t {
             Transport::Usb { max_packet_size } => format!("usb (wMaxPacketSize {max_packet_size})"),
             Transport::Stream => "stream".to_owned(),

@@ -5,7 +5,7 @@
 //! network overrides. [`configfs::plan`] and [`ffs::descriptors`] turn the spec into data (ConfigFS
 //! layout, FunctionFS descriptor blobs) without I/O; [`ffs::usb`] registers it with the `usb-gadget`
 //! crate. [`pump::Pump`] is the sans-IO core between the TUN device and the link (bundles, session,
-//! carrier, counters); [`driver`] is the one I/O loop that feeds it from the TUN device
+//! carrier, counters, and the [`linkcheck`] of the host's LinkConfig); [`driver`] is the one I/O loop that feeds it from the TUN device
 //! ([`netcfg`] applies addresses, routes, MTU, carrier; [`dns`] installs resolvers) and from a link
 //! (FunctionFS in [`ffs::usb`], byte streams in [`stream`]). [`control`] answers `status` and
 //! `teardown` on a local unix socket.
@@ -18,6 +18,7 @@ pub mod control;
 pub mod dns;
 pub mod driver;
 pub mod ffs;
+pub mod linkcheck;
 pub mod netcfg;
 pub mod pump;
 pub mod stream;

@@ -232,6 +232,9 @@ mod linux {
                         s.state,
                         if s.carrier { "on" } else { "off" }
                     );
+                    if let Some(r) = &s.refused {
+                        println!("refused    link configuration from the host: {r}");
+                    }
                     if let Some(v) = s.protocol_version {
                         println!(
                             "peer       {} protocol v{v} mtu {} max bundle {}",

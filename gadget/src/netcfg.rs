@@ -122,7 +122,9 @@ impl NetConfig {
     }
 
     /// Applies a (merged) LinkConfig: MTU, addresses, and default routes when `default_route`.
-    /// Addresses and routes from a previous call that are no longer wanted are removed.
+    /// Addresses and routes from a previous call that are no longer wanted are removed. The pump
+    /// hands over only configurations that passed [`crate::linkcheck::check`], so without
+    /// `default_route` nothing wider than the link prefix (at most /8, /48) is routed here.
     pub async fn apply(&mut self, lc: &LinkConfig, default_route: bool) -> Result<(), NetError> {
         if lc.mtu >= 576 {
             self.set_mtu(lc.mtu).await?;

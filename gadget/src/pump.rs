@@ -13,10 +13,13 @@
 //! - **Link → TUN.** [`Pump::handle_link_bundle`] hands each IP record to the driver's callback
 //!   (zero-copy, a sub-slice of the received transfer); control records go to the
 //!   [`Session`](shared_frame::Session).
-//! - **Carrier** is on exactly while the link is attached (FunctionFS enabled, stream connected)
-//!   and the session is `Up` (a valid host Hello within the keepalive timeout). Changes come out as
-//!   [`Action::Carrier`]; the host's LinkConfig comes out as [`Action::ApplyLinkConfig`] (once per
-//!   distinct configuration).
+//! - **Carrier** is on exactly while the link is attached (FunctionFS enabled, stream connected),
+//!   the session is `Up` (a valid host Hello within the keepalive timeout) and the host's last
+//!   LinkConfig was not refused. Changes come out as [`Action::Carrier`]; the host's LinkConfig
+//!   comes out as [`Action::ApplyLinkConfig`] (once per distinct configuration) when it passes
+//!   [`linkcheck::check`] after the board's static overrides; a refused one is counted
+//!   (`link_config_refused`), logged (rate-limited) and keeps the carrier off, across link
+//!   restarts, until the host offers a good one.
 //!
 //! # Events and states
 //!
@@ -26,6 +29,7 @@
 //! | peer Hello (in a bundle)      | session `Up` → carrier on                                     |
 //! | `handle_link_down`            | staged packets dropped (counted), session reset, carrier off  |
 //! | peer timeout / Bye            | session `Down` → carrier off, staged packets dropped          |
+//! | refused LinkConfig            | counted, logged, carrier off; a good LinkConfig lifts it       |
 //!
 //! # Limits
 //!
@@ -35,6 +39,8 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use crate::config::NetOverrides;
+use crate::linkcheck::{self, LinkConfigError};
 use shared_frame::{
     BUNDLE_HEADER_LEN, BundleWriter, ByeReason, CHANNEL_NET, Instant, LinkConfig, LinkState,
     MAX_RECORD_PAYLOAD, MIN_MAX_BUNDLE, RECORD_HEADER_LEN, Role, Session, SessionConfig,
@@ -104,6 +110,8 @@ pub struct PumpCounters {
     pub link_downs: u64,
     /// Carrier on transitions.
     pub carrier_ups: u64,
+    /// LinkConfigs from the host refused by [`linkcheck::check`] (the link stays down).
+    pub link_config_refused: u64,
 }
 
 /// Pump settings.
@@ -113,6 +121,8 @@ pub struct PumpConfig {
     pub session: SessionConfig,
     /// Largest packet accepted from the TUN device (the TUN MTU).
     pub mtu: usize,
+    /// The board's static network settings; the host's offer is checked with them applied.
+    pub overrides: NetOverrides,
 }
 
 impl PumpConfig {
@@ -120,7 +130,11 @@ impl PumpConfig {
     pub fn new(identity: impl Into<String>) -> Self {
         let session = SessionConfig::new(Role::Board, identity);
         let mtu = session.max_mtu as usize;
-        Self { session, mtu }
+        Self {
+            session,
+            mtu,
+            overrides: NetOverrides::default(),
+        }
     }
 }
 
@@ -138,6 +152,9 @@ pub struct Pump {
     staged_wire: usize,
     actions: VecDeque<Action>,
     applied: Option<LinkConfig>,
+    overrides: NetOverrides,
+    /// Why the host's last LinkConfig was refused (carrier stays off while set).
+    refused: Option<LinkConfigError>,
     peer_stats: Option<Stats>,
     next_stats: Option<Instant>,
     counters: PumpCounters,
@@ -162,6 +179,8 @@ impl Pump {
             staged_wire: BUNDLE_HEADER_LEN,
             actions: VecDeque::new(),
             applied: None,
+            overrides: cfg.overrides,
+            refused: None,
             peer_stats: None,
             next_stats: None,
             counters: PumpCounters::default(),
@@ -191,6 +210,11 @@ impl Pump {
     /// The configuration last handed out with [`Action::ApplyLinkConfig`].
     pub fn applied_link_config(&self) -> Option<&LinkConfig> {
         self.applied.as_ref()
+    }
+
+    /// Why the host's last LinkConfig was refused, while the link is kept down for it.
+    pub fn link_config_refused(&self) -> Option<&LinkConfigError> {
+        self.refused.as_ref()
     }
 
     /// The peer's last Stats.
@@ -405,10 +429,7 @@ impl Pump {
                         max_mtu = n.max_mtu, "link up");
                     self.next_stats = Some(now + STATS_INTERVAL);
                 }
-                SessionEvent::LinkConfig(lc) if self.applied.as_ref() != Some(&lc) => {
-                    self.applied = Some(lc.clone());
-                    self.actions.push_back(Action::ApplyLinkConfig(lc));
-                }
+                SessionEvent::LinkConfig(lc) => self.offer_link_config(lc),
                 SessionEvent::Down(reason) => {
                     tracing::info!(?reason, "link down");
                     self.next_stats = None;
@@ -424,8 +445,32 @@ impl Pump {
         self.update_carrier();
     }
 
+    /// Checks the host's offer (with the static overrides applied) and hands it to the driver,
+    /// or refuses it and keeps the link down.
+    fn offer_link_config(&mut self, lc: LinkConfig) {
+        match linkcheck::check(&self.overrides.apply(&lc)) {
+            Ok(()) => {
+                self.refused = None;
+                if self.applied.as_ref() != Some(&lc) {
+                    self.applied = Some(lc.clone());
+                    self.actions.push_back(Action::ApplyLinkConfig(lc));
+                }
+            }
+            Err(e) => {
+                self.counters.link_config_refused += 1;
+                if self.counters.link_config_refused.is_power_of_two() {
+                    tracing::error!(reason = %e, count = self.counters.link_config_refused,
+                        "link configuration from the host refused; the link stays down");
+                }
+                self.refused = Some(e);
+            }
+        }
+    }
+
     fn update_carrier(&mut self) {
-        let want = self.transport.is_some() && self.session.state() == LinkState::Up;
+        let want = self.transport.is_some()
+            && self.session.state() == LinkState::Up
+            && self.refused.is_none();
         if want == self.carrier {
             return;
         }
@@ -448,7 +493,7 @@ impl Pump {
 #[cfg(test)]
 mod tests {
 
-    use shared_frame::{Bundle, Control, DEFAULT_MAX_BUNDLE, Hello, RecordKind};
+    use shared_frame::{Bundle, Cidr, Control, DEFAULT_MAX_BUNDLE, Hello, RecordKind};
 
     use super::*;
 
@@ -522,6 +567,74 @@ mod tests {
         assert!(actions.contains(&Action::Carrier(true)));
         assert!(actions.contains(&Action::ApplyLinkConfig(link_config())));
         (p, peer)
+    }
+
+    /// Bundles both ways until the peer has nothing more to say.
+    fn exchange(p: &mut Pump, peer: &mut Peer, now: Instant) {
+        for _ in 0..4 {
+            let b = peer.bundle(&[]);
+            if b.len() > BUNDLE_HEADER_LEN {
+                p.handle_link_bundle(now, &b, |_| true);
+            }
+            while let Some(b) = p.poll_transmit() {
+                peer.recv(now, &b);
+            }
+        }
+    }
+
+    #[test]
+    fn refused_link_config_keeps_the_link_down_until_a_good_one() {
+        let now = ms(0);
+        let (mut p, mut peer) = up(now, Transport::Stream);
+        let mut bad = link_config();
+        bad.ipv4 = bad.ipv4.map(|c| Cidr { prefix: 1, ..c });
+        peer.s.set_link_config(bad.clone());
+        exchange(&mut p, &mut peer, ms(1));
+        assert!(!p.carrier(), "a /1 keeps the link down");
+        assert_eq!(p.poll_action(), Some(Action::Carrier(false)));
+        assert_eq!(p.poll_action(), None, "nothing is applied");
+        assert_eq!(p.counters().link_config_refused, 1);
+        assert_eq!(p.link_config_refused(), Some(&LinkConfigError::PrefixV4(1)));
+        // A relink with the same bad offer stays down.
+        p.handle_link_down(ms(2));
+        p.handle_link_up(ms(3), Transport::Stream);
+        peer.s.reset(ms(3));
+        exchange(&mut p, &mut peer, ms(3));
+        assert!(!p.carrier());
+        assert_eq!(p.counters().link_config_refused, 2);
+        // The good one again: carrier back, nothing re-applied (it is what was applied).
+        while p.poll_action().is_some() {}
+        peer.s.set_link_config(link_config());
+        exchange(&mut p, &mut peer, ms(4));
+        assert!(p.carrier());
+        assert_eq!(p.link_config_refused(), None);
+        assert_eq!(p.poll_action(), Some(Action::Carrier(true)));
+        assert_eq!(p.poll_action(), None);
+        // A different good one is applied.
+        let other = shared_frame::testing::link_config_v4(9000);
+        peer.s.set_link_config(other.clone());
+        exchange(&mut p, &mut peer, ms(5));
+        assert_eq!(p.poll_action(), Some(Action::ApplyLinkConfig(other)));
+    }
+
+    #[test]
+    fn link_config_is_checked_with_the_static_overrides() {
+        let now = ms(0);
+        let mut cfg = PumpConfig::new("B");
+        cfg.overrides.mtu = Some(600);
+        let mut p = Pump::new(cfg, now);
+        let mut peer = Peer::new(now);
+        p.handle_link_up(now, Transport::Stream);
+        exchange(&mut p, &mut peer, now);
+        assert_eq!(p.session().state(), LinkState::Up);
+        assert!(!p.carrier(), "the board's own MTU 600 is refused too");
+        assert_eq!(p.link_config_refused(), Some(&LinkConfigError::Mtu(600)));
+        let actions: Vec<_> = std::iter::from_fn(|| p.poll_action()).collect();
+        assert_eq!(
+            actions,
+            [Action::Carrier(false)],
+            "nothing applied, carrier off"
+        );
     }
 
     fn pkt(n: u8, len: usize) -> Vec<u8> {

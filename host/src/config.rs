@@ -1,6 +1,7 @@
-//! From command-line options to the NAT core's configuration: policy flags, MTU, and the DNS
-//! upstreams (from `--dns` when given, otherwise from the OS via [`crate::platform::dns_servers`]).
-//! Pure, so the mapping is unit-tested.
+//! From command-line options to the NAT core's configuration: policy flags, MTU, the DNS
+//! upstreams (from `--dns` when given, otherwise from the OS via [`crate::platform::dns_servers`])
+//! and, under `--deny-lan`, the laptop's own addresses ([`crate::platform::host_addrs`]).
+//! Pure (the OS is asked through closures), so the mapping is unit-tested.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -13,8 +14,8 @@ pub struct NatOptions {
     pub allow_host_loopback: bool,
     /// Map the gateway address (other than DNS) to 127.0.0.1 (needs `allow_host_loopback`).
     pub map_gateway_to_loopback: bool,
-    /// Let the board reach private networks of the host.
-    pub allow_lan: bool,
+    /// Deny the board private networks and the laptop's own addresses.
+    pub deny_lan: bool,
     /// Link MTU (`None`: the protocol default).
     pub mtu: Option<usize>,
     /// Upstream resolvers given on the command line (`None`: read them from the OS).
@@ -42,10 +43,12 @@ pub fn parse_dns(s: &str) -> Result<SocketAddr, ConfigError> {
         .map_err(|_| ConfigError::BadDns(s.to_owned()))
 }
 
-/// Builds the core's configuration. `os_dns` is consulted only when no `--dns` was given.
+/// Builds the core's configuration. `os_dns` is consulted only when no `--dns` was given,
+/// `host_addrs` only with `deny_lan`.
 pub fn nat_config(
     opts: &NatOptions,
     os_dns: impl FnOnce() -> Vec<SocketAddr>,
+    host_addrs: impl FnOnce() -> Vec<IpAddr>,
     random_seed: u64,
 ) -> Result<NatConfig, ConfigError> {
     if opts.map_gateway_to_loopback && !opts.allow_host_loopback {
@@ -54,7 +57,10 @@ pub fn nat_config(
     let mut c = NatConfig::default();
     c.allow_host_loopback = opts.allow_host_loopback;
     c.map_gateway_to_loopback = opts.map_gateway_to_loopback;
-    c.allow_lan = opts.allow_lan;
+    c.deny_lan = opts.deny_lan;
+    if opts.deny_lan {
+        c.host_addrs = host_addrs();
+    }
     c.mtu = opts.mtu.unwrap_or(shared_frame::DEFAULT_MTU as usize);
     c.dns_servers = match &opts.dns {
         Some(d) => d.clone(),
@@ -95,8 +101,10 @@ mod tests {
     #[test]
     fn flags_map_to_the_core_and_dns_falls_back_to_the_os() {
         let os = || vec!["127.0.0.1:53".parse().unwrap()];
-        let c = nat_config(&NatOptions::default(), os, 7).unwrap();
-        assert!(!c.allow_host_loopback && !c.allow_lan && !c.map_gateway_to_loopback);
+        let no_addrs = || -> Vec<IpAddr> { panic!("host addresses are read only for --deny-lan") };
+        let c = nat_config(&NatOptions::default(), os, no_addrs, 7).unwrap();
+        assert!(!c.allow_host_loopback && !c.deny_lan && !c.map_gateway_to_loopback);
+        assert!(c.host_addrs.is_empty());
         assert_eq!(c.mtu, shared_frame::DEFAULT_MTU as usize);
         assert_eq!(c.dns_servers, os());
         assert_eq!(c.random_seed, 7);
@@ -104,17 +112,20 @@ mod tests {
         let opts = NatOptions {
             allow_host_loopback: true,
             map_gateway_to_loopback: true,
-            allow_lan: true,
+            deny_lan: true,
             mtu: Some(1500),
             dns: Some(vec!["192.0.2.53:53".parse().unwrap()]),
         };
+        let laptop = || vec!["192.0.2.7".parse::<IpAddr>().unwrap()];
         let c = nat_config(
             &opts,
             || panic!("the OS must not be asked when --dns is given"),
+            laptop,
             0,
         )
         .unwrap();
-        assert!(c.allow_host_loopback && c.allow_lan && c.map_gateway_to_loopback);
+        assert!(c.allow_host_loopback && c.deny_lan && c.map_gateway_to_loopback);
+        assert_eq!(c.host_addrs, laptop());
         assert_eq!(c.mtu, 1500);
         assert_eq!(c.dns_servers, vec!["192.0.2.53:53".parse().unwrap()]);
 
@@ -123,7 +134,7 @@ mod tests {
             ..NatOptions::default()
         };
         assert_eq!(
-            nat_config(&bad, Vec::new, 0),
+            nat_config(&bad, Vec::new, Vec::new, 0),
             Err(ConfigError::MapNeedsLoopback)
         );
     }

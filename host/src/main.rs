@@ -36,6 +36,13 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Connect to the board and run the NAT until interrupted.
+    ///
+    /// By default the board reaches what this laptop reaches, the internet and the LAN (private
+    /// networks, e.g. a company's git server), like slirp4netns, pasta and Windows Internet
+    /// Connection Sharing; it never reaches this laptop's own loopback or link-local services
+    /// (127.0.0.0/8, 169.254.0.0/16, cloud metadata) unless --allow-host-loopback. --deny-lan
+    /// locks the board down to the internet: no private networks and none of this laptop's
+    /// addresses. A denied connect fails at once (ICMP administratively prohibited).
     Run(RunArgs),
     /// Like `run`, with a tray icon: link state, rates, boards, connect/disconnect, start at login.
     Tray(RunArgs),
@@ -157,20 +164,29 @@ fn parse_hex16(s: &str) -> Result<u16, String> {
 }
 
 #[derive(clap::Args, Debug)]
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "independent policy switches (one a deprecated no-op), as clap flags"
+)]
 struct RunArgs {
     #[arg(long, value_name = "URL", default_value = "usb", help = TransportSpec::help())]
     transport: String,
     #[command(flatten)]
     usb: UsbArgs,
-    /// Let the board reach this machine's loopback and link-local addresses.
+    /// Let the board reach this machine's loopback and link-local addresses (127.0.0.0/8,
+    /// 169.254.0.0/16, including cloud metadata at 169.254.169.254). Default: denied.
     #[arg(long)]
     allow_host_loopback: bool,
     /// Map the gateway address (except DNS) to 127.0.0.1, like slirp's 10.0.2.2
     /// (needs --allow-host-loopback).
     #[arg(long)]
     map_gateway_to_loopback: bool,
-    /// Let the board reach private networks (10/8, 172.16/12, 192.168/16, 100.64/10).
+    /// Deny the board private networks (10/8, 172.16/12, 192.168/16, 100.64/10) and every
+    /// address of this machine's interfaces. Default: the LAN is reachable, like the laptop.
     #[arg(long)]
+    deny_lan: bool,
+    /// Deprecated no-op (the LAN is reachable by default); accepted so old scripts keep working.
+    #[arg(long, hide = true)]
     allow_lan: bool,
     /// Link MTU offered to the board (1280..=65535; default 16384).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1280..=65535))]
@@ -561,11 +577,17 @@ fn run_tray(args: RunArgs) -> anyhow::Result<()> {
 fn engine(args: RunArgs, live: bool) -> anyhow::Result<Engine> {
     platform::tune_allocator();
     platform::raise_fd_limit();
+    if args.allow_lan {
+        tracing::warn!(
+            deny_lan = args.deny_lan,
+            "--allow-lan is deprecated and does nothing: the LAN is reachable by default (--deny-lan closes it)"
+        );
+    }
     let spec = TransportSpec::parse(&args.transport)?;
     let opts = NatOptions {
         allow_host_loopback: args.allow_host_loopback,
         map_gateway_to_loopback: args.map_gateway_to_loopback,
-        allow_lan: args.allow_lan,
+        deny_lan: args.deny_lan,
         mtu: args.mtu.map(|m| m as usize),
         dns: args.dns,
     };
@@ -578,6 +600,13 @@ fn engine(args: RunArgs, live: bool) -> anyhow::Result<Engine> {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the OS resolvers; DNS to the gateway will be refused (use --dns)");
+                Vec::new()
+            }
+        },
+        || match platform::host_addrs() {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read this machine's addresses; --deny-lan denies private networks only");
                 Vec::new()
             }
         },
@@ -625,7 +654,7 @@ mod tests {
             "unix-listen:///tmp/q.sock",
             "--allow-host-loopback",
             "--map-gateway-to-loopback",
-            "--allow-lan",
+            "--deny-lan",
             "--mtu",
             "65520",
             "--dns",
@@ -639,7 +668,22 @@ mod tests {
             panic!("not run")
         };
         assert_eq!(r.transport, "unix-listen:///tmp/q.sock");
-        assert!(r.allow_host_loopback && r.map_gateway_to_loopback && r.allow_lan);
+        assert!(r.allow_host_loopback && r.map_gateway_to_loopback && r.deny_lan);
+        assert!(!r.allow_lan);
+        // --allow-lan is still accepted (a hidden no-op) so old scripts keep working.
+        let cli = Cli::try_parse_from(["qbkit-host", "run", "--allow-lan"]).unwrap();
+        let Command::Run(old) = cli.command else {
+            panic!("not run")
+        };
+        assert!(old.allow_lan && !old.deny_lan);
+        let help = Cli::command()
+            .find_subcommand_mut("run")
+            .map(|c| c.render_long_help().to_string())
+            .unwrap_or_default();
+        assert!(
+            help.contains("--deny-lan") && !help.contains("--allow-lan"),
+            "{help}"
+        );
         assert_eq!(r.mtu, Some(65520));
         assert_eq!(
             r.dns.unwrap(),

@@ -17,15 +17,21 @@ from netclient import TIMEOUT, connect, read_all, refused, reset, timed_connect 
 PATTERN = bytes(range(256)) * 4096  # 1 MiB, as the servers send it
 
 
-def denied(host, port):
-    """A connect that must fail fast: refused or unreachable, not a timeout or success."""
+def denied(host, port, accept=(errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EACCES)):
+    """A connect that must fail fast (within 2 s) with one of `accept`, not time out or succeed."""
     e, ms = timed_connect(host, port)
     if e is not None:
-        ok = e.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EACCES)
+        ok = e.errno in accept and ms < 2000
         print(f"{errno.errorcode.get(e.errno, e)} after {ms:.1f} ms")
         return 0 if ok else 1
-    print("connect succeeded, but the host's loopback must be denied")
+    print(f"connect to {host}:{port} succeeded, but it must be denied")
     return 1
+
+
+def prohibited(host, port):
+    """Denied by the NAT's policy: ICMP administratively prohibited, EHOSTUNREACH at once (a closed
+    port would say ECONNREFUSED instead)."""
+    return denied(host, port, (errno.EHOSTUNREACH,))
 
 
 def one_echo(host, port, i):
@@ -145,7 +151,7 @@ def hold(host, port, n, ready_file, secs):
 
 
 CMDS = {
-    "refused": refused, "denied": denied, "parallel": parallel, "halfclose": half_close,
+    "refused": refused, "denied": denied, "prohibited": prohibited, "parallel": parallel, "halfclose": half_close,
     "serverclose": server_close, "reset": reset, "slow": slow_reader, "udp": udp, "hold": hold,
 }
 

@@ -10,6 +10,8 @@
 #                                 (not printed: a $(...) subshell would lose the cleanup record)
 #   qbk_ns_resolv NS TEXT         /etc/netns/NS/resolv.conf (ip netns exec bind-mounts it)
 #   qbk_bg NS LOG CMD...          run CMD in NS in the background, output to $QBK_TMP/LOG; sets QBK_PID
+#   qbk_stop PID                  stop one background pid of this test now (TERM, then KILL) and
+#                                 forget it, so the cleanup never signals a reused pid
 #   qbk_wait DESC SECS CMD...     poll CMD (every 0.1 s) until it succeeds, or fail after SECS
 #   qbk_check DESC CMD...         run one check, print ok/FAIL, count failures in QBK_FAILS
 #   qbk_finish                    print the summary and exit non-zero if any check failed
@@ -37,11 +39,7 @@ qbk_cleanup() {
     pid=${QBK_PIDS[i]}
     kill -TERM "$pid" 2>/dev/null || true
   done
-  for pid in "${QBK_PIDS[@]}"; do
-    for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
+  for pid in "${QBK_PIDS[@]}"; do qbk_reap "$pid"; done
   for ns in "${QBK_NSES[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
   for d in "${QBK_ETC_DIRS[@]}"; do rm -rf -- "$d"; done
   if [ -n "${QBK_TMP:-}" ] && [ -d "$QBK_TMP" ]; then
@@ -84,6 +82,21 @@ qbk_bg() {
   ip netns exec "$ns" "$@" > "$QBK_TMP/$log" 2>&1 &
   QBK_PID=$!
   QBK_PIDS+=("$QBK_PID")
+}
+
+# Gives a signalled pid 3 s to exit, then kills it, and reaps it.
+qbk_reap() {
+  for _ in $(seq 30); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
+
+qbk_stop() {
+  local pid=$1 p keep=()
+  kill -TERM "$pid" 2>/dev/null || true
+  qbk_reap "$pid"
+  for p in "${QBK_PIDS[@]}"; do [ "$p" = "$pid" ] || keep+=("$p"); done
+  QBK_PIDS=("${keep[@]}")
 }
 
 qbk_wait() {

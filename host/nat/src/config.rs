@@ -4,7 +4,7 @@
 //! [`Nat::new`](crate::Nat::new), and may later replace the DNS upstreams with
 //! [`Nat::set_dns_servers`](crate::Nat::set_dns_servers). Nothing here is read from the OS.
 
-use core::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use smoltcp::time::Duration;
 
@@ -40,9 +40,14 @@ pub struct NatConfig {
     /// Map the gateway address (other than DNS) to 127.0.0.1, like slirp's 10.0.2.2. Only takes
     /// effect together with `allow_host_loopback`. Default off.
     pub map_gateway_to_loopback: bool,
-    /// Let the board reach private networks of the host (10/8, 172.16/12, 192.168/16, 100.64/10).
-    /// Default off (DESIGN.md: "host loopback and LAN reachable from board: no").
-    pub allow_lan: bool,
+    /// Deny private networks (10/8, 172.16/12, 192.168/16, 100.64/10) and every address in
+    /// [`host_addrs`](Self::host_addrs). Default off: like slirp4netns, pasta and Windows ICS the
+    /// board reaches what the laptop reaches (DESIGN.md, Defaults). Loopback and link-local
+    /// addresses follow `allow_host_loopback` either way.
+    pub deny_lan: bool,
+    /// The laptop's own interface addresses; denied when `deny_lan` is on. The driver reads them
+    /// from the OS at start (empty where it cannot).
+    pub host_addrs: Vec<IpAddr>,
     /// Most flows of all kinds at once (default 4096). When full, the longest-idle flow that has
     /// been idle at least `evict_min_idle` is evicted; otherwise the new flow is dropped.
     pub max_flows: usize,
@@ -100,7 +105,8 @@ impl Default for NatConfig {
             dns_servers: Vec::new(),
             allow_host_loopback: false,
             map_gateway_to_loopback: false,
-            allow_lan: false,
+            deny_lan: false,
+            host_addrs: Vec::new(),
             max_flows: 4096,
             max_connecting: 512,
             evict_min_idle: Duration::from_secs(10),

@@ -79,7 +79,8 @@ counters! {
     drop_martian,
     /// Denied: destination is host loopback or link-local and `allow_host_loopback` is off.
     drop_policy_loopback,
-    /// Denied: destination is a private network and `allow_lan` is off.
+    /// Denied: destination is a private network or one of the laptop's own addresses and
+    /// `deny_lan` is on.
     drop_policy_lan,
     /// Denied: destination is another address on the board network, or a gateway port with no service.
     drop_policy_gateway,

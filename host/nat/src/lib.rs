@@ -43,9 +43,11 @@
 //! answers port 53 (UDP and TCP) by forwarding to the driver's upstream resolvers, answers echo
 //! requests itself, and maps other ports to 127.0.0.1 only with `allow_host_loopback` and
 //! `map_gateway_to_loopback`; otherwise its TCP ports refuse (RST) and UDP ports answer ICMP port
-//! unreachable. Host loopback and link-local (`allow_host_loopback`), private networks
-//! (`allow_lan`) and other addresses of the board network are denied with ICMP "administratively
-//! prohibited" or "host unreachable" and counted; multicast and broadcast are dropped.
+//! unreachable. Private networks are reachable unless `deny_lan`, which also denies the laptop's
+//! own addresses (`host_addrs`); host loopback and link-local are denied unless
+//! `allow_host_loopback`. Denied destinations, and other addresses of the board network, are
+//! answered at once with ICMP "administratively prohibited" or "host unreachable", counted, and
+//! logged (rate-limited) with the flag that would allow them; multicast and broadcast are dropped.
 //!
 //! ## Flow tracking and storage
 //!

@@ -22,26 +22,27 @@ use crate::{Counters, FlowId, NatConfig, NatError, NatEvent, OsEvent};
 /// How often the aging scan runs while UDP, ICMP or connecting TCP flows exist.
 const AGING_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Increment a drop counter and log at the rate limit.
-macro_rules! drop_pkt {
-    ($nat:expr, $counter:ident, $($arg:tt)+) => {{
+/// Increment a drop counter and log at `$level`, at the rate limit.
+macro_rules! drop_at {
+    ($level:expr, $nat:expr, $counter:ident, $($arg:tt)+) => {{
         $nat.counters.$counter += 1;
         if $nat.log.allow($nat.now, &mut $nat.counters) {
-            tracing::debug!(reason = stringify!($counter), $($arg)+);
+            tracing::event!($level, reason = stringify!($counter), $($arg)+);
         }
     }};
+}
+pub(crate) use drop_at;
+
+/// Increment a drop counter and log at debug level, at the rate limit.
+macro_rules! drop_pkt {
+    ($($arg:tt)+) => { $crate::nat::drop_at!(tracing::Level::DEBUG, $($arg)+) };
 }
 pub(crate) use drop_pkt;
 
 /// Like `drop_pkt!`, for drops that mean the core is under pressure (SYN flood, full table):
 /// logged at warn level, still rate-limited.
 macro_rules! drop_warn {
-    ($nat:expr, $counter:ident, $($arg:tt)+) => {{
-        $nat.counters.$counter += 1;
-        if $nat.log.allow($nat.now, &mut $nat.counters) {
-            tracing::warn!(reason = stringify!($counter), $($arg)+);
-        }
-    }};
+    ($($arg:tt)+) => { $crate::nat::drop_at!(tracing::Level::WARN, $($arg)+) };
 }
 pub(crate) use drop_warn;
 

@@ -21,13 +21,15 @@ use std::collections::VecDeque;
 use core::net::SocketAddrV4;
 
 use smoltcp::socket::tcp::{self, State};
+use tracing::Level;
+
 use smoltcp::wire::{
     IpEndpoint, IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
 };
 
 use crate::flow::{FlowKey, FlowKind, SynCopy, TcpFlow, TcpPhase};
 use crate::icmp::IcmpError;
-use crate::nat::{drop_pkt, drop_warn};
+use crate::nat::{drop_at, drop_pkt, drop_warn};
 use crate::policy::{self, Deny};
 use crate::{ConnectError, FlowError, FlowId, Nat, NatEvent};
 
@@ -177,10 +179,13 @@ impl Nat {
     pub(crate) fn count_denial(&mut self, deny: Deny, dst: SocketAddrV4) {
         match deny {
             Deny::Martian => drop_pkt!(self, drop_martian, %dst, "nat: martian destination"),
-            Deny::Loopback => {
-                drop_pkt!(self, drop_policy_loopback, %dst, "nat: host loopback denied");
-            }
-            Deny::Lan => drop_pkt!(self, drop_policy_lan, %dst, "nat: LAN destination denied"),
+            // Policy denials: the user may want them, so the line says how (info, rate-limited).
+            Deny::Loopback => drop_at!(Level::INFO, self, drop_policy_loopback, %dst,
+                allowed_by = deny.allowed_by(), "nat: host loopback or link-local destination denied"),
+            Deny::Lan => drop_at!(Level::INFO, self, drop_policy_lan, %dst,
+                allowed_by = deny.allowed_by(), "nat: LAN destination denied"),
+            Deny::HostAddr => drop_at!(Level::INFO, self, drop_policy_lan, %dst,
+                allowed_by = deny.allowed_by(), "nat: this laptop's own address denied"),
             Deny::Gateway => {
                 drop_pkt!(self, drop_policy_gateway, %dst, "nat: no service at this address");
             }

@@ -6,7 +6,7 @@
 use std::io;
 use std::net::SocketAddr;
 
-pub use super::unix::{default_control_path, ping_socket, raise_fd_limit};
+pub use super::unix::{default_control_path, host_addrs, ping_socket, raise_fd_limit};
 
 /// Upstream resolvers from /etc/resolv.conf (configd keeps it in sync with the primary service).
 pub fn dns_servers() -> io::Result<Vec<SocketAddr>> {

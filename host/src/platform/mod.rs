@@ -2,6 +2,7 @@
 //! re-exports the same names from each; the pure helpers shared by several backends live here.
 //!
 //! The API: [`dns_servers`] (the OS's upstream resolvers, for the gateway's DNS forwarding),
+//! [`host_addrs`] (the laptop's own interface addresses, denied under `--deny-lan`),
 //! [`ping_socket`] (an unprivileged ICMP echo socket, or the error that makes the NAT fall back
 //! to answering the gateway only), [`tune_allocator`] (once at start-up), [`rss_bytes`] (for
 //! `status`), [`raise_fd_limit`] (one socket per flow), and [`default_control_path`] (where `qbkit-host status` finds the daemon).
@@ -25,7 +26,8 @@ mod imp;
 mod imp;
 
 pub use imp::{
-    default_control_path, dns_servers, ping_socket, raise_fd_limit, rss_bytes, tune_allocator,
+    default_control_path, dns_servers, host_addrs, ping_socket, raise_fd_limit, rss_bytes,
+    tune_allocator,
 };
 
 /// The systemd-resolved stub listener; a resolv.conf naming it hides the real upstreams.

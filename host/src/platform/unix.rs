@@ -1,7 +1,8 @@
-//! Pieces shared by the Unix backends (Linux, macOS): ping sockets and the control socket path.
+//! Pieces shared by the Unix backends (Linux, macOS): ping sockets, the control socket path, and
+//! the laptop's own interface addresses (`getifaddrs`, for the NAT's `--deny-lan`).
 #![allow(
     unsafe_code,
-    reason = "getuid is a libc call; the block carries its SAFETY note"
+    reason = "getuid, getrlimit and getifaddrs are libc calls; each block carries its SAFETY note"
 )]
 
 use std::io;
@@ -58,5 +59,74 @@ pub fn raise_fd_limit() {
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const lim) } == 0 {
             tracing::debug!(old, new = lim.rlim_cur, "raised the open-files limit");
         }
+    }
+}
+
+/// Every address of every interface of this machine (`getifaddrs`), loopback included, without
+/// duplicates. The NAT denies them to the board under `--deny-lan`.
+pub fn host_addrs() -> io::Result<Vec<IpAddr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs writes the head of a list it allocates into the valid pointer we pass;
+    // the list is freed below with freeifaddrs, once.
+    if unsafe { libc::getifaddrs(&raw mut head) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned, which is not freed yet.
+        let ifa = unsafe { &*cur };
+        // SAFETY: `ifa_addr` is null or points to a sockaddr of the family it names, valid as
+        // long as the list.
+        if let Some(ip) = unsafe { sockaddr_ip(ifa.ifa_addr) }
+            && !out.contains(&ip)
+        {
+            out.push(ip);
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: `head` came from a successful getifaddrs and is freed exactly once.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(out)
+}
+
+/// The IP address in a `sockaddr` of family `AF_INET` or `AF_INET6` (None: null or other family).
+///
+/// # Safety
+/// `sa` is null or points to a readable sockaddr whose size matches its family.
+unsafe fn sockaddr_ip(sa: *const libc::sockaddr) -> Option<IpAddr> {
+    if sa.is_null() {
+        return None;
+    }
+    // SAFETY: non-null and readable (the caller's contract); read unaligned to be safe.
+    let family = i32::from(unsafe { std::ptr::read_unaligned(sa) }.sa_family);
+    match family {
+        libc::AF_INET => {
+            // SAFETY: the family says this is a sockaddr_in.
+            let sin = unsafe { std::ptr::read_unaligned(sa.cast::<libc::sockaddr_in>()) };
+            Some(IpAddr::V4(std::net::Ipv4Addr::from(u32::from_be(
+                sin.sin_addr.s_addr,
+            ))))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says this is a sockaddr_in6.
+            let sin6 = unsafe { std::ptr::read_unaligned(sa.cast::<libc::sockaddr_in6>()) };
+            Some(IpAddr::V6(std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr)))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_addrs_include_loopback() {
+        let addrs = host_addrs().unwrap();
+        assert!(
+            addrs.contains(&IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
+            "{addrs:?}"
+        );
     }
 }

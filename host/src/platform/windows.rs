@@ -26,6 +26,12 @@ pub fn ping_socket(_dst: IpAddr) -> io::Result<Socket> {
 /// Nothing to tune.
 pub fn tune_allocator() {}
 
+/// The laptop's own addresses: not read on Windows yet (an empty list), so `--deny-lan` closes
+/// the private networks but not a public address of the laptop itself.
+pub fn host_addrs() -> io::Result<Vec<IpAddr>> {
+    Ok(Vec::new())
+}
+
 /// Windows has no per-process socket limit to raise.
 pub fn raise_fd_limit() {}
 

@@ -290,12 +290,6 @@ fn policy_denials_are_answered_and_counted() {
         1,
     ));
     assert_eq!(icmp_of(&h.recv_one()).2, 13, "administratively prohibited");
-    h.send(&udp(
-        ep(BOARD, 40021),
-        ep("192.168.1.1".parse().unwrap(), 53),
-        b"x",
-    ));
-    assert_eq!(icmp_of(&h.recv_one()).2, 13);
     h.send(&syn(ep(BOARD, 40022), ep(GATEWAY, 8080), 1));
     assert!(seg_of(&h.recv_one()).rst, "closed gateway port refuses");
     h.send(&echo(BOARD, "169.254.1.1".parse().unwrap(), 1, 1, b""));
@@ -315,7 +309,7 @@ fn policy_denials_are_answered_and_counted() {
             c.drop_policy_gateway,
             c.drop_martian
         ),
-        (2, 1, 1, 1)
+        (2, 0, 1, 1)
     );
     // With allow_host_loopback + map_gateway_to_loopback the gateway reaches 127.0.0.1.
     let mut cfg = NatConfig::default();
@@ -324,6 +318,71 @@ fn policy_denials_are_answered_and_counted() {
     let mut h = H::with(cfg);
     h.send(&syn(ep(BOARD, 40024), ep(GATEWAY, 8080), 1));
     expect_connect(&mut h, sa("127.0.0.1:8080"));
+}
+
+#[test]
+fn lan_is_reachable_by_default_and_closed_by_deny_lan() {
+    let lan = || ep("192.168.77.1".parse().unwrap(), 8080);
+    let mut h = H::new();
+    h.send(&syn(ep(BOARD, 40030), lan(), 1));
+    expect_connect(&mut h, sa("192.168.77.1:8080"));
+    h.send(&udp(
+        ep(BOARD, 40031),
+        ep("10.9.8.7".parse().unwrap(), 53),
+        b"q",
+    ));
+    assert!(matches!(
+        h.events()[..],
+        [NatEvent::UdpOpen { .. }, NatEvent::UdpSend { .. }]
+    ));
+
+    let mut cfg = NatConfig::default();
+    cfg.deny_lan = true;
+    cfg.host_addrs = vec!["203.0.113.5".parse().unwrap()];
+    let mut h = H::with(cfg);
+    // A SYN to a denied address fails at once: ICMP administratively prohibited, no connect.
+    h.send(&syn(ep(BOARD, 40032), lan(), 1));
+    assert_eq!(icmp_of(&h.recv_one()).2, 13, "administratively prohibited");
+    h.send(&udp(
+        ep(BOARD, 40033),
+        ep("100.64.0.1".parse().unwrap(), 53),
+        b"q",
+    ));
+    assert_eq!(icmp_of(&h.recv_one()).2, 13);
+    h.send(&syn(
+        ep(BOARD, 40034),
+        ep("203.0.113.5".parse().unwrap(), 22),
+        1,
+    ));
+    assert_eq!(icmp_of(&h.recv_one()).2, 13, "the laptop's own address");
+    h.send(&echo(BOARD, "172.16.0.1".parse().unwrap(), 1, 1, b""));
+    assert_eq!(icmp_of(&h.recv_one()).2, 13);
+    h.send(&syn(ep(BOARD, 40035), ep(SERVER, 80), 1));
+    expect_connect(&mut h, SocketAddr::V4(ep(SERVER, 80)));
+    let c = h.nat.counters();
+    assert_eq!((c.drop_policy_lan, c.drop_policy_loopback), (4, 0));
+}
+
+#[test]
+fn policy_denials_are_logged_at_the_rate_limit() {
+    let mut cfg = NatConfig::default();
+    cfg.deny_lan = true;
+    cfg.log_rate_per_sec = 3;
+    let mut h = H::with(cfg);
+    for port in 0..10 {
+        h.send(&syn(
+            ep(BOARD, 41000 + port),
+            ep("10.0.0.1".parse().unwrap(), 80),
+            1,
+        ));
+        assert_eq!(icmp_of(&h.recv_one()).2, 13, "every SYN is answered");
+    }
+    let c = h.nat.counters();
+    assert_eq!(c.drop_policy_lan, 10, "every denial is counted");
+    assert_eq!(
+        c.logs_suppressed, 7,
+        "three lines logged in the window, the rest suppressed"
+    );
 }
 
 #[test]
