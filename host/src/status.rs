@@ -691,8 +691,14 @@ mod tests {
             text.contains("drops      nat.drop_board_queue_full=2\n"),
             "{text}"
         );
-        assert!(text.contains("35 late TCP segments after a close"), "{text}");
-        assert!(text.contains("1 IPv6 packets (not forwarded yet)"), "{text}");
+        assert!(
+            text.contains("35 late TCP segments after a close"),
+            "{text}"
+        );
+        assert!(
+            text.contains("1 IPv6 packets (not forwarded yet)"),
+            "{text}"
+        );
         assert!(!text.contains("drop_tcp_no_flow"), "{text}");
     }
 }
