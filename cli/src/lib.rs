@@ -179,6 +179,40 @@ where
 pub mod testing {
     use std::process::{Command, Output, Stdio};
 
+    /// What bash completes for `words` (the last one being completed) with the script that
+    /// `bin completions bash` prints for `prog`, or None where there is no bash.
+    pub fn bash_complete(bin: &str, prog: &str, words: &[&str]) -> Option<String> {
+        let out = Command::new(bin)
+            .args(["completions", "bash"])
+            .output()
+            .expect("the binary runs");
+        assert!(out.status.success(), "{out:?}");
+        let script = std::env::temp_dir().join(format!(
+            "qbkit-cli-{prog}-{}-{}.bash",
+            std::process::id(),
+            words.len()
+        ));
+        std::fs::write(&script, &out.stdout).expect("temp dir writable");
+        let line = words.join(" ");
+        let prog_script = format!(
+            "source \"$0\" || exit 9
+             complete -p {prog} >/dev/null || exit 8
+             f=$(complete -p {prog} | sed -n 's/.*-F \\([^ ]*\\) .*/\\1/p')
+             COMP_WORDS=({line}); COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1))
+             \"$f\" {prog} \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\"
+             echo \"${{COMPREPLY[*]}}\""
+        );
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(prog_script)
+            .arg(&script)
+            .output();
+        let _ = std::fs::remove_file(&script);
+        let out = out.ok()?;
+        assert!(out.status.success(), "bash: {out:?}");
+        Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
     /// Runs `bin args` with stdout closed before it writes; returns its exit and stderr.
     pub fn closed_stdout(bin: &str, args: &[&str]) -> Output {
         let mut child = Command::new(bin)

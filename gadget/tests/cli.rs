@@ -10,32 +10,13 @@ const SUBCOMMANDS: [&str; 6] = ["run", "status", "teardown", "plan", "completion
 
 #[test]
 fn bash_completes_run_link() {
-    let dir = std::env::temp_dir().join(format!("qbkit-gadget-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let script = dir.join("qbkit-gadget.bash");
-    let out = Command::new(BIN)
-        .args(["completions", "bash"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    std::fs::write(&script, &out.stdout).unwrap();
-    let prog = r#"source "$0" || exit 9
-         f=$(complete -p qbkit-gadget | sed -n 's/.*-F \([^ ]*\) .*/\1/p')
-         COMP_WORDS=(qbkit-gadget run --li); COMP_CWORD=2
-         "$f" qbkit-gadget --li run
-         echo "${COMPREPLY[*]}""#;
-    let Ok(out) = Command::new("bash")
-        .arg("-c")
-        .arg(prog)
-        .arg(&script)
-        .output()
+    let Some(got) =
+        qbkit_cli::testing::bash_complete(BIN, "qbkit-gadget", &["qbkit-gadget", "run", "--li"])
     else {
         eprintln!("skipped: no bash");
         return;
     };
-    let _ = std::fs::remove_dir_all(&dir);
-    assert!(out.status.success(), "{out:?}");
-    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), "--link");
+    assert_eq!(got, "--link");
 }
 
 #[test]

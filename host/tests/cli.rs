@@ -26,45 +26,17 @@ fn tmp(name: &str) -> PathBuf {
     d
 }
 
-/// What bash completes for `words` (the last one being completed), or None without bash.
-fn bash_complete(script: &std::path::Path, prog: &str, words: &[&str]) -> Option<String> {
-    let line = words.join(" ");
-    let prog_script = format!(
-        "source \"$0\" || exit 9
-         complete -p {prog} >/dev/null || exit 8
-         f=$(complete -p {prog} | sed -n 's/.*-F \\([^ ]*\\) .*/\\1/p')
-         COMP_WORDS=({line}); COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1))
-         \"$f\" {prog} \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\"
-         echo \"${{COMPREPLY[*]}}\""
-    );
-    let out = Command::new("bash")
-        .arg("-c")
-        .arg(prog_script)
-        .arg(script)
-        .output()
-        .ok()?;
-    assert!(out.status.success(), "bash: {out:?}");
-    Some(String::from_utf8(out.stdout).unwrap().trim().to_owned())
-}
-
 #[test]
 fn bash_completes_subcommand_options() {
-    let d = tmp("completion");
-    let script = d.join("qbkit-host.bash");
-    let out = Command::new(BIN)
-        .args(["completions", "bash"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    std::fs::write(&script, &out.stdout).unwrap();
-    let Some(got) = bash_complete(&script, "qbkit-host", &["qbkit-host", "run", "--tr"]) else {
+    let complete = |words: &[&str]| qbkit_cli::testing::bash_complete(BIN, "qbkit-host", words);
+    let Some(got) = complete(&["qbkit-host", "run", "--tr"]) else {
         eprintln!("skipped: no bash");
         return;
     };
     assert_eq!(got, "--transport");
-    let got = bash_complete(&script, "qbkit-host", &["qbkit-host", "run", "--"]).unwrap();
+    let got = complete(&["qbkit-host", "run", "--"]).unwrap();
     assert!(got.split(' ').any(|w| w == "--transport"), "{got}");
-    let got = bash_complete(&script, "qbkit-host", &["qbkit-host", "li"]).unwrap();
+    let got = complete(&["qbkit-host", "li"]).unwrap();
     assert_eq!(got, "list");
     for sh in ["zsh", "fish"] {
         let out = Command::new(BIN)
@@ -73,7 +45,6 @@ fn bash_completes_subcommand_options() {
             .unwrap();
         assert!(out.status.success() && !out.stdout.is_empty(), "{sh}");
     }
-    let _ = std::fs::remove_dir_all(&d);
 }
 
 #[test]
