@@ -191,10 +191,9 @@ pub struct DriverCounters {
     pub drop_tx_link_gone: u64,
     /// Work passes (loop turns).
     pub passes: u64,
-    /// Inbound connections or datagrams refused because no board session was up.
+    /// Inbound connections or datagrams refused because no board session was up (the NAT
+    /// counts those it had no room for, `drop_inbound_no_room`).
     pub inbound_no_session: u64,
-    /// Inbound connections or datagrams the NAT had no room for.
-    pub inbound_no_room: u64,
 }
 
 /// Monotonic clock in microseconds since the driver started (the sans-IO cores' time base).
@@ -260,7 +259,6 @@ pub async fn run(
             .add(spec)
             .map_err(|source| Error::Forward { spec, source })?;
     }
-    d.summary_dirty = true;
     // Without a control socket the board is still served: only status, runtime forwards and
     // `connect` are missing.
     let mut control = match &d.cfg.control_path {
@@ -773,7 +771,6 @@ impl Driver {
                     self.nat
                         .open_inbound(now, Protocol::Tcp, board_port, peer)
                         .map_err(|e| {
-                            self.counters.inbound_no_room += 1;
                             tracing::debug!(%peer, board_port, error = %e, "forward: connection refused");
                         })
                 } else {
@@ -803,17 +800,15 @@ impl Driver {
                     self.counters.inbound_no_session += 1;
                     return;
                 }
-                let local = sock.local_addr().unwrap_or(peer);
-                let flow = match self.forwards.udp_flow(forward, local, peer) {
+                let flow = match self.forwards.udp_flow(forward, board_port, peer) {
                     Some(f) => f,
                     None => match self.nat.open_inbound(now, Protocol::Udp, board_port, peer) {
                         Ok(f) => {
                             self.sockets.adopt_udp_peer(f, sock, peer);
-                            self.forwards.udp_opened(f, forward, local, peer);
+                            self.forwards.udp_opened(f, forward, board_port, peer);
                             f
                         }
                         Err(e) => {
-                            self.counters.inbound_no_room += 1;
                             self.forwards.refused(forward);
                             tracing::debug!(%peer, board_port, error = %e, "forward: datagram dropped");
                             return;
@@ -845,7 +840,7 @@ impl Driver {
             Err(e) => Reply::error(e),
         };
         match request {
-            Request::Status => status::reply(stream, &self.status()),
+            Request::Status => status::reply_json(stream, &self.status()),
             Request::ForwardList => status::reply_json(stream, &forwards_reply(self, Ok(()))),
             Request::ForwardAdd { spec } => {
                 let r = ForwardSpec::parse(&spec)
@@ -896,7 +891,6 @@ impl Driver {
                     self.tx_pending = true;
                 }
                 Err(e) => {
-                    self.counters.inbound_no_room += 1;
                     status::reply_json(stream, &Reply::error(format!("board port {port}: {e}")));
                 }
             }

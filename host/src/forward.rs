@@ -24,6 +24,7 @@ use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use qbkit_nat::FlowId;
 use serde::{Deserialize, Serialize};
@@ -249,6 +250,8 @@ struct Entry {
     spec: ForwardSpec,
     tasks: Vec<JoinHandle<()>>,
     stats: ForwardStatus,
+    /// Datagrams its UDP listener tasks dropped (they run beside the driver, hence atomic).
+    dropped: Arc<AtomicU64>,
 }
 
 impl Drop for Entry {
@@ -275,11 +278,13 @@ pub struct Forwards {
     tx: mpsc::Sender<Inbound>,
     /// Live inbound flows → owner.
     flows: HashMap<FlowId, Owner>,
-    /// UDP peers → their flow.
-    udp_peers: HashMap<(u32, SocketAddr, SocketAddr), FlowId>,
-    udp_flow_key: HashMap<FlowId, (u32, SocketAddr, SocketAddr)>,
-    dropped: Arc<std::sync::atomic::AtomicU64>,
+    /// UDP peers (forward, board port, peer) → their flow, and back.
+    udp_peers: HashMap<UdpPeer, FlowId>,
+    udp_flow_key: HashMap<FlowId, UdpPeer>,
 }
+
+/// A laptop peer of one port of a UDP forward: (forward, board port, peer address).
+type UdpPeer = (u32, u16, SocketAddr);
 
 impl fmt::Debug for Forwards {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -300,7 +305,6 @@ impl Forwards {
             flows: HashMap::new(),
             udp_peers: HashMap::new(),
             udp_flow_key: HashMap::new(),
-            dropped: Arc::default(),
         }
     }
 
@@ -314,6 +318,7 @@ impl Forwards {
             ));
         }
         let id = self.next_id;
+        let dropped = Arc::<AtomicU64>::default();
         let mut tasks = Vec::new();
         for (addr, board_port) in spec.ports() {
             let task = match spec.proto {
@@ -328,7 +333,7 @@ impl Forwards {
                         id,
                         board_port,
                         self.tx.clone(),
-                        Arc::clone(&self.dropped),
+                        Arc::clone(&dropped),
                     ))
                 }
             };
@@ -351,6 +356,7 @@ impl Forwards {
                 ports: spec.count,
                 ..ForwardStatus::default()
             },
+            dropped,
         });
         Ok(())
     }
@@ -365,16 +371,6 @@ impl Forwards {
         self.entries.remove(i);
         tracing::info!(forward = %spec, "forward removed");
         Ok(())
-    }
-
-    /// How many forwards exist.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// True when there is none.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 
     fn stats(&mut self, id: u32) -> Option<&mut ForwardStatus> {
@@ -403,15 +399,10 @@ impl Forwards {
     }
 
     /// An inbound flow ended with these byte counts; `refused` when the board never accepted it.
-    /// Returns its owner (`None` for a flow that was not inbound).
-    pub fn closed(
-        &mut self,
-        flow: FlowId,
-        to_board: u64,
-        from_board: u64,
-        refused: bool,
-    ) -> Option<Owner> {
-        let owner = self.flows.remove(&flow)?;
+    pub fn closed(&mut self, flow: FlowId, to_board: u64, from_board: u64, refused: bool) {
+        let Some(owner) = self.flows.remove(&flow) else {
+            return;
+        };
         if let Some(key) = self.udp_flow_key.remove(&flow) {
             self.udp_peers.remove(&key);
         }
@@ -425,24 +416,30 @@ impl Forwards {
                 s.refused += 1;
             }
         }
-        Some(owner)
     }
 
     /// The flow of a UDP forward's peer, if one is open.
-    pub fn udp_flow(&self, forward: u32, local: SocketAddr, peer: SocketAddr) -> Option<FlowId> {
-        self.udp_peers.get(&(forward, local, peer)).copied()
+    pub fn udp_flow(&self, forward: u32, board_port: u16, peer: SocketAddr) -> Option<FlowId> {
+        self.udp_peers.get(&(forward, board_port, peer)).copied()
     }
 
     /// Records the flow of a new UDP peer.
-    pub fn udp_opened(&mut self, flow: FlowId, forward: u32, local: SocketAddr, peer: SocketAddr) {
-        self.udp_peers.insert((forward, local, peer), flow);
-        self.udp_flow_key.insert(flow, (forward, local, peer));
+    pub fn udp_opened(&mut self, flow: FlowId, forward: u32, board_port: u16, peer: SocketAddr) {
+        self.udp_peers.insert((forward, board_port, peer), flow);
+        self.udp_flow_key.insert(flow, (forward, board_port, peer));
         self.opened(flow, Owner::Forward(forward));
     }
 
     /// Every forward's status; `live` gives the bytes (to, from the board) of an open flow.
     pub fn status(&self, live: impl Fn(FlowId) -> Option<(u64, u64)>) -> Vec<ForwardStatus> {
-        let mut out: Vec<ForwardStatus> = self.entries.iter().map(|e| e.stats.clone()).collect();
+        let mut out: Vec<ForwardStatus> = self
+            .entries
+            .iter()
+            .map(|e| ForwardStatus {
+                dropped: e.dropped.load(Ordering::Relaxed),
+                ..e.stats.clone()
+            })
+            .collect();
         for (flow, owner) in &self.flows {
             let Owner::Forward(id) = owner else { continue };
             if let (Some(i), Some((to, from))) =
@@ -451,10 +448,6 @@ impl Forwards {
                 out[i].bytes_to_board += to;
                 out[i].bytes_from_board += from;
             }
-        }
-        let dropped = self.dropped.load(std::sync::atomic::Ordering::Relaxed);
-        if let Some(first_udp) = out.iter_mut().find(|s| s.protocol == "udp") {
-            first_udp.dropped = dropped;
         }
         out
     }
@@ -528,7 +521,7 @@ async fn recv_loop(
     forward: u32,
     board_port: u16,
     tx: mpsc::Sender<Inbound>,
-    dropped: Arc<std::sync::atomic::AtomicU64>,
+    dropped: Arc<AtomicU64>,
 ) {
     let mut buf = vec![0u8; 65536];
     loop {
@@ -544,7 +537,7 @@ async fn recv_loop(
                 match tx.try_send(ev) {
                     Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(_)) => {
-                        dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        dropped.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(mpsc::error::TrySendError::Closed(_)) => return,
                 }

@@ -528,12 +528,8 @@ pub(crate) fn read_request(stream: ControlStream, tx: tokio::sync::mpsc::Sender<
     let _ = (stream, tx);
 }
 
-/// Writes `status` to a client from a small task, so the loop does not wait for it.
-pub(crate) fn reply(stream: ControlStream, status: &Status) {
-    reply_json(stream, status);
-}
-
-/// Writes one JSON document to a client from a small task, then closes.
+/// Writes one JSON document to a client from a small task, then closes (the loop never waits
+/// for a client).
 pub(crate) fn reply_json<T: Serialize>(stream: ControlStream, doc: &T) {
     #[cfg(unix)]
     {
