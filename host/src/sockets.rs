@@ -304,6 +304,33 @@ struct TcpFlow {
     from_board: u64,
 }
 
+impl TcpFlow {
+    /// A stream of `flow`: an outbound OS connect still `connecting`, or a laptop-side stream
+    /// adopted for an `inbound` flow (not read until the board accepted it).
+    fn new(
+        flow: FlowId,
+        queue: &Arc<ReadyQueue>,
+        stream: OsStream,
+        inbound: bool,
+        greeting: bool,
+    ) -> Self {
+        Self {
+            stream,
+            wakers: Wakers::new(flow, queue),
+            connecting: !inbound,
+            // An inbound stream waits for `TcpEstablished` → `TcpWritable`.
+            paused: inbound,
+            read_closed: false,
+            board_data: false,
+            inbound,
+            established: !inbound,
+            greeting,
+            to_board: 0,
+            from_board: 0,
+        }
+    }
+}
+
 struct DgramFlow {
     sock: UdpSocket,
     wakers: Wakers,
@@ -538,20 +565,7 @@ impl Sockets {
     /// accepted (or an error line if it does not) before any data.
     pub fn adopt_stream(&mut self, flow: FlowId, stream: OsStream, greeting: bool) {
         self.counters.inbound_adopted += 1;
-        let t = TcpFlow {
-            stream,
-            wakers: Wakers::new(flow, &self.queue),
-            connecting: false,
-            // Nothing is read until the board accepted (`TcpEstablished` → `TcpWritable`).
-            paused: true,
-            read_closed: false,
-            board_data: false,
-            inbound: true,
-            established: false,
-            greeting,
-            to_board: 0,
-            from_board: 0,
-        };
+        let t = TcpFlow::new(flow, &self.queue, stream, true, greeting);
         self.flows.insert(flow, OsFlow::Tcp(t));
     }
 
@@ -606,19 +620,7 @@ impl Sockets {
         match start_connect(dst) {
             Ok(stream) => {
                 tracing::trace!(%flow, %src, %dst, "tcp connect");
-                let t = TcpFlow {
-                    stream: OsStream::Tcp(stream),
-                    wakers: Wakers::new(flow, &self.queue),
-                    connecting: true,
-                    paused: false,
-                    read_closed: false,
-                    board_data: false,
-                    inbound: false,
-                    established: true,
-                    greeting: false,
-                    to_board: 0,
-                    from_board: 0,
-                };
+                let t = TcpFlow::new(flow, &self.queue, OsStream::Tcp(stream), false, false);
                 self.flows.insert(flow, OsFlow::Tcp(t));
                 self.service(nat, now, flow, Dir::Write);
             }
