@@ -21,7 +21,6 @@
 use core::net::{SocketAddr, SocketAddrV4};
 
 use smoltcp::iface::SocketHandle;
-use smoltcp::socket::tcp;
 use smoltcp::wire::IpEndpoint;
 
 use crate::flow::{FlowKey, FlowKind, TcpFlow, TcpPhase, UdpFlow};
@@ -98,15 +97,9 @@ impl Nat {
         board: SocketAddrV4,
         gateway: SocketAddrV4,
     ) -> Result<SocketHandle, InboundError> {
-        let mut sock = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0; self.cfg.tcp_rx_buffer]),
-            tcp::SocketBuffer::new(vec![0; self.cfg.tcp_tx_buffer]),
-        );
-        sock.set_nagle_enabled(false);
-        sock.set_ack_delay(None);
         // The board must answer the SYN within the connect timeout (kept armed by
         // `set_timeout` while the handshake is owed).
-        sock.set_timeout(Some(self.cfg.tcp_connect_timeout.min(self.cfg.tcp_timeout)));
+        let mut sock = self.new_tcp_socket(self.cfg.tcp_connect_timeout.min(self.cfg.tcp_timeout));
         let remote = IpEndpoint::new((*board.ip()).into(), board.port());
         let local = IpEndpoint::new((*gateway.ip()).into(), gateway.port());
         if sock.connect(self.iface.context(), remote, local).is_err() {

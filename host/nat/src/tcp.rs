@@ -21,6 +21,7 @@ use std::collections::VecDeque;
 use core::net::SocketAddrV4;
 
 use smoltcp::socket::tcp::{self, State};
+use smoltcp::time::Duration;
 use tracing::Level;
 
 use smoltcp::wire::{
@@ -253,16 +254,8 @@ impl Nat {
             // A reset socket on the same 4-tuple must send its RST before the new SYN arrives.
             self.run_egress();
         }
-        let mut sock = tcp::Socket::new(
-            // Zeroed allocations come straight from the OS and cost memory only once written:
-            // an idle flow holds a few pages, not two full windows.
-            tcp::SocketBuffer::new(vec![0; self.cfg.tcp_rx_buffer]),
-            tcp::SocketBuffer::new(vec![0; self.cfg.tcp_tx_buffer]),
-        );
-        sock.set_nagle_enabled(false);
-        sock.set_ack_delay(None);
         // SYN-RECEIVED: the board must finish the handshake within tcp_timeout.
-        sock.set_timeout(Some(self.cfg.tcp_timeout));
+        let mut sock = self.new_tcp_socket(self.cfg.tcp_timeout);
         let handle = match sock.listen(IpEndpoint::new((*syn.dst.ip()).into(), syn.dst.port())) {
             Ok(()) => self.sockets.add(sock),
             Err(_) => return self.tcp_connect_failed(id, ConnectError::Other),
@@ -309,6 +302,22 @@ impl Nat {
             f.last_active = self.now;
         }
         self.mark_dirty(id);
+    }
+
+    /// A smoltcp socket for a flow, either direction: the configured buffers, no Nagle, no
+    /// delayed ACK, and `handshake_timeout` armed for the handshake (`set_timeout` keeps it armed
+    /// only while the board owes us something).
+    pub(crate) fn new_tcp_socket(&self, handshake_timeout: Duration) -> tcp::Socket<'static> {
+        let mut sock = tcp::Socket::new(
+            // Zeroed allocations come straight from the OS and cost memory only once written:
+            // an idle flow holds a few pages, not two full windows.
+            tcp::SocketBuffer::new(vec![0; self.cfg.tcp_rx_buffer]),
+            tcp::SocketBuffer::new(vec![0; self.cfg.tcp_tx_buffer]),
+        );
+        sock.set_nagle_enabled(false);
+        sock.set_ack_delay(None);
+        sock.set_timeout(Some(handshake_timeout));
+        sock
     }
 
     pub(crate) fn tcp_connect_failed(&mut self, id: FlowId, error: ConnectError) {
@@ -721,7 +730,7 @@ fn copy_until_stalled(
 /// smoltcp's timeout also fires on a connection that is merely quiet, so it is armed only while
 /// the board owes us something: the handshake, or acknowledgements for queued data. An idle
 /// flow (an SSH session, a keep-alive pool) then lives as long as both ends keep it.
-fn set_timeout(s: &mut tcp::Socket<'_>, timeout: smoltcp::time::Duration) {
+fn set_timeout(s: &mut tcp::Socket<'_>, timeout: Duration) {
     let owed = matches!(s.state(), State::SynSent | State::SynReceived) || s.send_queue() > 0;
     if owed != s.timeout().is_some() {
         s.set_timeout(owed.then_some(timeout));
