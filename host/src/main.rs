@@ -340,21 +340,11 @@ fn connect(target: &str, control: Option<PathBuf>) -> anyhow::Result<()> {
     let mut up = stream.try_clone().context("connect: socket")?;
     // stdin → board; at EOF half-close, so the board's side sees FIN and can still answer.
     std::thread::spawn(move || {
-        let mut stdin = std::io::stdin().lock();
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            match stdin.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if up.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut up);
         let _ = up.shutdown(std::net::Shutdown::Write);
     });
-    // board → stdout until the board's side closes.
+    // board → stdout until the board's side closes, flushed per read (stdout is line-buffered,
+    // and an interactive ssh session must not wait for a newline).
     let mut down = stream;
     let mut stdout = std::io::stdout().lock();
     let mut buf = vec![0u8; 64 * 1024];
