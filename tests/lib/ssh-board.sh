@@ -68,3 +68,18 @@ ssh_board_config() {
     local dir=$1
     { cat; cat "$dir/ssh_common"; } > "$dir/ssh_config"
 }
+
+# ssh_board_show DIR GW IFACE RUN...: the demos' ssh step. ssh into the board through the forward
+# 2222:22 and through `Host qbkit` (ProxyCommand qbkit-host connect), each printing the board's
+# IFACE address and where the login came from; true when both came from the gateway GW. RUN...
+# runs a command in the laptop's network namespace (`ip netns exec NS`, `in_ns wan`).
+ssh_board_show() {
+    local dir=$1 gw=$2 iface=$3 o1= o2= cmd
+    shift 3
+    cmd='echo "on the board: $(ip -br -4 addr show '"$iface"' | tr -s " "), ssh from ${SSH_CONNECTION%% *}"'
+    echo "\$ ssh -p 2222 root@localhost        (qbkit-host run --forward 2222:22)"
+    o1=$("$@" ssh -F "$dir/ssh_config" -p 2222 root@127.0.0.1 "$cmd") && echo "$o1"
+    echo "\$ ssh qbkit                         (ProxyCommand qbkit-host connect %p: no laptop port at all)"
+    o2=$("$@" ssh -F "$dir/ssh_config" qbkit "$cmd") && echo "$o2"
+    [[ $o1 == *"ssh from $gw"* && $o2 == *"ssh from $gw"* ]]
+}
