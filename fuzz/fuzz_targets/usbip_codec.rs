@@ -1,4 +1,5 @@
-//! Fuzz target: arbitrary bytes as a USB/IP peer's replies. Every OP-reply parser, the URB header
+//! Fuzz target: arbitrary bytes as a USB/IP peer's messages. Every OP request and reply parser
+//! (import and export directions), the URB header
 //! parser and the descriptor walker get the bytes whole; a `Client` with bulk IN, bulk OUT and control
 //! URBs in flight gets them split at a data-dependent point. Nothing may panic; completions must carry
 //! no more than their URB asked for, and after an error the client must stay failed.
@@ -10,7 +11,24 @@ use qbkit_usbip::{Client, ClientConfig, ClientEvent, Error, SetupPacket, desc, o
 fuzz_target!(|data: &[u8]| {
     let _ = op::parse_rep_devlist(data);
     let _ = op::parse_rep_import(data);
-    let _ = op::parse_op_request(data);
+    // The application side of a device-side connect reads requests; an export or unexport
+    // request re-emits to a request of the same kind and length (strings are normalised: lossy
+    // UTF-8, cut at the first NUL, so only the shape is compared).
+    if let Ok(Some((req, used))) = op::parse_op_request(data) {
+        let mut out = Vec::new();
+        match &req {
+            op::OpRequest::Export(d) => op::emit_req_export(&mut out, d),
+            op::OpRequest::Unexport(d) => op::emit_req_unexport(&mut out, d),
+            _ => {}
+        }
+        if !out.is_empty() {
+            assert_eq!(out.len(), used);
+            let again = op::parse_op_request(&out).map(|r| r.map(|(r, n)| (std::mem::discriminant(&r), n)));
+            assert_eq!(again, Ok(Some((std::mem::discriminant(&req), used))));
+        }
+    }
+    let _ = op::parse_rep_export(data);
+    let _ = op::parse_rep_unexport(data);
     let _ = Pdu::parse(data);
     let _ = desc::DeviceDescriptor::parse(data);
     if let Ok(c) = desc::parse_configuration(data) {

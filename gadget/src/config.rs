@@ -105,6 +105,8 @@ pub struct LinkSection {
     pub url: Option<String>,
     /// TUN device name.
     pub tun: Option<String>,
+    /// Pre-shared key file for stream links (`--key`).
+    pub key: Option<std::path::PathBuf>,
 }
 
 /// How DNS servers are installed.
@@ -403,6 +405,19 @@ mod tests {
         assert_eq!(m.gateway_v4, Some(Ipv4Addr::new(10, 47, 0, 1)));
         assert_eq!(m.dns, vec!["192.0.2.1".parse::<IpAddr>().unwrap()]);
         assert_eq!(m.mtu, 9000);
+    }
+
+    #[test]
+    fn link_key_path_comes_from_the_link_table() {
+        let cfg = ConfigFile::parse(
+            "[link]\nurl = \"tcp://192.0.2.1:4747\"\nkey = \"/etc/qbkit/link.key\"\n",
+            Path::new("t"),
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.link.key.as_deref(),
+            Some(Path::new("/etc/qbkit/link.key"))
+        );
     }
 
     #[test]

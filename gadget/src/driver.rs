@@ -57,6 +57,8 @@ pub struct RunOptions {
     pub spec: GadgetSpec,
     /// The link.
     pub link: LinkSpec,
+    /// Pre-shared key that authenticates stream links.
+    pub link_key: Option<qbkit_link::auth::LinkKey>,
     /// TUN device name.
     pub tun: String,
     /// UDC name.
@@ -65,6 +67,9 @@ pub struct RunOptions {
     pub net: NetOverrides,
     /// Control socket path.
     pub control_socket: PathBuf,
+    /// `qbkit-gadget export`: keep the gadget (on a usbip-vudc UDC, `udc`) exported to this
+    /// laptop; teardown unexports it.
+    pub export: Option<crate::export::ExportTarget>,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT, `teardown`, or the end of a stdio link.
@@ -108,8 +113,25 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             let g = crate::ffs::usb::register(&opts.spec, opts.udc.as_deref())?;
             tokio::spawn(crate::ffs::usb::run(g, max_bundle, ev_tx))
         }
-        LinkSpec::Stream(url) => tokio::spawn(crate::stream::run(url.clone(), max_bundle, ev_tx)),
+        LinkSpec::Stream(url) => tokio::spawn(crate::stream::run(
+            url.clone(),
+            opts.link_key.clone(),
+            max_bundle,
+            ev_tx,
+        )),
     };
+    let export = opts
+        .export
+        .clone()
+        .zip(opts.udc.clone())
+        .map(|(target, udc)| {
+            let task = tokio::spawn(crate::export::run(
+                target.clone(),
+                udc.clone(),
+                opts.link_key.clone(),
+            ));
+            (target, udc, task)
+        });
 
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<Pending>(8);
     control::serve(&opts.control_socket, ctl_tx).map_err(|source| RunError::Io {
@@ -242,6 +264,10 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         // Bounded grace so the Bye reaches the host before the link goes away.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    if let Some((target, udc, task)) = export {
+        task.abort();
+        crate::export::unexport(&target, &udc, opts.link_key.as_ref()).await;
+    }
     dns.restore().await;
     link_task.abort();
     let _ = link_task.await;
@@ -281,6 +307,8 @@ fn status(pump: &Pump, opts: &RunOptions, uptime: Duration) -> Status {
         let k = if k == "tx_bytes" { "tx_ip_bytes" } else { k };
         counters.insert(k.to_owned(), v);
     }
+    // Stream-link handshakes (zero without a key).
+    counters.extend(qbkit_link::auth::COUNTERS.named());
     Status {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         link: opts.link.to_string(),
@@ -295,6 +323,7 @@ fn status(pump: &Pump, opts: &RunOptions, uptime: Duration) -> Status {
         refused: pump.link_config_refused().map(ToString::to_string),
         transport: pump.transport().map(|t| match t {
             Transport::Usb { max_packet_size } => format!("usb (wMaxPacketSize {max_packet_size})"),
+            Transport::Stream if opts.link_key.is_some() => "stream (authenticated)".to_owned(),
             Transport::Stream => "stream".to_owned(),
         }),
         protocol_version: n.map(|n| n.version),

@@ -17,6 +17,7 @@ pub mod configfs;
 pub mod control;
 pub mod dns;
 pub mod driver;
+pub mod export;
 pub mod ffs;
 pub mod linkcheck;
 pub mod netcfg;

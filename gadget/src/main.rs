@@ -48,37 +48,67 @@ mod linux {
         control_socket: PathBuf,
     }
 
+    /// What `run` and `export` share.
+    #[derive(clap::Args, Debug)]
+    struct RunArgs {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, value_name = "URL", help = LinkSpec::help())]
+        link: Option<String>,
+        #[arg(long, value_name = "NAME", help = format!("TUN device name [default: {}]", config::DEFAULT_TUN))]
+        tun: Option<String>,
+        /// USB device controller (default: the only one).
+        #[arg(long)]
+        udc: Option<String>,
+        #[arg(long, value_name = "HEX", value_parser = parse_hex_u16,
+              help = format!("USB vendor id, hex [default: {:04x}]", config::DEFAULT_VID))]
+        vid: Option<u16>,
+        #[arg(long, value_name = "HEX", value_parser = parse_hex_u16,
+              help = format!("USB product id, hex [default: {:04x}]", config::DEFAULT_PID))]
+        pid: Option<u16>,
+        /// USB serial number (default: derived from /etc/machine-id).
+        #[arg(long)]
+        serial: Option<String>,
+        /// Add a CDC-ACM serial function to the gadget.
+        #[arg(long)]
+        with_serial: bool,
+        /// Do not install default routes (only the link).
+        #[arg(long)]
+        no_default_route: bool,
+        /// DNS handling: auto, resolved, resolv-conf, off [default: auto].
+        #[arg(long, value_name = "MODE", value_parser = parse_dns_mode)]
+        dns: Option<DnsMode>,
+        /// Pre-shared key file for stream links (`qbkit-gadget keygen FILE`, or the laptop's
+        /// `qbkit-host keygen`; both ends need the same file; config: `[link] key`). Both
+        /// ends prove they hold it before any traffic flows, so nobody else on the network
+        /// can act as the host and set this board's routes and DNS. Required for tcp:// and
+        /// tcp-listen:// on a non-loopback address (without it they refuse to start).
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+    }
+
     #[derive(Subcommand, Debug)]
     enum Cmd {
         /// Create the gadget and TUN device and pump packets until stopped.
-        Run {
+        Run(RunArgs),
+        /// Device-side USB/IP connect: run the gadget on a usbip-vudc UDC and export it to a
+        /// laptop's `qbkit-host run --transport usbip-listen://ADDR[:PORT]`, redialling when the
+        /// connection drops; `--stop` unexports and stops the running export.
+        Export {
+            /// The laptop: usbip://HOST[:PORT] (port 3240 by default).
+            #[arg(value_name = "URL", required_unless_present = "stop")]
+            url: Option<String>,
+            /// Unexport and stop the running `qbkit-gadget export`.
+            #[arg(long, conflicts_with = "url")]
+            stop: bool,
             #[command(flatten)]
-            common: Common,
-            #[arg(long, value_name = "URL", help = LinkSpec::help())]
-            link: Option<String>,
-            #[arg(long, value_name = "NAME", help = format!("TUN device name [default: {}]", config::DEFAULT_TUN))]
-            tun: Option<String>,
-            /// USB device controller (default: the only one).
-            #[arg(long)]
-            udc: Option<String>,
-            #[arg(long, value_name = "HEX", value_parser = parse_hex_u16,
-                  help = format!("USB vendor id, hex [default: {:04x}]", config::DEFAULT_VID))]
-            vid: Option<u16>,
-            #[arg(long, value_name = "HEX", value_parser = parse_hex_u16,
-                  help = format!("USB product id, hex [default: {:04x}]", config::DEFAULT_PID))]
-            pid: Option<u16>,
-            /// USB serial number (default: derived from /etc/machine-id).
-            #[arg(long)]
-            serial: Option<String>,
-            /// Add a CDC-ACM serial function to the gadget.
-            #[arg(long)]
-            with_serial: bool,
-            /// Do not install default routes (only the link).
-            #[arg(long)]
-            no_default_route: bool,
-            /// DNS handling: auto, resolved, resolv-conf, off [default: auto].
-            #[arg(long, value_name = "MODE", value_parser = parse_dns_mode)]
-            dns: Option<DnsMode>,
+            run: RunArgs,
+        },
+        /// Write a new pre-shared key for stream links to FILE (mode 0600; never replaces a file).
+        Keygen {
+            /// Where to write the key.
+            #[arg(value_name = "FILE")]
+            file: PathBuf,
         },
         /// Show the running daemon's state and counters.
         Status {
@@ -109,6 +139,69 @@ mod linux {
         },
         /// Print a man page (roff) to stdout: the top page or one subcommand's; `--dir` writes them all.
         Man(qbkit_cli::ManArgs),
+    }
+
+    /// The daemon's options from `run`'s (or `export`'s) arguments and the config file.
+    fn run_options(
+        args: RunArgs,
+        export: Option<qbkit_gadget::export::ExportTarget>,
+    ) -> anyhow::Result<RunOptions> {
+        let RunArgs {
+            common,
+            link,
+            tun,
+            udc,
+            vid,
+            pid,
+            serial,
+            with_serial,
+            no_default_route,
+            dns,
+            key,
+        } = args;
+        let mut file = load(&common)?;
+        let u = &mut file.usb;
+        u.vendor_id = vid.or(u.vendor_id);
+        u.product_id = pid.or(u.product_id);
+        u.serial = serial.or_else(|| u.serial.take());
+        if with_serial {
+            u.with_serial = Some(true);
+        }
+        let udc = udc.or_else(|| file.usb.udc.clone());
+        let spec = file.gadget_spec(config::read_machine_id().as_deref());
+        let mut net = file.net_overrides()?;
+        if no_default_route {
+            net.default_route = false;
+        }
+        if let Some(d) = dns {
+            net.dns_mode = d;
+        }
+        // An export is always the USB gadget (on the vudc), whatever the config file's link says.
+        let link_text = link
+            .or_else(|| file.link.url.clone().filter(|_| export.is_none()))
+            .unwrap_or_else(|| "functionfs".to_owned());
+        let link = LinkSpec::parse(&link_text)?;
+        let link_key = key
+            .or_else(|| file.link.key.clone())
+            .as_deref()
+            .map(qbkit_link::auth::LinkKey::read_file)
+            .transpose()?;
+        if let LinkSpec::Stream(url) = &link {
+            url.check_key(link_key.is_some())?;
+        }
+        let opts = RunOptions {
+            export,
+            link_key,
+            spec,
+            link,
+            tun: tun
+                .or_else(|| file.link.tun.clone())
+                .unwrap_or_else(|| config::DEFAULT_TUN.to_owned()),
+            udc,
+            net,
+            control_socket: common.control_socket,
+        };
+        Ok(opts)
     }
 
     fn parse_hex_u16(s: &str) -> Result<u16, String> {
@@ -164,50 +257,41 @@ mod linux {
             .build()
             .context("tokio runtime")?;
         match cli.cmd {
-            Cmd::Run {
-                common,
-                link,
-                tun,
-                udc,
-                vid,
-                pid,
-                serial,
-                with_serial,
-                no_default_route,
-                dns,
+            Cmd::Run(args) => rt.block_on(driver::run(run_options(args, None)?))?,
+            Cmd::Export {
+                url: None,
+                run: RunArgs { common, .. },
+                ..
             } => {
-                let mut file = load(&common)?;
-                let u = &mut file.usb;
-                u.vendor_id = vid.or(u.vendor_id);
-                u.product_id = pid.or(u.product_id);
-                u.serial = serial.or_else(|| u.serial.take());
-                if with_serial {
-                    u.with_serial = Some(true);
+                // --stop: teardown of the export daemon unexports the board first.
+                rt.block_on(control::request(&common.control_socket, Request::Teardown))
+                    .with_context(|| {
+                        format!(
+                            "no qbkit-gadget export is running (no control socket at {})",
+                            common.control_socket.display()
+                        )
+                    })?;
+            }
+            Cmd::Export {
+                url: Some(url),
+                mut run,
+                ..
+            } => {
+                if run.link.is_some() {
+                    anyhow::bail!(
+                        "export runs the USB gadget on a usbip-vudc UDC; --link does not apply"
+                    );
                 }
-                let udc = udc.or_else(|| file.usb.udc.clone());
-                let spec = file.gadget_spec(config::read_machine_id().as_deref());
-                let mut net = file.net_overrides()?;
-                if no_default_route {
-                    net.default_route = false;
+                let target = qbkit_gadget::export::ExportTarget::parse(&url)?;
+                if run.udc.is_none() {
+                    run.udc = Some(qbkit_gadget::export::default_vudc().context(
+                        "no usbip-vudc UDC (modprobe usbip-vudc, or name one with --udc)",
+                    )?);
                 }
-                if let Some(d) = dns {
-                    net.dns_mode = d;
-                }
-                let link_text = link
-                    .or_else(|| file.link.url.clone())
-                    .unwrap_or_else(|| "functionfs".to_owned());
-                let link = LinkSpec::parse(&link_text)?;
-                let opts = RunOptions {
-                    spec,
-                    link,
-                    tun: tun
-                        .or_else(|| file.link.tun.clone())
-                        .unwrap_or_else(|| config::DEFAULT_TUN.to_owned()),
-                    udc,
-                    net,
-                    control_socket: common.control_socket,
-                };
-                rt.block_on(driver::run(opts))?;
+                rt.block_on(driver::run(run_options(run, Some(target))?))?;
+            }
+            Cmd::Keygen { file } => {
+                eprintln!("{}", qbkit_link::auth::keygen(&file).context("keygen")?);
             }
             Cmd::Status { common, json } => {
                 let reply = rt

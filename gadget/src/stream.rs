@@ -7,6 +7,7 @@
 //! [`LinkEvent::Down`] → reconnect with capped exponential backoff.
 
 use bytes::BytesMut;
+use qbkit_link::auth::LinkKey;
 use qbkit_link::{Connector, LinkError, LinkUrl};
 use tokio::sync::mpsc;
 
@@ -96,9 +97,19 @@ pub enum LinkEvent {
     },
 }
 
-/// Runs a stream link forever (returns only when `events` is closed or stdio ended).
-pub async fn run(url: LinkUrl, max_bundle: usize, events: mpsc::Sender<LinkEvent>) {
-    let mut conn = Connector::new(url);
+/// Runs a stream link forever (returns only when `events` is closed or stdio ended). With `key`,
+/// every stream is authenticated before `Up` (see `qbkit_link::auth`).
+pub async fn run(
+    url: LinkUrl,
+    key: Option<LinkKey>,
+    max_bundle: usize,
+    events: mpsc::Sender<LinkEvent>,
+) {
+    let Ok(mut conn) = Connector::with_key(url, key)
+        .inspect_err(|e| tracing::error!(error = %e, "stream link cannot start"))
+    else {
+        return;
+    };
     while let Some(stream) = conn.connect_retrying().await {
         let (tx, rx) = mpsc::channel::<Vec<u8>>(STREAM_TX_DEPTH);
         if events

@@ -126,6 +126,9 @@ pub struct DriverConfig {
     pub summary: Option<watch::Sender<Summary>>,
     /// Port forwards into the board opened at start (`--forward`).
     pub forwards: Vec<ForwardSpec>,
+    /// Follow the system's resolvers while running ([`crate::dns_watch`]); off when `--dns`
+    /// pinned them.
+    pub follow_os_dns: bool,
 }
 
 /// What a front end shows of the running engine (see the module docs).
@@ -165,6 +168,7 @@ impl DriverConfig {
             live_status: false,
             summary: None,
             forwards: Vec::new(),
+            follow_os_dns: false,
         }
     }
 }
@@ -291,6 +295,10 @@ pub async fn run(
         .summary
         .is_some()
         .then(|| tokio::time::interval(SUMMARY_PERIOD));
+    let mut dns_updates = d
+        .cfg
+        .follow_os_dns
+        .then(|| crate::dns_watch::spawn(d.cfg.nat.dns_servers.clone()));
     loop {
         let deadline = d.work();
         if d.summary_dirty {
@@ -333,6 +341,10 @@ pub async fn run(
                 }
             }
             Some(msg) = ctl_rx.recv() => d.handle_control(msg),
+            Ok(()) = async { dns_updates.as_mut().expect("guarded").changed().await }, if dns_updates.is_some() => {
+                let servers = dns_updates.as_mut().expect("guarded").borrow_and_update().clone();
+                d.nat.set_dns_servers(d.clock.nat(), servers);
+            }
             Some(ev) = inbound_rx.recv() => {
                 d.handle_inbound(ev);
                 for _ in 1..RX_BATCH {
@@ -877,26 +889,21 @@ impl Driver {
                 &Reply::error("no board is connected to this qbkit-host"),
             );
         }
-        #[cfg(unix)]
+        let peer = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+        match self
+            .nat
+            .open_inbound(self.clock.nat(), Protocol::Tcp, port, peer)
         {
-            let peer = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
-            match self
-                .nat
-                .open_inbound(self.clock.nat(), Protocol::Tcp, port, peer)
-            {
-                Ok(flow) => {
-                    self.sockets
-                        .adopt_stream(flow, OsStream::Unix(stream), true);
-                    self.forwards.opened(flow, Owner::Connect);
-                    self.tx_pending = true;
-                }
-                Err(e) => {
-                    status::reply_json(stream, &Reply::error(format!("board port {port}: {e}")));
-                }
+            Ok(flow) => {
+                self.sockets
+                    .adopt_stream(flow, OsStream::Control(stream), true);
+                self.forwards.opened(flow, Owner::Connect);
+                self.tx_pending = true;
+            }
+            Err(e) => {
+                status::reply_json(stream, &Reply::error(format!("board port {port}: {e}")));
             }
         }
-        #[cfg(not(unix))]
-        let _ = (stream, port);
     }
 }
 

@@ -29,6 +29,8 @@ pub struct Engine {
     pub usb_filter: DeviceFilter,
     /// USB transfer sizes and queue depths.
     pub usb: UsbConfig,
+    /// Pre-shared key that authenticates stream links (`--key`).
+    pub link_key: Option<qbkit_link::auth::LinkKey>,
 }
 
 impl Engine {
@@ -45,6 +47,7 @@ impl Engine {
             transport,
             usb_filter,
             usb,
+            link_key: None,
         }
     }
 
@@ -60,11 +63,18 @@ impl Engine {
             TransportSpec::Usb => tokio::spawn(transport::usb::run(filter, self.usb, events)),
             TransportSpec::Stream(url) => tokio::spawn(transport::stream::run(
                 url.clone(),
+                self.link_key.clone(),
                 self.driver.max_bundle,
                 events,
             )),
             TransportSpec::Usbip(url) => tokio::spawn(transport::usbip::run(
                 url.clone(),
+                self.usbip_options(&filter),
+                events,
+            )),
+            TransportSpec::UsbipListen { addr, .. } => tokio::spawn(transport::usbip::run_listen(
+                addr.clone(),
+                self.link_key.clone(),
                 self.usbip_options(&filter),
                 events,
             )),

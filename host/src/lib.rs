@@ -9,6 +9,7 @@
 //! ```
 
 pub mod config;
+pub mod dns_watch;
 pub mod driver;
 pub mod engine;
 pub mod forward;

@@ -52,7 +52,8 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// The daemon's control socket (default: $XDG_RUNTIME_DIR/qbkit-host.sock; without
-        /// XDG_RUNTIME_DIR, /run/qbkit-host/control.sock for root, else /tmp/qbkit-host-UID/control.sock).
+        /// XDG_RUNTIME_DIR, /run/qbkit-host/control.sock for root, else /tmp/qbkit-host-UID/control.sock;
+        /// on Windows the named pipe \\.\pipe\qbkit-host-USERNAME).
         #[arg(long)]
         control: Option<PathBuf>,
     },
@@ -64,8 +65,15 @@ enum Command {
         json: bool,
         /// List the devices exported by the usbipd on HOST[:PORT] instead (bus ids for
         /// `--transport usbip://HOST/BUSID`).
-        #[arg(long, value_name = "HOST")]
+        #[arg(long, value_name = "HOST", conflicts_with = "exported")]
         usbip: Option<String>,
+        /// List the board that exported itself to the running `qbkit-host run --transport
+        /// usbip-listen://…` instead (asked through its control socket).
+        #[arg(long)]
+        exported: bool,
+        /// The running daemon's control socket, for --exported (default as for `status`).
+        #[arg(long, requires = "exported")]
+        control: Option<PathBuf>,
         #[command(flatten)]
         usb: UsbArgs,
     },
@@ -80,7 +88,7 @@ enum Command {
     Forward {
         #[command(subcommand)]
         action: ForwardAction,
-        /// The daemon's control socket (default: $XDG_RUNTIME_DIR/qbkit-host.sock).
+        /// The daemon's control socket (default: as for `status`).
         #[arg(long, global = true)]
         control: Option<PathBuf>,
     },
@@ -90,9 +98,17 @@ enum Command {
         /// The board's port, or BOARD_ADDR:PORT.
         #[arg(value_name = "PORT")]
         target: String,
-        /// The daemon's control socket (default: $XDG_RUNTIME_DIR/qbkit-host.sock).
+        /// The daemon's control socket (default: as for `status`).
         #[arg(long)]
         control: Option<PathBuf>,
+    },
+    /// Write a new pre-shared key for stream links to FILE (mode 0600; an existing file is never
+    /// replaced). Give the same file to `run --key` here and to `qbkit-gadget run --key` (or its
+    /// config's `[link] key`) on the board.
+    Keygen {
+        /// Where to write the key.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
     },
     /// Print shell completions to stdout.
     Completions {
@@ -191,13 +207,17 @@ struct RunArgs {
     /// Link MTU offered to the board (1280..=65535; default 16384).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1280..=65535))]
     mtu: Option<u32>,
-    /// Upstream DNS resolver(s) for the gateway's DNS forwarding, IP or IP:PORT
-    /// (default: from /etc/resolv.conf).
+    /// Upstream DNS resolver(s) for the gateway's DNS forwarding, IP or IP:PORT; pins them
+    /// (default: the OS resolvers, followed while running: /etc/resolv.conf on Linux, `scutil
+    /// --dns` on macOS, the adapters' resolvers on Windows; a change of network or VPN takes
+    /// effect for the board's next query). Every resolver is used: one that does not answer
+    /// within a second is skipped for the next.
     #[arg(long, value_name = "ADDR", value_delimiter = ',', num_args = 1.., value_parser = parse_dns)]
     dns: Option<Vec<SocketAddr>>,
-    /// Serve `qbkit-host status` on this unix socket (default: $XDG_RUNTIME_DIR/qbkit-host.sock;
-    /// without XDG_RUNTIME_DIR, /run/qbkit-host/control.sock for root, else
-    /// /tmp/qbkit-host-UID/control.sock).
+    /// Serve `status`, `forward` and `connect` on this unix socket (default:
+    /// $XDG_RUNTIME_DIR/qbkit-host.sock; without XDG_RUNTIME_DIR, /run/qbkit-host/control.sock for
+    /// root, else /tmp/qbkit-host-UID/control.sock). On Windows a named pipe (default
+    /// \\.\pipe\qbkit-host-USERNAME; a path names the pipe \\.\pipe\PATH).
     #[arg(long)]
     control: Option<PathBuf>,
     /// Forward a laptop port to the board (repeatable):
@@ -206,6 +226,13 @@ struct RunArgs {
     /// unless an address is given.
     #[arg(short = 'L', long = "forward", value_name = "SPEC", value_parser = parse_forward)]
     forwards: Vec<ForwardSpec>,
+    /// Pre-shared key file for stream links (make one with `qbkit-host keygen FILE`; the board
+    /// needs the same file). Both ends prove they hold it before any traffic flows, so nobody
+    /// else on the network can act as a board and use this laptop as a proxy. Required for
+    /// tcp:// and tcp-listen:// on a non-loopback address (without it they refuse to start);
+    /// optional on loopback, unix sockets and exec:/stdio. The traffic itself is not encrypted.
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
 }
 
 fn parse_dns(s: &str) -> Result<SocketAddr, String> {
@@ -258,11 +285,22 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             json,
             usbip: Some(host),
             usb,
+            ..
         } => list_usbip(json, &host, &usb),
+        Command::List {
+            json,
+            exported: true,
+            control,
+            ..
+        } => list_exported(json, control),
         Command::List { json, usb, .. } => list(json, &usb),
         Command::Relay { usb } => relay(&usb),
         Command::Forward { action, control } => forward(action, control),
         Command::Connect { target, control } => connect(&target, control),
+        Command::Keygen { file } => {
+            eprintln!("{}", qbkit_link::auth::keygen(&file).context("keygen")?);
+            Ok(())
+        }
         Command::Completions { shell } => {
             qbkit_cli::completions(Cli::command(), shell, &mut std::io::stdout().lock())
                 .context("writing the completions")
@@ -321,12 +359,10 @@ fn forward(action: ForwardAction, control: Option<PathBuf>) -> anyhow::Result<()
 }
 
 /// `connect PORT`: stdin/stdout ⇄ the board's port through the daemon.
-#[cfg(unix)]
 fn connect(target: &str, control: Option<PathBuf>) -> anyhow::Result<()> {
-    use std::io::{Read as _, Write as _};
     let path = control_path(control);
-    let stream = match status::connect(&path, target) {
-        Ok(s) => s,
+    match status::connect(&path, target, tokio::io::stdin(), tokio::io::stdout()) {
+        Ok(()) => Ok(()),
         Err(e)
             if matches!(
                 e.kind(),
@@ -336,40 +372,7 @@ fn connect(target: &str, control: Option<PathBuf>) -> anyhow::Result<()> {
             anyhow::bail!(unreachable_daemon(&path))
         }
         Err(e) => anyhow::bail!("connect {target}: {e}"),
-    };
-    let mut up = stream.try_clone().context("connect: socket")?;
-    // stdin → board; at EOF half-close, so the board's side sees FIN and can still answer.
-    std::thread::spawn(move || {
-        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut up);
-        let _ = up.shutdown(std::net::Shutdown::Write);
-    });
-    // board → stdout until the board's side closes, flushed per read (stdout is line-buffered,
-    // and an interactive ssh session must not wait for a newline).
-    let mut down = stream;
-    let mut stdout = std::io::stdout().lock();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match down.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                if stdout
-                    .write_all(&buf[..n])
-                    .and_then(|()| stdout.flush())
-                    .is_err()
-                {
-                    break;
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => anyhow::bail!("connect {target}: {e}"),
-        }
     }
-    Ok(())
-}
-
-#[cfg(not(unix))]
-fn connect(_target: &str, _control: Option<PathBuf>) -> anyhow::Result<()> {
-    anyhow::bail!("connect needs the control socket, which is not available on this OS yet")
 }
 
 fn list(json: bool, args: &UsbArgs) -> anyhow::Result<()> {
@@ -405,6 +408,37 @@ fn list(json: bool, args: &UsbArgs) -> anyhow::Result<()> {
         eprintln!(
             "qbkit-host: permission denied opening the board: {}",
             usb::permission_advice()
+        );
+    }
+    Ok(())
+}
+
+/// `qbkit-host list --exported`: the board the running daemon's `usbip-listen://` serves.
+fn list_exported(json: bool, control: Option<PathBuf>) -> anyhow::Result<()> {
+    let path = control_path(control);
+    let doc = status::query(&path).with_context(|| unreachable_daemon(&path))?;
+    let s: status::Status = serde_json::from_str(&doc).context("bad status document")?;
+    let board = s.exported_board();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&board)?);
+    } else if let Some(b) = board {
+        println!("{:<20} {:<10} LINK", "SERIAL", "SESSION");
+        println!(
+            "{:<20} {:<10} {}",
+            b.serial.as_deref().unwrap_or("-"),
+            b.session,
+            b.link
+        );
+    } else if s.transport.starts_with("usbip-listen://") {
+        eprintln!(
+            "no board has exported itself to {} yet (qbkit-gadget export usbip://…)",
+            s.transport
+        );
+    } else {
+        anyhow::bail!(
+            "qbkit-host at {} serves {}, not usbip-listen://: no exported boards",
+            path.display(),
+            s.transport
         );
     }
     Ok(())
@@ -574,6 +608,16 @@ fn engine(args: RunArgs, live: bool) -> anyhow::Result<Engine> {
         );
     }
     let spec = TransportSpec::parse(&args.transport)?;
+    let link_key = args
+        .key
+        .as_deref()
+        .map(qbkit_link::auth::LinkKey::read_file)
+        .transpose()?;
+    spec.check_key(link_key.is_some())?;
+    if link_key.is_some() && !spec.takes_key() {
+        tracing::warn!(transport = %spec, "--key applies to stream links and usbip-listen:// only; ignored");
+    }
+    let follow_os_dns = args.dns.is_none();
     let opts = NatOptions {
         allow_host_loopback: args.allow_host_loopback,
         map_gateway_to_loopback: args.map_gateway_to_loopback,
@@ -610,7 +654,10 @@ fn engine(args: RunArgs, live: bool) -> anyhow::Result<Engine> {
     cfg.control_path = Some(args.control.unwrap_or_else(platform::default_control_path));
     cfg.live_status = live;
     cfg.forwards = args.forwards;
-    Ok(Engine::new(cfg, spec, args.usb.filter()))
+    cfg.follow_os_dns = follow_os_dns;
+    let mut engine = Engine::new(cfg, spec, args.usb.filter());
+    engine.link_key = link_key;
+    Ok(engine)
 }
 
 /// Completes on Ctrl-C, or SIGTERM on Unix.

@@ -49,8 +49,6 @@ use std::time::Duration;
 use qbkit_nat::{ConnectError, DatagramError, FlowError, FlowId, Instant, Nat, NatEvent, OsEvent};
 use serde::Serialize;
 use socket2::{Domain, SockRef, Socket, Type};
-#[cfg(unix)]
-use tokio::net::UnixStream;
 use tokio::net::{TcpStream, UdpSocket};
 
 use crate::platform;
@@ -186,44 +184,38 @@ pub enum OsStream {
     /// A TCP connection (outbound flows, forward listeners).
     Tcp(TcpStream),
     /// A control-socket client that asked for `connect`.
-    #[cfg(unix)]
-    Unix(UnixStream),
+    Control(platform::ControlStream),
 }
 
 impl OsStream {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
             Self::Tcp(s) => s.poll_read_ready(cx),
-            #[cfg(unix)]
-            Self::Unix(s) => s.poll_read_ready(cx),
+            Self::Control(s) => s.poll_read_ready(cx),
         }
     }
     fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
             Self::Tcp(s) => s.poll_write_ready(cx),
-            #[cfg(unix)]
-            Self::Unix(s) => s.poll_write_ready(cx),
+            Self::Control(s) => s.poll_write_ready(cx),
         }
     }
     fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Self::Tcp(s) => s.try_read(buf),
-            #[cfg(unix)]
-            Self::Unix(s) => s.try_read(buf),
+            Self::Control(s) => s.try_read(buf),
         }
     }
     fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Self::Tcp(s) => s.try_write(buf),
-            #[cfg(unix)]
-            Self::Unix(s) => s.try_write(buf),
+            Self::Control(s) => s.try_write(buf),
         }
     }
     fn shutdown_write(&self) -> io::Result<()> {
         match self {
             Self::Tcp(s) => SockRef::from(s).shutdown(Shutdown::Write),
-            #[cfg(unix)]
-            Self::Unix(s) => SockRef::from(s).shutdown(Shutdown::Write),
+            Self::Control(s) => platform::control_shutdown_write(s),
         }
     }
     /// Closing after this sends a RST (TCP only: a unix stream just closes).
@@ -232,15 +224,13 @@ impl OsStream {
             Self::Tcp(s) => {
                 let _ = SockRef::from(s).set_linger(Some(Duration::ZERO));
             }
-            #[cfg(unix)]
-            Self::Unix(_) => {}
+            Self::Control(_) => {}
         }
     }
     fn tcp(&self) -> Option<&TcpStream> {
         match self {
             Self::Tcp(s) => Some(s),
-            #[cfg(unix)]
-            Self::Unix(_) => None,
+            Self::Control(_) => None,
         }
     }
 }

@@ -1,7 +1,8 @@
 //! `qbkit-host status`: the snapshot the running driver serves on its control socket, and the
 //! client that reads it.
 //!
-//! Protocol: a client connects to the unix socket and writes one request line, a JSON
+//! Protocol: a client connects to the control channel (a unix socket; a named pipe on Windows:
+//! [`crate::platform::ControlListener`]) and writes one request line, a JSON
 //! [`Request`] (`{"op":"status"}`, `{"op":"forward_add","spec":"2222:22"}`, …; a client that
 //! sends nothing and half-closes gets the status, as before requests existed). A small task reads
 //! the line (bounded in size and time) and hands it to the driver loop, which answers with one
@@ -21,10 +22,10 @@ use shared_frame::{LinkState, Session, Stats};
 
 use crate::driver::DriverCounters;
 use crate::forward::ForwardStatus;
+use crate::platform;
 use crate::sockets::SocketCounters;
 
 /// The longest request line a client may send.
-#[cfg(unix)]
 const MAX_REQUEST: usize = 4096;
 
 /// A control-socket request (one JSON line).
@@ -112,6 +113,52 @@ pub struct Status {
     /// Port forwards into the board.
     #[serde(default)]
     pub forwards: Vec<ForwardStatus>,
+    /// The gateway's upstream DNS resolvers.
+    #[serde(default)]
+    pub dns: DnsStatus,
+}
+
+impl DnsStatus {
+    /// One line: the resolvers, the preferred one marked, and where they come from.
+    pub fn render(&self) -> String {
+        if self.servers.is_empty() {
+            return "no upstream resolver (the board's DNS queries are refused)".to_owned();
+        }
+        let list: Vec<String> = self
+            .servers
+            .iter()
+            .map(|s| {
+                if Some(s) == self.preferred.as_ref() && self.servers.len() > 1 {
+                    format!("{s} (preferred)")
+                } else {
+                    s.clone()
+                }
+            })
+            .collect();
+        let source = if self.following_system {
+            format!("from the system, followed; {} changes", self.changes)
+        } else {
+            "pinned by --dns".to_owned()
+        };
+        format!("{} [{source}]", list.join(", "))
+    }
+}
+
+/// The DNS part of [`Status`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DnsStatus {
+    /// The upstream resolvers in use, in order.
+    pub servers: Vec<String>,
+    /// The one new queries go to first (the one that answered last).
+    pub preferred: Option<String>,
+    /// The system's resolvers are followed while running (false: pinned by `--dns`).
+    pub following_system: bool,
+    /// Re-reads of the system's resolvers, changes found, failed or empty re-reads.
+    pub rereads: u64,
+    /// Re-reads that found a different list.
+    pub changes: u64,
+    /// Re-reads that failed or found no resolver.
+    pub reread_errors: u64,
 }
 
 /// The link part of [`Status`].
@@ -186,6 +233,47 @@ fn protocol_name(p: Protocol) -> &'static str {
     }
 }
 
+fn dns_status(nat: &Nat) -> DnsStatus {
+    use std::sync::atomic::Ordering;
+    let c = &crate::dns_watch::COUNTERS;
+    let (servers, preferred) = nat.dns_servers();
+    DnsStatus {
+        servers: servers.iter().map(ToString::to_string).collect(),
+        preferred: preferred
+            .and_then(|i| servers.get(i))
+            .map(ToString::to_string),
+        following_system: c.watching.load(Ordering::Relaxed),
+        rereads: c.rereads.load(Ordering::Relaxed),
+        changes: c.changes.load(Ordering::Relaxed),
+        reread_errors: c.errors.load(Ordering::Relaxed),
+    }
+}
+
+/// A board that exported itself to `usbip-listen://` (`qbkit-host list --exported`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExportedBoard {
+    /// The link: listener, the board's address, devid, speed, VID:PID.
+    pub link: String,
+    /// The board's serial (its identity in Hello), once the session is up.
+    pub serial: Option<String>,
+    /// Session state.
+    pub session: String,
+}
+
+impl Status {
+    /// The board served through `usbip-listen://`, if one is attached.
+    pub fn exported_board(&self) -> Option<ExportedBoard> {
+        let link = self.link.description.as_ref()?;
+        (self.transport.starts_with("usbip-listen://") && self.link.connected).then(|| {
+            ExportedBoard {
+                link: link.clone(),
+                serial: self.link.peer.clone(),
+                session: self.link.session.clone(),
+            }
+        })
+    }
+}
+
 /// Serializes a counters struct into name → value (every field is a u64).
 fn counter_map<T: Serialize>(c: &T) -> BTreeMap<String, u64> {
     serde_json::to_value(c)
@@ -215,13 +303,15 @@ impl Status {
                 .rtt()
                 .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
         };
-        let session: BTreeMap<String, u64> = s
+        let mut session: BTreeMap<String, u64> = s
             .session
             .counters()
             .named()
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))
             .collect();
+        // Stream-link handshakes (process-wide; zero without --key).
+        session.extend(qbkit_link::auth::COUNTERS.named());
         let mut flow_counts = BTreeMap::new();
         for f in &s.flows {
             *flow_counts
@@ -274,6 +364,7 @@ impl Status {
             peer_stats,
             flows,
             forwards: s.forwards.clone(),
+            dns: dns_status(s.nat),
         }
     }
 
@@ -346,6 +437,7 @@ impl Status {
         if let Some(rtt) = l.rtt_us {
             let _ = writeln!(o, "rtt        {rtt} µs");
         }
+        let _ = writeln!(o, "dns        {}", self.dns.render());
         if let Some(rss) = self.rss_bytes {
             let _ = writeln!(o, "memory     {} MiB resident", rss / 1024 / 1024);
         }
@@ -398,78 +490,31 @@ impl Status {
     }
 }
 
-/// The daemon side of the control socket.
+/// The daemon side of the control channel (a unix socket, or a named pipe on Windows:
+/// [`crate::platform::ControlListener`]).
 #[derive(Debug)]
 pub(crate) struct ControlServer {
-    #[cfg(unix)]
-    listener: tokio::net::UnixListener,
-    #[cfg(unix)]
-    path: std::path::PathBuf,
+    listener: platform::ControlListener,
 }
 
 /// A connected status client.
-#[cfg(unix)]
-pub(crate) type ControlStream = tokio::net::UnixStream;
-#[cfg(not(unix))]
-pub(crate) type ControlStream = ();
+pub(crate) type ControlStream = platform::ControlStream;
 
 impl ControlServer {
-    /// Binds the socket (replacing a stale one; the directory is created with mode 0700).
-    #[cfg(unix)]
+    /// Binds the control channel at `path`.
     pub(crate) fn bind(path: &Path) -> io::Result<Self> {
-        use std::os::unix::fs::PermissionsExt as _;
-        if let Some(dir) = path.parent()
-            && !dir.exists()
-        {
-            std::fs::create_dir_all(dir)?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-        }
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(io::Error::new(
-                io::ErrorKind::AddrInUse,
-                "another qbkit-host is serving this control socket (use --control)",
-            ));
-        }
-        match std::fs::remove_file(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-        let listener = tokio::net::UnixListener::bind(path)?;
-        Ok(Self {
-            listener,
-            path: path.to_owned(),
-        })
-    }
-
-    /// The control socket is Unix-only for now.
-    #[cfg(not(unix))]
-    pub(crate) fn bind(_path: &Path) -> io::Result<Self> {
-        Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "the control socket is not available on this OS yet",
-        ))
+        platform::ControlListener::bind(path).map(|listener| Self { listener })
     }
 
     /// The next client (`None` on a transient accept error, which is logged).
     pub(crate) async fn accept(&mut self) -> Option<ControlStream> {
-        #[cfg(unix)]
         match self.listener.accept().await {
-            Ok((s, _)) => Some(s),
+            Ok(s) => Some(s),
             Err(e) => {
                 tracing::warn!(error = %e, "control socket accept failed");
                 None
             }
         }
-        #[cfg(not(unix))]
-        std::future::pending().await
-    }
-}
-
-#[cfg(unix)]
-impl Drop for ControlServer {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -480,32 +525,34 @@ pub(crate) struct ControlMsg {
     pub(crate) stream: ControlStream,
 }
 
+/// Reads one line (without its newline) of at most [`MAX_REQUEST`] bytes, byte by byte: nothing
+/// after the newline may be consumed (`connect` turns the rest of the connection into raw data).
+/// EOF ends the line too.
+async fn read_line<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt as _;
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while line.len() < MAX_REQUEST {
+        if r.read(&mut b).await? == 0 || b[0] == b'\n' {
+            break;
+        }
+        line.push(b[0]);
+    }
+    Ok(line)
+}
+
 /// Reads one request line from a new client in a small task and hands it to the driver.
 /// A client that half-closes without a request gets the status; a bad request gets an error
 /// reply at once, without the driver.
 pub(crate) fn read_request(stream: ControlStream, tx: tokio::sync::mpsc::Sender<ControlMsg>) {
-    #[cfg(unix)]
     tokio::spawn(async move {
-        use tokio::io::AsyncReadExt as _;
         let mut stream = stream;
-        let mut line = Vec::new();
-        let read = async {
-            // Byte by byte: nothing after the newline may be consumed (`connect` turns the rest
-            // of the connection into raw data).
-            let mut b = [0u8; 1];
-            while line.len() < MAX_REQUEST {
-                if stream.read(&mut b).await? == 0 || b[0] == b'\n' {
-                    break;
-                }
-                line.push(b[0]);
-            }
-            io::Result::Ok(())
-        };
-        match tokio::time::timeout(Duration::from_secs(5), read).await {
-            Ok(Ok(())) => {}
+        let line = match tokio::time::timeout(Duration::from_secs(5), read_line(&mut stream)).await
+        {
+            Ok(Ok(line)) => line,
             Ok(Err(e)) => return tracing::debug!(error = %e, "control client went away"),
             Err(_) => return tracing::debug!("control client sent no request in 5 s"),
-        }
+        };
         let request = if line.iter().all(u8::is_ascii_whitespace) {
             Ok(Request::Status)
         } else {
@@ -524,47 +571,57 @@ pub(crate) fn read_request(stream: ControlStream, tx: tokio::sync::mpsc::Sender<
             ),
         }
     });
-    #[cfg(not(unix))]
-    let _ = (stream, tx);
 }
 
 /// Writes one JSON document to a client from a small task, then closes (the loop never waits
 /// for a client).
 pub(crate) fn reply_json<T: Serialize>(stream: ControlStream, doc: &T) {
-    #[cfg(unix)]
-    {
-        use tokio::io::AsyncWriteExt as _;
-        let Ok(mut doc) = serde_json::to_vec(doc) else {
-            return;
+    use tokio::io::AsyncWriteExt as _;
+    let Ok(mut doc) = serde_json::to_vec(doc) else {
+        return;
+    };
+    doc.push(b'\n');
+    let mut stream = stream;
+    tokio::spawn(async move {
+        let w = async {
+            stream.write_all(&doc).await?;
+            stream.shutdown().await
         };
-        doc.push(b'\n');
-        let mut stream = stream;
-        tokio::spawn(async move {
-            let w = async {
-                stream.write_all(&doc).await?;
-                stream.shutdown().await
-            };
-            if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(5), w).await {
-                tracing::debug!(error = %e, "control client went away");
-            }
-        });
-    }
-    #[cfg(not(unix))]
-    let _ = (stream, doc);
+        if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(5), w).await {
+            tracing::debug!(error = %e, "control client went away");
+        }
+    });
 }
 
-/// Client: sends `request` and returns the daemon's JSON answer.
-#[cfg(unix)]
+/// A current-thread runtime for the client commands (`status`, `forward`, `connect`).
+fn client_runtime() -> io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+/// Client: sends `request` and returns the daemon's JSON answer (within 5 s).
 pub fn request(path: &Path, request: &Request) -> io::Result<String> {
-    use std::io::{Read as _, Write as _};
-    let mut s = std::os::unix::net::UnixStream::connect(path)?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut line = serde_json::to_vec(request).map_err(io::Error::other)?;
     line.push(b'\n');
-    s.write_all(&line)?;
-    let mut doc = String::new();
-    s.read_to_string(&mut doc)?;
-    Ok(doc)
+    let exchange = async {
+        let mut s = platform::control_connect(path).await?;
+        s.write_all(&line).await?;
+        let mut doc = String::new();
+        s.read_to_string(&mut doc).await?;
+        Ok(doc)
+    };
+    client_runtime()?.block_on(async {
+        tokio::time::timeout(Duration::from_secs(5), exchange)
+            .await
+            .unwrap_or_else(|_| {
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the daemon did not answer within 5 s",
+                ))
+            })
+    })
 }
 
 /// Client: reads the daemon's status document from `path`.
@@ -574,27 +631,19 @@ pub fn query(path: &Path) -> io::Result<String> {
 
 /// Client of `qbkit-host connect`: asks the daemon for a connection to the board's port and
 /// waits until the board accepted. The returned stream then carries that connection's bytes.
-#[cfg(unix)]
-pub fn connect(path: &Path, target: &str) -> io::Result<std::os::unix::net::UnixStream> {
-    use std::io::{Read as _, Write as _};
-    let mut s = std::os::unix::net::UnixStream::connect(path)?;
+pub async fn connect_stream(path: &Path, target: &str) -> io::Result<platform::ControlClient> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut s = platform::control_connect(path).await?;
     let mut line = serde_json::to_vec(&Request::Connect {
         target: target.to_owned(),
     })
     .map_err(io::Error::other)?;
     line.push(b'\n');
-    s.write_all(&line)?;
+    s.write_all(&line).await?;
     // The board answers within a round trip; a silent one within the NAT's connect timeout.
-    s.set_read_timeout(Some(Duration::from_secs(90)))?;
-    let mut reply = Vec::new();
-    let mut b = [0u8; 1];
-    while reply.len() < MAX_REQUEST {
-        if s.read(&mut b)? == 0 || b[0] == b'\n' {
-            break;
-        }
-        reply.push(b[0]);
-    }
-    s.set_read_timeout(None)?;
+    let reply = tokio::time::timeout(Duration::from_secs(90), read_line(&mut s))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer from the daemon"))??;
     let reply: Reply = serde_json::from_slice(&reply).map_err(|_| {
         io::Error::new(
             io::ErrorKind::InvalidData,
@@ -610,13 +659,55 @@ pub fn connect(path: &Path, target: &str) -> io::Result<std::os::unix::net::Unix
     }
 }
 
-/// Client: the control socket is not available on this OS yet.
-#[cfg(not(unix))]
-pub fn request(_path: &Path, _request: &Request) -> io::Result<String> {
-    Err(io::Error::new(
-        io::ErrorKind::Unsupported,
-        "the control socket is not available on this OS yet",
-    ))
+/// `qbkit-host connect`: [`connect_stream`], then `input` → board and board → `output`
+/// (flushed after every read: an interactive ssh session must not wait for a buffer to fill)
+/// until the board's side closes. At the end of `input` the connection is half-closed, so the
+/// board sees FIN and can still answer (Windows' named pipes cannot half-close: there the end
+/// of `input` does not reach the board, and the connection ends when the board closes).
+pub fn connect(
+    path: &Path,
+    target: &str,
+    input: impl tokio::io::AsyncRead + Unpin,
+    output: impl tokio::io::AsyncWrite + Unpin,
+) -> io::Result<()> {
+    let rt = client_runtime()?;
+    let r = rt.block_on(async {
+        let s = connect_stream(path, target).await?;
+        copy_both_ways(s, input, output).await
+    });
+    // A blocking stdin read may still be pending: do not wait for it.
+    rt.shutdown_background();
+    r
+}
+
+async fn copy_both_ways(
+    s: platform::ControlClient,
+    mut input: impl tokio::io::AsyncRead + Unpin,
+    mut output: impl tokio::io::AsyncWrite + Unpin,
+) -> io::Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (mut down, mut up) = tokio::io::split(s);
+    let upload = async {
+        let _ = tokio::io::copy(&mut input, &mut up).await;
+        let _ = up.shutdown().await;
+        std::future::pending::<()>().await;
+    };
+    let download = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = down.read(&mut buf).await?;
+            if n == 0 {
+                return io::Result::Ok(());
+            }
+            if output.write_all(&buf[..n]).await.is_err() || output.flush().await.is_err() {
+                return Ok(());
+            }
+        }
+    };
+    tokio::select! {
+        () = upload => Ok(()),
+        r = download => r,
+    }
 }
 
 /// The first flows as a table (`status`).
@@ -696,5 +787,34 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("drop_tcp_no_flow"), "{text}");
+    }
+
+    #[test]
+    fn exported_board_only_for_a_connected_usbip_listen_link() {
+        let doc = |transport: &str, connected: bool| {
+            let d = serde_json::json!({
+                "version": "0", "pid": 1, "uptime_s": 1.0, "rss_bytes": null,
+                "transport": transport,
+                "link": {"connected": connected,
+                         "description": "usbip-listen://127.0.0.1:3240 board 127.0.0.1:5 devid 0x0",
+                         "session": "up", "version": 1, "mtu": 16384, "max_bundle": 65536,
+                         "peer": "F79DD63C8B6F", "rtt_us": null},
+                "flow_counts": {}, "os_sockets": 0, "nat": {}, "session": {}, "sockets": {},
+                "driver": {}, "peer_stats": {}, "flows": [],
+            });
+            serde_json::from_value::<Status>(d).unwrap()
+        };
+        let b = doc("usbip-listen://127.0.0.1:3240", true)
+            .exported_board()
+            .unwrap();
+        assert_eq!(b.serial.as_deref(), Some("F79DD63C8B6F"));
+        assert!(b.link.contains("board 127.0.0.1:5"), "{}", b.link);
+        assert_eq!(b.session, "up");
+        assert!(
+            doc("usbip-listen://127.0.0.1:3240", false)
+                .exported_board()
+                .is_none()
+        );
+        assert!(doc("usb", true).exported_board().is_none());
     }
 }

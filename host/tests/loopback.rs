@@ -4,7 +4,6 @@
 //! transport (`LinkEvent`s in, a bounded sender out). Unprivileged: the servers listen on
 //! 127.0.0.1, which the NAT reaches with `allow_host_loopback`.
 
-use std::collections::VecDeque;
 use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::time::Duration;
@@ -12,61 +11,16 @@ use std::time::Duration;
 use qbkit_host::driver::{self, DriverConfig};
 use qbkit_host::transport::{Framing, LinkEvent, LinkUp};
 use qbkit_nat::NatConfig;
-use shared_frame::{BundleWriter, CHANNEL_NET, Role, Session, SessionConfig, SessionEvent};
+use shared_frame::{Role, Session, SessionConfig, SessionEvent};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
-use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant as SmolInstant;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
 use tokio::sync::mpsc;
 
-const MTU: usize = 16384;
-
-/// A queue-backed IP device: the board's "TUN".
-#[derive(Default)]
-struct QueueDevice {
-    rx: VecDeque<Vec<u8>>,
-    tx: VecDeque<Vec<u8>>,
-}
-
-struct RxToken(Vec<u8>);
-struct TxToken<'a>(&'a mut VecDeque<Vec<u8>>);
-
-impl phy::RxToken for RxToken {
-    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        f(&self.0)
-    }
-}
-
-impl phy::TxToken for TxToken<'_> {
-    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut buf = vec![0; len];
-        let r = f(&mut buf);
-        self.0.push_back(buf);
-        r
-    }
-}
-
-impl Device for QueueDevice {
-    type RxToken<'a> = RxToken;
-    type TxToken<'a> = TxToken<'a>;
-
-    fn receive(&mut self, _: SmolInstant) -> Option<(RxToken, TxToken<'_>)> {
-        let p = self.rx.pop_front()?;
-        Some((RxToken(p), TxToken(&mut self.tx)))
-    }
-
-    fn transmit(&mut self, _: SmolInstant) -> Option<TxToken<'_>> {
-        Some(TxToken(&mut self.tx))
-    }
-
-    fn capabilities(&self) -> DeviceCapabilities {
-        let mut c = DeviceCapabilities::default();
-        c.medium = Medium::Ip;
-        c.max_transmission_unit = MTU;
-        c
-    }
-}
+#[path = "support/queue_device.rs"]
+mod queue_device;
+use queue_device::{MTU, QueueDevice};
 
 /// The fake board: smoltcp + a board Session, speaking bundles to the driver.
 struct Board {
@@ -126,18 +80,7 @@ impl Board {
     }
 
     async fn send(&mut self) {
-        while self.session.has_pending_control() || !self.dev.tx.is_empty() {
-            let mut buf = vec![0u8; 65536];
-            let mut w = BundleWriter::new(&mut buf, self.session.tx_max_bundle());
-            self.session.poll_control(&mut w);
-            while let Some(p) = self.dev.tx.front() {
-                if w.push_ip(CHANNEL_NET, p).is_err() {
-                    break;
-                }
-                self.dev.tx.pop_front();
-            }
-            let n = w.finish();
-            buf.truncate(n);
+        while let Some(buf) = self.dev.next_bundle(&mut self.session) {
             self.to_host
                 .send(LinkEvent::Bundle(buf))
                 .await
@@ -408,8 +351,8 @@ fn free_port() -> u16 {
 
 /// Laptop clients reach the fake board's port 22 through `--forward` and through `connect`
 /// (the control socket turned into the stream), with half-close keeping every byte; a forward
-/// to a port nothing listens on resets the client at once.
-#[cfg(unix)]
+/// to a port nothing listens on resets the client at once. (On Windows the control channel is a
+/// named pipe, which cannot half-close: there the echo through `connect` is left out.)
 #[tokio::test(flavor = "current_thread")]
 async fn laptop_reaches_the_board_through_a_forward_and_connect() {
     use qbkit_host::forward::ForwardSpec;
@@ -453,20 +396,23 @@ async fn laptop_reaches_the_board_through_a_forward_and_connect() {
                 std::net::TcpStream::connect(("127.0.0.1", ssh_port)).unwrap(),
             ))
         });
-        let via_connect = tokio::task::spawn_blocking({
+        #[cfg(unix)]
+        let via_connect = tokio::spawn({
             let control = control.clone();
-            move || {
-                echo_client(Box::new(
-                    qbkit_host::status::connect(&control, "10.47.0.2:22").unwrap(),
-                ))
+            async move {
+                let s = qbkit_host::status::connect_stream(&control, "10.47.0.2:22").await;
+                echo_client_async(s.unwrap()).await
             }
         });
+        #[cfg(not(unix))]
+        let via_connect = tokio::spawn(async { true });
         let refused = tokio::task::spawn_blocking(move || reset_after(closed_port));
         let udp = tokio::task::spawn_blocking(move || udp_round_trips(udp_port));
-        let connect_refused = tokio::task::spawn_blocking({
+        let connect_refused = tokio::spawn({
             let control = control.clone();
-            move || {
-                qbkit_host::status::connect(&control, "23")
+            async move {
+                qbkit_host::status::connect_stream(&control, "23")
+                    .await
                     .map(|_| ())
                     .unwrap_err()
                     .to_string()
@@ -528,6 +474,23 @@ fn echo_client(mut stream: Box<dyn ReadWriteShutdown>) -> bool {
     back == data
 }
 
+/// [`echo_client`] on the async stream `connect` gives.
+#[cfg(unix)]
+async fn echo_client_async(s: qbkit_host::platform::ControlClient) -> bool {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    let (mut r, mut w) = tokio::io::split(s);
+    let write = async {
+        w.write_all(&data).await.unwrap();
+        w.shutdown().await.unwrap();
+    };
+    let mut back = Vec::new();
+    let read = r.read_to_end(&mut back);
+    let ((), n) = tokio::join!(write, read);
+    n.unwrap();
+    back == data
+}
+
 /// Connects to a forward whose board port is closed; returns how long until the reset.
 fn reset_after(port: u16) -> Duration {
     let t0 = std::time::Instant::now();
@@ -544,7 +507,6 @@ fn reset_after(port: u16) -> Duration {
 
 /// After the clients of `laptop_reaches_the_board_through_a_forward_and_connect`: status counts
 /// the forwards' connections and bytes.
-#[cfg(unix)]
 async fn check_forward_status(b: &mut Board, control: std::path::PathBuf) {
     // The status client blocks: run it beside the loop.
     let query = tokio::task::spawn_blocking(move || qbkit_host::status::query(&control));
@@ -567,16 +529,6 @@ trait ReadWriteShutdown: std::io::Read + std::io::Write + Send {
 }
 
 impl ReadWriteShutdown for std::net::TcpStream {
-    fn try_clone_box(&self) -> Box<dyn ReadWriteShutdown> {
-        Box::new(self.try_clone().unwrap())
-    }
-    fn shutdown_write(&mut self) {
-        self.shutdown(std::net::Shutdown::Write).unwrap();
-    }
-}
-
-#[cfg(unix)]
-impl ReadWriteShutdown for std::os::unix::net::UnixStream {
     fn try_clone_box(&self) -> Box<dyn ReadWriteShutdown> {
         Box::new(self.try_clone().unwrap())
     }

@@ -163,3 +163,78 @@ async fn unix_garbage_is_a_framing_error() {
     );
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn non_loopback_tcp_needs_a_key() {
+    for (url, needs) in [
+        ("tcp-listen://127.0.0.1:4747", false),
+        ("tcp-listen://[::1]:4747", false),
+        ("tcp-listen://0.0.0.0:4747", true),
+        ("tcp-listen://192.0.2.7:4747", true),
+        ("tcp://127.0.0.1:4747", false),
+        ("tcp://[::1]:4747", false),
+        ("tcp://localhost:4747", false),
+        ("tcp://192.0.2.7:4747", true),
+        ("tcp://board.example:4747", true),
+        ("unix-listen:///run/q.sock", false),
+        ("exec:true", false),
+    ] {
+        let u = LinkUrl::parse(url).unwrap();
+        assert_eq!(u.requires_key(), needs, "{url}");
+        let r = Connector::with_key(u, None);
+        assert_eq!(
+            matches!(r, Err(LinkError::KeyRequired { .. })),
+            needs,
+            "{url}"
+        );
+    }
+    let e = Connector::with_key(LinkUrl::parse("tcp-listen://0.0.0.0:1").unwrap(), None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--key") && e.contains("keygen"), "{e}");
+}
+
+/// A keyed listener on loopback: a silent peer and a wrong-key peer do not keep the right one
+/// out; the right one's bundles arrive; the wrong one's dial fails with an auth error.
+#[tokio::test]
+async fn keyed_listener_serves_the_right_peer_past_silent_and_wrong_ones() {
+    use qbkit_link::auth::{AuthError, LinkKey};
+    let key = LinkKey::from_bytes([7; 32]);
+    let mut server = Connector::with_key(
+        LinkUrl::parse("tcp-listen://127.0.0.1:0").unwrap(),
+        Some(key.clone()),
+    )
+    .unwrap();
+    server.bind().await.unwrap();
+    let addr = server.local_addr().unwrap();
+    let url = LinkUrl::parse(&format!("tcp://{addr}")).unwrap();
+    // Silent: connects and never says anything (held open for the whole test).
+    let _silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let accept = tokio::spawn(async move {
+        let s = server.connect().await.unwrap();
+        (s, server.describe())
+    });
+    let mut wrong = Connector::with_key(url.clone(), Some(LinkKey::from_bytes([8; 32]))).unwrap();
+    let e = wrong.connect().await.err().unwrap();
+    assert!(
+        matches!(
+            e,
+            LinkError::Auth {
+                source: AuthError::BadTag,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let mut right = Connector::with_key(url, Some(key)).unwrap();
+    let (_r, mut w) = right.connect().await.unwrap();
+    assert!(right.describe().contains("authenticated"));
+    let ((r, _w), desc) = accept.await.unwrap();
+    assert!(desc.contains("authenticated"), "{desc}");
+    write_bundle(&mut w, &bundle(&[b"after auth"]))
+        .await
+        .unwrap();
+    let mut reader = BundleReader::new(r, DEFAULT_MAX_BUNDLE);
+    let got = reader.next().await.unwrap().unwrap().to_vec();
+    assert_eq!(ip_payloads(&got), vec![b"after auth".to_vec()]);
+}

@@ -15,7 +15,9 @@
 #   qbk_wait DESC SECS CMD...     poll CMD (every 0.1 s) until it succeeds, or fail after SECS
 #   qbk_check DESC CMD...         run one check, print ok/FAIL, count failures in QBK_FAILS
 #   qbk_finish                    print the summary and exit non-zero if any check failed
+#   qbk_wan_servers NS SRV MIB    the servers side of the host e2e tests in NS (see below)
 
+QBK_LIB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 QBK_PIDS=()
 QBK_NSES=()
 QBK_ETC_DIRS=()
@@ -127,4 +129,31 @@ qbk_check() {
 qbk_finish() {
   echo "$QBK_CHECKS checks, $QBK_FAILS failed"
   [ "$QBK_FAILS" -eq 0 ]
+}
+
+# The servers side of the host e2e tests (host-e2e, wine-e2e), in namespace $1: veth qbkw0
+# 198.51.100.1/24 <-> qbkw1 $2 (SRV); unprivileged ping allowed (the NAT pings from here);
+# dnsmasq on 127.0.0.1:53 (qbkit.test -> SRV) as the namespace's resolver; python http.server on
+# SRV:8080 serving $QBK_TMP/www (index.html, and big.bin of $3 MiB whose sha256 goes to BIG_SHA);
+# host-servers.py on SRV (see its header) with echo on 127.0.0.1:9008. Returns once all listen.
+qbk_wan_servers() {
+  local ns=$1 srv=$2 mib=$3
+  ip -n "$ns" link add qbkw0 type veth peer name qbkw1
+  ip -n "$ns" addr add 198.51.100.1/24 dev qbkw0
+  ip -n "$ns" addr add "$srv/24" dev qbkw1
+  ip -n "$ns" link set qbkw0 up
+  ip -n "$ns" link set qbkw1 up
+  ip netns exec "$ns" sysctl -qw net.ipv4.ping_group_range="0 2147483647"
+  qbk_ns_resolv "$ns" "nameserver 127.0.0.1"
+  qbk_bg "$ns" dnsmasq.log dnsmasq --keep-in-foreground --conf-file=/dev/null --no-resolv --no-hosts \
+    --listen-address=127.0.0.1 --bind-interfaces --user=root --pid-file= \
+    --address=/qbkit.test/"$srv" --log-facility=-
+  mkdir -p "$QBK_TMP/www"
+  head -c $((mib << 20)) /dev/urandom > "$QBK_TMP/www/big.bin"
+  echo "hello from wan" > "$QBK_TMP/www/index.html"
+  BIG_SHA=$(sha256sum < "$QBK_TMP/www/big.bin" | cut -d' ' -f1)
+  qbk_bg "$ns" http.log python3 -m http.server 8080 --bind "$srv" --directory "$QBK_TMP/www"
+  qbk_bg "$ns" servers.log python3 "$QBK_LIB_DIR/host-servers.py" "$srv" "$QBK_TMP" 9008
+  qbk_wait "servers" 10 test -f "$QBK_TMP/servers.ready" || return 1
+  qbk_wait "HTTP server" 10 ip netns exec "$ns" curl -sf "http://$srv:8080/index.html"
 }

@@ -150,9 +150,48 @@ async fn serve(
                     return None;
                 }
             }
+            // A usbipd is not the application side of a device-side connect.
+            OpRequest::Export(_) | OpRequest::Unexport(_) => return None,
         }
     }
-    // URB phase.
+    serve_urbs(s, fault, config_value, &dev, &seen).await
+}
+
+/// A fake board on the device side of a device-side connect: dials the application side at
+/// `port` on loopback, offers [`device`] with OP_REQ_EXPORT and, once accepted, answers URBs like
+/// the fake usbipd (with `fault`). Returns when the connection ends; `Err` when the export was
+/// refused or failed.
+pub async fn exporter(
+    port: u16,
+    fault: Fault,
+    config_value: u8,
+    seen: Arc<Mutex<Seen>>,
+) -> Result<(), crate::transport::TransportError> {
+    let s = crate::export::connect("127.0.0.1", port, "fake exporter").await?;
+    exporter_on(s, fault, config_value, seen).await
+}
+
+/// [`exporter`] on a connection the caller opened (and, say, authenticated).
+pub async fn exporter_on(
+    mut s: TcpStream,
+    fault: Fault,
+    config_value: u8,
+    seen: Arc<Mutex<Seen>>,
+) -> Result<(), crate::transport::TransportError> {
+    let dev = device(config_value);
+    crate::export::request(&mut s, "fake exporter", &dev, false).await?;
+    let _ = serve_urbs(s, fault, config_value, &dev, &seen).await;
+    Ok(())
+}
+
+/// The URB phase of the fake (after import or export).
+async fn serve_urbs(
+    mut s: TcpStream,
+    fault: Fault,
+    config_value: u8,
+    dev: &DeviceInfo,
+    seen: &Arc<Mutex<Seen>>,
+) -> Option<()> {
     let mut config = config_value;
     let mut pending_in: VecDeque<(u32, u32)> = VecDeque::new(); // (seqnum, length)
     let mut echo: VecDeque<Vec<u8>> = VecDeque::new();

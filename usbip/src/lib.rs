@@ -23,6 +23,9 @@
 //!   `handle_eof` / `poll_transmit` / `poll_event`). No I/O, no clock, no tokio, no libc.
 //! - `transport` (feature `tokio`): [`transport::UsbipLink`] drives a `Client` over TCP or a child
 //!   process and moves qbkit bundles; [`transport::list`] lists a server's devices.
+//! - `export` (feature `tokio`): the device-side connect ("exporting devices"): the board dials the
+//!   application side with OP_REQ_EXPORT; [`export::read_request`] / [`export::reply`] answer it and
+//!   [`transport::UsbipLink::from_export`] drives the offered device like an imported one.
 //! - `fake` (feature `fake`): an in-process fake usbipd with fault injection, for tests.
 //!
 //! Decoding is total: any byte sequence gives a value or an [`Error`], never a panic (unit tests,
@@ -48,6 +51,9 @@ pub mod urb;
 
 #[cfg(feature = "tokio")]
 pub mod transport;
+
+#[cfg(feature = "tokio")]
+pub mod export;
 
 #[cfg(feature = "fake")]
 pub mod fake;

@@ -1,5 +1,8 @@
-//! The connection-setup messages (the "OP" phase): OP_REQ_DEVLIST / OP_REP_DEVLIST and
-//! OP_REQ_IMPORT / OP_REP_IMPORT, all big-endian (kernel `Documentation/usb/usbip_protocol.rst`).
+//! The connection-setup messages (the "OP" phase), all big-endian: OP_REQ_DEVLIST / OP_REP_DEVLIST
+//! and OP_REQ_IMPORT / OP_REP_IMPORT (kernel `Documentation/usb/usbip_protocol.rst`), and the
+//! device-side "export" pair OP_REQ_EXPORT / OP_REP_EXPORT and OP_REQ_UNEXPORT / OP_REP_UNEXPORT
+//! (codes defined in the kernel's `usbip_network.h`, used by the linux-usb "exporting devices"
+//! series, v12: the device side connects to the application side and offers itself).
 //!
 //! ```text
 //!  op_common (8):      version u16 = 0x0111 │ code u16 │ status u32
@@ -11,7 +14,17 @@
 //!                      idProduct u16 │ bcdDevice u16 │ class u8 │ subclass u8 │ protocol u8 │
 //!                      bConfigurationValue u8 │ bNumConfigurations u8 │ bNumInterfaces u8
 //!  iface (4):          class u8 │ subclass u8 │ protocol u8 │ pad u8
+//!  OP_REQ_EXPORT:      op_common(0x8006, 0) │ device (312)       (device side → application side)
+//!  OP_REP_EXPORT:      op_common(0x0006, st) │ returncode i32     (0 = accepted)
+//!  OP_REQ_UNEXPORT:    op_common(0x8007, 0) │ device (312)       (on a new connection)
+//!  OP_REP_UNEXPORT:    op_common(0x0007, st) │ returncode i32
 //! ```
+//!
+//! The series sends `returncode` without byte-order conversion (its `PACK_OP_EXPORT_REPLY` is
+//! empty), so only zero / non-zero is meaningful across machines: we send 0 or a big-endian 1 and
+//! read any non-zero value (or a non-zero status) as a refusal. After an accepted export the same
+//! connection carries the URB stream, exactly as after OP_REP_IMPORT, with the application side as
+//! the one that submits.
 //!
 //! Data flow: the client emits a request with [`emit_req_devlist`] / [`emit_req_import`], then feeds
 //! whatever bytes arrived to [`parse_rep_devlist`] / [`parse_rep_import`]. Those return `Ok(None)` while
@@ -34,6 +47,18 @@ pub const OP_REP_DEVLIST: u16 = 0x0005;
 pub const OP_REQ_IMPORT: u16 = 0x8003;
 /// Reply code: import reply.
 pub const OP_REP_IMPORT: u16 = 0x0003;
+/// Request code: the device side offers (exports) itself to the application side.
+pub const OP_REQ_EXPORT: u16 = 0x8006;
+/// Reply code: export accepted or refused.
+pub const OP_REP_EXPORT: u16 = 0x0006;
+/// Request code: the device side withdraws an earlier export.
+pub const OP_REQ_UNEXPORT: u16 = 0x8007;
+/// Reply code: unexport done or refused.
+pub const OP_REP_UNEXPORT: u16 = 0x0007;
+/// Size of OP_REQ_EXPORT and OP_REQ_UNEXPORT.
+pub const REQ_EXPORT_LEN: usize = OP_COMMON_LEN + DEVICE_LEN;
+/// Size of OP_REP_EXPORT and OP_REP_UNEXPORT.
+pub const REP_EXPORT_LEN: usize = OP_COMMON_LEN + 4;
 /// Size of `op_common`.
 pub const OP_COMMON_LEN: usize = 8;
 /// Size of the device block in both replies.
@@ -356,13 +381,71 @@ pub fn emit_rep_import(out: &mut Vec<u8>, device: Option<&DeviceInfo>) {
     }
 }
 
-/// A request the server side reads (for tests and fake servers).
+/// Appends OP_REQ_EXPORT (device side) offering `device`.
+pub fn emit_req_export(out: &mut Vec<u8>, device: &DeviceInfo) {
+    emit_common(out, OP_REQ_EXPORT, 0);
+    device.emit_block(out);
+}
+
+/// Appends OP_REQ_UNEXPORT (device side) withdrawing `device`.
+pub fn emit_req_unexport(out: &mut Vec<u8>, device: &DeviceInfo) {
+    emit_common(out, OP_REQ_UNEXPORT, 0);
+    device.emit_block(out);
+}
+
+/// Appends OP_REP_EXPORT (application side): `accepted` or refused.
+pub fn emit_rep_export(out: &mut Vec<u8>, accepted: bool) {
+    emit_rep_returncode(out, OP_REP_EXPORT, accepted);
+}
+
+/// Appends OP_REP_UNEXPORT (application side): `done` or refused.
+pub fn emit_rep_unexport(out: &mut Vec<u8>, done: bool) {
+    emit_rep_returncode(out, OP_REP_UNEXPORT, done);
+}
+
+fn emit_rep_returncode(out: &mut Vec<u8>, code: u16, ok: bool) {
+    emit_common(out, code, u32::from(!ok));
+    out.extend_from_slice(&i32::from(!ok).to_be_bytes());
+}
+
+/// Parses OP_REP_EXPORT (device side). `Ok(None)` while incomplete, `Ok(Some(used))` when the export
+/// was accepted; a refusal (non-zero status or returncode) is [`Error::OpRefused`].
+pub fn parse_rep_export(buf: &[u8]) -> Result<Option<usize>, Error> {
+    parse_rep_returncode(buf, OP_REP_EXPORT, "export")
+}
+
+/// Parses OP_REP_UNEXPORT (device side), like [`parse_rep_export`].
+pub fn parse_rep_unexport(buf: &[u8]) -> Result<Option<usize>, Error> {
+    parse_rep_returncode(buf, OP_REP_UNEXPORT, "unexport")
+}
+
+fn parse_rep_returncode(buf: &[u8], code: u16, op: &'static str) -> Result<Option<usize>, Error> {
+    let Some(status) = parse_common(buf, code)? else {
+        return Ok(None);
+    };
+    if buf.len() < REP_EXPORT_LEN {
+        return Ok(None);
+    }
+    let returncode = be32(buf, OP_COMMON_LEN);
+    match (status, returncode) {
+        (0, 0) => Ok(Some(REP_EXPORT_LEN)),
+        (0, rc) => Err(Error::OpRefused { op, status: rc }),
+        (st, _) => Err(Error::OpRefused { op, status: st }),
+    }
+}
+
+/// A request the server side reads: a usbipd's (device list, import), or the application side's
+/// (export, unexport).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OpRequest {
     /// OP_REQ_DEVLIST.
     Devlist,
     /// OP_REQ_IMPORT with its bus id.
     Import(String),
+    /// OP_REQ_EXPORT with the device offered.
+    Export(DeviceInfo),
+    /// OP_REQ_UNEXPORT with the device withdrawn.
+    Unexport(DeviceInfo),
 }
 
 /// Parses an OP request (server side). `Ok(None)` while incomplete.
@@ -380,6 +463,18 @@ pub fn parse_op_request(buf: &[u8]) -> Result<Option<(OpRequest, usize)>, Error>
             Some(b) => Ok(Some((OpRequest::Import(c_string(b)), REQ_IMPORT_LEN))),
             None => Ok(None),
         },
+        code @ (OP_REQ_EXPORT | OP_REQ_UNEXPORT) => {
+            let Some(block) = buf.get(OP_COMMON_LEN..REQ_EXPORT_LEN) else {
+                return Ok(None);
+            };
+            let dev = DeviceInfo::parse_block(block);
+            let req = if code == OP_REQ_EXPORT {
+                OpRequest::Export(dev)
+            } else {
+                OpRequest::Unexport(dev)
+            };
+            Ok(Some((req, REQ_EXPORT_LEN)))
+        }
         code => Err(Error::BadField {
             message: "OP request",
             field: "code",
@@ -586,6 +681,61 @@ mod tests {
         assert!(matches!(
             parse_rep_devlist(&b),
             Err(Error::TooManyDevices { .. })
+        ));
+    }
+
+    #[test]
+    fn export_round_trip_and_byte_layout() {
+        let dev = crate::testing::dummy_hcd_device(1, 1, Vec::new());
+        let mut out = Vec::new();
+        emit_req_export(&mut out, &dev);
+        assert_eq!(out.len(), REQ_EXPORT_LEN);
+        assert_eq!(&out[..8], &[0x01, 0x11, 0x80, 0x06, 0, 0, 0, 0]);
+        // The device block at 8, laid out as in OP_REP_IMPORT: busid at 8 + 0x100.
+        assert_eq!(&out[0x108..0x108 + dev.busid.len()], dev.busid.as_bytes());
+        for n in 0..out.len() {
+            assert_eq!(parse_op_request(&out[..n]).unwrap(), None, "prefix {n}");
+        }
+        let mut want = dev.clone();
+        want.interfaces.clear();
+        assert_eq!(
+            parse_op_request(&out).unwrap(),
+            Some((OpRequest::Export(want.clone()), REQ_EXPORT_LEN))
+        );
+        out.clear();
+        emit_req_unexport(&mut out, &dev);
+        assert_eq!(&out[2..4], &[0x80, 0x07]);
+        assert_eq!(
+            parse_op_request(&out).unwrap(),
+            Some((OpRequest::Unexport(want), REQ_EXPORT_LEN))
+        );
+    }
+
+    #[test]
+    fn export_replies() {
+        let mut ok = Vec::new();
+        emit_rep_export(&mut ok, true);
+        assert_eq!(ok, [0x01, 0x11, 0x00, 0x06, 0, 0, 0, 0, 0, 0, 0, 0]);
+        for n in 0..ok.len() {
+            assert_eq!(parse_rep_export(&ok[..n]).unwrap(), None);
+        }
+        assert_eq!(parse_rep_export(&ok).unwrap(), Some(REP_EXPORT_LEN));
+        let mut no = Vec::new();
+        emit_rep_export(&mut no, false);
+        assert!(matches!(
+            parse_rep_export(&no),
+            Err(Error::OpRefused { op: "export", .. })
+        ));
+        // The series' own application side: status 0 and a host-order (little-endian) returncode.
+        let le = [0x01, 0x11, 0x00, 0x06, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff];
+        assert!(parse_rep_export(&le).is_err());
+        // An unexport reply where an export reply is expected.
+        let mut un = Vec::new();
+        emit_rep_unexport(&mut un, true);
+        assert_eq!(parse_rep_unexport(&un).unwrap(), Some(REP_EXPORT_LEN));
+        assert!(matches!(
+            parse_rep_export(&un),
+            Err(Error::UnexpectedReply { .. })
         ));
     }
 

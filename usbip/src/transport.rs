@@ -91,6 +91,9 @@ pub enum TransportError {
     /// The peer closed the stream with nothing pending.
     #[error("USB/IP peer {0} closed the connection")]
     Closed(String),
+    /// The board withdrew itself (OP_REQ_UNEXPORT) from a device-side connect.
+    #[error("the board on {0} unexported itself")]
+    Unexported(String),
     /// A setup step did not finish within [`LinkOptions::setup_timeout`].
     #[error("USB/IP {what} with {target} timed out after {secs:.1} s")]
     Timeout {
@@ -212,6 +215,42 @@ impl Target {
             Self::QubesUsb { command } => format!("qubes-usb:{command}"),
         }
     }
+}
+
+/// Parses `usbip-listen://ADDR[:PORT]` (port 3240 by default) into a `HOST:PORT` to bind, with
+/// an IPv6 address in brackets.
+pub fn parse_listen(url: &str) -> Result<String, TransportError> {
+    let bad = |reason| TransportError::BadUrl {
+        url: url.to_owned(),
+        reason,
+    };
+    let rest = url
+        .strip_prefix("usbip-listen://")
+        .ok_or_else(|| bad("expected usbip-listen://ADDR[:PORT]"))?;
+    let (host, port) = parse_host_port(rest).ok_or_else(|| bad(HOST_PORT_HELP))?;
+    let ip: std::net::IpAddr = host
+        .parse()
+        .map_err(|_| bad("usbip-listen:// needs an IP address to listen on, e.g. 127.0.0.1"))?;
+    Ok(std::net::SocketAddr::new(ip, port).to_string())
+}
+
+/// Parses the device side's `usbip://HOST[:PORT]` (no bus id: the board offers itself) into host
+/// and port (3240 by default).
+pub fn parse_export(url: &str) -> Result<(String, u16), TransportError> {
+    let bad = |reason| TransportError::BadUrl {
+        url: url.to_owned(),
+        reason,
+    };
+    let rest = url
+        .strip_prefix("usbip://")
+        .ok_or_else(|| bad("expected usbip://HOST[:PORT]"))?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.contains('/') {
+        return Err(bad(
+            "usbip://HOST[:PORT] takes no bus id: the board exports itself",
+        ));
+    }
+    parse_host_port(rest).ok_or_else(|| bad(HOST_PORT_HELP))
 }
 
 /// What [`parse_host_port`] accepts, for errors.
@@ -470,18 +509,46 @@ impl UsbipLink {
         op::emit_req_import(&mut req, busid).map_err(|e| proto_err(name, e))?;
         s.write_all(&req).await.map_err(io_err("write to", name))?;
         let (dev, leftover) = read_op_reply(&mut s, name, op::parse_rep_import).await?;
+        let mut link = Self::for_device(s, dev, name, opts);
+        link.feed(&leftover)?;
+        Ok(link)
+    }
+
+    /// A link over a TCP connection whose OP phase named `device` (import or export).
+    fn for_device(s: TcpStream, device: DeviceInfo, name: &str, opts: LinkOptions) -> Self {
         let (r, w) = s.into_split();
-        let mut link = Self::new(name, Box::pin(r), Box::pin(w), None, dev.devid(), opts);
+        let mut link = Self::new(name, Box::pin(r), Box::pin(w), None, device.devid(), opts);
         link.info = Some(LinkInfo {
-            devid: dev.devid(),
-            speed: dev.speed,
-            configuration: dev.configuration_value,
-            device: Some(dev),
+            devid: device.devid(),
+            speed: device.speed,
+            configuration: device.configuration_value,
+            device: Some(device),
             vendor_id: 0,
             product_id: 0,
             bulk: placeholder_bulk(),
         });
-        link.feed(&leftover)?;
+        link
+    }
+
+    /// Application side of a device-side connect: drives the device a peer offered with
+    /// OP_REQ_EXPORT (already read with [`crate::export::read_request`] and accepted with
+    /// [`crate::export::reply`]) over the same connection, exactly like an imported one:
+    /// descriptors, VID:PID check, configuration, IN URBs. `leftover` are bytes read after the
+    /// request. Bounded by [`LinkOptions::setup_timeout`].
+    pub async fn from_export(
+        stream: TcpStream,
+        device: DeviceInfo,
+        leftover: &[u8],
+        name: &str,
+        opts: LinkOptions,
+    ) -> Result<Self, TransportError> {
+        let limit = opts.setup_timeout;
+        stream
+            .set_nodelay(true)
+            .map_err(io_err("set TCP_NODELAY on", name))?;
+        let mut link = Self::for_device(stream, device, name, opts);
+        link.feed(leftover)?;
+        bounded(limit, "setup", name, link.setup()).await?;
         Ok(link)
     }
 
@@ -784,14 +851,14 @@ fn qubes_err(name: &str, line: &[u8], reason: &'static str) -> TransportError {
     }
 }
 
-fn proto_err(name: &str, source: Error) -> TransportError {
+pub(crate) fn proto_err(name: &str, source: Error) -> TransportError {
     TransportError::Protocol {
         target: name.to_owned(),
         source,
     }
 }
 
-fn io_err(what: &'static str, target: &str) -> impl FnOnce(io::Error) -> TransportError {
+pub(crate) fn io_err(what: &'static str, target: &str) -> impl FnOnce(io::Error) -> TransportError {
     let target = target.to_owned();
     move |source| TransportError::Io {
         what,
@@ -800,7 +867,7 @@ fn io_err(what: &'static str, target: &str) -> impl FnOnce(io::Error) -> Transpo
     }
 }
 
-async fn bounded<T>(
+pub(crate) async fn bounded<T>(
     limit: Duration,
     what: &'static str,
     target: &str,
@@ -815,7 +882,11 @@ async fn bounded<T>(
     })
 }
 
-async fn tcp_connect(host: &str, port: u16, name: &str) -> Result<TcpStream, TransportError> {
+pub(crate) async fn tcp_connect(
+    host: &str,
+    port: u16,
+    name: &str,
+) -> Result<TcpStream, TransportError> {
     let s = TcpStream::connect((host, port))
         .await
         .map_err(io_err("connect to", name))?;
@@ -829,7 +900,7 @@ async fn tcp_connect(host: &str, port: u16, name: &str) -> Result<TcpStream, Tra
 type OpParser<T> = fn(&[u8]) -> Result<Option<(T, usize)>, Error>;
 
 /// Reads until `parse` yields a complete OP reply; returns it and any bytes after it.
-async fn read_op_reply<T>(
+pub(crate) async fn read_op_reply<T>(
     s: &mut TcpStream,
     name: &str,
     parse: OpParser<T>,
@@ -860,6 +931,41 @@ async fn read_op_reply<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn export_urls() {
+        assert_eq!(
+            parse_export("usbip://laptop").unwrap(),
+            ("laptop".to_owned(), 3240)
+        );
+        assert_eq!(
+            parse_export("usbip://[fd00::1]:4000/").unwrap(),
+            ("fd00::1".to_owned(), 4000)
+        );
+        for bad in ["usbip://", "usbip://h/1-1", "tcp://h:1", "usbip://h:x"] {
+            assert!(parse_export(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn listen_urls() {
+        assert_eq!(
+            parse_listen("usbip-listen://127.0.0.1").unwrap(),
+            "127.0.0.1:3240"
+        );
+        assert_eq!(
+            parse_listen("usbip-listen://[::1]:4000").unwrap(),
+            "[::1]:4000"
+        );
+        for bad in [
+            "usbip-listen://",
+            "usbip-listen://localhost:1",
+            "usbip-listen://1.2.3.4:x",
+            "usbip://127.0.0.1/1-1",
+        ] {
+            assert!(parse_listen(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn urls() {

@@ -73,6 +73,9 @@ pub struct NatConfig {
     pub udp_stream_timeout: Duration,
     /// Idle timeout of an ICMP echo flow (default 30 s).
     pub icmp_timeout: Duration,
+    /// A DNS query (or a TCP connect to a resolver) unanswered this long moves to the next
+    /// upstream resolver (default 1 s; see the `dns` module).
+    pub dns_failover_timeout: Duration,
     /// Bytes of UDP payload and ICMP echo data queued in events the driver has not polled yet
     /// (default 4 MiB). Beyond it datagrams are dropped (`drop_event_queue_full`).
     pub max_queued_datagram_bytes: usize,
@@ -117,6 +120,7 @@ impl Default for NatConfig {
             udp_timeout: Duration::from_secs(30),
             udp_stream_timeout: Duration::from_secs(180),
             icmp_timeout: Duration::from_secs(30),
+            dns_failover_timeout: Duration::from_secs(1),
             max_queued_datagram_bytes: 4 << 20,
             max_queued_board_packets: 64,
             icmp_echo_via_os: true,

@@ -61,6 +61,13 @@ counters! {
     gateway_pings_answered,
     /// DNS queries forwarded (UDP datagrams and TCP connections to gateway:53).
     dns_forwarded,
+    /// DNS flows moved to the next resolver (no answer within `dns_failover_timeout`, an ICMP
+    /// error, or a failed TCP connect).
+    dns_failovers,
+    /// DNS query rounds in which no resolver answered (the queries were given up).
+    dns_unanswered,
+    /// Times the resolver list was replaced with a different one.
+    dns_servers_changed,
     /// Dropped: not a valid IPv4 packet (truncated, bad header, bad length, bad header checksum).
     drop_malformed,
     /// Dropped: bad TCP/UDP/ICMP checksum (only with `verify_rx_checksums`).

@@ -14,6 +14,7 @@ use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::TcpRepr;
 
 use crate::FlowId;
+use crate::dns::Failover;
 
 /// How the board names a flow: its own endpoint and the destination it addressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -101,6 +102,8 @@ pub(crate) struct TcpFlow {
     pub(crate) inbound: bool,
     /// `TcpEstablished` was emitted (inbound flows only).
     pub(crate) established: bool,
+    /// DNS forwarding to gateway:53: which resolvers the connect tried.
+    pub(crate) dns: Option<Box<Failover>>,
 }
 
 impl TcpFlow {
@@ -116,6 +119,7 @@ impl TcpFlow {
             dirty: false,
             inbound,
             established: false,
+            dns: None,
         }
     }
 }
@@ -124,8 +128,8 @@ impl TcpFlow {
 pub(crate) struct UdpFlow {
     /// Replies came back from the OS side.
     pub(crate) replied: bool,
-    /// This flow is DNS forwarding (short timeout).
-    pub(crate) dns: bool,
+    /// This flow is DNS forwarding (short timeout, failover across resolvers).
+    pub(crate) dns: Option<Box<Failover>>,
     /// The laptop side sent first (a UDP forward): the OS endpoint is a peer of the forward.
     pub(crate) inbound: bool,
 }
@@ -235,6 +239,20 @@ impl FlowTable {
             self.connecting -= 1;
         }
         Some(flow)
+    }
+
+    /// Gives a flow a new id and OS destination (a DNS flow moving to another resolver): the
+    /// old id is gone for good, so late events of the old socket are stale. Keeps the key, the
+    /// kind, the age and the byte counts.
+    pub(crate) fn rekey(&mut self, id: FlowId, os_dst: SocketAddr, now: Instant) -> Option<FlowId> {
+        let old = self.remove(id)?;
+        let new = self.insert(old.key, os_dst, now, old.kind);
+        if let Some(f) = self.by_id.get_mut(&new) {
+            f.created = old.created;
+            f.bytes_from_board = old.bytes_from_board;
+            f.bytes_to_board = old.bytes_to_board;
+        }
+        Some(new)
     }
 
     /// Move a TCP flow out of the connecting phase (keeps the counters right).

@@ -75,7 +75,7 @@ impl Nat {
             )),
             _ => FlowKind::Udp(UdpFlow {
                 replied: false,
-                dns: false,
+                dns: None,
                 inbound: true,
             }),
         };

@@ -112,6 +112,7 @@
 mod config;
 mod counters;
 mod device;
+mod dns;
 mod event;
 mod flow;
 mod icmp;

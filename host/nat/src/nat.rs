@@ -67,6 +67,10 @@ pub struct Nat {
     pub(crate) egress_pending: bool,
     pub(crate) next_aging: Instant,
     pub(crate) ping_available: bool,
+    /// Index in `cfg.dns_servers` of the resolver that answered last: new DNS flows start there.
+    pub(crate) dns_preferred: usize,
+    /// Earliest DNS failover deadline (may be early: the scan then finds nothing to do).
+    pub(crate) dns_timer: Option<Instant>,
     /// The next gateway port to try for an inbound flow (see `inbound.rs`).
     pub(crate) next_inbound_port: u16,
     pub(crate) counters: Counters,
@@ -125,6 +129,8 @@ impl Nat {
             egress_pending: false,
             next_aging: now + AGING_INTERVAL,
             next_inbound_port: 0,
+            dns_preferred: 0,
+            dns_timer: None,
             counters: Counters::default(),
         })
     }
@@ -134,9 +140,28 @@ impl Nat {
         &self.cfg
     }
 
-    /// Replace the upstream DNS resolvers (e.g. after resolv.conf changed). New DNS flows use them.
-    pub fn set_dns_servers(&mut self, servers: Vec<SocketAddr>) {
+    /// Replace the upstream DNS resolvers (e.g. after resolv.conf changed). New DNS flows start
+    /// at the first; UDP DNS flows whose resolver is no longer listed move to it (their
+    /// unanswered queries are sent again there). Drain `poll_event` afterwards.
+    pub fn set_dns_servers(&mut self, now: Instant, servers: Vec<SocketAddr>) {
+        self.now = now;
+        if servers == self.cfg.dns_servers {
+            return;
+        }
+        self.counters.dns_servers_changed += 1;
         self.cfg.dns_servers = servers;
+        self.dns_preferred = 0;
+        self.dns_servers_replaced();
+    }
+
+    /// The upstream resolvers in use, and the index of the preferred one (new queries go there
+    /// first; `None` without resolvers).
+    pub fn dns_servers(&self) -> (&[SocketAddr], Option<usize>) {
+        let s = &self.cfg.dns_servers;
+        (
+            s,
+            (!s.is_empty()).then_some(self.dns_preferred % s.len().max(1)),
+        )
     }
 
     /// Feed one IP packet from the board. Never fails: anything unusable is counted in
@@ -289,6 +314,9 @@ impl Nat {
         if self.flows.needs_aging > 0 {
             t = Some(t.map_or(self.next_aging, |t| t.min(self.next_aging)));
         }
+        if let Some(d) = self.dns_timer {
+            t = Some(t.map_or(d, |t| t.min(d)));
+        }
         t
     }
 
@@ -307,6 +335,9 @@ impl Nat {
         if now >= self.next_aging {
             self.next_aging = now + AGING_INTERVAL;
             self.age_flows();
+        }
+        if self.dns_timer.is_some_and(|d| now >= d) {
+            self.dns_timeouts();
         }
         self.process_dirty();
     }
@@ -534,7 +565,7 @@ impl Nat {
                     self.cfg.tcp_connect_timeout
                 }
                 FlowKind::Tcp(_) => continue,
-                FlowKind::Udp(u) if u.replied && !u.dns => self.cfg.udp_stream_timeout,
+                FlowKind::Udp(u) if u.replied && u.dns.is_none() => self.cfg.udp_stream_timeout,
                 FlowKind::Udp(_) => self.cfg.udp_timeout,
                 FlowKind::Icmp => self.cfg.icmp_timeout,
             };

@@ -28,6 +28,7 @@ use smoltcp::wire::{
     IpEndpoint, IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
 };
 
+use crate::dns::Failover;
 use crate::flow::{FlowKey, FlowKind, SynCopy, TcpFlow, TcpPhase};
 use crate::icmp::IcmpError;
 use crate::nat::{drop_at, drop_pkt, drop_warn};
@@ -128,7 +129,7 @@ impl Nat {
             return drop_pkt!(self, drop_malformed, "nat: bad TCP options");
         };
         let syn = SynCopy::from_repr(src, dst, ip.hop_limit(), &repr);
-        let target = match policy::resolve(&self.cfg, dst, 0) {
+        let target = match policy::resolve(&self.cfg, dst, self.dns_preferred) {
             Ok(t) => t,
             Err(deny) => {
                 self.count_denial(deny, dst);
@@ -158,7 +159,10 @@ impl Nat {
         if !self.make_room() {
             return;
         }
-        let flow = TcpFlow::new(TcpPhase::Connecting { syn }, false);
+        let mut flow = TcpFlow::new(TcpPhase::Connecting { syn }, false);
+        if target.dns {
+            flow.dns = Some(Box::new(Failover::connecting(target.os_dst, self.now)));
+        }
         let id = self.flows.insert(
             FlowKey::Tcp { src, dst },
             target.os_dst,
@@ -168,6 +172,7 @@ impl Nat {
         self.counters.tcp_flows += 1;
         if target.dns {
             self.counters.dns_forwarded += 1;
+            self.dns_connecting(id);
         }
         tracing::trace!(flow = %id, %src, dst = %target.os_dst, "nat: TCP connect");
         self.events.push_back(NatEvent::TcpConnect {
@@ -250,6 +255,7 @@ impl Nat {
         let Some(syn) = self.connecting_syn(id) else {
             return;
         };
+        self.dns_answered(id, None);
         if !self.zombies.is_empty() {
             // A reset socket on the same 4-tuple must send its RST before the new SYN arrives.
             self.run_egress();
@@ -324,6 +330,10 @@ impl Nat {
         let Some(syn) = self.connecting_syn(id) else {
             return;
         };
+        // A resolver that refuses or cannot be reached: connect to the next one instead.
+        if self.dns_fail_over(id, "TCP connect failed", false) {
+            return;
+        }
         self.flows.remove(id);
         tracing::debug!(flow = %id, ?error, dst = %syn.dst, "nat: TCP connect failed");
         if error == ConnectError::Refused {

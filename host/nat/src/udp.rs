@@ -4,13 +4,14 @@
 //! the payload, bounded by `max_queued_datagram_bytes`. OS datagram (`OsEvent::UdpReceived`) →
 //! IPv4/UDP packet from the address the board dialled (gateway:53 for DNS) to the board.
 //! `OsEvent::UdpError` → ICMP unreachable to the board, quoting a rebuilt IP+UDP header.
-//! DNS: datagrams to gateway:53 go to the first upstream resolver; DNS flows always age with
-//! the short timeout.
+//! DNS: datagrams to gateway:53 go to the preferred upstream resolver and fail over to the next
+//! (see `dns.rs`); DNS flows always age with the short timeout.
 
 use core::net::SocketAddrV4;
 
 use smoltcp::wire::{Icmpv4DstUnreachable, IpProtocol, Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr};
 
+use crate::dns::Failover;
 use crate::flow::{FlowKey, FlowKind, UdpFlow};
 use crate::icmp::IcmpError;
 use crate::nat::drop_pkt;
@@ -35,7 +36,7 @@ impl Nat {
         let id = if let Some(id) = self.flows.id_of(&key) {
             id
         } else {
-            let target = match policy::resolve(&self.cfg, dst, 0) {
+            let target = match policy::resolve(&self.cfg, dst, self.dns_preferred) {
                 Ok(t) => t,
                 Err(deny) => {
                     self.count_denial(deny, dst);
@@ -50,7 +51,7 @@ impl Nat {
             }
             let kind = FlowKind::Udp(UdpFlow {
                 replied: false,
-                dns: target.dns,
+                dns: target.dns.then(|| Box::new(Failover::new(target.os_dst))),
                 inbound: false,
             });
             let id = self.flows.insert(key, target.os_dst, self.now, kind);
@@ -69,16 +70,20 @@ impl Nat {
         };
         flow.last_active = now;
         flow.bytes_from_board += payload.len() as u64;
-        if matches!(&flow.kind, FlowKind::Udp(u) if u.dns) {
+        let dns = matches!(&flow.kind, FlowKind::Udp(u) if u.dns.is_some());
+        if dns {
             self.counters.dns_forwarded += 1;
         }
-        self.push_datagram_event(
+        let sent = self.push_datagram_event(
             NatEvent::UdpSend {
                 flow: id,
                 payload: payload.to_vec(),
             },
             payload.len(),
         );
+        if dns && sent {
+            self.dns_sent(id, payload);
+        }
     }
 
     pub(crate) fn udp_received(&mut self, id: FlowId, payload: &[u8]) {
@@ -110,9 +115,14 @@ impl Nat {
                 csum,
             );
         });
+        self.dns_answered(id, Some(payload));
     }
 
     pub(crate) fn udp_error(&mut self, id: FlowId, error: DatagramError) {
+        // A resolver that answers with an ICMP error is dead for us: try the next one.
+        if error != DatagramError::Failed && self.dns_fail_over(id, "ICMP error", false) {
+            return;
+        }
         let Some(flow) = self.flows.get(id) else {
             self.counters.drop_stale_os_event += 1;
             return;

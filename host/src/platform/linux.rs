@@ -9,7 +9,10 @@
 use std::io;
 use std::net::SocketAddr;
 
-pub use super::unix::{default_control_path, host_addrs, ping_socket, raise_fd_limit};
+pub use super::unix::{
+    ControlClient, ControlListener, ControlStream, control_connect, control_shutdown_write,
+    default_control_path, host_addrs, ping_socket, raise_fd_limit,
+};
 
 /// Upstream resolvers from /etc/resolv.conf; when it names the systemd-resolved stub
 /// (127.0.0.53), the real upstreams from /run/systemd/resolve/resolv.conf.

@@ -5,10 +5,17 @@
 //! [`host_addrs`] (the laptop's own interface addresses, denied under `--deny-lan`),
 //! [`ping_socket`] (an unprivileged ICMP echo socket, or the error that makes the NAT fall back
 //! to answering the gateway only), [`tune_allocator`] (once at start-up), [`rss_bytes`] (for
-//! `status`), [`raise_fd_limit`] (one socket per flow), and [`default_control_path`] (where `qbkit-host status` finds the daemon).
+//! `status`), [`raise_fd_limit`] (one socket per flow), and the control channel that `qbkit-host
+//! status`, `forward` and `connect` talk to: [`default_control_path`], [`ControlListener`] (the
+//! daemon's side), [`control_connect`] (the client's), [`ControlStream`] (one client connection,
+//! with [`control_shutdown_write`]). On Unix it is a unix socket, on Windows a named pipe.
+//!
+//! Pure helpers used by several backends (parsers, packet builders) live here and in
+//! `resolvers.rs`, so they are unit-tested on every OS.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, SocketAddrV6};
 
+pub mod resolvers;
 #[cfg(unix)]
 mod unix;
 
@@ -26,6 +33,7 @@ mod imp;
 mod imp;
 
 pub use imp::{
+    ControlClient, ControlListener, ControlStream, control_connect, control_shutdown_write,
     default_control_path, dns_servers, host_addrs, ping_socket, raise_fd_limit, rss_bytes,
     tune_allocator,
 };
@@ -33,10 +41,12 @@ pub use imp::{
 /// The systemd-resolved stub listener; a resolv.conf naming it hides the real upstreams.
 pub const RESOLVED_STUB: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 53));
 
-/// The `nameserver` entries of a resolv.conf text, in order, without duplicates. Comments (`#`,
-/// `;`), other options and malformed lines are skipped; an IPv6 zone suffix (`fe80::1%eth0`) is
-/// dropped because the NAT cannot use scoped addresses.
-pub fn parse_resolv_conf(text: &str) -> Vec<IpAddr> {
+/// The `nameserver` entries of a resolv.conf text as port-53 socket addresses, in order, without
+/// duplicates. Comments (`#`, `;`), other options and malformed lines are skipped. An IPv6 zone
+/// (`fe80::1%eth0`, `fe80::1%2`) becomes the address's scope id, numeric or through
+/// `zone_index` (interface name → index); a link-local resolver whose zone is unknown is
+/// skipped, since it cannot be reached without one.
+pub fn parse_nameservers(text: &str, zone_index: impl Fn(&str) -> Option<u32>) -> Vec<SocketAddr> {
     let mut out = Vec::new();
     for line in text.lines() {
         let line = line.split(['#', ';']).next().unwrap_or("");
@@ -44,36 +54,91 @@ pub fn parse_resolv_conf(text: &str) -> Vec<IpAddr> {
         if words.next() != Some("nameserver") {
             continue;
         }
-        let Some(addr) = words.next() else { continue };
-        let addr = addr.split('%').next().unwrap_or(addr);
-        if let Ok(ip) = addr.parse::<IpAddr>()
-            && !out.contains(&ip)
-        {
-            out.push(ip);
+        let Some(word) = words.next() else { continue };
+        let (addr, zone) = match word.split_once('%') {
+            Some((a, z)) => (a, Some(z)),
+            None => (word, None),
+        };
+        let sa = match (addr.parse::<IpAddr>(), zone) {
+            (Ok(IpAddr::V6(ip)), Some(z)) => {
+                let Some(scope) = z.parse::<u32>().ok().or_else(|| zone_index(z)) else {
+                    continue;
+                };
+                SocketAddr::V6(SocketAddrV6::new(ip, 53, 0, scope))
+            }
+            (Ok(IpAddr::V6(ip)), None) if ip.is_unicast_link_local() => continue,
+            (Ok(ip), _) => SocketAddr::new(ip, 53),
+            (Err(_), _) => continue,
+        };
+        if !out.contains(&sa) {
+            out.push(sa);
+        }
+    }
+    out
+}
+
+/// The `nameserver` addresses of a resolv.conf text, in order, without duplicates and without
+/// zones (see [`parse_nameservers`] for the scoped form the NAT uses).
+pub fn parse_resolv_conf(text: &str) -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    for sa in parse_nameservers(text, |_| Some(0)) {
+        if !out.contains(&sa.ip()) {
+            out.push(sa.ip());
         }
     }
     out
 }
 
 /// Picks the upstream resolvers from resolv.conf texts: `main` is /etc/resolv.conf; when it
-/// names only the systemd-resolved stub and `resolved` (/run/systemd/resolve/resolv.conf, the
-/// real upstreams resolved uses) is present and non-empty, those are used instead. Port 53.
+/// names the systemd-resolved stub and `resolved` (/run/systemd/resolve/resolv.conf, the real
+/// upstreams resolved uses) is present and non-empty, those are used instead. Port 53; IPv6
+/// zones kept as scope ids (interface names looked up on this machine).
 pub fn pick_dns_servers(main: &str, resolved: Option<&str>) -> Vec<SocketAddr> {
-    let mut ips = parse_resolv_conf(main);
-    if ips.contains(&RESOLVED_STUB)
-        && let Some(upstream) = resolved.map(parse_resolv_conf)
+    let mut servers = parse_nameservers(main, interface_index);
+    if servers.iter().any(|s| s.ip() == RESOLVED_STUB)
+        && let Some(upstream) = resolved.map(|r| parse_nameservers(r, interface_index))
         && !upstream.is_empty()
     {
-        ips = upstream;
+        servers = upstream;
     }
-    ips.into_iter().map(|ip| SocketAddr::new(ip, 53)).collect()
+    servers
+}
+
+/// The index of the network interface `name` (for IPv6 zones), if this OS has one by that name.
+pub fn interface_index(name: &str) -> Option<u32> {
+    #[cfg(target_os = "linux")]
+    {
+        if name.is_empty() || name.contains('/') || name.starts_with('.') {
+            return None;
+        }
+        std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = name;
+        None
+    }
 }
 
 /// Builds an ICMP echo request (type 8) with `seq` and `payload`; the identifier is left 0
 /// because ping sockets replace it with the socket's own. The checksum is filled in.
 pub fn icmp_echo_request(seq: u16, payload: &[u8]) -> Vec<u8> {
+    icmp_echo(ICMP_ECHO_REQUEST, seq, payload)
+}
+
+/// Builds the ICMP echo reply (type 0) a ping socket returns for `seq` (Windows' ping helper).
+pub fn icmp_echo_reply(seq: u16, payload: &[u8]) -> Vec<u8> {
+    icmp_echo(ICMP_ECHO_REPLY, seq, payload)
+}
+
+const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMP_ECHO_REPLY: u8 = 0;
+
+fn icmp_echo(kind: u8, seq: u16, payload: &[u8]) -> Vec<u8> {
     let mut pkt = Vec::with_capacity(8 + payload.len());
-    pkt.extend_from_slice(&[8, 0, 0, 0, 0, 0]);
+    pkt.extend_from_slice(&[kind, 0, 0, 0, 0, 0]);
     pkt.extend_from_slice(&seq.to_be_bytes());
     pkt.extend_from_slice(payload);
     let sum = internet_checksum(&pkt);
@@ -84,10 +149,26 @@ pub fn icmp_echo_request(seq: u16, payload: &[u8]) -> Vec<u8> {
 /// Parses what a ping socket returns: an ICMP echo reply (type 0). Returns its sequence number
 /// and data, or `None` for anything else.
 pub fn parse_icmp_echo_reply(pkt: &[u8]) -> Option<(u16, &[u8])> {
-    if pkt.len() < 8 || pkt[0] != 0 || pkt[1] != 0 {
+    parse_icmp_echo(ICMP_ECHO_REPLY, pkt)
+}
+
+/// Parses an ICMP echo request (type 8), as the socket layer writes it to a ping socket: its
+/// sequence number and data, or `None` for anything else.
+pub fn parse_icmp_echo_request(pkt: &[u8]) -> Option<(u16, &[u8])> {
+    parse_icmp_echo(ICMP_ECHO_REQUEST, pkt)
+}
+
+fn parse_icmp_echo(kind: u8, pkt: &[u8]) -> Option<(u16, &[u8])> {
+    if pkt.len() < 8 || pkt[0] != kind || pkt[1] != 0 {
         return None;
     }
     Some((u16::from_be_bytes([pkt[6], pkt[7]]), &pkt[8..]))
+}
+
+/// The named pipe for a control-channel name on Windows: `\\.\pipe\` and the name, with the
+/// backslashes a pipe name may not contain replaced by `/`.
+pub fn pipe_name(name: &str) -> String {
+    format!(r"\\.\pipe\{}", name.replace('\\', "/"))
 }
 
 /// RFC 1071 checksum.
@@ -124,6 +205,34 @@ mod tests {
                 "2001:db8::53".parse().unwrap(),
                 "fe80::1".parse().unwrap(),
             ]
+        );
+    }
+
+    #[test]
+    fn ipv6_link_local_resolvers_keep_their_zone() {
+        let text = "nameserver fe80::1%eth7\nnameserver fe80::2%3\nnameserver fe80::3%nosuch\n\
+                    nameserver fe80::4\nnameserver 2001:db8::53%eth7\nnameserver 192.0.2.1\n";
+        let got = parse_nameservers(text, |z| (z == "eth7").then_some(7));
+        let want: Vec<SocketAddr> = vec![
+            SocketAddrV6::new("fe80::1".parse().unwrap(), 53, 0, 7).into(),
+            SocketAddrV6::new("fe80::2".parse().unwrap(), 53, 0, 3).into(),
+            SocketAddrV6::new("2001:db8::53".parse().unwrap(), 53, 0, 7).into(),
+            "192.0.2.1:53".parse().unwrap(),
+        ];
+        assert_eq!(
+            got, want,
+            "unknown zones and zoneless link-local are skipped"
+        );
+        // The loopback interface exists everywhere this runs (Linux: index from /sys).
+        #[cfg(target_os = "linux")]
+        assert_eq!(
+            pick_dns_servers("nameserver fe80::9%lo\n", None),
+            vec![SocketAddr::V6(SocketAddrV6::new(
+                "fe80::9".parse().unwrap(),
+                53,
+                0,
+                1
+            ))]
         );
     }
 
@@ -169,5 +278,24 @@ mod tests {
         assert_eq!(parse_icmp_echo_reply(&reply), Some((7, &b"abcdefgh"[..])));
         assert_eq!(parse_icmp_echo_reply(&req), None);
         assert_eq!(parse_icmp_echo_reply(&[0, 0, 0]), None);
+        assert_eq!(parse_icmp_echo_request(&req), Some((7, &b"abcdefgh"[..])));
+        assert_eq!(parse_icmp_echo_request(&reply), None);
+        // What Windows' ping helper writes back is a valid reply with its checksum.
+        let built = icmp_echo_reply(7, b"abcdefgh");
+        assert_eq!(built, {
+            let mut r = icmp_echo_request(7, b"abcdefgh");
+            r[0] = 0;
+            r[2..4].fill(0);
+            let sum = internet_checksum(&r);
+            r[2..4].copy_from_slice(&sum.to_be_bytes());
+            r
+        });
+        assert_eq!(internet_checksum(&built), 0);
+    }
+
+    #[test]
+    fn pipe_names() {
+        assert_eq!(pipe_name("qbkit-host-ann"), r"\\.\pipe\qbkit-host-ann");
+        assert_eq!(pipe_name(r"C:\q\ctl"), r"\\.\pipe\C:/q/ctl");
     }
 }

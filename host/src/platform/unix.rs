@@ -1,5 +1,6 @@
-//! Pieces shared by the Unix backends (Linux, macOS): ping sockets, the control socket path, and
-//! the laptop's own interface addresses (`getifaddrs`, for the NAT's `--deny-lan`).
+//! Pieces shared by the Unix backends (Linux, macOS): ping sockets, the control channel (a unix
+//! socket: its path, the listener and the client), and the laptop's own interface addresses
+//! (`getifaddrs`, for the NAT's `--deny-lan`).
 #![allow(
     unsafe_code,
     reason = "getuid, getrlimit and getifaddrs are libc calls; each block carries its SAFETY note"
@@ -7,9 +8,14 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use socket2::{Domain, Protocol, Socket, Type};
+
+/// A control client connection as the daemon sees it.
+pub type ControlStream = tokio::net::UnixStream;
+/// The client's end of a control connection.
+pub type ControlClient = tokio::net::UnixStream;
 
 /// An unprivileged ICMP echo ("ping") socket connected to `dst`, non-blocking. The kernel picks
 /// the echo identifier and filters replies by it. Fails with `PermissionDenied` when the OS does
@@ -38,6 +44,64 @@ pub fn default_control_path() -> PathBuf {
     } else {
         PathBuf::from(format!("/tmp/qbkit-host-{uid}/control.sock"))
     }
+}
+
+/// The daemon side of the control channel: a unix socket at a path, removed again on drop.
+#[derive(Debug)]
+pub struct ControlListener {
+    listener: tokio::net::UnixListener,
+    path: PathBuf,
+}
+
+impl ControlListener {
+    /// Binds the socket (replacing a stale one; a missing directory is created with mode 0700).
+    /// `AddrInUse` when another daemon answers on it.
+    pub fn bind(path: &Path) -> io::Result<Self> {
+        use std::os::unix::fs::PermissionsExt as _;
+        if let Some(dir) = path.parent()
+            && !dir.exists()
+        {
+            std::fs::create_dir_all(dir)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                "another qbkit-host is serving this control socket (use --control)",
+            ));
+        }
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let listener = tokio::net::UnixListener::bind(path)?;
+        Ok(Self {
+            listener,
+            path: path.to_owned(),
+        })
+    }
+
+    /// The next client.
+    pub async fn accept(&mut self) -> io::Result<ControlStream> {
+        self.listener.accept().await.map(|(s, _)| s)
+    }
+}
+
+impl Drop for ControlListener {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Connects a client to the daemon's control socket.
+pub async fn control_connect(path: &Path) -> io::Result<ControlClient> {
+    tokio::net::UnixStream::connect(path).await
+}
+
+/// Half-closes a control connection (the peer reads EOF and can still answer).
+pub fn control_shutdown_write(s: &ControlStream) -> io::Result<()> {
+    socket2::SockRef::from(s).shutdown(std::net::Shutdown::Write)
 }
 
 /// Raises the soft open-files limit to the hard limit: every flow is one OS socket, and the

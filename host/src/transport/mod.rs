@@ -77,6 +77,15 @@ pub enum TransportSpec {
     /// The board through the userspace USB/IP client: `usbip://HOST[:PORT]/BUSID` or
     /// `qubes-usb:CMD` (checked; kept as text for `qbkit_usbip::transport::UsbipLink`).
     Usbip(String),
+    /// The device-side connect: `usbip-listen://ADDR[:PORT]`, the board dials in and exports
+    /// itself (`qbkit-gadget export`); kept as the original text, bound at `addr`. Off loopback
+    /// it needs the link key ([`TransportSpec::check_key`]).
+    UsbipListen {
+        /// The URL as given.
+        url: String,
+        /// `HOST:PORT` to bind.
+        addr: String,
+    },
 }
 
 /// A `--transport` value that does not parse.
@@ -103,10 +112,15 @@ impl TransportSpec {
     /// Every form `--transport` accepts: the one list `run --help`, every parse error and the
     /// README show.
     pub fn forms() -> Vec<&'static str> {
-        ["usb", "usbip://HOST[:PORT]/BUSID", "qubes-usb:COMMAND"]
-            .into_iter()
-            .chain(LinkUrl::FORMS)
-            .collect()
+        [
+            "usb",
+            "usbip://HOST[:PORT]/BUSID",
+            "usbip-listen://ADDR[:PORT]",
+            "qubes-usb:COMMAND",
+        ]
+        .into_iter()
+        .chain(LinkUrl::FORMS)
+        .collect()
     }
 
     /// The `--transport` help text, built from [`forms`](Self::forms).
@@ -123,6 +137,20 @@ impl TransportSpec {
     pub fn parse(s: &str) -> Result<Self, SpecError> {
         if s == "usb" {
             Ok(Self::Usb)
+        } else if s.starts_with("usbip-listen://") {
+            match qbkit_usbip::transport::parse_listen(s) {
+                Ok(addr) => Ok(Self::UsbipListen {
+                    url: s.to_owned(),
+                    addr,
+                }),
+                Err(qbkit_usbip::transport::TransportError::BadUrl { url, reason }) => {
+                    Err(SpecError::Bad {
+                        url,
+                        reason: reason.to_owned(),
+                    })
+                }
+                Err(e) => Err(e.into()),
+            }
         } else if s.starts_with("usbip://") || s.starts_with("qubes-usb:") {
             match qbkit_usbip::transport::Target::parse(s) {
                 Ok(_) => Ok(Self::Usbip(s.to_owned())),
@@ -147,12 +175,42 @@ impl TransportSpec {
     }
 }
 
+impl TransportSpec {
+    /// Every network listener off loopback must authenticate its peer: a stream link or
+    /// `usbip-listen://` bound to a non-loopback address needs the link key (`--key`).
+    pub fn check_key(&self, have_key: bool) -> Result<(), SpecError> {
+        match self {
+            Self::Stream(url) => Ok(url.check_key(have_key)?),
+            Self::UsbipListen { url, addr }
+                if !have_key
+                    && !addr
+                        .parse::<std::net::SocketAddr>()
+                        .is_ok_and(|a| a.ip().is_loopback()) =>
+            {
+                Err(SpecError::Bad {
+                    url: url.clone(),
+                    reason: "a usbip-listen:// off loopback needs --key FILE (make one with \
+                             `qbkit-host keygen FILE`; the board's `qbkit-gadget export` needs \
+                             the same file), so only your board can attach"
+                        .to_owned(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether `--key` means anything for this transport.
+    pub fn takes_key(&self) -> bool {
+        matches!(self, Self::Stream(_) | Self::UsbipListen { .. })
+    }
+}
+
 impl fmt::Display for TransportSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Usb => f.write_str("usb"),
             Self::Stream(u) => u.fmt(f),
-            Self::Usbip(u) => f.write_str(u),
+            Self::Usbip(u) | Self::UsbipListen { url: u, .. } => f.write_str(u),
         }
     }
 }
@@ -168,6 +226,8 @@ mod tests {
             "usbip://127.0.0.1/1-1",
             "usbip://[::1]:3240/usbip-vudc.0",
             "qubes-usb:qrexec-client-vm sys-usb qubes.USB+2-1",
+            "usbip-listen://127.0.0.1:3240",
+            "usbip-listen://[::1]",
         ];
         for s in qbkit_link::testing::URLS.into_iter().chain(usbip) {
             let t = TransportSpec::parse(s).unwrap();
@@ -177,7 +237,13 @@ mod tests {
             TransportSpec::parse("usbip://h/1-1").unwrap(),
             TransportSpec::Usbip(_)
         ));
-        let bad_usbip = ["usbip://host", "usbip://h:x/1-1", "qubes-usb:"];
+        let bad_usbip = [
+            "usbip://host",
+            "usbip://h:x/1-1",
+            "qubes-usb:",
+            "usbip-listen://",
+            "usbip-listen://board:1",
+        ];
         for bad in qbkit_link::testing::BAD_URLS
             .into_iter()
             .chain(bad_usbip)
@@ -188,6 +254,17 @@ mod tests {
                 assert!(e.contains(form), "{bad}: {e:?} does not name {form}");
             }
         }
+    }
+
+    #[test]
+    fn usbip_listen_off_loopback_needs_a_key() {
+        let lo = TransportSpec::parse("usbip-listen://127.0.0.1").unwrap();
+        assert!(lo.check_key(false).is_ok());
+        let lan = TransportSpec::parse("usbip-listen://0.0.0.0:3240").unwrap();
+        let e = lan.check_key(false).unwrap_err().to_string();
+        assert!(e.contains("--key"), "{e}");
+        assert!(lan.check_key(true).is_ok());
+        assert!(lan.takes_key() && !TransportSpec::Usb.takes_key());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! exponential backoff. Reading stops while the driver's event channel is full (backpressure
 //! onto the stream, and from there onto the board).
 
+use qbkit_link::auth::LinkKey;
 use qbkit_link::{Connector, LinkUrl};
 use tokio::sync::mpsc;
 
@@ -17,9 +18,19 @@ use super::{Framing, LinkEvent, LinkUp};
 /// socket busy while the driver builds the next bundle; more only add latency.
 pub const STREAM_TX_DEPTH: usize = 2;
 
-/// Runs a stream link until `events` is closed or a one-shot link (stdio) ended.
-pub async fn run(url: LinkUrl, max_bundle: usize, events: mpsc::Sender<LinkEvent>) {
-    let mut conn = Connector::new(url);
+/// Runs a stream link until `events` is closed or a one-shot link (stdio) ended. With `key`,
+/// every stream is authenticated before `Up` (see `qbkit_link::auth`).
+pub async fn run(
+    url: LinkUrl,
+    key: Option<LinkKey>,
+    max_bundle: usize,
+    events: mpsc::Sender<LinkEvent>,
+) {
+    let Ok(mut conn) = Connector::with_key(url, key)
+        .inspect_err(|e| tracing::error!(error = %e, "stream link cannot start"))
+    else {
+        return;
+    };
     if let Err(e) = conn.bind().await {
         tracing::error!(error = %e, "stream link cannot listen");
         return;
@@ -40,8 +51,8 @@ pub async fn run(url: LinkUrl, max_bundle: usize, events: mpsc::Sender<LinkEvent
         let up = LinkUp {
             framing: Framing::Stream,
             tx,
-            // The real port of a port-0 listener, for logs and `status`.
-            description: conn.bound_url().to_string(),
+            // The real port of a port-0 listener, the peer and whether it proved the key.
+            description: conn.describe(),
         };
         if events.send(LinkEvent::Up(up)).await.is_err() {
             return;

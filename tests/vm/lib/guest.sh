@@ -383,6 +383,22 @@ _dump_logs() {
 
 # wan_check [NS=board]: from NS, resolve $WAN_DNS_NAME, UDP echo, download $WAN_HTTP_URL and check
 # its sha256 (one Python process); fails the scenario on any mismatch
+# e2e TAG: the board reaches the wan through whatever qbkit-host runs now
+e2e() {
+    local tag=$1 t0 ans
+    t0=$(now_ms)
+    wait_for 90 in_ns board ping -n -c1 -W1 "$WAN_IP" >/dev/null || fail "$tag: board cannot reach $WAN_IP"
+    say "$tag: link up ($(( $(now_ms) - t0 )) ms to the first ping)"
+    in_ns board ping -n -c 3 -i 0.2 -W 3 "$WAN_IP" > "$QVM_RUN/ping-$tag.txt" || { cat "$QVM_RUN/ping-$tag.txt"; fail "$tag: ping"; }
+    ans=$(in_ns board dig +short +time=3 +tries=2 @"$GW_IP" "$WAN_DNS_NAME" A) || fail "$tag: dig through the gateway"
+    [ "$ans" = "$WAN_IP" ] || fail "$tag: DNS through the gateway answered '$ans', want $WAN_IP"
+    wan_check board
+    say "$tag: e2e ok ($(grep -E 'packets transmitted' "$QVM_RUN/ping-$tag.txt"); dns $ans)"
+}
+_is_sock() { [ -S "$1" ]; }
+_exists() { [ -e "$1" ]; }
+# as_nobody PID: the process runs as uid 65534
+as_nobody() { local k v; while read -r k v _; do [ "$k" = Uid: ] && { [ "$v" = 65534 ]; return; }; done < "/proc/$1/status"; return 1; }
 wan_check() {
     in_ns "${1:-board}" "$PY" "$QVM_LIB/wan-check.py" "$WAN_DNS_NAME" "$WAN_IP" "$WAN_HTTP_URL" \
         "$WAN_BIG_SHA256" "$WAN_UDP_ECHO_PORT" || fail "wan check from ${1:-board} failed"

@@ -5,6 +5,7 @@
 // NatConfig is #[non_exhaustive]: the driver sets fields on a default, and so do the tests.
 #![allow(clippy::field_reassign_with_default)]
 
+mod dns;
 mod harness;
 mod inbound;
 mod packets;

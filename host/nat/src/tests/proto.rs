@@ -225,7 +225,7 @@ fn dns_to_gateway_is_forwarded_over_udp_and_tcp() {
     assert!(seg_of(&h.recv_one()).syn);
     assert_eq!(h.nat.counters().dns_forwarded, 2);
     // Without resolvers: refused.
-    h.nat.set_dns_servers(Vec::new());
+    h.nat.set_dns_servers(h.now, Vec::new());
     h.send(&udp(ep(BOARD, 5354), g, b"q"));
     assert_eq!(icmp_of(&h.recv_one()).1, 3);
     assert_eq!(h.nat.counters().drop_no_dns_server, 1);
