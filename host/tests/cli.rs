@@ -177,3 +177,138 @@ fn closed_stdout_is_a_quiet_exit() {
         assert!(out.stderr.is_empty(), "{args:?}: {out:?}");
     }
 }
+
+/// A board whose Hello identity carries terminal escapes (clear screen, retitle, a fake line, a
+/// right-to-left override) dials `tcp-listen://`; `status` prints it escaped, one line, with no
+/// control character but the line ends.
+#[test]
+fn hostile_board_identity_is_escaped_in_status() {
+    use qbkit_link::{BundleReader, Connector, LinkUrl, write_bundle};
+    use shared_frame::{BundleWriter, DEFAULT_MAX_BUNDLE, Role, Session, SessionConfig};
+
+    const HOSTILE: &str = "sn\u{1b}[2J\u{1b}]0;pwned\u{7}\r\nsession    up: fake\u{202e}txt";
+    let d = tmp("hostile");
+    let mut child = Command::new(BIN)
+        .args([
+            "run",
+            "--dns",
+            "127.0.0.1",
+            "--transport",
+            "tcp-listen://127.0.0.1:0",
+        ])
+        .arg("--control")
+        .arg(d.join("c.sock"))
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let port = loop {
+        let l = lines.next().expect("a listening line").unwrap();
+        if let Some(i) = l.find("listening on 127.0.0.1:") {
+            break l[i + "listening on 127.0.0.1:".len()..].trim().to_owned();
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    // The board side: a Session speaking only control records (Hello, LinkConfig, keepalives).
+    let board = rt.spawn(async move {
+        let url = LinkUrl::parse(&format!("tcp://127.0.0.1:{port}")).unwrap();
+        let (read, mut write) = Connector::new(url).connect().await.unwrap();
+        let start = std::time::Instant::now();
+        let now = || shared_frame::Instant::from_micros(start.elapsed().as_micros() as u64);
+        let mut session = Session::new(SessionConfig::new(Role::Board, HOSTILE), now());
+        let mut reader = BundleReader::new(read, DEFAULT_MAX_BUNDLE);
+        let mut buf = vec![0; DEFAULT_MAX_BUNDLE];
+        loop {
+            let mut w = BundleWriter::new(&mut buf, DEFAULT_MAX_BUNDLE);
+            if session.poll_control(&mut w) > 0 {
+                let n = w.finish();
+                write_bundle(&mut write, &buf[..n]).await.unwrap();
+            }
+            tokio::select! {
+                b = reader.next() => match b {
+                    Ok(Some(b)) => { let _ = session.handle_bundle(now(), b, |_, _| {}); }
+                    _ => return,
+                },
+                () = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+            if session.poll_timeout().is_some_and(|t| t <= now()) {
+                session.handle_timeout(now());
+            }
+            while session.poll_event().is_some() {}
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut text = String::new();
+    while Instant::now() < deadline && !text.contains("pwned") {
+        let out = Command::new(BIN)
+            .args(["status", "--control"])
+            .arg(d.join("c.sock"))
+            .output()
+            .unwrap();
+        text = String::from_utf8(out.stdout).expect("status prints UTF-8");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    board.abort();
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&d);
+    let session = text
+        .lines()
+        .find(|l| l.starts_with("session"))
+        .unwrap_or_else(|| panic!("no session line in {text:?}"));
+    assert!(
+        session.contains(r"sn\u{1b}[2J\u{1b}]0;pwned\u{7}\r\nsession    up: fake\u{202e}txt"),
+        "{session:?}"
+    );
+    assert_eq!(text.matches("session ").count(), 1, "{text:?}");
+    let bad: Vec<char> = text
+        .chars()
+        .filter(|c| (c.is_control() && *c != '\n') || *c == '\u{202e}')
+        .collect();
+    assert!(bad.is_empty(), "control characters {bad:?} in {text:?}");
+}
+
+/// A usbipd whose device list carries a terminal escape in the bus id and a control character
+/// and a non-UTF-8 byte in the sysfs path: `list --usbip` prints them escaped.
+#[test]
+fn hostile_usbipd_strings_are_escaped_in_list() {
+    use std::io::{Read as _, Write as _};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut req = [0u8; 8];
+        s.read_exact(&mut req).unwrap();
+        let mut dev = qbkit_usbip::fake::device(1);
+        dev.busid = "1-1\u{1b}[31m".to_owned();
+        dev.path = "/sys/x\u{8}\u{8}y/..".to_owned();
+        let mut out = Vec::new();
+        qbkit_usbip::op::emit_rep_devlist(&mut out, &[dev]);
+        // The path field starts after the 8-byte header and the 4-byte count; "/sys/x" then one
+        // byte that is not UTF-8.
+        out[12 + 6] = 0xff;
+        s.write_all(&out).unwrap();
+    });
+    let out = Command::new(BIN)
+        .args(["list", "--usbip", &format!("127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    server.join().unwrap();
+    let text = String::from_utf8(out.stdout).expect("list prints UTF-8");
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains(r"1-1\u{1b}[31m"), "{text:?}");
+    assert!(text.contains(r"/sys/x\u{fffd}\u{8}y/.."), "{text:?}");
+    let bad: Vec<char> = text
+        .chars()
+        .filter(|c| c.is_control() && *c != '\n')
+        .collect();
+    assert!(bad.is_empty(), "control characters {bad:?} in {text:?}");
+}
