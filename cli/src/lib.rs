@@ -2,13 +2,15 @@
 //! shell completions ([`completions`]), the man page set ([`man_pages`], [`man`]: one page per
 //! subcommand, `PROG-SUB(1)`, as the top page's list names them), one-line error reports
 //! ([`report`], [`finish`]: each cause printed once, JSON on stdout for `--json` commands), and a
-//! quiet exit when stdout is closed early ([`quiet_on_closed_stdout`], `… | head -1`).
+//! quiet exit when stdout is closed early ([`quiet_on_closed_stdout`], `… | head -1`), and text
+//! the other side chose made safe for a terminal ([`printable`]).
 //!
 //! Data flow: each program's `main` builds its `clap::Command` and hands it here; nothing here
 //! knows either program's options.
 
 mod sys;
 
+use std::borrow::Cow;
 use std::error::Error;
 use std::fmt::Write as _;
 use std::io::{self, Write};
@@ -173,6 +175,33 @@ where
     ExitCode::FAILURE
 }
 
+/// `s` made safe to print: a string the other side chose (a board's identity, a USB serial, a
+/// usbipd's bus id or path) cannot clear, retitle or recolour the terminal, fake a line or reorder
+/// one. Control characters (C0, DEL, C1), the Unicode bidirectional controls and U+FFFD (where a
+/// decoder replaced bytes that were not UTF-8) are written as Rust escapes (`\n`, `\u{1b}`,
+/// `\u{fffd}`); a backslash is doubled, so an escape in the output always means one was needed.
+/// Borrowed when nothing needs escaping.
+pub fn printable(s: &str) -> Cow<'_, str> {
+    fn unsafe_char(c: char) -> bool {
+        c.is_control()
+            || c == '\\'
+            || c == '\u{fffd}'
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    }
+    if !s.chars().any(unsafe_char) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
 /// What the programs' CLI tests share: run a built binary with its stdout closed at once (as
 /// `| head -1` does after the first line).
 #[doc(hidden)]
@@ -241,6 +270,22 @@ mod tests {
         fn source(&self) -> Option<&(dyn Error + 'static)> {
             self.1.as_deref().map(|e| e as _)
         }
+    }
+
+    #[test]
+    fn printable_escapes_what_a_terminal_would_obey() {
+        assert!(matches!(
+            printable("sn-42 board"),
+            Cow::Borrowed("sn-42 board")
+        ));
+        assert_eq!(printable("grüße"), "grüße");
+        assert_eq!(
+            printable("a\u{1b}[2J\u{7}\r\n\t\u{7f}\u{9b}b"),
+            r"a\u{1b}[2J\u{7}\r\n\t\u{7f}\u{9b}b"
+        );
+        assert_eq!(printable("x\u{202e}y\u{2066}z"), r"x\u{202e}y\u{2066}z");
+        assert_eq!(printable("bad\u{fffd}"), r"bad\u{fffd}");
+        assert_eq!(printable(r"a\u{1b}"), r"a\\u{1b}");
     }
 
     #[test]

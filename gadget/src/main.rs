@@ -309,7 +309,7 @@ mod linux {
                     println!(
                         "link       {} ({})",
                         s.link,
-                        s.transport.as_deref().unwrap_or("detached")
+                        qbkit_cli::printable(s.transport.as_deref().unwrap_or("detached"))
                     );
                     println!(
                         "state      {} carrier {}",
@@ -322,7 +322,7 @@ mod linux {
                     if let Some(v) = s.protocol_version {
                         println!(
                             "peer       {} protocol v{v} mtu {} max bundle {}",
-                            s.peer.unwrap_or_default(),
+                            qbkit_cli::printable(s.peer.as_deref().unwrap_or_default()),
                             s.mtu.unwrap_or(0),
                             s.max_bundle.unwrap_or(0)
                         );

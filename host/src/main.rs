@@ -13,6 +13,7 @@ use std::io::{IsTerminal as _, Write as _};
 
 use anyhow::Context as _;
 use clap::{CommandFactory as _, Parser, Subcommand};
+use qbkit_cli::printable;
 use qbkit_host::config::{self, NatOptions};
 use qbkit_host::driver::DriverConfig;
 use qbkit_host::engine::Engine;
@@ -395,7 +396,7 @@ fn list(json: bool, args: &UsbArgs) -> anyhow::Result<()> {
             let state = serde_json::to_value(i.state)?;
             println!(
                 "{:<20} {:<10} {:<12} {:<14} {:04x}:{:04x}",
-                i.serial.as_deref().unwrap_or("-"),
+                printable(i.serial.as_deref().unwrap_or("-")),
                 i.speed.unwrap_or("?"),
                 i.bus_path,
                 state.as_str().unwrap_or("?"),
@@ -425,9 +426,9 @@ fn list_exported(json: bool, control: Option<PathBuf>) -> anyhow::Result<()> {
         println!("{:<20} {:<10} LINK", "SERIAL", "SESSION");
         println!(
             "{:<20} {:<10} {}",
-            b.serial.as_deref().unwrap_or("-"),
+            printable(b.serial.as_deref().unwrap_or("-")),
             b.session,
-            b.link
+            printable(&b.link)
         );
     } else if s.transport.starts_with("usbip-listen://") {
         eprintln!(
@@ -477,12 +478,12 @@ fn list_usbip(json: bool, host: &str, args: &UsbArgs) -> anyhow::Result<()> {
         for d in &devs {
             println!(
                 "{:<16} {:04x}:{:04x}  {:<10} {:<6} {}",
-                d.busid,
+                printable(&d.busid),
                 d.vendor_id,
                 d.product_id,
                 d.speed.name(),
                 if is_board(d) { "yes" } else { "-" },
-                d.path
+                printable(&d.path)
             );
         }
     }

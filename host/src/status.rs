@@ -16,6 +16,7 @@ use std::io;
 use std::path::Path;
 use std::time::Duration;
 
+use qbkit_cli::printable;
 use qbkit_nat::{FlowInfo, Nat, Protocol};
 use serde::{Deserialize, Serialize};
 use shared_frame::{LinkState, Session, Stats};
@@ -422,15 +423,17 @@ impl Status {
             o,
             "transport  {} ({})",
             self.transport,
-            l.description.as_deref().unwrap_or("no link")
+            printable(l.description.as_deref().unwrap_or("no link"))
         );
         let _ = writeln!(
             o,
             "session    {}{}",
             l.session,
             match (&l.peer, l.version, l.mtu, l.max_bundle) {
-                (Some(p), Some(v), Some(m), Some(b)) =>
-                    format!(": {p}, protocol v{v}, MTU {m}, bundles up to {b} B"),
+                (Some(p), Some(v), Some(m), Some(b)) => format!(
+                    ": {}, protocol v{v}, MTU {m}, bundles up to {b} B",
+                    printable(p)
+                ),
                 _ => String::new(),
             }
         );

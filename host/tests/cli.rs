@@ -268,7 +268,8 @@ fn hostile_board_identity_is_escaped_in_status() {
         session.contains(r"sn\u{1b}[2J\u{1b}]0;pwned\u{7}\r\nsession    up: fake\u{202e}txt"),
         "{session:?}"
     );
-    assert_eq!(text.matches("session ").count(), 1, "{text:?}");
+    let session_lines = text.lines().filter(|l| l.starts_with("session")).count();
+    assert_eq!(session_lines, 1, "{text:?}");
     let bad: Vec<char> = text
         .chars()
         .filter(|c| (c.is_control() && *c != '\n') || *c == '\u{202e}')
