@@ -107,10 +107,9 @@ fn bad_transports_name_every_form_in_one_line() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
-#[test]
-fn tcp_listener_logs_its_real_port() {
-    let d = tmp("listen");
-    let mut child = Command::new(BIN)
+/// `qbkit-host run` on `tcp-listen://127.0.0.1:0` with its control socket in `d`, stderr piped.
+fn run_tcp_listener(d: &std::path::Path) -> std::process::Child {
+    Command::new(BIN)
         .args([
             "run",
             "--dns",
@@ -125,7 +124,13 @@ fn tcp_listener_logs_its_real_port() {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .expect("qbkit-host runs")
+}
+
+#[test]
+fn tcp_listener_logs_its_real_port() {
+    let d = tmp("listen");
+    let mut child = run_tcp_listener(&d);
     let (tx, rx) = std::sync::mpsc::channel();
     let stderr = child.stderr.take().unwrap();
     std::thread::spawn(move || {
@@ -188,22 +193,7 @@ fn hostile_board_identity_is_escaped_in_status() {
 
     const HOSTILE: &str = "sn\u{1b}[2J\u{1b}]0;pwned\u{7}\r\nsession    up: fake\u{202e}txt";
     let d = tmp("hostile");
-    let mut child = Command::new(BIN)
-        .args([
-            "run",
-            "--dns",
-            "127.0.0.1",
-            "--transport",
-            "tcp-listen://127.0.0.1:0",
-        ])
-        .arg("--control")
-        .arg(d.join("c.sock"))
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = run_tcp_listener(&d);
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let port = loop {
         let l = lines.next().expect("a listening line").unwrap();
