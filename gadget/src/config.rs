@@ -11,31 +11,12 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use shared_frame::usb_id;
 use shared_frame::{Cidr, LinkConfig};
 
-/// Default USB vendor id: pid.codes (see docs for getting a real VID:PID).
-pub const DEFAULT_VID: u16 = 0x1209;
-/// Default USB product id: the pid.codes test id.
-pub const DEFAULT_PID: u16 = 0x0001;
-/// Default bcdDevice. Bump rule: Windows caches MS OS descriptors per VID/PID/bcdDevice, so every
-/// release that changes a descriptor (interfaces, endpoints, OS descriptors, GUID) increments it.
-pub const DEFAULT_BCD_DEVICE: u16 = 0x0100;
-/// Default manufacturer string.
-pub const DEFAULT_MANUFACTURER: &str = "qbkit";
-/// Default product string.
-pub const DEFAULT_PRODUCT: &str = "qbkit-net";
 /// Name of the gadget directory under `/sys/kernel/config/usb_gadget/`. Only this gadget is ever
 /// removed by the daemon.
 pub const GADGET_NAME: &str = "qbkit";
-/// DeviceInterfaceGUID announced through MS OS 1.0 extended properties. `windows-inf/qbkit.inf`
-/// and the host's Windows backend must use the same value.
-pub const DEVICE_INTERFACE_GUID: &str = "{6199f4ea-793a-4b5b-8c3d-560c3e8c6dd5}";
-/// Interface class triple of the qbkit-net interface: vendor-specific, subclass 'Q', protocol 1.
-pub const INTERFACE_CLASS: (u8, u8, u8) = (0xff, 0x51, 0x01);
-/// Interface string.
-pub const INTERFACE_NAME: &str = "qbkit-net";
-/// MS OS 1.0 vendor code for the extended descriptor requests.
-pub const MS_VENDOR_CODE: u8 = 0xf0;
 /// Default TUN device name.
 pub const DEFAULT_TUN: &str = "qbkit0";
 /// Default control socket path (`status`, `teardown`).
@@ -81,7 +62,7 @@ pub struct UsbSection {
     pub vendor_id: Option<u16>,
     /// idProduct.
     pub product_id: Option<u16>,
-    /// bcdDevice (see [`DEFAULT_BCD_DEVICE`] for the bump rule).
+    /// bcdDevice (see [`usb_id::BCD_DEVICE`] for the bump rule).
     pub device_release: Option<u16>,
     /// Manufacturer string.
     pub manufacturer: Option<String>,
@@ -187,17 +168,17 @@ impl ConfigFile {
         let u = &self.usb;
         GadgetSpec {
             name: GADGET_NAME.to_owned(),
-            vendor_id: u.vendor_id.unwrap_or(DEFAULT_VID),
-            product_id: u.product_id.unwrap_or(DEFAULT_PID),
-            device_release: u.device_release.unwrap_or(DEFAULT_BCD_DEVICE),
+            vendor_id: u.vendor_id.unwrap_or(usb_id::VID),
+            product_id: u.product_id.unwrap_or(usb_id::PID),
+            device_release: u.device_release.unwrap_or(usb_id::BCD_DEVICE),
             manufacturer: u
                 .manufacturer
                 .clone()
-                .unwrap_or_else(|| DEFAULT_MANUFACTURER.to_owned()),
+                .unwrap_or_else(|| usb_id::MANUFACTURER.to_owned()),
             product: u
                 .product
                 .clone()
-                .unwrap_or_else(|| DEFAULT_PRODUCT.to_owned()),
+                .unwrap_or_else(|| usb_id::PRODUCT.to_owned()),
             serial: u
                 .serial
                 .clone()

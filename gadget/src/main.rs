@@ -61,10 +61,10 @@ mod linux {
         #[arg(long)]
         udc: Option<String>,
         #[arg(long, value_name = "HEX", value_parser = parse_hex_u16,
-              help = format!("USB vendor id, hex [default: {:04x}]", config::DEFAULT_VID))]
+              help = format!("USB vendor id, hex [default: {:04x}]", shared_frame::usb_id::VID))]
         vid: Option<u16>,
         #[arg(long, value_name = "HEX", value_parser = parse_hex_u16,
-              help = format!("USB product id, hex [default: {:04x}]", config::DEFAULT_PID))]
+              help = format!("USB product id, hex [default: {:04x}]", shared_frame::usb_id::PID))]
         pid: Option<u16>,
         /// USB serial number (default: derived from /etc/machine-id).
         #[arg(long)]

@@ -21,6 +21,7 @@ use qbkit_host::forward::ForwardSpec;
 use qbkit_host::transport::TransportSpec;
 use qbkit_host::usb::{self, BoardState, DeviceFilter};
 use qbkit_host::{platform, status, tray};
+use shared_frame::usb_id;
 use tokio::sync::{mpsc, watch};
 
 #[derive(Parser, Debug)]
@@ -157,18 +158,26 @@ struct UsbArgs {
     /// board is attached twice (the original and its USB/IP import) or serials are not unique.
     #[arg(long, value_name = "PATH")]
     bus_path: Option<String>,
-    /// USB vendor ID, hex.
-    #[arg(long, value_name = "HEX", default_value = "1209", value_parser = parse_hex16)]
-    vid: u16,
-    /// USB product ID, hex.
-    #[arg(long, value_name = "HEX", default_value = "0001", value_parser = parse_hex16)]
-    pid: u16,
+    #[arg(long = "vid", value_name = "HEX", value_parser = parse_hex16,
+          help = format!("USB vendor ID, hex [default: {:04x}]", usb_id::VID))]
+    vid_arg: Option<u16>,
+    #[arg(long = "pid", value_name = "HEX", value_parser = parse_hex16,
+          help = format!("USB product ID, hex [default: {:04x}]", usb_id::PID))]
+    pid_arg: Option<u16>,
 }
 
 impl UsbArgs {
+    /// The VID:PID to look for (`shared_frame::usb_id` unless given).
+    fn vid_pid(&self) -> (u16, u16) {
+        (
+            self.vid_arg.unwrap_or(usb_id::VID),
+            self.pid_arg.unwrap_or(usb_id::PID),
+        )
+    }
+
     fn filter(&self) -> DeviceFilter {
-        DeviceFilter::new(self.vid, self.pid, self.serial.clone())
-            .with_bus_path(self.bus_path.clone())
+        let (vid, pid) = self.vid_pid();
+        DeviceFilter::new(vid, pid, self.serial.clone()).with_bus_path(self.bus_path.clone())
     }
 }
 
@@ -385,7 +394,8 @@ fn list(json: bool, args: &UsbArgs) -> anyhow::Result<()> {
     } else if infos.is_empty() {
         eprintln!(
             "no qbkit board found (USB {:04x}:{:04x}); is it plugged in and running qbkit-gadget?",
-            args.vid, args.pid
+            args.vid_pid().0,
+            args.vid_pid().1
         );
     } else {
         println!(
@@ -451,8 +461,7 @@ fn list_usbip(json: bool, host: &str, args: &UsbArgs) -> anyhow::Result<()> {
     let devs = runtime()?
         .block_on(qbkit_usbip::transport::list(host))
         .with_context(|| format!("cannot list the USB/IP devices of {host}"))?;
-    let is_board =
-        |d: &qbkit_usbip::DeviceInfo| (d.vendor_id, d.product_id) == (args.vid, args.pid);
+    let is_board = |d: &qbkit_usbip::DeviceInfo| (d.vendor_id, d.product_id) == args.vid_pid();
     if json {
         let v: Vec<_> = devs
             .iter()

@@ -20,6 +20,7 @@
 //! - [`control`]: [`Control`] messages (`parse` / `buffer_len` / `emit`).
 //! - [`stream`]: [`StreamDecoder`], incremental and bounded.
 //! - [`session`]: [`Session`], the Hello / LinkConfig / Keepalive / Bye state machine.
+//! - [`usb_id`]: the board's USB identity (VID:PID, class, strings, MS OS descriptor values).
 //!
 //! Decoding is total: any input yields a value or a [`FrameError`], never a panic (fuzzed).
 #![no_std]
@@ -36,6 +37,7 @@ pub mod stream;
 #[doc(hidden)]
 pub mod testing;
 mod time;
+pub mod usb_id;
 
 pub use bundle::{
     BUNDLE_HEADER_LEN, Bundle, BundleWriter, CHANNEL_NET, DEFAULT_MAX_BUNDLE, MAX_BUNDLE_LIMIT,

@@ -51,7 +51,7 @@ use crate::op::{self, DeviceInfo, Speed, USBIP_PORT};
 use crate::urb::{SetupPacket, status_name};
 
 /// Default VID:PID of a qbkit board (pid.codes test id).
-pub const DEFAULT_VID_PID: (u16, u16) = (0x1209, 0x0001);
+pub const DEFAULT_VID_PID: (u16, u16) = (shared_frame::usb_id::VID, shared_frame::usb_id::PID);
 /// Default maximum bundle size, the size of each bulk IN read.
 pub const DEFAULT_MAX_BUNDLE: usize = 64 * 1024;
 /// Longest `<devid> <speed>` line accepted from a qubes.USB service.

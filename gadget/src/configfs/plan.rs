@@ -17,7 +17,9 @@
 
 use std::fmt::Write as _;
 
-use crate::config::{GadgetSpec, INTERFACE_NAME, MS_VENDOR_CODE};
+use shared_frame::usb_id::{INTERFACE_NAME, MS_VENDOR_CODE};
+
+use crate::config::GadgetSpec;
 
 /// One ConfigFS (or FunctionFS) step.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,7 +15,7 @@ use usb_gadget::function::custom::{
     Custom, Endpoint, EndpointDirection, Interface, OsExtCompat, OsExtProp,
 };
 
-use crate::config::{DEVICE_INTERFACE_GUID, INTERFACE_CLASS, INTERFACE_NAME};
+use shared_frame::usb_id::{DEVICE_INTERFACE_GUID, INTERFACE_CLASS, INTERFACE_NAME};
 
 /// Bulk IN transfers queued at once (AIO). Bounded: each holds one bundle (≤ max bundle size).
 pub const IN_QUEUE_LEN: u32 = 4;

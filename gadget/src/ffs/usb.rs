@@ -22,7 +22,9 @@ use usb_gadget::{
     Class, Config, Gadget, Id, OsDescriptor, RegGadget, Speed, Strings, Udc, UsbVersion,
 };
 
-use crate::config::{GadgetSpec, INTERFACE_NAME};
+use shared_frame::usb_id::INTERFACE_NAME;
+
+use crate::config::GadgetSpec;
 use crate::configfs::plan::device_class;
 use crate::ffs::descriptors::{IN_QUEUE_LEN, OUT_QUEUE_LEN, interface};
 use crate::pump::Transport;

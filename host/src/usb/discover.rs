@@ -11,7 +11,12 @@ use nusb::transfer::Direction;
 use nusb::{DeviceInfo, Speed};
 use serde::Serialize;
 
-use super::{DEFAULT_PID, DEFAULT_VID, UsbError, VENDOR_CLASS};
+use shared_frame::usb_id;
+
+use super::UsbError;
+
+/// Interface class of the board's network interface (vendor specific).
+const VENDOR_CLASS: u8 = usb_id::INTERFACE_CLASS.0;
 
 /// Which devices count as boards.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,8 +36,8 @@ pub struct DeviceFilter {
 impl Default for DeviceFilter {
     fn default() -> Self {
         Self {
-            vid: DEFAULT_VID,
-            pid: DEFAULT_PID,
+            vid: usb_id::VID,
+            pid: usb_id::PID,
             serial: None,
             bus_path: None,
         }

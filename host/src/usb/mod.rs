@@ -49,12 +49,6 @@ pub use hotplug::{
 };
 pub use link::{UsbConfig, UsbLink, UsbRx, UsbTx};
 
-/// Default USB vendor ID: pid.codes (test range, see docs on getting a real PID).
-pub const DEFAULT_VID: u16 = 0x1209;
-/// Default USB product ID: pid.codes test PID 0x0001.
-pub const DEFAULT_PID: u16 = 0x0001;
-/// Interface class of the board's network interface (vendor specific).
-pub const VENDOR_CLASS: u8 = 0xff;
 /// IN transfers kept queued at all times (measured in docs/usb-library.md: 4 keeps the bus busy).
 pub const DEFAULT_IN_DEPTH: usize = 4;
 /// OUT transfers that may be in flight at once (2 is enough to keep the bus busy while the next

@@ -12,6 +12,7 @@ use libusb1_sys::constants::{
 use rusb::UsbContext;
 use std::os::raw::{c_int, c_void};
 use std::time::{Duration, Instant};
+use shared_frame::usb_id;
 use usb_lib_bench::{Args, CHUNK, Meter, pattern};
 
 /// Per-phase state shared with the callback through `user_data`.
@@ -132,12 +133,12 @@ fn main() {
     let dev = loop {
         if let Some(d) = ctx.devices().expect("list").iter().find(|d| {
             d.device_descriptor()
-                .map(|dd| dd.vendor_id() == 0x1209 && dd.product_id() == 0x0001)
+                .map(|dd| (dd.vendor_id(), dd.product_id()) == (usb_id::VID, usb_id::PID))
                 .unwrap_or(false)
         }) {
             break d;
         }
-        assert!(t0.elapsed() < Duration::from_secs(30), "1209:0001 not found");
+        assert!(t0.elapsed() < Duration::from_secs(30), "{:04x}:{:04x} not found", usb_id::VID, usb_id::PID);
         std::thread::sleep(Duration::from_millis(100));
     };
     println!("bench-libusb: libusb {:?} speed {:?}", rusb::version(), dev.speed());
@@ -145,7 +146,7 @@ fn main() {
     let (mut ifn, mut ep_in, mut ep_out) = (0u8, 0u8, 0u8);
     for intf in cfg.interfaces() {
         for alt in intf.descriptors() {
-            if alt.class_code() != 0xff {
+            if alt.class_code() != usb_id::INTERFACE_CLASS.0 {
                 continue;
             }
             ifn = alt.interface_number();

@@ -5,6 +5,7 @@
 use nusb::MaybeFuture;
 use nusb::transfer::{Bulk, In, Out};
 use std::time::{Duration, Instant};
+use shared_frame::usb_id;
 use usb_lib_bench::{Args, CHUNK, Meter, pattern};
 
 fn main() {
@@ -14,17 +15,17 @@ fn main() {
         if let Some(d) = nusb::list_devices()
             .wait()
             .expect("list")
-            .find(|d| d.vendor_id() == 0x1209 && d.product_id() == 0x0001)
+            .find(|d| (d.vendor_id(), d.product_id()) == (usb_id::VID, usb_id::PID))
         {
             break d;
         }
-        assert!(t0.elapsed() < Duration::from_secs(30), "1209:0001 not found");
+        assert!(t0.elapsed() < Duration::from_secs(30), "{:04x}:{:04x} not found", usb_id::VID, usb_id::PID);
         std::thread::sleep(Duration::from_millis(100));
     };
     println!("bench-nusb: found {:?} speed {:?}", info.sysfs_path(), info.speed());
     let intf_no = info
         .interfaces()
-        .find(|i| i.class() == 0xff)
+        .find(|i| i.class() == usb_id::INTERFACE_CLASS.0)
         .expect("vendor interface")
         .interface_number();
     let dev = info.open().wait().expect("open");
