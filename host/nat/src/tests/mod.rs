@@ -9,6 +9,7 @@ mod dns;
 mod harness;
 mod inbound;
 mod packets;
+mod pressure;
 mod proto;
 mod stream;
 
