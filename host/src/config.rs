@@ -18,6 +18,8 @@ pub struct NatOptions {
     pub deny_lan: bool,
     /// Link MTU (`None`: the protocol default).
     pub mtu: Option<usize>,
+    /// All TCP socket buffers together, bytes (`None`: the core's default).
+    pub tcp_buffer_budget: Option<usize>,
     /// Upstream resolvers given on the command line (`None`: read them from the OS).
     pub dns: Option<Vec<SocketAddr>>,
 }
@@ -62,6 +64,9 @@ pub fn nat_config(
         c.host_addrs = host_addrs();
     }
     c.mtu = opts.mtu.unwrap_or(shared_frame::DEFAULT_MTU as usize);
+    if let Some(b) = opts.tcp_buffer_budget {
+        c.tcp_buffer_budget = b;
+    }
     c.dns_servers = match &opts.dns {
         Some(d) => d.clone(),
         None => os_dns(),
@@ -114,6 +119,7 @@ mod tests {
             map_gateway_to_loopback: true,
             deny_lan: true,
             mtu: Some(1500),
+            tcp_buffer_budget: Some(64 << 20),
             dns: Some(vec!["192.0.2.53:53".parse().unwrap()]),
         };
         let laptop = || vec!["192.0.2.7".parse::<IpAddr>().unwrap()];
@@ -127,6 +133,7 @@ mod tests {
         assert!(c.allow_host_loopback && c.deny_lan && c.map_gateway_to_loopback);
         assert_eq!(c.host_addrs, laptop());
         assert_eq!(c.mtu, 1500);
+        assert_eq!(c.tcp_buffer_budget, 64 << 20);
         assert_eq!(c.dns_servers, vec!["192.0.2.53:53".parse().unwrap()]);
 
         let bad = NatOptions {

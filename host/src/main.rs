@@ -217,6 +217,11 @@ struct RunArgs {
     /// Link MTU offered to the board (1280..=65535; default 16384).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1280..=65535))]
     mtu: Option<u32>,
+    /// Memory for all TCP connections' buffers together, in MiB (default 256). Near it new
+    /// connections get smaller windows; past it they are refused, so a board that opens
+    /// connections and never reads cannot exhaust this machine's memory.
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u32).range(1..=65536))]
+    tcp_buffer_budget: Option<u32>,
     /// Upstream DNS resolver(s) for the gateway's DNS forwarding, IP or IP:PORT; pins them
     /// (default: the OS resolvers, followed while running: /etc/resolv.conf on Linux, `scutil
     /// --dns` on macOS, the adapters' resolvers on Windows; a change of network or VPN takes
@@ -633,6 +638,7 @@ fn engine(args: RunArgs, live: bool) -> anyhow::Result<Engine> {
         map_gateway_to_loopback: args.map_gateway_to_loopback,
         deny_lan: args.deny_lan,
         mtu: args.mtu.map(|m| m as usize),
+        tcp_buffer_budget: args.tcp_buffer_budget.map(|m| (m as usize) << 20),
         dns: args.dns,
     };
     let seed = std::collections::hash_map::RandomState::new()

@@ -61,6 +61,13 @@ pub struct NatConfig {
     pub tcp_rx_buffer: usize,
     /// TCP transmit buffer (OS → board) per flow, bytes (default 1 MiB).
     pub tcp_tx_buffer: usize,
+    /// All TCP socket buffers together, bytes (default 256 MiB): the receive and transmit
+    /// buffers of every flow and of finished sockets still owing the board their last packet.
+    /// A new flow that would exceed it gets smaller buffers in proportion (at least
+    /// [`MIN_TCP_BUFFER`] each way; `tcp_buffers_shrunk`, a smaller window), and when even those
+    /// do not fit it is refused with a RST (`drop_tcp_buffer_budget`). This bounds what a board
+    /// can pin by opening connections and never reading.
+    pub tcp_buffer_budget: usize,
     /// Abort a TCP flow whose board side stops acknowledging queued data or the handshake for
     /// this long (default 120 s). Quiet flows with nothing in flight never time out.
     pub tcp_timeout: Duration,
@@ -115,6 +122,7 @@ impl Default for NatConfig {
             evict_min_idle: Duration::from_secs(10),
             tcp_rx_buffer: 1 << 20,
             tcp_tx_buffer: 1 << 20,
+            tcp_buffer_budget: DEFAULT_TCP_BUFFER_BUDGET,
             tcp_timeout: Duration::from_secs(120),
             tcp_connect_timeout: Duration::from_secs(75),
             udp_timeout: Duration::from_secs(30),
@@ -130,6 +138,12 @@ impl Default for NatConfig {
         }
     }
 }
+
+/// Default of [`NatConfig::tcp_buffer_budget`]: 128 flows with full 1 MiB buffers both ways.
+pub const DEFAULT_TCP_BUFFER_BUDGET: usize = 256 << 20;
+/// Under budget pressure a flow's buffers shrink to no less than this each way (or the configured
+/// size, if smaller): about one large segment, so the flow still moves.
+pub const MIN_TCP_BUFFER: usize = 64 << 10;
 
 /// Smallest MTU the core accepts (IPv4's minimum of 576 would starve TCP; 1280 is IPv6's).
 pub const MIN_MTU: usize = 1280;
@@ -156,6 +170,11 @@ impl NatConfig {
             if !(4096..=1 << 30).contains(&size) {
                 return Err(NatError::BadBuffer { name, size });
             }
+        }
+        let smallest_flow =
+            self.tcp_rx_buffer.min(MIN_TCP_BUFFER) + self.tcp_tx_buffer.min(MIN_TCP_BUFFER);
+        if self.tcp_buffer_budget < smallest_flow {
+            return Err(NatError::SmallBufferBudget(self.tcp_buffer_budget));
         }
         if self.max_flows == 0 || self.max_queued_board_packets == 0 {
             return Err(NatError::ZeroLimit);

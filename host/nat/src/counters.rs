@@ -53,6 +53,12 @@ counters! {
     tcp_reset_from_board,
     /// Flows evicted to make room for new ones.
     flows_evicted,
+    /// TCP flows given smaller buffers because `tcp_buffer_budget` was nearly used up.
+    tcp_buffers_shrunk,
+    /// Finished TCP sockets freed before their RST (or the ACK of the board's FIN) could be
+    /// queued, because the board was not reading; the board's next segment for such a flow is
+    /// answered with a RST.
+    tcp_freed_unsent,
     /// Flows that ended by idle timeout (UDP, ICMP) or connect timeout (TCP).
     flows_expired,
     /// ICMP errors (unreachable, time exceeded) generated towards the board.
@@ -95,6 +101,8 @@ counters! {
     drop_no_dns_server,
     /// Dropped: flow table full and nothing idle enough to evict.
     drop_flow_limit,
+    /// Dropped: a TCP flow refused (RST to the board) because `tcp_buffer_budget` is used up.
+    drop_tcp_buffer_budget,
     /// Dropped: too many TCP connects pending (SYN flood protection).
     drop_syn_flood,
     /// TCP segment for no known flow (answered with RST by the TCP stack).

@@ -99,7 +99,9 @@ impl Nat {
     ) -> Result<SocketHandle, InboundError> {
         // The board must answer the SYN within the connect timeout (kept armed by
         // `set_timeout` while the handshake is owed).
-        let mut sock = self.new_tcp_socket(self.cfg.tcp_connect_timeout.min(self.cfg.tcp_timeout));
+        let mut sock = self
+            .new_tcp_socket(self.cfg.tcp_connect_timeout.min(self.cfg.tcp_timeout))
+            .ok_or(InboundError::NoRoom)?;
         let remote = IpEndpoint::new((*board.ip()).into(), board.port());
         let local = IpEndpoint::new((*gateway.ip()).into(), gateway.port());
         if sock.connect(self.iface.context(), remote, local).is_err() {

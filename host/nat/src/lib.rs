@@ -28,7 +28,11 @@
 //! Every resource is bounded by [`NatConfig`]: `max_flows` flows (4096), of which
 //! `max_connecting` (512) may wait for an OS connect; per TCP flow a receive and a transmit
 //! buffer (`tcp_rx_buffer`/`tcp_tx_buffer`, 1 MiB each, window scaling on) allocated zeroed, so
-//! the OS commits pages only as data passes (an idle flow costs a few KiB); at most
+//! the OS commits pages only as data passes (an idle flow costs a few KiB), and all TCP buffers
+//! together within `tcp_buffer_budget` (256 MiB): near it new flows get smaller buffers (a
+//! smaller window, down to 64 KiB each way), past it they are refused with a RST. A flow the core
+//! ends (eviction, timeout, reset) frees its socket once its RST has been queued, or at once when
+//! more such sockets wait than the board queue has slots (a board that stopped reading); at most
 //! `max_queued_board_packets` packets (64) for the board and `max_queued_datagram_bytes` (4 MiB)
 //! of UDP/ICMP payload in events. Nothing grows without bound: TCP stops reading (window) or
 //! accepting (`tcp_send` returns less) when buffers are full; UDP and ICMP drop and count.
@@ -122,7 +126,7 @@ mod policy;
 mod tcp;
 mod udp;
 
-pub use config::{MAX_MTU, MIN_MTU, NatConfig};
+pub use config::{DEFAULT_TCP_BUFFER_BUDGET, MAX_MTU, MIN_MTU, MIN_TCP_BUFFER, NatConfig};
 pub use counters::Counters;
 pub use event::{ConnectError, DatagramError, FlowId, NatEvent, OsEvent};
 pub use flow::{FlowInfo, Protocol};
@@ -151,6 +155,11 @@ pub enum NatError {
         /// Its value.
         size: usize,
     },
+    /// `tcp_buffer_budget` cannot hold one flow with the smallest buffers.
+    #[error(
+        "tcp_buffer_budget = {0} bytes cannot hold one flow's smallest buffers (64 KiB each way)"
+    )]
+    SmallBufferBudget(usize),
     /// `max_flows` or `max_queued_board_packets` is zero.
     #[error("a flow or queue limit is zero")]
     ZeroLimit,

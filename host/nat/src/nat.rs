@@ -531,8 +531,7 @@ impl Nat {
                         if reset_board {
                             self.sockets.get_mut::<tcp::Socket<'_>>(handle).abort();
                             self.counters.tcp_reset_to_board += 1;
-                            self.zombies.push(handle);
-                            self.egress_pending = true;
+                            self.park_zombie(handle);
                         } else {
                             self.sockets.remove(handle);
                         }

@@ -20,6 +20,8 @@ use std::collections::VecDeque;
 
 use core::net::SocketAddrV4;
 
+use smoltcp::iface::SocketHandle;
+use smoltcp::socket::AnySocket as _;
 use smoltcp::socket::tcp::{self, State};
 use smoltcp::time::Duration;
 use tracing::Level;
@@ -33,7 +35,7 @@ use crate::flow::{FlowKey, FlowKind, SynCopy, TcpFlow, TcpPhase};
 use crate::icmp::IcmpError;
 use crate::nat::{drop_at, drop_pkt, drop_warn};
 use crate::policy::{self, Deny};
-use crate::{ConnectError, FlowError, FlowId, Nat, NatEvent};
+use crate::{ConnectError, FlowError, FlowId, MIN_TCP_BUFFER, Nat, NatEvent};
 
 impl Nat {
     pub(crate) fn tcp_ingress(&mut self, ip: &Ipv4Packet<&[u8]>) {
@@ -261,7 +263,17 @@ impl Nat {
             self.run_egress();
         }
         // SYN-RECEIVED: the board must finish the handshake within tcp_timeout.
-        let mut sock = self.new_tcp_socket(self.cfg.tcp_timeout);
+        let Some(mut sock) = self.new_tcp_socket(self.cfg.tcp_timeout) else {
+            // Over the buffer budget: refuse the board (RST) and have the driver close the OS
+            // socket it just connected.
+            self.flows.remove(id);
+            self.send_tcp_rst_for_syn(&syn);
+            self.events.push_back(NatEvent::TcpClose {
+                flow: id,
+                reset: true,
+            });
+            return;
+        };
         let handle = match sock.listen(IpEndpoint::new((*syn.dst.ip()).into(), syn.dst.port())) {
             Ok(()) => self.sockets.add(sock),
             Err(_) => return self.tcp_connect_failed(id, ConnectError::Other),
@@ -313,17 +325,86 @@ impl Nat {
     /// A smoltcp socket for a flow, either direction: the configured buffers, no Nagle, no
     /// delayed ACK, and `handshake_timeout` armed for the handshake (`set_timeout` keeps it armed
     /// only while the board owes us something).
-    pub(crate) fn new_tcp_socket(&self, handshake_timeout: Duration) -> tcp::Socket<'static> {
+    /// `None` (counted, logged) when `tcp_buffer_budget` cannot hold even the smallest buffers.
+    pub(crate) fn new_tcp_socket(
+        &mut self,
+        handshake_timeout: Duration,
+    ) -> Option<tcp::Socket<'static>> {
+        let (rx, tx) = self.tcp_buffer_sizes()?;
         let mut sock = tcp::Socket::new(
             // Zeroed allocations come straight from the OS and cost memory only once written:
             // an idle flow holds a few pages, not two full windows.
-            tcp::SocketBuffer::new(vec![0; self.cfg.tcp_rx_buffer]),
-            tcp::SocketBuffer::new(vec![0; self.cfg.tcp_tx_buffer]),
+            tcp::SocketBuffer::new(vec![0; rx]),
+            tcp::SocketBuffer::new(vec![0; tx]),
         );
         sock.set_nagle_enabled(false);
         sock.set_ack_delay(None);
         sock.set_timeout(Some(handshake_timeout));
-        sock
+        Some(sock)
+    }
+
+    /// Bytes of receive and transmit buffer held by every TCP socket (flows and zombies).
+    pub(crate) fn tcp_buffer_bytes(&self) -> usize {
+        self.sockets
+            .iter()
+            .filter_map(|(_, s)| tcp::Socket::downcast(s))
+            .map(|s| s.recv_capacity() + s.send_capacity())
+            .sum()
+    }
+
+    /// Buffer sizes (receive, transmit) for one more socket within `tcp_buffer_budget`: the
+    /// configured ones while they fit, else both shrunk in proportion to what is left, down to
+    /// [`MIN_TCP_BUFFER`] each way; `None` below that.
+    fn tcp_buffer_sizes(&mut self) -> Option<(usize, usize)> {
+        let (rx, tx) = (self.cfg.tcp_rx_buffer, self.cfg.tcp_tx_buffer);
+        let mut used = self.tcp_buffer_bytes();
+        // Finished sockets still waiting to send their RST make room for live flows first.
+        while used + rx + tx > self.cfg.tcp_buffer_budget && !self.zombies.is_empty() {
+            used -= self.free_oldest_zombie();
+        }
+        let free = self.cfg.tcp_buffer_budget.saturating_sub(used);
+        if rx + tx <= free {
+            return Some((rx, tx));
+        }
+        // Whole KiB, so the window scale stays meaningful.
+        let share = |want: usize| {
+            let v =
+                u128::from(want as u64) * u128::from(free as u64) / u128::from((rx + tx) as u64);
+            usize::try_from(v).unwrap_or(want) & !1023
+        };
+        let (r, t) = (share(rx), share(tx));
+        if r < rx.min(MIN_TCP_BUFFER) || t < tx.min(MIN_TCP_BUFFER) {
+            drop_warn!(
+                self,
+                drop_tcp_buffer_budget,
+                used,
+                budget = self.cfg.tcp_buffer_budget,
+                "nat: TCP buffer budget used up, new connection refused (a board not reading?)"
+            );
+            return None;
+        }
+        self.counters.tcp_buffers_shrunk += 1;
+        Some((r, t))
+    }
+
+    /// Keep a finished socket until egress has sent its last packet (the RST of an aborted
+    /// flow, or the ACK of the board's FIN). At most one per board queue slot wait: beyond that
+    /// the oldest is freed unsent (the board stopped reading; smoltcp answers its next segment
+    /// for the flow with a RST anyway), so a board that never reads cannot pin sockets.
+    pub(crate) fn park_zombie(&mut self, handle: SocketHandle) {
+        if self.zombies.len() >= self.cfg.max_queued_board_packets {
+            self.free_oldest_zombie();
+        }
+        self.zombies.push(handle);
+        self.egress_pending = true;
+    }
+
+    /// Free the oldest zombie without waiting for its last packet; returns its buffer bytes.
+    fn free_oldest_zombie(&mut self) -> usize {
+        let handle = self.zombies.remove(0);
+        self.counters.tcp_freed_unsent += 1;
+        let sock = self.sockets.remove(handle);
+        tcp::Socket::downcast(&sock).map_or(0, |s| s.recv_capacity() + s.send_capacity())
     }
 
     pub(crate) fn tcp_connect_failed(&mut self, id: FlowId, error: ConnectError) {
@@ -389,8 +470,7 @@ impl Nat {
             Some(TcpPhase::Open { handle }) => {
                 let handle = *handle;
                 self.sockets.get_mut::<tcp::Socket<'_>>(handle).abort();
-                self.zombies.push(handle);
-                self.egress_pending = true;
+                self.park_zombie(handle);
                 self.counters.tcp_reset_to_board += 1;
                 self.flows.remove(id);
             }
@@ -503,8 +583,7 @@ impl Nat {
                 State::Closed if !(t.board_fin && t.os_eof) => {
                     // Reset by the board, or aborted by smoltcp's timeout (RST still to send).
                     if sock.remote_endpoint().is_some() {
-                        self.zombies.push(handle);
-                        self.egress_pending = true;
+                        self.park_zombie(handle);
                     } else {
                         self.sockets.remove(handle);
                     }
@@ -525,8 +604,7 @@ impl Nat {
                     {}
                     if state == State::TimeWait {
                         // It still owes the board the ACK of its FIN: free it after egress.
-                        self.zombies.push(handle);
-                        self.egress_pending = true;
+                        self.park_zombie(handle);
                     } else {
                         self.sockets.remove(handle);
                     }

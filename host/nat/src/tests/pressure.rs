@@ -1,39 +1,21 @@
 //! A board that keeps opening connections but never reads what the core queues for it: every
 //! flow the core ends (eviction, timeout, reset) must free its socket whether or not its RST
-//! could be queued, so sockets and their buffers stay bounded however long this goes on.
+//! could be queued, and all TCP buffers together stay within `tcp_buffer_budget`, however long
+//! this goes on.
 
-use smoltcp::socket::Socket;
 use smoltcp::time::Duration;
 
 use super::*;
-use crate::{NatConfig, NatEvent, OsEvent};
+use crate::{Counters, MIN_TCP_BUFFER, NatConfig, NatEvent, OsEvent};
 
-/// Live smoltcp TCP sockets and the bytes of their receive and transmit buffers.
-fn tcp_sockets(h: &H) -> (usize, usize) {
-    h.nat
-        .sockets
-        .iter()
-        .filter_map(|(_, s)| match s {
-            Socket::Tcp(t) => Some(t.recv_capacity() + t.send_capacity()),
-            #[allow(unreachable_patterns, reason = "other socket kinds depend on features")]
-            _ => None,
-        })
-        .fold((0, 0), |(n, b), bytes| (n + 1, b + bytes))
-}
-
-#[test]
-fn board_that_never_reads_keeps_sockets_bounded() {
-    let mut cfg = NatConfig::default();
-    cfg.max_flows = 8;
-    let (max_flows, queue, per_flow) = (
-        cfg.max_flows,
-        cfg.max_queued_board_packets,
-        cfg.tcp_rx_buffer + cfg.tcp_tx_buffer,
-    );
+/// 10 000 cycles of SYN → OS connected → idle past `evict_min_idle`, with nothing ever taken from
+/// the board queue. Asserts after every cycle that at most `max_flows` flows plus one finished
+/// socket per board queue slot exist and that their buffers stay within the budget; returns the
+/// peak socket count and the counters.
+fn never_reading_board(cfg: NatConfig) -> (usize, Counters) {
+    let (max_flows, budget) = (cfg.max_flows, cfg.tcp_buffer_budget);
+    let bound = max_flows + cfg.max_queued_board_packets;
     let mut h = H::with(cfg);
-    // Flows in the table, plus at most one finished socket per board queue slot waiting to
-    // send its RST.
-    let bound = max_flows + queue;
     let mut peak = 0;
     for i in 0..10_000u32 {
         let port = u16::try_from(1024 + i).expect("port");
@@ -47,13 +29,70 @@ fn board_that_never_reads_keeps_sockets_bounded() {
         // next SYN may evict it.
         h.advance(Duration::from_secs(11));
         h.events();
-        let (sockets, bytes) = tcp_sockets(&h);
+        let (sockets, bytes) = (h.nat.sockets.iter().count(), h.nat.tcp_buffer_bytes());
         peak = peak.max(sockets);
         assert!(
-            sockets <= bound && bytes <= bound * per_flow,
-            "cycle {i}: {sockets} TCP sockets holding {bytes} buffer bytes (bound {bound} sockets)"
+            sockets <= bound && bytes <= budget,
+            "cycle {i}: {sockets} TCP sockets holding {bytes} buffer bytes (bound {bound} sockets, {budget} bytes)"
         );
     }
     assert!(h.nat.flow_count() <= max_flows);
-    assert!(h.nat.counters().flows_evicted > 0, "{peak}");
+    (peak, h.nat.counters().clone())
+}
+
+#[test]
+fn board_that_never_reads_keeps_sockets_bounded() {
+    let mut cfg = NatConfig::default();
+    cfg.max_flows = 8;
+    // The default budget holds 8 flows and 64 finished sockets: the zombie cap bounds them.
+    let (peak, c) = never_reading_board(cfg.clone());
+    assert_eq!(peak, 8 + 64, "{c:?}");
+    assert!(
+        c.flows_evicted > 9_000 && c.tcp_freed_unsent > 9_000,
+        "{c:?}"
+    );
+    assert_eq!(c.drop_tcp_buffer_budget, 0, "{c:?}");
+    // A budget for 10 full flows: finished sockets give their buffers up to new flows.
+    cfg.tcp_buffer_budget = 20 << 20;
+    let (peak, c) = never_reading_board(cfg);
+    assert_eq!(peak, 10, "{c:?}");
+    assert!(
+        c.flows_evicted > 9_000 && c.tcp_freed_unsent > 9_000,
+        "{c:?}"
+    );
+    assert_eq!(c.drop_tcp_buffer_budget, 0, "{c:?}");
+}
+
+#[test]
+fn near_the_buffer_budget_flows_shrink_then_are_refused_with_a_rst() {
+    let mut cfg = NatConfig::default();
+    cfg.tcp_rx_buffer = 256 << 10;
+    cfg.tcp_tx_buffer = 256 << 10;
+    // Two full flows and a bit: the third gets 64 KiB each way, the fourth nothing.
+    cfg.tcp_buffer_budget = (1 << 20) + 2 * MIN_TCP_BUFFER;
+    let mut h = H::with(cfg);
+    for port in 1..=4u16 {
+        let (b, s) = (ep(BOARD, port), ep(SERVER, 80));
+        h.send(&syn(b, s, 1000));
+        let [NatEvent::TcpConnect { flow, .. }] = h.events()[..] else {
+            panic!("no connect")
+        };
+        h.os(OsEvent::TcpConnected { flow });
+        let seg = seg_of(&h.recv_one());
+        if port < 4 {
+            assert!(seg.syn && !seg.rst, "SYN-ACK within the budget");
+            assert!(h.events().is_empty());
+        } else {
+            assert!(seg.rst && seg.ack == Some(1001), "RST over the budget");
+            assert_eq!(
+                h.events(),
+                vec![NatEvent::TcpClose { flow, reset: true }],
+                "the driver closes the OS socket"
+            );
+        }
+    }
+    assert_eq!(h.nat.tcp_buffer_bytes(), (1 << 20) + 2 * MIN_TCP_BUFFER);
+    assert_eq!(h.nat.counters().tcp_buffers_shrunk, 1);
+    assert_eq!(h.nat.counters().drop_tcp_buffer_budget, 1);
+    assert_eq!(h.nat.flow_count(), 3);
 }
