@@ -1,6 +1,6 @@
 #!/bin/bash
 # vm-link-test.sh - run INSIDE the usbvm guest (shared/vm/boot.sh bench/usb-lib/vm-link-test.sh).
-# host/src/usb against ffs-dev at high and super speed in one boot, with REPLUGS port power cycles
+# usb/src against ffs-dev at high and super speed in one boot, with REPLUGS port power cycles
 # each (usb-link-test). EXPECT_HOTPLUG=1 starts systemd-udevd first (must be installed on the build
 # machine) and requires the replugs to be seen through hotplug events.
 set -uo pipefail

@@ -19,4 +19,4 @@ pub mod sockets;
 pub mod status;
 pub mod transport;
 pub mod tray;
-pub mod usb;
+pub use qbkit_usb as usb;

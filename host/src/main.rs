@@ -508,8 +508,10 @@ fn list_usbip(json: bool, host: &str, args: &UsbArgs) -> anyhow::Result<()> {
 fn relay(args: &UsbArgs) -> anyhow::Result<()> {
     init_logging(false);
     let max_bundle = shared_frame::DEFAULT_MAX_BUNDLE;
-    let mut usb_cfg = usb::UsbConfig::default();
-    usb_cfg.transfer_size = max_bundle;
+    let usb_cfg = usb::UsbConfig {
+        transfer_size: max_bundle,
+        ..usb::UsbConfig::default()
+    };
     let filter = args.filter();
     runtime()?.block_on(async move {
         let (read, write) = qbkit_link::Connector::new(qbkit_link::LinkUrl::Stdio)

@@ -1,7 +1,8 @@
 #!/bin/bash
 # build-tools.sh - build the VM suite's own test programs (tests/vm/tools/usb-probe: ffs-dev,
 # usb-probe) into $QBKIT_VM_DIR/tools-target/release, which is where lib/guest.sh finds them
-# (QBKIT_TOOLS_DIR). Cheap when up to date. The crate is its own workspace with its own Cargo.lock.
+# (QBKIT_TOOLS_DIR). Cheap when up to date. The crate is a member of the main workspace (its lock
+# file and lints), publish = false.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 QBKIT_VM_DIR=${QBKIT_VM_DIR:-/var/cache/qbkit-vm}

@@ -8,10 +8,6 @@
 
 use std::time::{Duration, Instant};
 
-/// qbkit-host's USB transport, compiled here for its VM test (`usb-link-test`) and unit tests.
-#[path = "../../../host/src/usb/mod.rs"]
-pub mod usb;
-
 /// ffs-dev's chunk size; ffs-dev checks every OUT transfer against `pattern(len)`.
 pub const CHUNK: usize = 64 * 1024;
 
@@ -37,12 +33,12 @@ impl Args {
     /// Parses `secs reps in_depth out_depth` with defaults 5 3 4 2.
     pub fn parse() -> Self {
         let a: Vec<String> = std::env::args().skip(1).collect();
-        let get = |i: usize, d: f64| a.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
+        let arg = |i: usize| a.get(i).map(String::as_str);
         Self {
-            secs: get(0, 5.0),
-            reps: get(1, 3.0) as u32,
-            in_depth: get(2, 4.0) as usize,
-            out_depth: get(3, 2.0) as usize,
+            secs: arg(0).and_then(|s| s.parse().ok()).unwrap_or(5.0),
+            reps: arg(1).and_then(|s| s.parse().ok()).unwrap_or(3),
+            in_depth: arg(2).and_then(|s| s.parse().ok()).unwrap_or(4),
+            out_depth: arg(3).and_then(|s| s.parse().ok()).unwrap_or(2),
         }
     }
 
@@ -52,8 +48,11 @@ impl Args {
     }
 }
 
+// Seconds and byte counts of a benchmark run are far below 2^52: f64 holds them exactly.
+#[allow(clippy::cast_precision_loss)]
 fn cpu_secs() -> f64 {
     let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    #[allow(unsafe_code)] // the bench's only FFI besides bench-libusb (which allows it file-wide)
     // SAFETY: getrusage writes a full `rusage` into the pointer we pass; RUSAGE_SELF is always valid.
     let ru = unsafe {
         libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr());
@@ -72,10 +71,14 @@ pub struct Meter {
 impl Meter {
     /// Starts measuring.
     pub fn start() -> Self {
-        Self { t0: Instant::now(), cpu0: cpu_secs() }
+        Self {
+            t0: Instant::now(),
+            cpu0: cpu_secs(),
+        }
     }
 
     /// Prints `RESULT lib dir rep Mbit/s cpu%` and returns Mbit/s.
+    #[allow(clippy::cast_precision_loss)] // byte counts of a run stay far below 2^52
     pub fn finish(self, lib: &str, dir: &str, rep: u32, bytes: u64, bad: u64) -> f64 {
         let dt = self.t0.elapsed().as_secs_f64();
         let cpu = cpu_secs() - self.cpu0;

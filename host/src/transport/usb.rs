@@ -165,7 +165,7 @@ async fn serve(
     cfg: UsbConfig,
     events: &mpsc::Sender<LinkEvent>,
     watch: &mut BoardWatch,
-    id: nusb::DeviceId,
+    id: crate::usb::DeviceId,
     deferred: &mut Vec<(BoardEvent, EventSource)>,
 ) -> Served {
     let info = link.info().clone();
@@ -246,7 +246,7 @@ async fn serve(
 /// events seen meanwhile go to `deferred`.
 async fn removal(
     watch: &mut BoardWatch,
-    id: nusb::DeviceId,
+    id: crate::usb::DeviceId,
     deferred: &mut Vec<(BoardEvent, EventSource)>,
 ) -> EventSource {
     loop {
@@ -264,7 +264,7 @@ async fn removal(
 /// Whether the OS reports the removal of board `id` within [`REMOVAL_GRACE`] (see [`removal`]).
 async fn removed(
     watch: &mut BoardWatch,
-    id: nusb::DeviceId,
+    id: crate::usb::DeviceId,
     deferred: &mut Vec<(BoardEvent, EventSource)>,
 ) -> bool {
     tokio::time::timeout(REMOVAL_GRACE, removal(watch, id, deferred))

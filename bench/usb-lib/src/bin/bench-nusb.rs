@@ -4,10 +4,11 @@
 
 use nusb::MaybeFuture;
 use nusb::transfer::{Bulk, In, Out};
-use std::time::{Duration, Instant};
 use shared_frame::usb_id;
+use std::time::{Duration, Instant};
 use usb_lib_bench::{Args, CHUNK, Meter, pattern};
 
+#[allow(clippy::too_many_lines)] // one benchmark run, read top to bottom
 fn main() {
     let args = Args::parse();
     let t0 = Instant::now();
@@ -19,17 +20,29 @@ fn main() {
         {
             break d;
         }
-        assert!(t0.elapsed() < Duration::from_secs(30), "{:04x}:{:04x} not found", usb_id::VID, usb_id::PID);
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "{:04x}:{:04x} not found",
+            usb_id::VID,
+            usb_id::PID
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
-    println!("bench-nusb: found {:?} speed {:?}", info.sysfs_path(), info.speed());
+    println!(
+        "bench-nusb: found {} speed {:?}",
+        info.sysfs_path().display(),
+        info.speed()
+    );
     let intf_no = info
         .interfaces()
         .find(|i| i.class() == usb_id::INTERFACE_CLASS.0)
         .expect("vendor interface")
         .interface_number();
     let dev = info.open().wait().expect("open");
-    let intf = dev.detach_and_claim_interface(intf_no).wait().expect("claim");
+    let intf = dev
+        .detach_and_claim_interface(intf_no)
+        .wait()
+        .expect("claim");
     let (mut ep_in_addr, mut ep_out_addr) = (0, 0);
     for alt in intf.descriptors() {
         for ep in alt.endpoints() {

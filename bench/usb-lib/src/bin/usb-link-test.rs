@@ -1,4 +1,4 @@
-//! VM test of host/src/usb against ffs-dev (shared/vm/ffs-bench): find the board through
+//! VM test of usb/src against ffs-dev (shared/vm/ffs-bench): find the board through
 //! `BoardWatch`, open it with `UsbLink`, check IN data and OUT bundles (64 KiB ones exercise the
 //! ZLP rule), then replug it REPLUGS times by powering its host port off and on (shared/vm pitfall
 //! 19) and assert that the link reports `Disconnected` (no hang), the watch reports `Left` and
@@ -9,21 +9,24 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use qbkit_usb::{BoardEvent, BoardWatch, DeviceFilter, UsbConfig, UsbLink};
 use tokio::time::timeout;
-use usb_lib_bench::usb::{BoardEvent, BoardWatch, DeviceFilter, UsbConfig, UsbLink};
 use usb_lib_bench::{CHUNK, pattern};
 
 const STEP: Duration = Duration::from_secs(20);
 
 async fn next_event(watch: &mut BoardWatch) -> BoardEvent {
-    timeout(STEP, watch.next()).await.expect("watch event within 20 s").expect("watch")
+    timeout(STEP, watch.next())
+        .await
+        .expect("watch event within 20 s")
+        .expect("watch")
 }
 
-async fn wait_arrival(watch: &mut BoardWatch) -> usb_lib_bench::usb::Board {
+async fn wait_arrival(watch: &mut BoardWatch) -> qbkit_usb::Board {
     loop {
         match next_event(watch).await {
             BoardEvent::Arrived(b) => return b,
-            ev => println!("usb-link-test: event {ev:?}"),
+            ev @ BoardEvent::Left { .. } => println!("usb-link-test: event {ev:?}"),
         }
     }
 }
@@ -32,7 +35,10 @@ async fn exercise(link: &mut UsbLink, round: u32) {
     let pat = pattern(CHUNK);
     let mut bytes = 0usize;
     for _ in 0..16 {
-        let b = timeout(STEP, link.recv_bundle()).await.expect("IN within 20 s").expect("recv");
+        let b = timeout(STEP, link.recv_bundle())
+            .await
+            .expect("IN within 20 s")
+            .expect("recv");
         assert!(!b.is_empty());
         bytes += b.len();
     }
@@ -40,9 +46,15 @@ async fn exercise(link: &mut UsbLink, round: u32) {
     // multiple of 512 and 1024) and short ones.
     for i in 0..8 {
         let len = if i % 2 == 0 { CHUNK } else { 1000 + i };
-        timeout(STEP, link.send_bundle(&pat[..len])).await.expect("send within 20 s").expect("send");
+        timeout(STEP, link.send_bundle(&pat[..len]))
+            .await
+            .expect("send within 20 s")
+            .expect("send");
     }
-    timeout(STEP, link.flush()).await.expect("flush within 20 s").expect("flush");
+    timeout(STEP, link.flush())
+        .await
+        .expect("flush within 20 s")
+        .expect("flush");
     println!(
         "usb-link-test: round {round}: {} at {:?}, 16 IN bundles ({bytes} bytes), 8 OUT bundles ok",
         link.info().bus_path,
@@ -63,14 +75,23 @@ async fn main() {
     let replugs: u32 = args.next().and_then(|s| s.parse().ok()).unwrap_or(3);
     let expect_hotplug = args.next().is_some_and(|s| s == "1");
     // With hotplug, rescans are too slow to matter; without, rescan every second.
-    let rescan = if expect_hotplug { Duration::from_secs(3600) } else { Duration::from_secs(1) };
+    let rescan = if expect_hotplug {
+        Duration::from_hours(1)
+    } else {
+        Duration::from_secs(1)
+    };
     let mut watch = BoardWatch::with_rescan(DeviceFilter::default(), rescan);
     println!("usb-link-test: hotplug available: {}", watch.has_hotplug());
 
     let board = wait_arrival(&mut watch).await;
-    let mut link = UsbLink::open_board(&board, UsbConfig::default()).await.expect("open");
+    let mut link = UsbLink::open_board(&board, UsbConfig::default())
+        .await
+        .expect("open");
     let iface = link.interface();
-    println!("usb-link-test: opened {:?}, interface {iface:?}", link.info());
+    println!(
+        "usb-link-test: opened {:?}, interface {iface:?}",
+        link.info()
+    );
     exercise(&mut link, 0).await;
 
     for round in 1..=replugs {
@@ -78,7 +99,10 @@ async fn main() {
         std::fs::write(&disable, "1").expect("port off");
         // The open link must fail cleanly: every queued IN transfer completes with an error.
         let err = loop {
-            match timeout(STEP, link.recv_bundle()).await.expect("no hang after unplug") {
+            match timeout(STEP, link.recv_bundle())
+                .await
+                .expect("no hang after unplug")
+            {
                 Ok(_) => {}
                 Err(e) => break e,
             }
@@ -95,7 +119,9 @@ async fn main() {
         }
         std::fs::write(&disable, "0").expect("port on");
         let board = wait_arrival(&mut watch).await;
-        link = UsbLink::open_board(&board, UsbConfig::default()).await.expect("reopen");
+        link = UsbLink::open_board(&board, UsbConfig::default())
+            .await
+            .expect("reopen");
         exercise(&mut link, round).await;
     }
     let s = watch.stats();
@@ -104,6 +130,9 @@ async fn main() {
         s.from_hotplug, s.from_rescan
     );
     if expect_hotplug {
-        assert!(s.from_hotplug >= u64::from(2 * replugs), "replugs not seen through hotplug: {s:?}");
+        assert!(
+            s.from_hotplug >= u64::from(2 * replugs),
+            "replugs not seen through hotplug: {s:?}"
+        );
     }
 }

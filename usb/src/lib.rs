@@ -1,4 +1,5 @@
-//! USB transport: the only code in qbkit-host that touches the USB library (nusb).
+//! qbkit-usb: the board on USB for qbkit-host, the only crate of the product that touches the USB
+//! library (nusb).
 //!
 //! It moves *bundles* (opaque byte buffers; the format is `shared_frame`'s) between the laptop and a
 //! qbkit board, one bundle per bulk transfer, and tells the driver when boards come and go.
@@ -48,6 +49,7 @@ pub use hotplug::{
     BoardEvent, BoardWatch, EventSource, RESCAN_WITH_HOTPLUG, RESCAN_WITHOUT_HOTPLUG, WatchStats,
 };
 pub use link::{UsbConfig, UsbLink, UsbRx, UsbTx};
+pub use nusb::DeviceId;
 
 /// IN transfers kept queued at all times (measured in docs/usb-library.md: 4 keeps the bus busy).
 pub const DEFAULT_IN_DEPTH: usize = 4;

@@ -19,7 +19,6 @@ use super::{DEFAULT_IN_DEPTH, DEFAULT_OUT_DEPTH, UsbError};
 
 /// Transfer sizes and queue depths of a link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct UsbConfig {
     /// Largest bundle in either direction (the negotiated max bundle; 64 KiB until negotiated).
     pub transfer_size: usize,

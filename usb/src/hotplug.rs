@@ -30,7 +30,6 @@ pub const RESCAN_WITHOUT_HOTPLUG: Duration = Duration::from_secs(2);
 
 /// A board came or went.
 #[derive(Debug, Clone)]
-#[non_exhaustive]
 #[cfg_attr(
     windows,
     expect(
