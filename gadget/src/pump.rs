@@ -711,6 +711,37 @@ mod tests {
     }
 
     #[test]
+    fn smaller_max_bundle_mid_session_drops_what_no_longer_fits() {
+        let (mut p, _old) = up(ms(0), Transport::Stream);
+        let big = pkt(7, 16000);
+        while p.can_accept_tun() {
+            p.handle_tun_packet(&big);
+        }
+        assert_eq!(p.staged_packets(), 4);
+        // The host restarts with 4 KiB bundles: its Hello renegotiates the running session.
+        let mut cfg = SessionConfig::new(Role::Host, "restarted-host");
+        cfg.link_config = Some(link_config());
+        cfg.max_bundle = MIN_MAX_BUNDLE;
+        let mut peer = Peer {
+            s: Session::new(cfg, ms(1)),
+            got: Vec::new(),
+        };
+        exchange(&mut p, &mut peer, ms(1));
+        assert_eq!(p.session().tx_max_bundle(), MIN_MAX_BUNDLE);
+        // The staged packets can never fit a 4 KiB bundle: dropped and counted, not stranded.
+        assert_eq!(p.staged_packets(), 0);
+        assert_eq!(p.counters().drop_oversize, 4);
+        assert!(p.poll_transmit().is_none(), "nothing left to send");
+        assert!(p.can_accept_tun(), "the TUN is read again");
+        let small = pkt(8, 1000);
+        p.handle_tun_packet(&small);
+        let b = p.poll_transmit().expect("a bundle");
+        assert!(b.len() <= MIN_MAX_BUNDLE);
+        peer.recv(ms(2), &b);
+        assert_eq!(peer.got, vec![small]);
+    }
+
+    #[test]
     fn carrier_follows_link_and_session() {
         let now = ms(0);
         let mut p = Pump::new(PumpConfig::new("B"), now);
