@@ -14,8 +14,9 @@ use shared_frame::LinkConfig;
 pub const MIN_PREFIX_V4: u8 = 8;
 /// Shortest IPv6 prefix the board accepts.
 pub const MIN_PREFIX_V6: u8 = 48;
-/// Accepted link MTUs (IPv6's minimum up to the largest the host offers).
-pub const MTU_RANGE: std::ops::RangeInclusive<u32> = 1280..=65520;
+/// Accepted link MTUs: IPv6's minimum up to what one default-size bundle carries (65520).
+pub const MTU_RANGE: std::ops::RangeInclusive<u32> =
+    1280..=shared_frame::max_packet(shared_frame::DEFAULT_MAX_BUNDLE) as u32;
 
 /// Why a LinkConfig was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

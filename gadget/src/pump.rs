@@ -29,6 +29,7 @@
 //! | peer Hello (in a bundle)      | session `Up` → carrier on                                     |
 //! | `handle_link_down`            | staged packets dropped (counted), session reset, carrier off  |
 //! | peer timeout / Bye            | session `Down` → carrier off, staged packets dropped          |
+//! | peer Hello, smaller bundles   | staged packets that no longer fit one are dropped (counted)   |
 //! | refused LinkConfig            | counted, logged, carrier off; a good LinkConfig lifts it       |
 //!
 //! # Limits
@@ -243,7 +244,7 @@ impl Pump {
             .map_or(usize::MAX, |n| n.max_mtu as usize);
         self.mtu
             .min(negotiated)
-            .min(self.tx_cap() - USB_PAD_LEN - BUNDLE_HEADER_LEN - RECORD_HEADER_LEN)
+            .min(shared_frame::max_packet(self.tx_cap()))
     }
 
     fn fits(&self, len: usize) -> bool {
@@ -304,18 +305,28 @@ impl Pump {
         let mut buf = vec![0u8; size];
         let mut w = BundleWriter::new(&mut buf, size);
         self.session.poll_control(&mut w);
-        let (mut off, mut packets, mut bytes) = (0, 0u64, 0u64);
+        let max_packet = self.max_packet();
+        let (mut off, mut taken, mut packets, mut bytes) = (0, 0, 0u64, 0u64);
         while off < self.staged.len() {
             let len = u16::from_le_bytes([self.staged[off], self.staged[off + 1]]) as usize;
             let pkt = &self.staged[off + 2..off + 2 + len];
-            if w.push_ip(CHANNEL_NET, pkt).is_err() {
+            if len > max_packet {
+                // Staged for larger bundles than the peer takes since its last Hello: it can
+                // never leave, so it must not hold up the rest (or the TUN reads).
+                self.counters.drop_oversize += 1;
+                self.session.record_tx_drop(1);
+            } else if w.push_ip(CHANNEL_NET, pkt).is_err() {
                 break;
+            } else {
+                packets += 1;
+                bytes += len as u64;
             }
             off += 2 + len;
-            packets += 1;
-            bytes += len as u64;
+            taken += 1;
             self.staged_wire -= align4(RECORD_HEADER_LEN + len);
         }
+        self.staged.drain(..off);
+        self.staged_packets -= taken;
         if w.is_empty() {
             return None;
         }
@@ -323,8 +334,6 @@ impl Pump {
             Transport::Usb { max_packet_size } => w.finish_usb(max_packet_size),
             Transport::Stream => w.finish(),
         };
-        self.staged.drain(..off);
-        self.staged_packets -= packets as usize;
         self.session.record_tx(packets, bytes);
         self.counters.tx_bundles += 1;
         self.counters.tx_bytes += n as u64;

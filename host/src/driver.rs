@@ -193,6 +193,9 @@ pub struct DriverCounters {
     pub drop_rx_unknown_channel: u64,
     /// Dropped: a bundle the transport refused because it went away while sending.
     pub drop_tx_link_gone: u64,
+    /// Dropped: a packet from the core larger than one bundle to the board carries (the board
+    /// renegotiated smaller bundles while flows sized for larger ones were open).
+    pub drop_tx_too_big: u64,
     /// Work passes (loop turns).
     pub passes: u64,
     /// Inbound connections or datagrams refused because no board session was up (the NAT
@@ -523,7 +526,8 @@ impl Driver {
                     self.peer = Some(n.peer.identity.clone());
                     self.handshake_error = None;
                     self.summary_dirty = true;
-                    let mtu = n.max_mtu as usize;
+                    // No packet may be larger than one bundle the board takes.
+                    let mtu = (n.max_mtu as usize).min(shared_frame::max_packet(n.max_bundle));
                     if mtu < self.nat.config().mtu {
                         self.shrink_mtu(mtu);
                     }
@@ -628,9 +632,12 @@ impl Driver {
     /// Moves packets from the core into `w` until it is full or the core is empty.
     fn fill_bundle(&mut self, w: &mut BundleWriter<'_>) -> (u64, u64) {
         let mtu = self.scratch.len();
+        let fits = shared_frame::max_packet(self.session.tx_max_bundle());
         let now = self.clock.nat();
         let (mut packets, mut bytes) = (0u64, 0u64);
-        if self.carry > 0 {
+        if self.carry > fits {
+            self.drop_too_big(self.carry, fits);
+        } else if self.carry > 0 {
             if w.push_ip(CHANNEL_NET, &self.scratch[..self.carry]).is_err() {
                 return (0, 0);
             }
@@ -655,6 +662,10 @@ impl Driver {
                     self.tx_pending = false;
                     break;
                 };
+                if n > fits {
+                    self.drop_too_big(n, fits);
+                    continue;
+                }
                 if w.push_ip(CHANNEL_NET, &self.scratch[..n]).is_err() {
                     self.carry = n;
                     break;
@@ -664,6 +675,22 @@ impl Driver {
             }
         }
         (packets, bytes)
+    }
+
+    /// Drops a packet no bundle to the board can carry (instead of holding it, which would stall
+    /// the link and spin the loop): counted, logged at the 1st, 2nd, 4th, 8th… time.
+    fn drop_too_big(&mut self, len: usize, fits: usize) {
+        self.carry = 0;
+        self.counters.drop_tx_too_big += 1;
+        let count = self.counters.drop_tx_too_big;
+        if count.is_power_of_two() {
+            tracing::warn!(
+                len,
+                fits,
+                count,
+                "packet larger than the board's bundles dropped (it renegotiated smaller bundles while flows were open)"
+            );
+        }
     }
 
     /// Redraws the live status line: link, rates both ways since the last line, flows.

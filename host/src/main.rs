@@ -24,6 +24,9 @@ use qbkit_host::{platform, status, tray};
 use shared_frame::usb_id;
 use tokio::sync::{mpsc, watch};
 
+/// The largest `--mtu`: what one bundle of the size the host offers carries.
+const MAX_MTU: i64 = shared_frame::max_packet(shared_frame::DEFAULT_MAX_BUNDLE) as u32 as i64;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "qbkit-host",
@@ -214,8 +217,9 @@ struct RunArgs {
     /// Deprecated no-op (the LAN is reachable by default); accepted so old scripts keep working.
     #[arg(long, hide = true)]
     allow_lan: bool,
-    /// Link MTU offered to the board (1280..=65535; default 16384).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1280..=65535))]
+    /// Link MTU offered to the board (1280..=65520, what one 64 KiB bundle carries; default
+    /// 16384). A board that takes smaller bundles gets a smaller MTU.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1280..=MAX_MTU))]
     mtu: Option<u32>,
     /// Memory for all TCP connections' buffers together, in MiB (default 256). Near it new
     /// connections get smaller windows; past it they are refused, so a board that opens
@@ -748,6 +752,8 @@ mod tests {
             ]
         );
         assert!(Cli::try_parse_from(["qbkit-host", "run", "--mtu", "100"]).is_err());
+        assert!(Cli::try_parse_from(["qbkit-host", "run", "--mtu", "65520"]).is_ok());
+        assert!(Cli::try_parse_from(["qbkit-host", "run", "--mtu", "65521"]).is_err());
         assert!(Cli::try_parse_from(["qbkit-host", "run", "--dns", "nope"]).is_err());
         let cli = Cli::try_parse_from(["qbkit-host", "run", "--serial", "abc", "--pid", "0x0002"])
             .unwrap();

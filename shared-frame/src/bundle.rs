@@ -36,6 +36,23 @@ pub const MIN_MAX_BUNDLE: usize = 4 * 1024;
 /// Channel of the network (IP packets to and from the board's TUN device).
 pub const CHANNEL_NET: u8 = 0;
 
+/// The largest IP packet one bundle of at most `max_bundle` bytes carries: what a
+/// [`BundleWriter`] of that size holds as its only record (so also with the USB pad). An MTU above
+/// it cannot be sent on such a link.
+pub const fn max_packet(max_bundle: usize) -> usize {
+    let usable = if max_bundle < MAX_BUNDLE_LIMIT {
+        max_bundle
+    } else {
+        MAX_BUNDLE_LIMIT
+    } & !(RECORD_ALIGN - 1);
+    let room = usable.saturating_sub(USB_PAD_LEN + BUNDLE_HEADER_LEN + RECORD_HEADER_LEN);
+    if room < MAX_RECORD_PAYLOAD {
+        room
+    } else {
+        MAX_RECORD_PAYLOAD
+    }
+}
+
 mod field {
     use core::ops::Range;
     pub(super) const MAGIC: Range<usize> = 0..2;
@@ -371,6 +388,23 @@ mod tests {
     use super::*;
     use alloc::vec;
     use alloc::vec::Vec;
+
+    #[test]
+    fn max_packet_is_what_one_bundle_carries() {
+        for max in [MIN_MAX_BUNDLE, 4099, DEFAULT_MAX_BUNDLE, MAX_BUNDLE_LIMIT] {
+            let n = max_packet(max);
+            let mut buf = vec![0u8; max];
+            let mut w = BundleWriter::new(&mut buf, max);
+            assert!(w.push_ip(CHANNEL_NET, &vec![0x45; n]).is_ok(), "{max}");
+            let mut w = BundleWriter::new(&mut buf, max);
+            assert!(
+                n == MAX_RECORD_PAYLOAD || w.push_ip(CHANNEL_NET, &vec![0x45; n + 1]).is_err(),
+                "{max}"
+            );
+        }
+        assert_eq!(max_packet(DEFAULT_MAX_BUNDLE), 65520);
+        assert_eq!(max_packet(MIN_MAX_BUNDLE), 4080);
+    }
 
     /// Two IP records: 5 bytes on channel 0 (padded to 8) and 4 bytes on channel 3.
     static TWO_RECORDS: [u8; 28] = [
