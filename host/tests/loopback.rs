@@ -194,21 +194,35 @@ fn closed_port() -> SocketAddr {
     l.local_addr().unwrap()
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn board_tcp_through_the_driver_to_a_real_server() {
-    let echo = echo_server();
-    let closed = closed_port();
+/// The ends of an in-memory link to a driver: link events in, bundles out (both ends), and the
+/// stop signal.
+type LinkEnds = (
+    mpsc::Sender<LinkEvent>,
+    mpsc::Sender<Vec<u8>>,
+    mpsc::Receiver<Vec<u8>>,
+    tokio::sync::oneshot::Sender<()>,
+);
 
+/// A driver whose NAT has the fake board's MTU and reaches the loopback servers, running until
+/// the stop signal.
+fn loopback_driver() -> (impl Future<Output = Result<(), driver::Error>>, LinkEnds) {
     let (ev_tx, ev_rx) = mpsc::channel(8);
     let (down_tx, down_rx) = mpsc::channel(2);
     let mut nat = NatConfig::default();
     nat.mtu = MTU;
     nat.allow_host_loopback = true;
-    let cfg = DriverConfig::new(nat);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let drv = driver::run(cfg, ev_rx, async {
+    let drv = driver::run(DriverConfig::new(nat), ev_rx, async {
         let _ = stop_rx.await;
     });
+    (drv, (ev_tx, down_tx, down_rx, stop_tx))
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn board_tcp_through_the_driver_to_a_real_server() {
+    let echo = echo_server();
+    let closed = closed_port();
+    let (drv, (ev_tx, down_tx, down_rx, stop_tx)) = loopback_driver();
 
     let board = async move {
         let mut b = board_up(ev_tx, down_tx, down_rx, |_| ()).await;
@@ -255,15 +269,7 @@ async fn board_tcp_through_the_driver_to_a_real_server() {
 #[tokio::test(flavor = "current_thread")]
 async fn small_board_bundles_echo_then_idle() {
     let echo = echo_server();
-    let (ev_tx, ev_rx) = mpsc::channel(8);
-    let (down_tx, down_rx) = mpsc::channel(2);
-    let mut nat = NatConfig::default();
-    nat.mtu = MTU;
-    nat.allow_host_loopback = true;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let drv = driver::run(DriverConfig::new(nat), ev_rx, async {
-        let _ = stop_rx.await;
-    });
+    let (drv, (ev_tx, down_tx, down_rx, stop_tx)) = loopback_driver();
     let board = async move {
         let mut b = board_up(ev_tx, down_tx, down_rx, |b| {
             let mut cfg = b.session.config().clone();
