@@ -303,3 +303,54 @@ fn hostile_usbipd_strings_are_escaped_in_list() {
         .collect();
     assert!(bad.is_empty(), "control characters {bad:?} in {text:?}");
 }
+
+/// A transport command that fails at once (`exec:false`, `exec:/nonexistent`) is redialled with
+/// capped exponential backoff: in 5 s a handful of attempts and log lines (not thousands), and
+/// `status` names the last link error.
+#[test]
+fn failing_transport_command_backs_off() {
+    for (cmd, status) in [("exec:false", "1"), ("exec:/nonexistent", "127")] {
+        let d = tmp("backoff");
+        let mut child = Command::new(BIN)
+            .args(["run", "--dns", "127.0.0.1", "--transport", cmd])
+            .arg("--control")
+            .arg(d.join("c.sock"))
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let lines = std::thread::spawn(move || {
+            BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+                .collect::<Vec<_>>()
+        });
+        // The window the issue measures: a run of 5 s.
+        std::thread::sleep(Duration::from_secs(5));
+        let out = Command::new(BIN)
+            .args(["status", "--json", "--control"])
+            .arg(d.join("c.sock"))
+            .output()
+            .unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_dir_all(&d);
+        let lines = lines.join().unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let ups = doc["driver"]["link_ups"].as_u64().unwrap();
+        assert!((1..=8).contains(&ups), "{cmd}: {ups} attempts in 5 s");
+        assert!(
+            lines.len() <= 30,
+            "{cmd}: {} log lines: {lines:#?}",
+            lines.len()
+        );
+        let err = doc["link"]["last_error"].as_str().unwrap_or_default();
+        assert!(
+            err.contains(&format!("exit status: {status}")),
+            "{cmd}: last error {err:?}"
+        );
+    }
+}
