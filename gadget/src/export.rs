@@ -24,6 +24,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use qbkit_link::Backoff;
 use qbkit_link::auth::{AuthRole, LinkKey};
 use qbkit_usbip::{DeviceInfo, Speed};
 
@@ -223,8 +224,7 @@ async fn exchange(
 /// the task is aborted. Logs each change of state once.
 pub async fn run(target: ExportTarget, udc: String, key: Option<LinkKey>) {
     let dev = Vudc::new(&udc);
-    let mut backoff = MIN_BACKOFF;
-    let mut last_error: Option<String> = None;
+    let mut backoff = Backoff::new(target.to_string(), MIN_BACKOFF, MAX_BACKOFF);
     loop {
         let ready = (dev.status() == Some(VudcStatus::Available))
             .then(|| dev.device())
@@ -239,27 +239,20 @@ pub async fn run(target: ExportTarget, udc: String, key: Option<LinkKey>) {
             Ok(stream) => match dev.attach(stream) {
                 Ok(()) => {
                     tracing::info!(%target, %udc, "board exported; the laptop drives it now");
-                    backoff = MIN_BACKOFF;
-                    last_error = None;
+                    backoff.up();
                     while dev.status() == Some(VudcStatus::Used) {
                         tokio::time::sleep(WATCH_INTERVAL).await;
                     }
-                    tracing::info!(%target, "the exported connection ended; dialling again");
+                    // A connection the laptop drops at once is paced like a failed export.
+                    let wait = backoff.down("the exported connection ended");
+                    tokio::time::sleep(wait).await;
                     continue;
                 }
                 Err(e) => format!("handing the socket to {udc}/usbip_sockfd: {e}"),
             },
             Err(e) => e,
         };
-        // The reason once per change; repeats at debug.
-        if last_error.as_ref() == Some(&failure) {
-            tracing::debug!(error = %failure, "export still failing");
-        } else {
-            tracing::warn!(error = %failure, retry_in = ?backoff, "export to {target} failed");
-            last_error = Some(failure);
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        tokio::time::sleep(backoff.failed(&failure)).await;
     }
 }
 

@@ -110,7 +110,7 @@ pub async fn run(
     else {
         return;
     };
-    while let Some(stream) = conn.connect_retrying().await {
+    while let Some(stream) = conn.connect_retrying(|_| {}).await {
         let (tx, rx) = mpsc::channel::<Vec<u8>>(STREAM_TX_DEPTH);
         if events
             .send(LinkEvent::Up {
@@ -127,10 +127,7 @@ pub async fn run(
         })
         .await;
         let framing_error = matches!(res, Err(LinkError::Frame(_)));
-        match &res {
-            Ok(()) => tracing::info!("stream link closed by the peer"),
-            Err(e) => tracing::warn!(error = %e, "stream link lost"),
-        }
+        conn.ended(&res).await;
         if events
             .send(LinkEvent::Down { framing_error })
             .await

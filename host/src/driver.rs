@@ -247,6 +247,8 @@ struct Driver {
     peer: Option<String>,
     /// Handshake failure on the current link (for [`Summary`]).
     handshake_error: Option<String>,
+    /// Why the link was last lost or could not be established (for `status`).
+    last_link_error: Option<String>,
     /// A link or session change happened since the last [`Summary`] was published.
     summary_dirty: bool,
     forwards: Forwards,
@@ -389,6 +391,7 @@ impl Driver {
             live_prev: (0, 0, 0),
             peer: None,
             handshake_error: None,
+            last_link_error: None,
             summary_dirty: true,
             forwards: Forwards::new(inbound),
         })
@@ -478,7 +481,14 @@ impl Driver {
             }
             LinkEvent::Down { reason } => {
                 self.counters.link_downs += 1;
-                tracing::warn!(%reason, "link down");
+                // The reason once per change: a peer that keeps failing the same way is paced by
+                // the transport's backoff and logged there.
+                if self.last_link_error.as_ref() == Some(&reason) {
+                    tracing::debug!(%reason, "link down");
+                } else {
+                    tracing::warn!(%reason, "link down");
+                }
+                self.last_link_error = Some(reason);
                 self.link = None;
                 self.session.reset(self.clock.frame());
                 self.drain_session_events();
@@ -488,6 +498,7 @@ impl Driver {
             }
             LinkEvent::Bundle(b) => self.handle_bundle(&b),
             LinkEvent::Listening { url } => self.cfg.transport = url,
+            LinkEvent::Failed { reason } => self.last_link_error = Some(reason),
         }
     }
 
@@ -780,6 +791,7 @@ impl Driver {
                 .link
                 .as_ref()
                 .map(|_| self.link_description.as_deref().unwrap_or("")),
+            last_link_error: self.last_link_error.as_deref(),
             session: &self.session,
             nat: &self.nat,
             flows: self.nat.flows(now),

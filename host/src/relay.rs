@@ -102,8 +102,9 @@ async fn board_to_stream(
                 tracing::info!(%reason, "board link down; waiting for it to come back");
                 board.send_replace(None);
             }
-            // The relay serves USB only; a listening link has nothing to tell it.
-            LinkEvent::Listening { .. } => {}
+            // The relay serves USB only: a listening link has nothing to tell it, and USB
+            // discovery logs its own failures.
+            LinkEvent::Listening { .. } | LinkEvent::Failed { .. } => {}
             LinkEvent::Bundle(b) => match Bundle::new_checked(&b[..], max_bundle) {
                 // The header's length excludes the USB pad, which has no place on a stream.
                 Ok(parsed) => {

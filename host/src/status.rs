@@ -181,6 +181,10 @@ pub struct LinkStatus {
     pub peer: Option<String>,
     /// Last keepalive round trip in microseconds.
     pub rtt_us: Option<u64>,
+    /// Why the link was last lost or could not be established (a refused dial, a transport
+    /// command's exit status), kept after the link came back.
+    #[serde(default)]
+    pub last_error: Option<String>,
 }
 
 /// One flow in [`Status`].
@@ -214,6 +218,7 @@ pub struct FlowStatus {
 pub(crate) struct Sources<'a> {
     pub(crate) transport: &'a str,
     pub(crate) link: Option<&'a str>,
+    pub(crate) last_link_error: Option<&'a str>,
     pub(crate) session: &'a Session,
     pub(crate) nat: &'a Nat,
     pub(crate) flows: Vec<FlowInfo>,
@@ -303,6 +308,7 @@ impl Status {
                 .session
                 .rtt()
                 .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+            last_error: s.last_link_error.map(str::to_owned),
         };
         let mut session: BTreeMap<String, u64> = s
             .session
@@ -437,6 +443,9 @@ impl Status {
                 _ => String::new(),
             }
         );
+        if let Some(e) = &l.last_error {
+            let _ = writeln!(o, "last error {}", printable(e));
+        }
         if let Some(rtt) = l.rtt_us {
             let _ = writeln!(o, "rtt        {rtt} µs");
         }

@@ -6,8 +6,9 @@
 //! listener it keeps bound); [`BundleReader`] cuts the stream into bundles with
 //! [`shared_frame::StreamDecoder`] (bounded buffering, one read buffer allocated once) and
 //! [`write_bundle`] writes one. Both programs' link tasks are the same loop on top of these:
-//! [`Connector::connect_retrying`] (capped exponential backoff), then [`pump`] (bundles both ways
-//! until the stream ends), then again. The session logic (Hello, keepalives) is not here: it
+//! [`Connector::connect_retrying`] (capped exponential backoff, [`backoff`]), then [`pump`] (bundles
+//! both ways until the stream ends), then [`Connector::ended`] (the reason; a dialled stream that
+//! ended before it proved stable delays the next dial like a failed one), then again. The session logic (Hello, keepalives) is not here: it
 //! lives in [`shared_frame::Session`], driven by each program's event loop.
 //!
 //! Authentication ([`auth`]): with a pre-shared key ([`Connector::with_key`]) every new stream runs
@@ -19,6 +20,7 @@
 //! not encrypted: for untrusted networks run the link over SSH or qrexec.
 
 pub mod auth;
+pub mod backoff;
 
 use std::fmt;
 use std::io;
@@ -37,6 +39,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::auth::{AuthError, AuthRole, LinkKey};
+pub use crate::backoff::Backoff;
 
 /// Handshakes a listener runs at once; a connection beyond them is closed at once (counted in
 /// [`auth::AuthCounters::busy`]).
@@ -46,6 +49,8 @@ pub const MAX_PENDING_HANDSHAKES: usize = 16;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest wait of [`Connector::connect_retrying`].
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long [`Connector::ended`] waits for an exec'd command that closed its stdout to exit.
+const CHILD_EXIT_WAIT: Duration = Duration::from_secs(1);
 
 /// The read half of a link stream.
 pub type LinkRead = Pin<Box<dyn AsyncRead + Send>>;
@@ -269,6 +274,9 @@ pub struct Connector {
     stdio_used: bool,
     child: Option<tokio::process::Child>,
     peer: Option<String>,
+    backoff: Backoff,
+    /// The wait before the next dial, after a stream that ended too soon.
+    pending_wait: Duration,
 }
 
 impl fmt::Debug for Connector {
@@ -291,12 +299,14 @@ impl Connector {
     /// A connector; listeners are bound on the first [`connect`](Self::connect).
     pub fn new(url: LinkUrl) -> Self {
         Self {
+            backoff: Backoff::new(url.to_string(), FIRST_BACKOFF, MAX_BACKOFF),
             url,
             key: None,
             listener: Listener::None,
             stdio_used: false,
             child: None,
             peer: None,
+            pending_wait: Duration::ZERO,
         }
     }
 
@@ -571,13 +581,19 @@ fn auth_failure_log(peer: &str, error: &AuthError) {
 
 impl Connector {
     /// [`connect`](Self::connect) until it succeeds, waiting after each failure (100 ms, doubling up
-    /// to 5 s). `None` when the link cannot be re-established ([`LinkError::Exhausted`]).
-    pub async fn connect_retrying(&mut self) -> Option<(LinkRead, LinkWrite)> {
-        let mut backoff = FIRST_BACKOFF;
+    /// to 5 s; the reason logged once per change and handed to `on_failure`), and first after a
+    /// dialled stream that [`ended`](Self::ended) too soon. `None` when the link cannot be
+    /// re-established ([`LinkError::Exhausted`]).
+    pub async fn connect_retrying(
+        &mut self,
+        mut on_failure: impl FnMut(&str),
+    ) -> Option<(LinkRead, LinkWrite)> {
+        tokio::time::sleep(std::mem::take(&mut self.pending_wait)).await;
         loop {
             match self.connect().await {
                 Ok(s) => {
-                    tracing::info!(link = %self.url, "stream link connected");
+                    tracing::debug!(link = %self.url, "stream link connected");
+                    self.backoff.up();
                     return Some(s);
                 }
                 Err(LinkError::Exhausted(what)) => {
@@ -589,12 +605,38 @@ impl Connector {
                     return None;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "stream link connect failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    let reason = e.to_string();
+                    let wait = self.backoff.failed(&reason);
+                    on_failure(&reason);
+                    tokio::time::sleep(wait).await;
                 }
             }
         }
+    }
+
+    /// The stream [`connect_retrying`](Self::connect_retrying) returned has ended with `res`
+    /// (what [`pump`] returned): the reason for logs and status (with an exec'd command's exit
+    /// status). A dialled or exec'd stream that ended before [`backoff::STABLE`] delays the next
+    /// dial; a listener waits for its next peer anyway.
+    pub async fn ended(&mut self, res: &Result<(), LinkError>) -> String {
+        let mut reason = match res {
+            Ok(()) => "closed by the peer".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        // An exec'd command that exited is the cause; a broken pipe or EOF only its symptom (which
+        // of the two shows first is a race, and the reason must not flip between them).
+        if let Some(child) = &mut self.child
+            && let Ok(Ok(status)) = tokio::time::timeout(CHILD_EXIT_WAIT, child.wait()).await
+        {
+            tracing::debug!(%reason, "stream link ended");
+            reason = format!("the command ended with {status}");
+        }
+        if self.url.is_listener() || self.url == LinkUrl::Stdio {
+            tracing::info!(link = %self.url, %reason, "stream link down");
+        } else {
+            self.pending_wait = self.backoff.down(&reason);
+        }
+        reason
     }
 }
 

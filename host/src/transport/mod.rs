@@ -59,7 +59,13 @@ pub enum LinkEvent {
     },
     /// The link is gone (a new `Up` may follow).
     Down {
-        /// Why, for logs.
+        /// Why, for logs and `status`.
+        reason: String,
+    },
+    /// An attempt to establish the link failed before `Up`; the transport retries after a
+    /// backoff (and has logged the reason once per change).
+    Failed {
+        /// Why, for `status`.
         reason: String,
     },
 }

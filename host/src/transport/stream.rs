@@ -5,8 +5,10 @@
 //! Data flow: [`run`] loops forever: connect (or accept) → [`LinkEvent::Up`] with a sender of
 //! depth [`STREAM_TX_DEPTH`] → bundles read from the stream as [`LinkEvent::Bundle`] while a
 //! writer drains the sender → on EOF or error [`LinkEvent::Down`] → reconnect with capped
-//! exponential backoff. Reading stops while the driver's event channel is full (backpressure
-//! onto the stream, and from there onto the board).
+//! exponential backoff (`qbkit_link::Backoff`: also after a stream that ended at once, as
+//! `exec:false` does; a failed dial is reported as [`LinkEvent::Failed`]). Reading stops while
+//! the driver's event channel is full (backpressure onto the stream, and from there onto the
+//! board).
 
 use qbkit_link::auth::LinkKey;
 use qbkit_link::{Connector, LinkUrl};
@@ -46,7 +48,14 @@ pub async fn run(
     {
         return;
     }
-    while let Some(stream) = conn.connect_retrying().await {
+    // A failed dial never reached `Up`: the driver hears of it for `status` (best effort; the
+    // channel has room while no link is up).
+    let failed = |reason: &str| {
+        let _ = events.try_send(LinkEvent::Failed {
+            reason: reason.to_owned(),
+        });
+    };
+    while let Some(stream) = conn.connect_retrying(failed).await {
         let (tx, rx) = mpsc::channel::<Vec<u8>>(STREAM_TX_DEPTH);
         let up = LinkUp {
             framing: Framing::Stream,
@@ -61,11 +70,7 @@ pub async fn run(
             LinkEvent::Bundle(b.to_vec())
         })
         .await;
-        let reason = match res {
-            Ok(()) => "closed by the peer".to_owned(),
-            Err(e) => e.to_string(),
-        };
-        tracing::info!(%reason, "stream link down");
+        let reason = conn.ended(&res).await;
         if events.send(LinkEvent::Down { reason }).await.is_err() {
             return;
         }

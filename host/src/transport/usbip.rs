@@ -25,6 +25,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use qbkit_link::Backoff;
 use qbkit_link::auth::{AuthRole, LinkKey, authenticate_stream};
 use qbkit_usbip::op::OpRequest;
 use qbkit_usbip::transport::{LinkOptions, TransportError, UsbipLink};
@@ -40,38 +41,31 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Runs a USB/IP transport until the driver closes `events`. `url` is a `usbip://` or
 /// `qubes-usb:` URL already checked by [`super::TransportSpec::parse`].
 pub async fn run(url: String, opts: LinkOptions, events: mpsc::Sender<LinkEvent>) {
-    let mut backoff = MIN_BACKOFF;
-    let mut last_error: Option<String> = None;
+    let mut backoff = Backoff::new(url.clone(), MIN_BACKOFF, MAX_BACKOFF);
     loop {
         let link = match UsbipLink::connect_with(&url, opts.clone()).await {
             Ok(l) => l,
             Err(e) => {
-                // The full error once (it names the cause), repeats at debug.
-                let msg = e.to_string();
-                if last_error.as_ref() == Some(&msg) {
-                    tracing::debug!(error = %msg, "USB/IP board still unreachable");
-                } else {
-                    tracing::warn!(error = %msg, retry_in = ?backoff, "USB/IP connect failed");
-                    last_error = Some(msg);
-                }
-                if events.is_closed() {
+                let reason = e.to_string();
+                let wait = backoff.failed(&reason);
+                if events.try_send(LinkEvent::Failed { reason }).is_err() && events.is_closed() {
                     return;
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                tokio::time::sleep(wait).await;
                 continue;
             }
         };
-        backoff = MIN_BACKOFF;
-        last_error = None;
+        backoff.up();
         match serve(link, &url, opts.out_urbs, &events, std::future::pending()).await {
             None => return,
             Some(e) => {
                 let reason = e.to_string();
-                tracing::warn!(%reason, "USB/IP link down; reconnecting");
+                // An import that fails at once is paced like a refused connect.
+                let wait = backoff.down(&reason);
                 if events.send(LinkEvent::Down { reason }).await.is_err() {
                     return;
                 }
+                tokio::time::sleep(wait).await;
             }
         }
     }
@@ -432,7 +426,10 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             assert!(imports >= 2, "{fault:?}: reconnected ({imports} imports)");
-            assert!(rx.try_recv().is_err(), "{fault:?}: no link was reported up");
+            // Each failed attempt is reported for `status`; no link was reported up.
+            while let Ok(ev) = rx.try_recv() {
+                assert!(matches!(ev, LinkEvent::Failed { .. }), "{fault:?}: {ev:?}");
+            }
             task.abort();
         }
     }
