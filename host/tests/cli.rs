@@ -107,16 +107,10 @@ fn bad_transports_name_every_form_in_one_line() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
-/// `qbkit-host run` on `tcp-listen://127.0.0.1:0` with its control socket in `d`, stderr piped.
-fn run_tcp_listener(d: &std::path::Path) -> std::process::Child {
+/// `qbkit-host run --transport TRANSPORT` with its control socket in `d`, stderr piped.
+fn run_host(d: &std::path::Path, transport: &str) -> std::process::Child {
     Command::new(BIN)
-        .args([
-            "run",
-            "--dns",
-            "127.0.0.1",
-            "--transport",
-            "tcp-listen://127.0.0.1:0",
-        ])
+        .args(["run", "--dns", "127.0.0.1", "--transport", transport])
         .arg("--control")
         .arg(d.join("c.sock"))
         .env_remove("RUST_LOG")
@@ -130,7 +124,7 @@ fn run_tcp_listener(d: &std::path::Path) -> std::process::Child {
 #[test]
 fn tcp_listener_logs_its_real_port() {
     let d = tmp("listen");
-    let mut child = run_tcp_listener(&d);
+    let mut child = run_host(&d, "tcp-listen://127.0.0.1:0");
     let (tx, rx) = std::sync::mpsc::channel();
     let stderr = child.stderr.take().unwrap();
     std::thread::spawn(move || {
@@ -193,7 +187,7 @@ fn hostile_board_identity_is_escaped_in_status() {
 
     const HOSTILE: &str = "sn\u{1b}[2J\u{1b}]0;pwned\u{7}\r\nsession    up: fake\u{202e}txt";
     let d = tmp("hostile");
-    let mut child = run_tcp_listener(&d);
+    let mut child = run_host(&d, "tcp-listen://127.0.0.1:0");
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let port = loop {
         let l = lines.next().expect("a listening line").unwrap();
@@ -311,16 +305,7 @@ fn hostile_usbipd_strings_are_escaped_in_list() {
 fn failing_transport_command_backs_off() {
     for (cmd, status) in [("exec:false", "1"), ("exec:/nonexistent", "127")] {
         let d = tmp("backoff");
-        let mut child = Command::new(BIN)
-            .args(["run", "--dns", "127.0.0.1", "--transport", cmd])
-            .arg("--control")
-            .arg(d.join("c.sock"))
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = run_host(&d, cmd);
         let stderr = child.stderr.take().unwrap();
         let lines = std::thread::spawn(move || {
             BufReader::new(stderr)
