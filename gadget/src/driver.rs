@@ -11,7 +11,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use shared_frame::{Instant, LinkState};
+use qbkit_link::{LinkEvent, LinkUp};
+use shared_frame::{Framing, Instant, LinkState};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
@@ -19,8 +20,8 @@ use crate::config::{GadgetSpec, NetOverrides};
 use crate::control::{self, Pending, Request, Status};
 use crate::dns::Dns;
 use crate::netcfg::NetConfig;
-use crate::pump::{Action, Pump, PumpConfig, Transport};
-use crate::stream::{LinkEvent, LinkSpec};
+use crate::pump::{Action, Pump, PumpConfig};
+use crate::stream::LinkSpec;
 
 /// Errors that stop the daemon at start-up.
 #[derive(Debug, thiserror::Error)]
@@ -113,7 +114,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             let g = crate::ffs::usb::register(&opts.spec, opts.udc.as_deref())?;
             tokio::spawn(crate::ffs::usb::run(g, max_bundle, ev_tx))
         }
-        LinkSpec::Stream(url) => tokio::spawn(crate::stream::run(
+        LinkSpec::Stream(url) => tokio::spawn(qbkit_link::run_stream(
             url.clone(),
             opts.link_key.clone(),
             max_bundle,
@@ -204,11 +205,14 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
                     tracing::info!("link ended for good");
                     break;
                 }
-                Some(LinkEvent::Up { transport, tx }) => {
+                Some(LinkEvent::Up(LinkUp { framing, tx, .. })) => {
                     link_tx = Some(tx);
-                    pump.handle_link_up(now(), transport);
+                    pump.handle_link_up(now(), framing);
                 }
-                Some(LinkEvent::Down { framing_error }) => {
+                Some(LinkEvent::Listening { url }) => tracing::info!(%url, "link listening"),
+                // A failed dial: the link task's backoff logged it (once per change) and retries.
+                Some(LinkEvent::Failed { .. }) => {}
+                Some(LinkEvent::Down { framing_error, .. }) => {
                     if framing_error {
                         pump.record_link_frame_error();
                     }
@@ -321,10 +325,10 @@ fn status(pump: &Pump, opts: &RunOptions, uptime: Duration) -> Status {
         .to_owned(),
         carrier: pump.carrier(),
         refused: pump.link_config_refused().map(ToString::to_string),
-        transport: pump.transport().map(|t| match t {
-            Transport::Usb { max_packet_size } => format!("usb (wMaxPacketSize {max_packet_size})"),
-            Transport::Stream if opts.link_key.is_some() => "stream (authenticated)".to_owned(),
-            Transport::Stream => "stream".to_owned(),
+        transport: pump.framing().map(|t| match t {
+            Framing::Usb { max_packet_size } => format!("usb (wMaxPacketSize {max_packet_size})"),
+            Framing::Stream if opts.link_key.is_some() => "stream (authenticated)".to_owned(),
+            Framing::Stream => "stream".to_owned(),
         }),
         protocol_version: n.map(|n| n.version),
         max_bundle: n.map(|n| n.max_bundle),

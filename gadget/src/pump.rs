@@ -43,8 +43,8 @@ use std::time::Duration;
 use crate::config::NetOverrides;
 use crate::linkcheck::{self, LinkConfigError};
 use shared_frame::{
-    BUNDLE_HEADER_LEN, BundleWriter, ByeReason, CHANNEL_NET, Instant, LinkConfig, LinkState,
-    MAX_RECORD_PAYLOAD, MIN_MAX_BUNDLE, RECORD_HEADER_LEN, Role, Session, SessionConfig,
+    BUNDLE_HEADER_LEN, BundleWriter, ByeReason, CHANNEL_NET, Framing, Instant, LinkConfig,
+    LinkState, MAX_RECORD_PAYLOAD, MIN_MAX_BUNDLE, RECORD_HEADER_LEN, Role, Session, SessionConfig,
     SessionEvent, Stats, USB_PAD_LEN,
 };
 
@@ -53,19 +53,6 @@ pub const STATS_INTERVAL: Duration = Duration::from_secs(10);
 /// Room reserved in a bundle for pending control records (a Hello with a 255-byte identity and
 /// the other messages fit; what does not fit waits for the next bundle).
 const CONTROL_ROOM: usize = 1024;
-
-/// How transfers are delimited on the current link.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Transport {
-    /// USB bulk: one bundle per transfer, padded so it never ends on `max_packet_size`.
-    Usb {
-        /// wMaxPacketSize of the bulk IN endpoint at the current speed.
-        max_packet_size: usize,
-    },
-    /// A byte stream: bundles back to back.
-    Stream,
-}
 
 /// Something the driver must do to the system.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,7 +131,7 @@ impl PumpConfig {
 pub struct Pump {
     session: Session,
     mtu: usize,
-    transport: Option<Transport>,
+    framing: Option<Framing>,
     carrier: bool,
     /// Flat staging: `[len u16 LE][packet]...`.
     staged: Vec<u8>,
@@ -173,7 +160,7 @@ impl Pump {
         Self {
             session,
             mtu: cfg.mtu.min(MAX_RECORD_PAYLOAD),
-            transport: None,
+            framing: None,
             carrier: false,
             staged: Vec::with_capacity(cap),
             staged_packets: 0,
@@ -203,9 +190,9 @@ impl Pump {
         self.carrier
     }
 
-    /// The current link's transport, if attached.
-    pub fn transport(&self) -> Option<Transport> {
-        self.transport
+    /// The current link's framing, if attached.
+    pub fn framing(&self) -> Option<Framing> {
+        self.framing
     }
 
     /// The configuration last handed out with [`Action::ApplyLinkConfig`].
@@ -281,14 +268,14 @@ impl Pump {
 
     /// True when [`poll_transmit`](Self::poll_transmit) has something to send.
     pub fn wants_transmit(&self) -> bool {
-        self.transport.is_some() && (self.staged_packets > 0 || self.session.has_pending_control())
+        self.framing.is_some() && (self.staged_packets > 0 || self.session.has_pending_control())
     }
 
     /// The next bundle to send, when the link has a free transfer slot: pending control records
     /// first, then every staged packet that fits. Call again while it returns `Some` and slots
     /// remain; call after every `handle_*`.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        let transport = self.transport?;
+        let framing = self.framing?;
         if !self.wants_transmit() {
             return None;
         }
@@ -330,10 +317,7 @@ impl Pump {
         if w.is_empty() {
             return None;
         }
-        let n = match transport {
-            Transport::Usb { max_packet_size } => w.finish_usb(max_packet_size),
-            Transport::Stream => w.finish(),
-        };
+        let n = w.finish_for(framing);
         self.session.record_tx(packets, bytes);
         self.counters.tx_bundles += 1;
         self.counters.tx_bytes += n as u64;
@@ -369,16 +353,16 @@ impl Pump {
     }
 
     /// The link is attached and can carry transfers (FunctionFS enabled, stream connected).
-    pub fn handle_link_up(&mut self, now: Instant, transport: Transport) {
+    pub fn handle_link_up(&mut self, now: Instant, framing: Framing) {
         self.counters.link_ups += 1;
-        self.transport = Some(transport);
+        self.framing = Some(framing);
         self.session.reset(now);
         self.process_events(now);
     }
 
     /// The link is gone (unbind, disable, suspend, stream lost).
     pub fn handle_link_down(&mut self, now: Instant) {
-        if self.transport.take().is_some() {
+        if self.framing.take().is_some() {
             self.counters.link_downs += 1;
         }
         self.session.reset(now);
@@ -477,7 +461,7 @@ impl Pump {
     }
 
     fn update_carrier(&mut self) {
-        let want = self.transport.is_some()
+        let want = self.framing.is_some()
             && self.session.state() == LinkState::Up
             && self.refused.is_none();
         if want == self.carrier {
@@ -556,10 +540,10 @@ mod tests {
     }
 
     /// Pump attached as a stream, handshake done, carrier on.
-    fn up(now: Instant, transport: Transport) -> (Pump, Peer) {
+    fn up(now: Instant, framing: Framing) -> (Pump, Peer) {
         let mut p = Pump::new(PumpConfig::new("BOARD1"), now);
         let mut peer = Peer::new(now);
-        p.handle_link_up(now, transport);
+        p.handle_link_up(now, framing);
         let mut sink = Vec::new();
         for _ in 0..4 {
             let b = peer.bundle(&[]);
@@ -594,7 +578,7 @@ mod tests {
     #[test]
     fn refused_link_config_keeps_the_link_down_until_a_good_one() {
         let now = ms(0);
-        let (mut p, mut peer) = up(now, Transport::Stream);
+        let (mut p, mut peer) = up(now, Framing::Stream);
         let mut bad = link_config();
         bad.ipv4 = bad.ipv4.map(|c| Cidr { prefix: 1, ..c });
         peer.s.set_link_config(bad.clone());
@@ -606,7 +590,7 @@ mod tests {
         assert_eq!(p.link_config_refused(), Some(&LinkConfigError::PrefixV4(1)));
         // A relink with the same bad offer stays down.
         p.handle_link_down(ms(2));
-        p.handle_link_up(ms(3), Transport::Stream);
+        p.handle_link_up(ms(3), Framing::Stream);
         peer.s.reset(ms(3));
         exchange(&mut p, &mut peer, ms(3));
         assert!(!p.carrier());
@@ -633,7 +617,7 @@ mod tests {
         cfg.overrides.mtu = Some(600);
         let mut p = Pump::new(cfg, now);
         let mut peer = Peer::new(now);
-        p.handle_link_up(now, Transport::Stream);
+        p.handle_link_up(now, Framing::Stream);
         exchange(&mut p, &mut peer, now);
         assert_eq!(p.session().state(), LinkState::Up);
         assert!(!p.carrier(), "the board's own MTU 600 is refused too");
@@ -654,7 +638,7 @@ mod tests {
 
     #[test]
     fn idle_link_sends_each_packet_at_once() {
-        let (mut p, mut peer) = up(ms(0), Transport::Stream);
+        let (mut p, mut peer) = up(ms(0), Framing::Stream);
         let before = p.counters().tx_bundles;
         for i in 0..3 {
             p.handle_tun_packet(&pkt(i, 100));
@@ -672,7 +656,7 @@ mod tests {
 
     #[test]
     fn busy_link_aggregates_into_one_bundle() {
-        let (mut p, mut peer) = up(ms(0), Transport::Stream);
+        let (mut p, mut peer) = up(ms(0), Framing::Stream);
         // All transfer slots busy: the driver does not call poll_transmit.
         let sent: Vec<_> = (0..10u8).map(|i| pkt(i, 200 + usize::from(i))).collect();
         for s in &sent {
@@ -693,7 +677,7 @@ mod tests {
 
     #[test]
     fn backpressure_stops_tun_reads_and_counts_overflow() {
-        let (mut p, _peer) = up(ms(0), Transport::Stream);
+        let (mut p, _peer) = up(ms(0), Framing::Stream);
         let big = pkt(7, 16000);
         let mut staged = 0;
         while p.can_accept_tun() {
@@ -721,7 +705,7 @@ mod tests {
 
     #[test]
     fn smaller_max_bundle_mid_session_drops_what_no_longer_fits() {
-        let (mut p, _old) = up(ms(0), Transport::Stream);
+        let (mut p, _old) = up(ms(0), Framing::Stream);
         let big = pkt(7, 16000);
         while p.can_accept_tun() {
             p.handle_tun_packet(&big);
@@ -761,7 +745,7 @@ mod tests {
 
         let (mut p, mut peer) = up(
             now,
-            Transport::Usb {
+            Framing::Usb {
                 max_packet_size: 512,
             },
         );
@@ -774,7 +758,7 @@ mod tests {
         // Replug: carrier waits for the host Hello.
         p.handle_link_up(
             ms(20),
-            Transport::Usb {
+            Framing::Usb {
                 max_packet_size: 512,
             },
         );
@@ -802,7 +786,7 @@ mod tests {
 
     #[test]
     fn bad_frames_and_wrong_version_are_counted_and_survived() {
-        let (mut p, mut peer) = up(ms(0), Transport::Stream);
+        let (mut p, mut peer) = up(ms(0), Framing::Stream);
         p.handle_link_bundle(ms(1), b"garbage that is not a bundle", |_| true);
         assert_eq!(p.counters().rx_frame_errors, 1);
         assert_eq!(p.session().counters().rx_bad_bundles, 1);
@@ -837,7 +821,7 @@ mod tests {
         for mps in [512usize, 1024] {
             let (mut p, _peer) = up(
                 ms(0),
-                Transport::Usb {
+                Framing::Usb {
                     max_packet_size: mps,
                 },
             );
@@ -858,7 +842,7 @@ mod tests {
 
     #[test]
     fn tun_write_failures_are_counted() {
-        let (mut p, mut peer) = up(ms(0), Transport::Stream);
+        let (mut p, mut peer) = up(ms(0), Framing::Stream);
         let b = peer.bundle(&[&pkt(1, 40), &pkt(2, 40)]);
         p.handle_link_bundle(ms(1), &b, |_| false);
         assert_eq!(p.counters().tun_write_errors, 2);
@@ -866,7 +850,7 @@ mod tests {
 
     #[test]
     fn close_sends_bye() {
-        let (mut p, mut peer) = up(ms(0), Transport::Stream);
+        let (mut p, mut peer) = up(ms(0), Framing::Stream);
         p.close();
         let b = p.poll_transmit().unwrap();
         peer.recv(ms(1), &b);

@@ -479,7 +479,7 @@ impl Driver {
                 self.handshake_error = None;
                 self.summary_dirty = true;
             }
-            LinkEvent::Down { reason } => {
+            LinkEvent::Down { reason, .. } => {
                 self.counters.link_downs += 1;
                 // The reason once per change: a peer that keeps failing the same way is paced by
                 // the transport's backoff and logged there.
@@ -619,10 +619,7 @@ impl Driver {
                 break;
             }
             let framing = self.link.as_ref().map_or(Framing::Stream, |l| l.framing);
-            let n = match framing {
-                Framing::Usb { max_packet_size } => w.finish_usb(max_packet_size),
-                Framing::Stream => w.finish(),
-            };
+            let n = w.finish_for(framing);
             buf.truncate(n);
             self.session.record_tx(packets, bytes);
             let Some(link) = &self.link else { break };
@@ -771,10 +768,7 @@ impl Driver {
             let mut buf = vec![0u8; self.session.tx_max_bundle()];
             let mut w = BundleWriter::new(&mut buf, self.session.tx_max_bundle());
             self.session.poll_control(&mut w);
-            let n = match link.framing {
-                Framing::Usb { max_packet_size } => w.finish_usb(max_packet_size),
-                Framing::Stream => w.finish(),
-            };
+            let n = w.finish_for(link.framing);
             buf.truncate(n);
             let _ = tokio::time::timeout(Duration::from_millis(500), link.tx.send(buf)).await;
             // Give the writer a moment to put it on the wire.

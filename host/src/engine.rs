@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  Engine::spawn_transport ──LinkEvent──▶ driver::run ◀──▶ NAT + OS sockets
-//!  (usb::run | stream::run)                  └──▶ Summary (tray) / control socket (status)
+//!  (usb::run | run_stream)                    └──▶ Summary (tray) / control socket (status)
 //! ```
 //!
 //! `main.rs` builds an [`Engine`] from the command line once; `run` calls [`Engine::run`], the tray
@@ -61,7 +61,7 @@ impl Engine {
     ) -> JoinHandle<()> {
         match &self.transport {
             TransportSpec::Usb => tokio::spawn(transport::usb::run(filter, self.usb, events)),
-            TransportSpec::Stream(url) => tokio::spawn(transport::stream::run(
+            TransportSpec::Stream(url) => tokio::spawn(qbkit_link::run_stream(
                 url.clone(),
                 self.link_key.clone(),
                 self.driver.max_bundle,

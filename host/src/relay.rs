@@ -98,7 +98,7 @@ async fn board_to_stream(
                 tracing::info!(link = %up.description, "relaying board");
                 board.send_replace(Some(up.tx));
             }
-            LinkEvent::Down { reason } => {
+            LinkEvent::Down { reason, .. } => {
                 tracing::info!(%reason, "board link down; waiting for it to come back");
                 board.send_replace(None);
             }
@@ -161,23 +161,22 @@ mod tests {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     /// A bundle with one IP record of `n` bytes of `fill`, finished for a stream or for USB.
-    fn bundle(n: usize, fill: u8, usb_mps: Option<usize>) -> Vec<u8> {
+    const USB512: Framing = Framing::Usb {
+        max_packet_size: 512,
+    };
+
+    fn bundle(n: usize, fill: u8, framing: Framing) -> Vec<u8> {
         let mut buf = vec![0; 4096];
         let mut w = BundleWriter::new(&mut buf[..], 4096);
         w.push(RecordKind::Ip, CHANNEL_NET, &vec![fill; n]).unwrap();
-        let len = match usb_mps {
-            Some(mps) => w.finish_usb(mps),
-            None => w.finish(),
-        };
+        let len = w.finish_for(framing);
         buf.truncate(len);
         buf
     }
 
     fn up(tx: mpsc::Sender<Vec<u8>>) -> LinkEvent {
         LinkEvent::Up(LinkUp {
-            framing: Framing::Usb {
-                max_packet_size: 512,
-            },
+            framing: USB512,
             tx,
             description: "fake board".into(),
         })
@@ -203,7 +202,7 @@ mod tests {
         // the bundle without it.
         let (board_tx, mut board_rx) = mpsc::channel(2);
         ev_tx.send(up(board_tx)).await.unwrap();
-        let padded = bundle(512 - 8 - 4, 0xAB, Some(512));
+        let padded = bundle(512 - 8 - 4, 0xAB, USB512);
         assert_eq!(padded.len(), 512 + shared_frame::USB_PAD_LEN);
         ev_tx.send(LinkEvent::Bundle(padded.clone())).await.unwrap();
         let mut got = vec![0; 512];
@@ -213,24 +212,21 @@ mod tests {
         ev_tx.send(LinkEvent::Bundle(vec![0; 20])).await.unwrap();
 
         // Stream → board.
-        let b = bundle(100, 1, None);
+        let b = bundle(100, 1, Framing::Stream);
         far.write_all(&b).await.unwrap();
         assert_eq!(board_rx.recv().await.unwrap(), b);
 
         // Board unplugged: bundles from the stream are dropped; after the replug they flow again.
-        ev_tx
-            .send(LinkEvent::Down {
-                reason: "unplugged".into(),
-            })
-            .await
-            .unwrap();
+        ev_tx.send(LinkEvent::down("unplugged")).await.unwrap();
         drop(board_rx);
         let (board_tx, mut board_rx) = mpsc::channel(2);
         // The Down must be seen before the dropped bundle is written: send the next Up only after.
-        far.write_all(&bundle(10, 2, None)).await.unwrap();
+        far.write_all(&bundle(10, 2, Framing::Stream))
+            .await
+            .unwrap();
         tokio::task::yield_now().await;
         ev_tx.send(up(board_tx)).await.unwrap();
-        let b3 = bundle(30, 3, None);
+        let b3 = bundle(30, 3, Framing::Stream);
         // Wait until the new board link is published: the board sees b3 (earlier bundles were
         // dropped while no board was attached, or went to the old, closed sender).
         let mut delivered = false;
@@ -245,7 +241,7 @@ mod tests {
             }
         }
         assert!(delivered, "bundles reach the board after the replug");
-        let b4 = bundle(700, 4, Some(512));
+        let b4 = bundle(700, 4, USB512);
         ev_tx.send(LinkEvent::Bundle(b4.clone())).await.unwrap();
         let mut got = vec![0; b4.len()];
         far.read_exact(&mut got).await.unwrap();

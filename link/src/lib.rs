@@ -5,10 +5,12 @@
 //! that into a fresh byte stream each time the previous one is lost (it re-dials, or re-accepts on a
 //! listener it keeps bound); [`BundleReader`] cuts the stream into bundles with
 //! [`shared_frame::StreamDecoder`] (bounded buffering, one read buffer allocated once) and
-//! [`write_bundle`] writes one. Both programs' link tasks are the same loop on top of these:
-//! [`Connector::connect_retrying`] (capped exponential backoff, [`backoff`]), then [`pump`] (bundles
-//! both ways until the stream ends), then [`Connector::ended`] (the reason; a dialled stream that
-//! ended before it proved stable delays the next dial like a failed one), then again. The session logic (Hello, keepalives) is not here: it
+//! [`write_bundle`] writes one. Both programs run the one stream link task on top of these,
+//! [`run_stream`]: [`Connector::connect_retrying`] (capped exponential backoff, [`backoff`]), then
+//! [`pump`] (bundles both ways until the stream ends), then [`Connector::ended`] (the reason; a
+//! dialled stream that ended before it proved stable delays the next dial like a failed one), then
+//! again, reporting the [`LinkEvent`]s every link task of both programs reports ([`task`]). The
+//! session logic (Hello, keepalives) is not here: it
 //! lives in [`shared_frame::Session`], driven by each program's event loop.
 //!
 //! Authentication ([`auth`]): with a pre-shared key ([`Connector::with_key`]) every new stream runs
@@ -21,6 +23,7 @@
 
 pub mod auth;
 pub mod backoff;
+pub mod task;
 
 use std::fmt;
 use std::io;
@@ -40,6 +43,7 @@ use tokio::task::JoinSet;
 
 use crate::auth::{AuthError, AuthRole, LinkKey};
 pub use crate::backoff::Backoff;
+pub use crate::task::{LinkEvent, LinkUp, STREAM_TX_DEPTH, run_stream};
 
 /// Handshakes a listener runs at once; a connection beyond them is closed at once (counted in
 /// [`auth::AuthCounters::busy`]).

@@ -13,6 +13,19 @@ use crate::FrameError;
 use crate::control::Control;
 use crate::error::Full;
 
+/// How bundles are delimited on a link, which decides how they are finished
+/// ([`BundleWriter::finish_for`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// USB bulk: one bundle per transfer, padded so it never ends on `max_packet_size`.
+    Usb {
+        /// wMaxPacketSize of the bulk endpoint at the current speed.
+        max_packet_size: usize,
+    },
+    /// A byte stream: bundles back to back, bare.
+    Stream,
+}
+
 /// The bundle magic, `QK`.
 pub const MAGIC: [u8; 2] = *b"QK";
 /// The framing version this build writes and accepts.
@@ -361,6 +374,15 @@ impl<'a> BundleWriter<'a> {
         h[field::VERSION] = FRAMING_VERSION;
         h[field::FLAGS] = 0;
         h[field::LENGTH].copy_from_slice(&len.to_le_bytes());
+    }
+
+    /// Writes the header and returns the length to send on a link with this `framing`: the one
+    /// place that chooses between [`finish`](Self::finish) and [`finish_usb`](Self::finish_usb).
+    pub fn finish_for(self, framing: Framing) -> usize {
+        match framing {
+            Framing::Usb { max_packet_size } => self.finish_usb(max_packet_size),
+            Framing::Stream => self.finish(),
+        }
     }
 
     /// Writes the header and returns the bundle length: send `buf[..n]` on a byte stream.

@@ -40,9 +40,9 @@ mod time;
 pub mod usb_id;
 
 pub use bundle::{
-    BUNDLE_HEADER_LEN, Bundle, BundleWriter, CHANNEL_NET, DEFAULT_MAX_BUNDLE, MAX_BUNDLE_LIMIT,
-    MAX_RECORD_PAYLOAD, MIN_MAX_BUNDLE, RECORD_HEADER_LEN, Record, RecordKind, USB_PAD_LEN,
-    max_packet, needs_zlp,
+    BUNDLE_HEADER_LEN, Bundle, BundleWriter, CHANNEL_NET, DEFAULT_MAX_BUNDLE, Framing,
+    MAX_BUNDLE_LIMIT, MAX_RECORD_PAYLOAD, MIN_MAX_BUNDLE, RECORD_HEADER_LEN, Record, RecordKind,
+    USB_PAD_LEN, max_packet, needs_zlp,
 };
 pub use control::{
     Bye, ByeReason, Capabilities, Cidr, Control, Hello, Keepalive, LinkConfig, PROTOCOL_VERSION,

@@ -22,13 +22,13 @@ use usb_gadget::{
     Class, Config, Gadget, Id, OsDescriptor, RegGadget, Speed, Strings, Udc, UsbVersion,
 };
 
+use qbkit_link::{LinkEvent, LinkUp};
+use shared_frame::Framing;
 use shared_frame::usb_id::INTERFACE_NAME;
 
 use crate::config::GadgetSpec;
 use crate::configfs::plan::device_class;
 use crate::ffs::descriptors::{IN_QUEUE_LEN, OUT_QUEUE_LEN, interface};
-use crate::pump::Transport;
-use crate::stream::LinkEvent;
 
 /// PID file of the shell fallback's ep0 holder (`configfs/qbkit-gadget.sh`).
 pub const FALLBACK_PIDFILE: &str = "/run/qbkit-gadget-fallback.pid";
@@ -247,17 +247,16 @@ pub async fn run(g: UsbGadget, max_bundle: usize, events: mpsc::Sender<LinkEvent
         let ev = if is_up {
             let mps = max_packet_size(&udc);
             tracing::info!(max_packet_size = mps, "USB host configured the interface");
-            LinkEvent::Up {
-                transport: Transport::Usb {
+            LinkEvent::Up(LinkUp {
+                framing: Framing::Usb {
                     max_packet_size: mps,
                 },
                 tx: bundle_tx.clone(),
-            }
+                description: format!("usb (wMaxPacketSize {mps})"),
+            })
         } else {
             tracing::info!("USB link lost (disable/unbind/suspend)");
-            LinkEvent::Down {
-                framing_error: false,
-            }
+            LinkEvent::down("USB link lost (disable/unbind/suspend)")
         };
         if events.send(ev).await.is_err() {
             break;
@@ -298,7 +297,7 @@ async fn out_loop(
                 Ok(Some(buf)) => {
                     errors_enabled = 0;
                     delay = OUT_RETRY_FIRST;
-                    if events.send(LinkEvent::Bundle(buf)).await.is_err() {
+                    if events.send(LinkEvent::Bundle(buf.into())).await.is_err() {
                         return;
                     }
                 }

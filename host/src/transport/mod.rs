@@ -1,74 +1,17 @@
-//! Transports: whatever carries bundles between the board and the driver. A link is "something
-//! that delivers received bundles and accepts bundles to send, and can be lost and come back";
-//! every transport (stream links in [`stream`], the board on USB in [`usb`] over `crate::usb`, the
-//! board over USB/IP or a Qubes qubes.USB service in [`usbip`]) is a task that reports [`LinkEvent`]s
-//! on one channel to [`crate::driver`], which never knows which transport it talks to.
-//!
-//! Data flow: a transport task sends [`LinkEvent::Up`] with a bounded sender for outgoing bundles
-//! (its capacity is the number of transfers in flight: while they are all queued the driver stops
-//! draining the NAT, so packets aggregate into the next bundle and TCP feels the backpressure),
-//! then one [`LinkEvent::Bundle`] per received bundle (one USB transfer, or one bundle cut from a
-//! stream), then [`LinkEvent::Down`] when the link is lost; after a reconnect it starts over with
-//! `Up`. Bundles are complete `shared_frame` bundles in both directions; [`Framing`] tells the
-//! driver how to finish them (USB needs the zero-length-packet pad rule).
+//! Transports: the link tasks of qbkit-host. Each one reports `qbkit_link::LinkEvent`s on one
+//! channel to [`crate::driver`], which never knows which transport it talks to (the contract, and
+//! the stream link task both programs run, are in `qbkit_link::task`): the board on USB in [`usb`]
+//! over `qbkit-usb`, the board over USB/IP or a Qubes qubes.USB service in [`usbip`], and stream
+//! links (`qbkit_link::run_stream`).
 
-pub mod stream;
 pub mod usb;
 pub mod usbip;
 
 use std::fmt;
 
 use qbkit_link::{LinkError, LinkUrl};
-use tokio::sync::mpsc;
-
-/// How bundles are delimited on the link.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Framing {
-    /// USB bulk: one bundle per transfer, padded so it never ends on `max_packet_size`.
-    Usb {
-        /// wMaxPacketSize of the bulk OUT endpoint at the current speed.
-        max_packet_size: usize,
-    },
-    /// A byte stream: bundles back to back.
-    Stream,
-}
-
-/// A link that just came up.
-#[derive(Debug)]
-pub struct LinkUp {
-    /// How to finish bundles for it.
-    pub framing: Framing,
-    /// Outgoing bundles; capacity = transfers in flight.
-    pub tx: mpsc::Sender<Vec<u8>>,
-    /// For logs and `status` (peer address, USB bus/port).
-    pub description: String,
-}
-
-/// What a transport task reports to the driver.
-#[derive(Debug)]
-pub enum LinkEvent {
-    /// A link is attached.
-    Up(LinkUp),
-    /// One received bundle.
-    Bundle(Vec<u8>),
-    /// A listening transport is bound here (the real port of a port-0 listener), before any
-    /// peer connected: `status` shows it as the transport.
-    Listening {
-        /// The transport with its bound address, e.g. `tcp-listen://127.0.0.1:36703`.
-        url: String,
-    },
-    /// The link is gone (a new `Up` may follow).
-    Down {
-        /// Why, for logs and `status`.
-        reason: String,
-    },
-    /// An attempt to establish the link failed before `Up`; the transport retries after a
-    /// backoff (and has logged the reason once per change).
-    Failed {
-        /// Why, for `status`.
-        reason: String,
-    },
-}
+pub use qbkit_link::{LinkEvent, LinkUp};
+pub use shared_frame::Framing;
 
 /// Depth of the channel from the transport tasks to the driver (received bundles in flight).
 pub const EVENT_QUEUE: usize = 8;

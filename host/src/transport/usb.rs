@@ -114,7 +114,7 @@ pub async fn run(filter: DeviceFilter, cfg: UsbConfig, events: mpsc::Sender<Link
             Served::Ended => return,
             Served::Down { reason, reopen } => {
                 tracing::info!(path = %board.info().bus_path, %reason, "board link down");
-                if events.send(LinkEvent::Down { reason }).await.is_err() {
+                if events.send(LinkEvent::down(reason)).await.is_err() {
                     return;
                 }
                 if let Some(delay) = reopen {

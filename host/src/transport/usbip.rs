@@ -62,7 +62,7 @@ pub async fn run(url: String, opts: LinkOptions, events: mpsc::Sender<LinkEvent>
                 let reason = e.to_string();
                 // An import that fails at once is paced like a refused connect.
                 let wait = backoff.down(&reason);
-                if events.send(LinkEvent::Down { reason }).await.is_err() {
+                if events.send(LinkEvent::down(reason)).await.is_err() {
                     return;
                 }
                 tokio::time::sleep(wait).await;
@@ -323,7 +323,7 @@ async fn handle_incoming(
                 if let Some(e) = serve(link, &name, opts.out_urbs, &events, stop).await {
                     let reason = e.to_string();
                     tracing::warn!(%reason, "USB/IP link down; waiting for the board to connect again");
-                    let _ = events.send(LinkEvent::Down { reason }).await;
+                    let _ = events.send(LinkEvent::down(reason)).await;
                 }
             });
             Some(Serving {
@@ -440,7 +440,7 @@ mod tests {
             let up = expect_up(&mut rx).await;
             up.tx.send(vec![7; 64]).await.unwrap();
             match rx.recv().await {
-                Some(LinkEvent::Down { reason }) => {
+                Some(LinkEvent::Down { reason, .. }) => {
                     assert!(reason.contains("127.0.0.1"), "names the peer: {reason}");
                 }
                 other => panic!("expected Down, got {other:?}"),
@@ -511,7 +511,7 @@ mod tests {
 
     async fn expect_down(rx: &mut mpsc::Receiver<LinkEvent>) -> String {
         match rx.recv().await {
-            Some(LinkEvent::Down { reason }) => reason,
+            Some(LinkEvent::Down { reason, .. }) => reason,
             other => panic!("expected Down, got {other:?}"),
         }
     }

@@ -146,9 +146,7 @@ impl Controller {
             self.link_up = false;
             let _ = self
                 .events
-                .send(LinkEvent::Down {
-                    reason: "disconnected from the tray menu".into(),
-                })
+                .send(LinkEvent::down("disconnected from the tray menu"))
                 .await;
         }
     }

@@ -1,0 +1,143 @@
+//! The link task contract both programs share, and the stream link task itself.
+//!
+//! A link is "something that delivers received bundles and accepts bundles to send, and can be
+//! lost and come back". Every link task (a stream link here; the board on USB, over USB/IP or
+//! FunctionFS in the programs) reports [`LinkEvent`]s on one channel to its program's event loop,
+//! which never knows which kind of link it talks to.
+//!
+//! Data flow: a link task sends [`LinkEvent::Up`] with a bounded sender for outgoing bundles (its
+//! capacity is the number of transfers in flight: while they are all queued the event loop stops
+//! building bundles, so packets aggregate into the next one and TCP feels the backpressure), then
+//! one [`LinkEvent::Bundle`] per received bundle (one USB transfer, or one bundle cut from a
+//! stream), then [`LinkEvent::Down`] when the link is lost; after a reconnect it starts over with
+//! `Up`. Bundles are complete `shared_frame` bundles in both directions; [`LinkUp::framing`] says
+//! how to finish them ([`shared_frame::BundleWriter::finish_for`]).
+
+use shared_frame::Framing;
+use tokio::sync::mpsc;
+
+use crate::auth::LinkKey;
+use crate::{Connector, LinkError, LinkUrl};
+
+/// Bundles queued to a stream writer: the "transfers in flight" of a stream link. Two keep the
+/// socket busy while the next bundle is built; more only add latency.
+pub const STREAM_TX_DEPTH: usize = 2;
+
+/// A link that just came up.
+#[derive(Debug)]
+pub struct LinkUp {
+    /// How to finish bundles for it.
+    pub framing: Framing,
+    /// Outgoing bundles; capacity = transfers in flight.
+    pub tx: mpsc::Sender<Vec<u8>>,
+    /// For logs and `status` (peer address and whether it proved the key, USB bus/port).
+    pub description: String,
+}
+
+/// What a link task reports to its program's event loop.
+#[derive(Debug)]
+pub enum LinkEvent {
+    /// A link is attached.
+    Up(LinkUp),
+    /// One received bundle.
+    Bundle(Vec<u8>),
+    /// A listening link is bound here (the real port of a port-0 listener), before any peer
+    /// connected: `status` shows it.
+    Listening {
+        /// The link with its bound address, e.g. `tcp-listen://127.0.0.1:36703`.
+        url: String,
+    },
+    /// The link is gone (a new `Up` may follow).
+    Down {
+        /// Why, for logs and `status`.
+        reason: String,
+        /// True when the peer sent bytes that are not qbkit framing (counted by the board).
+        framing_error: bool,
+    },
+    /// An attempt to establish the link failed before `Up`; the link task retries after a
+    /// backoff (and has logged the reason once per change).
+    Failed {
+        /// Why, for `status`.
+        reason: String,
+    },
+}
+
+impl LinkEvent {
+    /// A `Down` that is not a framing error.
+    pub fn down(reason: impl Into<String>) -> Self {
+        Self::Down {
+            reason: reason.into(),
+            framing_error: false,
+        }
+    }
+}
+
+/// Runs a stream link until `events` is closed or a one-shot link (stdio) ended: bind (a listener
+/// reports [`LinkEvent::Listening`]), then connect or accept with capped exponential backoff
+/// ([`crate::Backoff`]: also after a stream that ended at once, as `exec:false` does; a failed dial
+/// is reported as [`LinkEvent::Failed`]) → `Up` with a sender of depth [`STREAM_TX_DEPTH`] →
+/// bundles both ways ([`crate::pump`]; reading stops while `events` is full: backpressure onto
+/// the stream) → `Down` on EOF or error → again.
+/// With `key`, every stream is authenticated before `Up` (see [`crate::auth`]).
+pub async fn run_stream(
+    url: LinkUrl,
+    key: Option<LinkKey>,
+    max_bundle: usize,
+    events: mpsc::Sender<LinkEvent>,
+) {
+    let Ok(mut conn) = Connector::with_key(url, key)
+        .inspect_err(|e| tracing::error!(error = %e, "stream link cannot start"))
+    else {
+        return;
+    };
+    if let Err(e) = conn.bind().await {
+        tracing::error!(error = %e, "stream link cannot listen");
+        return;
+    }
+    let bound = conn.bound_url();
+    if bound.is_listener()
+        && events
+            .send(LinkEvent::Listening {
+                url: bound.to_string(),
+            })
+            .await
+            .is_err()
+    {
+        return;
+    }
+    // A failed dial never reached `Up`: the event loop hears of it for `status` (best effort; the
+    // channel has room while no link is up).
+    let failed = |reason: &str| {
+        let _ = events.try_send(LinkEvent::Failed {
+            reason: reason.to_owned(),
+        });
+    };
+    while let Some(stream) = conn.connect_retrying(failed).await {
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(STREAM_TX_DEPTH);
+        let up = LinkUp {
+            framing: Framing::Stream,
+            tx,
+            // The real port of a port-0 listener, the peer and whether it proved the key.
+            description: conn.describe(),
+        };
+        if events.send(LinkEvent::Up(up)).await.is_err() {
+            return;
+        }
+        let res = crate::pump(stream, max_bundle, rx, &events, |b| {
+            LinkEvent::Bundle(b.to_vec())
+        })
+        .await;
+        let framing_error = matches!(res, Err(LinkError::Frame(_)));
+        let reason = conn.ended(&res).await;
+        if events
+            .send(LinkEvent::Down {
+                reason,
+                framing_error,
+            })
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
