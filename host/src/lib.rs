@@ -1,14 +1,17 @@
-//! qbkit-host library: transports (USB, streams), the driver loop, the OS socket side of the NAT,
-//! status reporting, the tray icon and per-OS bits. The binary (`main.rs`) only parses arguments
-//! and runs an [`engine::Engine`] (`run`), or the same engine with a tray icon ([`tray::app`]).
+//! qbkit-host library: transports (USB over qbkit-usb, USB/IP; stream links come from
+//! qbkit-link), the sans-IO core (link session + NAT + bundles), the driver loop around it, the
+//! OS socket side of the NAT, status reporting, the tray icon and per-OS bits. The binary
+//! (`main.rs`) only parses arguments and runs an [`engine::Engine`] (`run`), or the same engine
+//! with a tray icon ([`tray::app`]).
 //!
 //! ```text
-//!  transport::{stream, usb} ──LinkEvent──▶ driver ◀──▶ qbkit_nat::Nat (sans-IO)
-//!                                            │  └──Summary──▶ tray::app ──▶ tray (icon, menu)
-//!                                            └──▶ sockets (OS TCP/UDP/ping sockets) ◀──▶ platform
+//!  transport::{usb, usbip}, qbkit_link::run_stream ──LinkEvent──▶ driver ◀──▶ core (sans-IO:
+//!                                      │  └──Summary──▶ tray::app ──▶ tray     Session + Nat)
+//!                                      └──▶ sockets (OS TCP/UDP/ping sockets) ◀──▶ platform
 //! ```
 
 pub mod config;
+pub mod core;
 pub mod dns_watch;
 pub mod driver;
 pub mod engine;

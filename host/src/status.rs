@@ -21,7 +21,7 @@ use qbkit_nat::{FlowInfo, Nat, Protocol};
 use serde::{Deserialize, Serialize};
 use shared_frame::{LinkState, Session, Stats};
 
-use crate::driver::DriverCounters;
+use crate::core::CoreCounters;
 use crate::forward::ForwardStatus;
 use crate::platform;
 use crate::sockets::SocketCounters;
@@ -224,7 +224,7 @@ pub(crate) struct Sources<'a> {
     pub(crate) flows: Vec<FlowInfo>,
     pub(crate) sockets: &'a SocketCounters,
     pub(crate) os_sockets: usize,
-    pub(crate) driver: &'a DriverCounters,
+    pub(crate) driver: &'a CoreCounters,
     pub(crate) peer_stats: Option<&'a Stats>,
     pub(crate) uptime: Duration,
     pub(crate) forwards: Vec<ForwardStatus>,

@@ -1,13 +1,10 @@
 //! Packet builders and parsers for tests: board packets from smoltcp Reprs, and views of what
-//! the core sends back.
+//! the core sends back (the ones qbkit-host's tests share are in `crate::testing`).
 
 use core::net::{Ipv4Addr, SocketAddrV4};
 
 use smoltcp::phy::ChecksumCapabilities;
-use smoltcp::wire::{
-    Icmpv4Packet, Icmpv4Repr, IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, UdpPacket,
-    UdpRepr,
-};
+use smoltcp::wire::{Icmpv4Packet, Icmpv4Repr, IpProtocol, Ipv4Packet, TcpControl};
 
 pub(crate) const BOARD: Ipv4Addr = Ipv4Addr::new(10, 47, 0, 2);
 pub(crate) const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 47, 0, 1);
@@ -17,7 +14,7 @@ pub(crate) fn ep(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(ip, port)
 }
 
-pub(crate) use crate::testing::ipv4;
+pub(crate) use crate::testing::{ip_of, ipv4, seg_of, udp, udp_of};
 
 /// A TCP segment from `src` to `dst`.
 pub(crate) fn tcp(
@@ -35,30 +32,6 @@ pub(crate) fn syn(src: SocketAddrV4, dst: SocketAddrV4, seq: u32) -> Vec<u8> {
     tcp(src, dst, TcpControl::Syn, seq, None, &[])
 }
 
-pub(crate) fn udp(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
-    let repr = UdpRepr {
-        src_port: src.port(),
-        dst_port: dst.port(),
-    };
-    ipv4(
-        *src.ip(),
-        *dst.ip(),
-        IpProtocol::Udp,
-        64,
-        8 + payload.len(),
-        |b| {
-            repr.emit(
-                &mut UdpPacket::new_unchecked(b),
-                &(*src.ip()).into(),
-                &(*dst.ip()).into(),
-                payload.len(),
-                |p| p.copy_from_slice(payload),
-                &ChecksumCapabilities::default(),
-            );
-        },
-    )
-}
-
 pub(crate) fn echo(src: Ipv4Addr, dst: Ipv4Addr, ident: u16, seq_no: u16, data: &[u8]) -> Vec<u8> {
     let repr = Icmpv4Repr::EchoRequest {
         ident,
@@ -71,63 +44,6 @@ pub(crate) fn echo(src: Ipv4Addr, dst: Ipv4Addr, ident: u16, seq_no: u16, data: 
             &ChecksumCapabilities::default(),
         );
     })
-}
-
-/// A parsed TCP segment sent to the board.
-#[derive(Debug, Clone)]
-pub(crate) struct Seg {
-    pub(crate) src: SocketAddrV4,
-    pub(crate) dst: SocketAddrV4,
-    pub(crate) syn: bool,
-    pub(crate) ack: Option<u32>,
-    pub(crate) rst: bool,
-    pub(crate) seq: u32,
-}
-
-/// Check the IPv4 header (and its checksum) of a packet to the board, return the repr.
-#[track_caller]
-pub(crate) fn ip_of(pkt: &[u8]) -> Ipv4Repr {
-    let p = Ipv4Packet::new_checked(pkt).expect("valid IPv4");
-    assert!(p.verify_checksum(), "IPv4 checksum");
-    Ipv4Repr::parse(&p, &ChecksumCapabilities::default()).expect("valid IPv4 repr")
-}
-
-#[track_caller]
-pub(crate) fn seg_of(pkt: &[u8]) -> Seg {
-    let ip = ip_of(pkt);
-    assert_eq!(ip.next_header, IpProtocol::Tcp, "expected TCP, got {ip:?}");
-    let p = Ipv4Packet::new_unchecked(pkt);
-    let t = TcpPacket::new_checked(p.payload()).expect("TCP");
-    assert!(
-        t.verify_checksum(&ip.src_addr.into(), &ip.dst_addr.into()),
-        "TCP checksum"
-    );
-    Seg {
-        src: ep(ip.src_addr, t.src_port()),
-        dst: ep(ip.dst_addr, t.dst_port()),
-        syn: t.syn(),
-        ack: t.ack().then(|| t.ack_number().0.cast_unsigned()),
-        rst: t.rst(),
-        seq: t.seq_number().0.cast_unsigned(),
-    }
-}
-
-/// (src, dst, payload) of a UDP packet to the board.
-#[track_caller]
-pub(crate) fn udp_of(pkt: &[u8]) -> (SocketAddrV4, SocketAddrV4, Vec<u8>) {
-    let ip = ip_of(pkt);
-    assert_eq!(ip.next_header, IpProtocol::Udp);
-    let p = Ipv4Packet::new_unchecked(pkt);
-    let u = UdpPacket::new_checked(p.payload()).expect("UDP");
-    assert!(
-        u.verify_checksum(&ip.src_addr.into(), &ip.dst_addr.into()),
-        "UDP checksum"
-    );
-    (
-        ep(ip.src_addr, u.src_port()),
-        ep(ip.dst_addr, u.dst_port()),
-        u.payload().to_vec(),
-    )
 }
 
 /// (src, type, code, quoted bytes) of an ICMP packet to the board.

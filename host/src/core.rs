@@ -1,0 +1,813 @@
+//! PURE: the sans-IO core of `qbkit-host`: the link [`Session`] + the [`Nat`] + bundle assembly,
+//! with no clock, no sockets and no tokio. [`crate::driver`] owns those and calls in here; the
+//! tests below drive it with a simulated clock and a scripted board.
+//!
+//! # Theory of operation
+//!
+//! ```text
+//!  handle_link_up / handle_link_down ─▶ Session reset (Hello again), framing of the new link
+//!  handle_bundle ─▶ Session ─IP─▶ Nat::handle_ip_packet ─▶ poll_nat_event (socket requests)
+//!  handle_os_event (what the OS sockets did) ─▶ Nat;  nat_mut: the zero-copy tcp_recv/tcp_send
+//!  handle_timeout ─▶ Session + Nat timers;  poll_timeout: the earliest of both
+//!  poll_transmit ─▶ one bundle: session control first, then packets from the Nat (zero-copy into
+//!                   the bundle; a packet that does not fit is carried to the next bundle)
+//!  close ─▶ Bye, then poll_transmit once more (goodbye)
+//! ```
+//!
+//! Time is microseconds on the caller's monotonic clock (`now`), the time base of both cores.
+//!
+//! # Limit changes
+//!
+//! - The board's Hello announces its largest bundle: every bundle after that is at most
+//!   [`Session::tx_max_bundle`]. Before the Hello it is our own default.
+//! - The board's Hello announces its MTU: when it is below ours the LinkConfig offers the smaller
+//!   one, and the Nat is rebuilt for it while no flow exists (its MTU is fixed at creation); with
+//!   flows it keeps its MTU and says so in the log.
+//!
+//! # Link loss
+//!
+//! A lost link resets the session (Hello again on the next link); flows stay, so a quick
+//! reconnect keeps the board's TCP connections alive. While no link is up nothing is transmitted.
+
+use std::net::IpAddr;
+
+use qbkit_nat::{Nat, NatConfig, NatError, NatEvent, OsEvent};
+use shared_frame::{
+    BundleWriter, ByeReason, CHANNEL_NET, Cidr, Framing, LinkConfig, RecordKind, Role, Session,
+    SessionConfig, SessionEvent, Stats,
+};
+
+/// Counters of the host's link endpoint and event loop (`status` shows them as `driver`).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+#[non_exhaustive]
+pub struct CoreCounters {
+    /// Bundles received from the link.
+    pub rx_bundles: u64,
+    /// Bundles sent to the link.
+    pub tx_bundles: u64,
+    /// Bytes of bundles sent.
+    pub tx_bundle_bytes: u64,
+    /// Times a link came up.
+    pub link_ups: u64,
+    /// Times a link went down.
+    pub link_downs: u64,
+    /// Dropped: received bundle that failed to parse (counted in detail by the session).
+    pub drop_rx_bad_bundle: u64,
+    /// Dropped: IP record on a channel other than the network.
+    pub drop_rx_unknown_channel: u64,
+    /// Dropped: a bundle the transport refused because it went away while sending.
+    pub drop_tx_link_gone: u64,
+    /// Dropped: a packet from the NAT larger than one bundle to the board carries (the board
+    /// renegotiated smaller bundles while flows sized for larger ones were open).
+    pub drop_tx_too_big: u64,
+    /// Work passes of the event loop (loop turns).
+    pub passes: u64,
+    /// Inbound connections or datagrams refused because no board session was up (the NAT
+    /// counts those it had no room for, `drop_inbound_no_room`).
+    pub inbound_no_session: u64,
+}
+
+/// What the core needs to start.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// The NAT's configuration (addresses, MTU, policy, DNS upstreams).
+    pub nat: NatConfig,
+    /// Largest bundle we accept from the board.
+    pub max_bundle: usize,
+    /// Our identity in Hello.
+    pub identity: String,
+}
+
+/// One bundle built by [`Core::poll_transmit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transmit {
+    /// Bytes to send: `buf[..len]`.
+    pub len: usize,
+    /// IP packets in it (for [`Core::record_tx_lost`]).
+    pub packets: u64,
+}
+
+/// The sans-IO host core (see the module docs).
+pub struct Core {
+    cfg: CoreConfig,
+    session: Session,
+    nat: Nat,
+    /// Framing of the attached link (`None`: no link).
+    framing: Option<Framing>,
+    /// The Nat may have packets for the board (cleared when `poll_ip_packet` returns `None`).
+    tx_pending: bool,
+    /// A packet polled from the Nat that did not fit the last bundle: `scratch[..carry]`.
+    carry: usize,
+    scratch: Vec<u8>,
+    counters: CoreCounters,
+    peer: Option<String>,
+    peer_stats: Option<Stats>,
+    handshake_error: Option<String>,
+    /// A link or session change happened since [`Core::take_changed`] last returned true.
+    changed: bool,
+}
+
+fn frame_time(now: u64) -> shared_frame::Instant {
+    shared_frame::Instant::from_micros(now)
+}
+
+fn nat_time(now: u64) -> qbkit_nat::Instant {
+    qbkit_nat::Instant::from_micros(i64::try_from(now).unwrap_or(i64::MAX))
+}
+
+impl Core {
+    /// A core at time `now` (µs), no link attached.
+    pub fn new(cfg: CoreConfig, now: u64) -> Result<Self, NatError> {
+        let nat = Nat::new(cfg.nat.clone(), nat_time(now))?;
+        let mut scfg = SessionConfig::new(Role::Host, cfg.identity.clone());
+        scfg.max_bundle = cfg.max_bundle;
+        scfg.max_mtu = u32::try_from(cfg.nat.mtu).unwrap_or(u32::MAX);
+        scfg.link_config = Some(link_config(&cfg.nat, cfg.nat.mtu));
+        Ok(Self {
+            session: Session::new(scfg, frame_time(now)),
+            scratch: vec![0; cfg.nat.mtu],
+            cfg,
+            nat,
+            framing: None,
+            tx_pending: false,
+            carry: 0,
+            counters: CoreCounters::default(),
+            peer: None,
+            peer_stats: None,
+            handshake_error: None,
+            changed: true,
+        })
+    }
+
+    /// A link came up: the session starts over with Hello.
+    pub fn handle_link_up(&mut self, now: u64, framing: Framing) {
+        self.counters.link_ups += 1;
+        self.framing = Some(framing);
+        self.session.reset(frame_time(now));
+        self.tx_pending = true;
+        self.handshake_error = None;
+        self.changed = true;
+    }
+
+    /// The link is gone: session reset, nothing is transmitted until the next link.
+    pub fn handle_link_down(&mut self, now: u64) {
+        self.counters.link_downs += 1;
+        self.framing = None;
+        self.session.reset(frame_time(now));
+        self.drain_session_events(now);
+        self.peer = None;
+        self.handshake_error = None;
+        self.changed = true;
+    }
+
+    /// One bundle from the board.
+    pub fn handle_bundle(&mut self, now: u64, b: &[u8]) {
+        self.counters.rx_bundles += 1;
+        let nat = &mut self.nat;
+        let unknown = &mut self.counters.drop_rx_unknown_channel;
+        let res = self.session.handle_bundle(frame_time(now), b, |ch, pkt| {
+            if ch == CHANNEL_NET {
+                nat.handle_ip_packet(nat_time(now), pkt);
+            } else {
+                *unknown += 1;
+            }
+        });
+        if let Err(e) = res {
+            self.counters.drop_rx_bad_bundle += 1;
+            tracing::debug!(error = %e, "bad bundle from the board");
+        }
+        self.tx_pending = true;
+        self.drain_session_events(now);
+    }
+
+    /// What an OS socket did (see [`OsEvent`]).
+    pub fn handle_os_event(&mut self, now: u64, ev: OsEvent<'_>) {
+        self.nat.handle_os_event(nat_time(now), ev);
+        self.tx_pending = true;
+    }
+
+    /// Runs the timers that are due at `now`.
+    pub fn handle_timeout(&mut self, now: u64) {
+        if self
+            .session
+            .poll_timeout()
+            .is_some_and(|t| t.as_micros() <= now)
+        {
+            self.session.handle_timeout(frame_time(now));
+        }
+        if self
+            .nat
+            .poll_timeout(nat_time(now))
+            .is_some_and(|t| t.total_micros() <= now.cast_signed())
+        {
+            self.nat.handle_timeout(nat_time(now));
+            self.tx_pending = true;
+        }
+        self.drain_session_events(now);
+    }
+
+    /// The earliest timer of the session and the Nat (µs), if any. A Nat timer at or before `now`
+    /// means it waits for the board queue to drain, which only a free link slot helps.
+    pub fn poll_timeout(&mut self, now: u64) -> (Option<u64>, Option<u64>) {
+        let session = self
+            .session
+            .poll_timeout()
+            .map(shared_frame::Instant::as_micros);
+        let nat = self
+            .nat
+            .poll_timeout(nat_time(now))
+            .map(|t| u64::try_from(t.total_micros()).unwrap_or(0));
+        (session, nat)
+    }
+
+    /// The next request of the Nat to the socket layer.
+    pub fn poll_nat_event(&mut self) -> Option<NatEvent> {
+        self.nat.poll_event()
+    }
+
+    /// The Nat, for the zero-copy TCP reads and writes, inbound flows and status.
+    pub fn nat_mut(&mut self) -> &mut Nat {
+        self.tx_pending = true;
+        &mut self.nat
+    }
+
+    /// The Nat, read-only.
+    pub fn nat(&self) -> &Nat {
+        &self.nat
+    }
+
+    /// The link session.
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// Whether a board session is up.
+    pub fn is_up(&self) -> bool {
+        self.session.is_up()
+    }
+
+    /// Whether a link is attached.
+    pub fn has_link(&self) -> bool {
+        self.framing.is_some()
+    }
+
+    /// Whether a bundle may be waiting ([`Core::poll_transmit`] may still find nothing).
+    pub fn wants_transmit(&self) -> bool {
+        self.framing.is_some()
+            && (self.tx_pending || self.carry > 0 || self.session.has_pending_control())
+    }
+
+    /// Builds the next bundle into `buf` (resized to the largest bundle the board takes), or
+    /// `None` when there is no link or nothing to send.
+    pub fn poll_transmit(&mut self, now: u64, buf: &mut Vec<u8>) -> Option<Transmit> {
+        let framing = self.framing?;
+        if !self.wants_transmit() {
+            return None;
+        }
+        let max = self.session.tx_max_bundle();
+        // The writer overwrites everything it emits, so a reused buffer needs no zeroing.
+        buf.resize(max, 0);
+        let mut w = BundleWriter::new(buf, max);
+        self.session.poll_control(&mut w);
+        let (packets, bytes) = self.fill_bundle(now, &mut w);
+        if w.is_empty() {
+            return None;
+        }
+        let len = w.finish_for(framing);
+        self.session.record_tx(packets, bytes);
+        self.counters.tx_bundles += 1;
+        self.counters.tx_bundle_bytes += len as u64;
+        Some(Transmit { len, packets })
+    }
+
+    /// A bundle from [`Core::poll_transmit`] could not be handed to the link (it went away while
+    /// sending); its packets are lost (TCP retransmits).
+    pub fn record_tx_lost(&mut self, t: Transmit) {
+        self.counters.tx_bundles -= 1;
+        self.counters.tx_bundle_bytes -= t.len as u64;
+        self.counters.drop_tx_link_gone += 1;
+        self.session.record_tx_drop(t.packets);
+    }
+
+    /// Says goodbye: a Bye goes out with the next [`Core::poll_transmit`].
+    pub fn close(&mut self, message: &str) {
+        self.session.close(ByeReason::Shutdown, message);
+    }
+
+    /// The counters (the event loop adds its own).
+    pub fn counters_mut(&mut self) -> &mut CoreCounters {
+        &mut self.counters
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> &CoreCounters {
+        &self.counters
+    }
+
+    /// The board's identity while the session is up.
+    pub fn peer(&self) -> Option<&str> {
+        self.peer.as_deref().filter(|_| self.session.is_up())
+    }
+
+    /// The board's last Stats message.
+    pub fn peer_stats(&self) -> Option<&Stats> {
+        self.peer_stats.as_ref()
+    }
+
+    /// Why the handshake on the current link failed (version mismatch, wrong role).
+    pub fn handshake_error(&self) -> Option<&str> {
+        self.handshake_error.as_deref()
+    }
+
+    /// True once after every link or session change (front ends republish then).
+    pub fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
+    }
+
+    /// A change the front ends must see that the core does not know about (forwards).
+    pub fn mark_changed(&mut self) {
+        self.changed = true;
+    }
+
+    fn drain_session_events(&mut self, now: u64) {
+        while let Some(ev) = self.session.poll_event() {
+            match ev {
+                SessionEvent::Up(n) => {
+                    tracing::info!(
+                        peer = %n.peer.identity,
+                        version = n.version,
+                        mtu = n.max_mtu,
+                        max_bundle = n.max_bundle,
+                        "board connected"
+                    );
+                    self.peer = Some(n.peer.identity.clone());
+                    self.handshake_error = None;
+                    self.changed = true;
+                    // No packet may be larger than one bundle the board takes.
+                    let mtu = (n.max_mtu as usize).min(shared_frame::max_packet(n.max_bundle));
+                    if mtu < self.nat.config().mtu {
+                        self.shrink_mtu(now, mtu);
+                    }
+                }
+                SessionEvent::Down(reason) => {
+                    tracing::info!(?reason, "board session down");
+                    self.peer = None;
+                    self.changed = true;
+                }
+                SessionEvent::PeerStats(s) => self.peer_stats = Some(s),
+                SessionEvent::Error(e) => {
+                    tracing::warn!(error = %e, "link protocol error");
+                    // Before the session is up an error means the handshake failed (a version
+                    // mismatch, a peer with the wrong role): the user has to act. Once up, a bad
+                    // message is counted and the link goes on.
+                    if !self.session.is_up() {
+                        self.handshake_error = Some(e.to_string());
+                        self.changed = true;
+                    }
+                }
+                SessionEvent::LinkConfig(_) => {}
+                other => tracing::debug!(?other, "session event"),
+            }
+        }
+    }
+
+    /// The board can take less than our MTU: offer it the smaller one, and size the Nat for it
+    /// if no flow exists yet (the Nat's MTU is fixed at creation).
+    fn shrink_mtu(&mut self, now: u64, mtu: usize) {
+        let mtu = mtu.max(qbkit_nat::MIN_MTU);
+        self.session
+            .set_link_config(link_config(&self.cfg.nat, mtu));
+        if self.nat.flow_count() == 0 {
+            let mut cfg = self.nat.config().clone();
+            cfg.mtu = mtu;
+            match Nat::new(cfg, nat_time(now)) {
+                Ok(nat) => {
+                    self.nat = nat;
+                    self.carry = 0;
+                    self.scratch.truncate(mtu);
+                    tracing::info!(mtu, "NAT resized for the board's MTU");
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot resize the NAT"),
+            }
+        } else {
+            tracing::warn!(
+                mtu,
+                "board MTU is below ours while flows exist; keeping the NAT's MTU"
+            );
+        }
+    }
+
+    /// Moves packets from the Nat into `w` until it is full or the Nat is empty.
+    fn fill_bundle(&mut self, now: u64, w: &mut BundleWriter<'_>) -> (u64, u64) {
+        let mtu = self.scratch.len();
+        let fits = shared_frame::max_packet(self.session.tx_max_bundle());
+        let now = nat_time(now);
+        let (mut packets, mut bytes) = (0u64, 0u64);
+        if self.carry > fits {
+            self.drop_too_big(self.carry, fits);
+        } else if self.carry > 0 {
+            if w.push_ip(CHANNEL_NET, &self.scratch[..self.carry]).is_err() {
+                return (0, 0);
+            }
+            packets += 1;
+            bytes += self.carry as u64;
+            self.carry = 0;
+        }
+        loop {
+            if w.available_payload() >= mtu {
+                // Zero-copy: the Nat writes straight into the bundle.
+                let out = w.payload_buf(mtu).expect("room was checked");
+                let Some(n) = self.nat.poll_ip_packet(now, out) else {
+                    self.tx_pending = false;
+                    break;
+                };
+                w.commit(RecordKind::Ip, CHANNEL_NET, n)
+                    .expect("the packet fits the space it was written to");
+                packets += 1;
+                bytes += n as u64;
+            } else {
+                let Some(n) = self.nat.poll_ip_packet(now, &mut self.scratch) else {
+                    self.tx_pending = false;
+                    break;
+                };
+                if n > fits {
+                    self.drop_too_big(n, fits);
+                    continue;
+                }
+                if w.push_ip(CHANNEL_NET, &self.scratch[..n]).is_err() {
+                    self.carry = n;
+                    break;
+                }
+                packets += 1;
+                bytes += n as u64;
+            }
+        }
+        (packets, bytes)
+    }
+
+    /// Drops a packet no bundle to the board can carry (instead of holding it, which would stall
+    /// the link and spin the loop): counted, logged at the 1st, 2nd, 4th, 8th… time.
+    fn drop_too_big(&mut self, len: usize, fits: usize) {
+        self.carry = 0;
+        self.counters.drop_tx_too_big += 1;
+        let count = self.counters.drop_tx_too_big;
+        if count.is_power_of_two() {
+            tracing::warn!(
+                len,
+                fits,
+                count,
+                "packet larger than the board's bundles dropped (it renegotiated smaller bundles while flows were open)"
+            );
+        }
+    }
+}
+
+/// The LinkConfig offered to the board: its address, the gateway as router and DNS, the MTU.
+pub fn link_config(nat: &NatConfig, mtu: usize) -> LinkConfig {
+    LinkConfig {
+        ipv4: Some(Cidr {
+            addr: nat.board_ipv4,
+            prefix: nat.prefix_len,
+        }),
+        gateway_v4: Some(nat.gateway_ipv4),
+        // IPv6 is kept in the types; the core forwards IPv4 only until the IPv6 issue.
+        ipv6: None,
+        gateway_v6: None,
+        dns: vec![IpAddr::V4(nat.gateway_ipv4)],
+        mtu: u32::try_from(mtu).unwrap_or(u32::MAX),
+    }
+}
+
+/// Tests in the style of quinn-proto's `Pair`: the core and a scripted board (a board-role
+/// [`Session`] plus hand-made IP packets) exchange bundles in memory on a simulated clock; the
+/// test plays the OS sockets by answering the core's [`NatEvent`]s. No tokio, no sockets.
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+    use qbkit_nat::testing::{seg_of, tcp_segment, udp, udp_of};
+    use shared_frame::{Bundle, Control, LinkState, SessionConfig};
+    use smoltcp::wire::TcpControl;
+
+    use super::*;
+
+    const MS: u64 = 1000;
+    const BOARD: Ipv4Addr = Ipv4Addr::new(10, 47, 0, 2);
+    const SERVER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+    const USB: Framing = Framing::Usb {
+        max_packet_size: 512,
+    };
+
+    fn ep(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
+        SocketAddrV4::new(ip, port)
+    }
+
+    /// The core, a scripted board and the simulated clock.
+    struct Pair {
+        now: u64,
+        core: Core,
+        board: Session,
+        /// IP packets the board received.
+        board_rx: Vec<Vec<u8>>,
+        /// Control messages the board received, in order.
+        board_control: Vec<Control>,
+        /// Sizes of the bundles the board received.
+        bundle_sizes: Vec<usize>,
+        /// Requests of the core to the socket layer, in order.
+        nat_events: Vec<NatEvent>,
+    }
+
+    impl Pair {
+        fn new(board_cfg: SessionConfig) -> Self {
+            let cfg = CoreConfig {
+                nat: NatConfig::default(),
+                max_bundle: shared_frame::DEFAULT_MAX_BUNDLE,
+                identity: "qbkit-host test".into(),
+            };
+            Self {
+                now: 0,
+                core: Core::new(cfg, 0).unwrap(),
+                board: Session::new(board_cfg, frame_time(0)),
+                board_rx: Vec::new(),
+                board_control: Vec::new(),
+                bundle_sizes: Vec::new(),
+                nat_events: Vec::new(),
+            }
+        }
+
+        fn board_cfg() -> SessionConfig {
+            SessionConfig::new(Role::Board, "scripted board")
+        }
+
+        /// A linked pair after the handshake.
+        fn connected(board_cfg: SessionConfig, framing: Framing) -> Self {
+            let mut p = Self::new(board_cfg);
+            p.core.handle_link_up(0, framing);
+            p.exchange(&[]);
+            assert!(p.core.is_up() && p.board.is_up(), "handshake");
+            p
+        }
+
+        /// The board sends one bundle (its control messages and `packets`), then bundles go both
+        /// ways until neither side has anything more; the core's NAT events are collected.
+        fn exchange(&mut self, packets: &[Vec<u8>]) {
+            let mut packets = packets;
+            for _ in 0..16 {
+                let mut buf = vec![0; shared_frame::DEFAULT_MAX_BUNDLE];
+                let mut w = BundleWriter::new(&mut buf, self.board.tx_max_bundle());
+                self.board.poll_control(&mut w);
+                for p in packets {
+                    w.push_ip(CHANNEL_NET, p).unwrap();
+                }
+                packets = &[];
+                let sent_any = !w.is_empty();
+                if sent_any {
+                    let n = w.finish();
+                    self.core.handle_bundle(self.now, &buf[..n]);
+                }
+                self.nat_events
+                    .extend(std::iter::from_fn(|| self.core.poll_nat_event()));
+                let mut got_any = false;
+                let mut out = Vec::new();
+                while let Some(t) = self.core.poll_transmit(self.now, &mut out) {
+                    got_any = true;
+                    self.deliver(&out[..t.len]);
+                }
+                if !sent_any && !got_any {
+                    return;
+                }
+            }
+            panic!("the pair did not settle");
+        }
+
+        fn deliver(&mut self, b: &[u8]) {
+            self.bundle_sizes.push(b.len());
+            let bundle = Bundle::new_checked(b, shared_frame::MAX_BUNDLE_LIMIT).unwrap();
+            for r in bundle.records() {
+                let r = r.unwrap();
+                if r.kind == shared_frame::RecordKind::Control {
+                    self.board_control.push(Control::parse(r.payload).unwrap());
+                }
+            }
+            let rx = &mut self.board_rx;
+            self.board
+                .handle_bundle(frame_time(self.now), b, |_, p| rx.push(p.to_vec()))
+                .unwrap();
+        }
+
+        /// Moves the clock and runs both sides' timers (nothing crosses the link).
+        fn advance(&mut self, dt: u64) {
+            self.now += dt;
+            self.core.handle_timeout(self.now);
+            self.board.handle_timeout(frame_time(self.now));
+        }
+
+        fn os(&mut self, ev: OsEvent<'_>) {
+            self.core.handle_os_event(self.now, ev);
+            self.exchange(&[]);
+        }
+
+        fn take_events(&mut self) -> Vec<NatEvent> {
+            std::mem::take(&mut self.nat_events)
+        }
+
+        fn take_rx(&mut self) -> Vec<Vec<u8>> {
+            std::mem::take(&mut self.board_rx)
+        }
+    }
+
+    #[test]
+    fn hello_and_link_config_bring_the_session_up() {
+        let mut p = Pair::new(Pair::board_cfg());
+        assert!(
+            p.core.poll_transmit(0, &mut Vec::new()).is_none(),
+            "no link, no bundle"
+        );
+        p.core.handle_link_up(0, Framing::Stream);
+        p.exchange(&[]);
+        assert!(p.core.is_up());
+        assert_eq!(p.core.peer(), Some("scripted board"));
+        assert_eq!(p.board.state(), LinkState::Up);
+        let lc = p
+            .board_control
+            .iter()
+            .find_map(|c| match c {
+                Control::LinkConfig(lc) => Some(lc.clone()),
+                _ => None,
+            })
+            .expect("the board got a LinkConfig");
+        assert_eq!(
+            lc,
+            link_config(&NatConfig::default(), 16384),
+            "board MTU 16384 wins"
+        );
+        assert!(p.core.take_changed(), "front ends are told");
+        assert_eq!(p.core.counters().link_ups, 1);
+    }
+
+    #[test]
+    fn tcp_open_data_half_close_and_reset() {
+        let mut p = Pair::connected(Pair::board_cfg(), USB);
+        let (b, s) = (ep(BOARD, 40000), ep(SERVER, 80));
+        let seg = |ctl, seq, ack, data: &[u8]| tcp_segment(b, s, ctl, seq, ack, 1460, data);
+        p.exchange(&[seg(TcpControl::Syn, 1000, None, b"")]);
+        let ev = p.take_events();
+        let [NatEvent::TcpConnect { flow, dst, .. }] = ev[..] else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(dst, SocketAddr::V4(s));
+        assert!(p.take_rx().is_empty(), "no SYN-ACK before the OS connect");
+        p.os(OsEvent::TcpConnected { flow });
+        let synack = seg_of(&p.take_rx()[0]);
+        assert!(synack.syn && synack.ack == Some(1001));
+        let isn = synack.seq.wrapping_add(1);
+
+        // Board → server.
+        p.exchange(&[seg(TcpControl::None, 1001, Some(isn), b"hello")]);
+        let ev = p.take_events();
+        assert!(ev.contains(&NatEvent::TcpReadable { flow }), "{ev:?}");
+        let mut buf = [0u8; 64];
+        let n = p.core.nat_mut().tcp_recv(flow, &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"hello");
+        // Server → board.
+        assert_eq!(p.core.nat_mut().tcp_send(flow, b"world").unwrap(), 5);
+        p.exchange(&[]);
+        let data: Vec<u8> = p
+            .take_rx()
+            .iter()
+            .map(|pkt| seg_of(pkt))
+            .flat_map(|s| s.payload)
+            .collect();
+        assert_eq!(data, b"world");
+
+        // The board closes its half: the OS socket is shut down for writing.
+        p.exchange(&[seg(TcpControl::Fin, 1006, Some(isn + 5), b"")]);
+        let ev = p.take_events();
+        assert!(ev.contains(&NatEvent::TcpShutdown { flow }), "{ev:?}");
+        // Then resets: the OS socket is aborted.
+        p.exchange(&[seg(TcpControl::Rst, 1007, None, b"")]);
+        let ev = p.take_events();
+        assert!(
+            ev.contains(&NatEvent::TcpClose { flow, reset: true }),
+            "{ev:?}"
+        );
+    }
+
+    #[test]
+    fn udp_both_ways() {
+        let mut p = Pair::connected(Pair::board_cfg(), Framing::Stream);
+        let (b, s) = (ep(BOARD, 5353), ep(SERVER, 9999));
+        p.exchange(&[udp(b, s, b"ping")]);
+        let ev = p.take_events();
+        let [
+            NatEvent::UdpOpen { flow, dst, .. },
+            NatEvent::UdpSend {
+                flow: f2,
+                ref payload,
+            },
+        ] = ev[..]
+        else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(
+            (dst, f2, payload.as_slice()),
+            (SocketAddr::V4(s), flow, &b"ping"[..])
+        );
+        p.os(OsEvent::UdpReceived {
+            flow,
+            payload: b"pong",
+        });
+        let rx = p.take_rx();
+        assert_eq!(udp_of(&rx[0]), (s, b, b"pong".to_vec()));
+    }
+
+    #[test]
+    fn a_smaller_board_mtu_shrinks_the_offer_and_the_nat() {
+        let mut cfg = Pair::board_cfg();
+        cfg.max_mtu = 1500;
+        let p = Pair::connected(cfg, Framing::Stream);
+        assert_eq!(p.core.nat().config().mtu, 1500, "the NAT is rebuilt for it");
+        let lc = p.board.negotiated().map(|n| n.max_mtu);
+        assert_eq!(lc, Some(1500));
+        assert!(p.board_control.iter().any(
+            |c| matches!(c, Control::LinkConfig(lc) if *lc == link_config(&NatConfig::default(), 1500))
+        ));
+    }
+
+    #[test]
+    fn a_smaller_max_bundle_from_the_board_bounds_every_bundle() {
+        let mut cfg = Pair::board_cfg();
+        cfg.max_bundle = shared_frame::MIN_MAX_BUNDLE;
+        cfg.max_mtu = 1500;
+        let mut p = Pair::connected(cfg, USB);
+        let (b, s) = (ep(BOARD, 5353), ep(SERVER, 9999));
+        p.exchange(&[udp(b, s, b"x")]);
+        let ev = p.take_events();
+        let flow = ev[0].flow();
+        p.bundle_sizes.clear();
+        // More than one small bundle of datagrams for the board: several bundles, each within
+        // the board's limit (plus the USB pad).
+        let payload = [7u8; 1000];
+        for _ in 0..20 {
+            p.core.handle_os_event(
+                p.now,
+                OsEvent::UdpReceived {
+                    flow,
+                    payload: &payload,
+                },
+            );
+        }
+        p.exchange(&[]);
+        assert_eq!(p.take_rx().len(), 20, "every datagram arrives");
+        assert!(p.bundle_sizes.len() > 1, "{:?}", p.bundle_sizes);
+        let limit = shared_frame::MIN_MAX_BUNDLE + shared_frame::USB_PAD_LEN;
+        assert!(
+            p.bundle_sizes.iter().all(|&n| n <= limit),
+            "{:?}",
+            p.bundle_sizes
+        );
+    }
+
+    #[test]
+    fn a_silent_board_times_out_and_a_relink_starts_over() {
+        let mut p = Pair::connected(Pair::board_cfg(), Framing::Stream);
+        p.core.take_changed();
+        // Nothing crosses the link for longer than the peer timeout (5 s).
+        for _ in 0..60 {
+            p.advance(100 * MS);
+        }
+        assert!(!p.core.is_up(), "session timed out");
+        assert_eq!(p.core.peer(), None);
+        assert!(p.core.take_changed());
+        p.core.handle_link_down(p.now);
+        assert!(!p.core.has_link());
+        assert!(p.core.poll_transmit(p.now, &mut Vec::new()).is_none());
+        p.board.reset(frame_time(p.now));
+        p.core.handle_link_up(p.now, Framing::Stream);
+        p.exchange(&[]);
+        assert!(p.core.is_up(), "a new link brings a new session");
+        assert_eq!(
+            (p.core.counters().link_ups, p.core.counters().link_downs),
+            (2, 1)
+        );
+    }
+
+    #[test]
+    fn goodbye_sends_a_bye() {
+        let mut p = Pair::connected(Pair::board_cfg(), USB);
+        p.board_control.clear();
+        p.core.close("stopping");
+        let mut buf = Vec::new();
+        let t = p
+            .core
+            .poll_transmit(p.now, &mut buf)
+            .expect("a bundle with the Bye");
+        p.deliver(&buf[..t.len]);
+        assert!(
+            p.board_control.iter().any(|c| matches!(c, Control::Bye(_))),
+            "{:?}",
+            p.board_control
+        );
+        assert!(!p.board.is_up(), "the board saw the Bye");
+    }
+}
