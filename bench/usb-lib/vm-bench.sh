@@ -1,7 +1,11 @@
 #!/bin/bash
-# vm-bench.sh - run INSIDE the usbvm guest (shared/vm/boot.sh bench/usb-lib/vm-bench.sh).
-# nusb vs libusb-async bulk throughput against ffs-dev (shared/vm/ffs-bench, usb-gadget queued AIO,
-# 16 transfers deep) on dummy_hcd, at high speed then super speed, in this one VM boot.
+# vm-bench.sh - run INSIDE the VM (tests/vm/boot.sh bench/usb-lib/vm-bench.sh).
+# nusb vs libusb-async bulk throughput against ffs-dev (usb-gadget queued AIO, 16 transfers deep)
+# on dummy_hcd, at high speed then super speed, in this one VM boot.
+# The ffs-dev these scripts drive (1209:0001, `ffs-dev SECONDS`) came from the VM recipe the
+# measurement was made with, which is not part of this repository; set FFS to such a program.
+# tests/vm/tools/usb-probe's ffs-dev (1209:0002) is the in-repo test gadget, and bench/usb/run the
+# maintained USB benchmark.
 # Per speed: REPS rounds, each round runs bench-nusb then bench-libusb (interleaved so machine
 # load hits both alike); each program does one OUT phase and one IN phase of SECS seconds with
 # IN_DEPTH / OUT_DEPTH 64 KiB transfers in flight. Prints RESULT lines (Mbit/s, CPU%).
@@ -9,7 +13,7 @@ set -uo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 D=${USBVM_DIR:-/tmp/usbvm}
 FFS=${FFS:-$D/cargo-target/release/ffs-dev}
-BIN=${BIN:-${CARGO_TARGET_DIR:-$HERE/target}/release}
+BIN=${BIN:-${CARGO_TARGET_DIR:-$HERE/../../target}/release}
 SECS=${SECS:-4}; REPS=${REPS:-3}; IN_DEPTH=${IN_DEPTH:-4}; OUT_DEPTH=${OUT_DEPTH:-2}
 SPEEDS=${SPEEDS:-high super}
 rc=0

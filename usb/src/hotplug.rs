@@ -9,9 +9,9 @@
 //! Bounds: `known` holds one entry per attached matching device; queued events are at most two per
 //! device per call.
 //!
-//! Linux needs udevd (or a relay of kernel uevents in udev's format) for hotplug events; without
-//! them only the rescan notices changes (shared/vm pitfall 18). A board that vanishes while a link
-//! is open is reported by the link itself ([`super::UsbError::Disconnected`]), not only here.
+//! Linux needs udevd (or a relay of kernel uevents in udev's format, as tests/vm runs) for hotplug
+//! events; without them only the rescan notices changes. A board that vanishes while a link is
+//! open is reported by the link itself ([`crate::UsbError::Disconnected`]), not only here.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;

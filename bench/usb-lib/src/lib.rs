@@ -1,5 +1,5 @@
 //! Shared helpers for the two bulk benchmarks (`bench-nusb`, `bench-libusb`): the data pattern that
-//! `ffs-dev` (shared/vm/ffs-bench) sends and checks, the CLI arguments, and a wall+CPU meter.
+//! `ffs-dev` sends and checks (see `vm-bench.sh` for where ffs-dev comes from), the CLI arguments, and a wall+CPU meter.
 //!
 //! Data flow: each bench program finds 1209:0001, claims the vendor interface, then per repetition
 //! runs one OUT phase (host→gadget) and one IN phase (gadget→host) of `secs` seconds each, with

@@ -1,6 +1,6 @@
-//! VM test of usb/src against ffs-dev (shared/vm/ffs-bench): find the board through
+//! VM test of the qbkit-usb crate against ffs-dev (see `vm-link-test.sh`): find the board through
 //! `BoardWatch`, open it with `UsbLink`, check IN data and OUT bundles (64 KiB ones exercise the
-//! ZLP rule), then replug it REPLUGS times by powering its host port off and on (shared/vm pitfall
+//! ZLP rule), then replug it REPLUGS times by powering its host port off and on (VM recipe pitfall
 //! 19) and assert that the link reports `Disconnected` (no hang), the watch reports `Left` and
 //! `Arrived`, and the reopened link carries data again.
 //!
