@@ -34,8 +34,8 @@ pub struct Status {
     pub link: String,
     /// TUN device.
     pub tun: String,
-    /// Session state: connecting, up, down.
-    pub state: String,
+    /// Session state: connecting, up, down (the same name as in `qbkit-host status`).
+    pub session: String,
     /// TUN carrier.
     pub carrier: bool,
     /// Why the carrier is kept off although the link is up: the host's LinkConfig was refused.

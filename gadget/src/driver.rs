@@ -317,7 +317,7 @@ fn status(pump: &Pump, opts: &RunOptions, uptime: Duration) -> Status {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         link: opts.link.to_string(),
         tun: opts.tun.clone(),
-        state: match s.state() {
+        session: match s.state() {
             LinkState::Connecting => "connecting",
             LinkState::Up => "up",
             LinkState::Down => "down",

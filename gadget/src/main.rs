@@ -312,8 +312,8 @@ mod linux {
                         qbkit_cli::printable(s.transport.as_deref().unwrap_or("detached"))
                     );
                     println!(
-                        "state      {} carrier {}",
-                        s.state,
+                        "session    {} carrier {}",
+                        s.session,
                         if s.carrier { "on" } else { "off" }
                     );
                     if let Some(r) = &s.refused {

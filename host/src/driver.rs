@@ -50,9 +50,10 @@
 //!
 //! With [`DriverConfig::summary`] set, the loop publishes a small [`Summary`] (link, session,
 //! peer, byte counters, flows, handshake error) on a `watch` channel after every link or session
-//! change and once a second; `qbkit-host tray` renders it. Publishing never waits.
+//! change and once a second; `qbkit-host tray` renders it. Publishing never waits. What is shown
+//! (the summary, the live line) is computed in [`crate::report`] from the core, which owns the
+//! counters; the `status` snapshot in [`crate::status`].
 
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -64,6 +65,7 @@ use tokio::time::Sleep;
 
 use crate::core::{Core, CoreConfig};
 use crate::forward::{self, ForwardSpec, Forwards, Inbound, Owner};
+use crate::report::{self, LiveLine, Summary};
 use crate::sockets::{OsStream, ReadyQueue, Sockets};
 use crate::status::{self, ControlMsg, Reply, Request, Status};
 use crate::transport::{LinkEvent, LinkUp};
@@ -127,31 +129,6 @@ pub struct DriverConfig {
     pub follow_os_dns: bool,
 }
 
-/// What a front end shows of the running engine (see the module docs).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Summary {
-    /// The attached link's description (`None`: no board / no peer).
-    pub link: Option<String>,
-    /// The session is up: the board has its configuration and internet.
-    pub session_up: bool,
-    /// The board's identity from its Hello, while the session is up.
-    pub peer: Option<String>,
-    /// The board's IPv4 address on the link, while the session is up.
-    pub board_ipv4: Option<Ipv4Addr>,
-    /// Session bytes received from the board so far.
-    pub rx_bytes: u64,
-    /// Session bytes sent to the board so far.
-    pub tx_bytes: u64,
-    /// Open NAT flows.
-    pub flows: usize,
-    /// Why the handshake on the current link failed (version mismatch, wrong role); cleared
-    /// when the session comes up or the link goes away.
-    pub error: Option<String>,
-    /// One line per port forward (`ssh 127.0.0.1:2222 → tcp:22`).
-    pub forwards: Vec<String>,
-}
-
 impl DriverConfig {
     /// Defaults around a NAT configuration.
     pub fn new(nat: NatConfig) -> Self {
@@ -198,8 +175,8 @@ struct Driver {
     last_link_error: Option<String>,
     /// A bundle buffer that came back unused.
     spare: Option<Vec<u8>>,
-    /// Session byte counters (rx, tx) and time (µs) at the last live status line.
-    live_prev: (u64, u64, u64),
+    /// The live status line's last counters.
+    live: LiveLine,
     forwards: Forwards,
 }
 
@@ -334,7 +311,7 @@ impl Driver {
             link_description: None,
             last_link_error: None,
             spare: None,
-            live_prev: (0, 0, 0),
+            live: LiveLine::default(),
             forwards: Forwards::new(inbound),
         })
     }
@@ -444,29 +421,24 @@ impl Driver {
         sent
     }
 
-    /// Redraws the live status line: link, rates both ways since the last line, flows.
-    #[allow(clippy::cast_precision_loss, reason = "display only")]
+    /// The attached link's description, while one is attached.
+    fn link_label(&self) -> Option<&str> {
+        self.link
+            .as_ref()
+            .map(|_| self.link_description.as_deref().unwrap_or(""))
+    }
+
+    /// Redraws the live status line.
     fn print_live(&mut self) {
         use std::io::Write as _;
         let now = self.clock.micros();
-        let c = self.core.session().counters();
-        let (rx0, tx0, t0) = self.live_prev;
-        self.live_prev = (c.rx_bytes, c.tx_bytes, now);
-        let secs = now.saturating_sub(t0).max(1) as f64 / 1e6;
-        let mbit = |b: u64| b as f64 * 8.0 / secs / 1e6;
-        let state = match (&self.link, &self.link_description) {
-            (Some(_), Some(d)) if self.core.is_up() => d.as_str(),
-            (Some(_), _) => "link up, no session yet",
-            (None, _) => "waiting for the board",
-        };
-        let line = format!(
-            "\r\x1b[K{state} | board→net {:.1} Mbit/s | net→board {:.1} Mbit/s | {} flows",
-            mbit(c.rx_bytes.saturating_sub(rx0)),
-            mbit(c.tx_bytes.saturating_sub(tx0)),
-            self.core.nat().flow_count()
-        );
+        let label = self
+            .link
+            .as_ref()
+            .map(|_| self.link_description.as_deref().unwrap_or(""));
+        let text = self.live.render(now, &self.core, label);
         let mut out = std::io::stdout().lock();
-        let _ = out.write_all(line.as_bytes());
+        let _ = out.write_all(text.as_bytes());
         let _ = out.flush();
     }
 
@@ -474,29 +446,13 @@ impl Driver {
     /// idle link).
     fn publish_summary(&mut self) {
         let Some(tx) = &self.cfg.summary else { return };
-        let up = self.core.is_up();
-        let c = self.core.session().counters();
-        let next = Summary {
-            link: self
-                .link
-                .as_ref()
-                .map(|_| self.link_description.clone().unwrap_or_default()),
-            session_up: up,
-            peer: self.core.peer().map(str::to_owned),
-            board_ipv4: up.then_some(self.cfg.nat.board_ipv4),
-            rx_bytes: c.rx_bytes,
-            tx_bytes: c.tx_bytes,
-            flows: self.core.nat().flow_count(),
-            error: self.core.handshake_error().map(str::to_owned),
-            forwards: self.forwards.summary(),
-        };
-        tx.send_if_modified(|s| {
-            let changed = *s != next;
-            if changed {
-                *s = next;
-            }
-            changed
-        });
+        let next = report::summary(
+            &self.core,
+            self.link_label(),
+            self.cfg.nat.board_ipv4,
+            self.forwards.summary(),
+        );
+        report::publish(tx, next);
     }
 
     /// Sends a Bye if a link is up and waits briefly for it to leave.
@@ -523,10 +479,7 @@ impl Driver {
         let now = self.clock.nat();
         Status::collect(&status::Sources {
             transport: &self.cfg.transport,
-            link: self
-                .link
-                .as_ref()
-                .map(|_| self.link_description.as_deref().unwrap_or("")),
+            link: self.link_label(),
             last_link_error: self.last_link_error.as_deref(),
             session: self.core.session(),
             nat: self.core.nat(),

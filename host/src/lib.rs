@@ -18,6 +18,7 @@ pub mod engine;
 pub mod forward;
 pub mod platform;
 pub mod relay;
+pub mod report;
 pub mod sockets;
 pub mod status;
 pub mod transport;

@@ -171,8 +171,8 @@ pub struct LinkStatus {
     pub description: Option<String>,
     /// Session state: `connecting`, `up`, `down`.
     pub session: String,
-    /// Negotiated protocol version.
-    pub version: Option<u8>,
+    /// Negotiated protocol version (the same name as in `qbkit-gadget status`).
+    pub protocol_version: Option<u8>,
     /// Negotiated MTU (largest IP packet to the board).
     pub mtu: Option<u32>,
     /// Negotiated largest bundle to the board.
@@ -300,7 +300,7 @@ impl Status {
                 LinkState::Down => "down",
             }
             .to_owned(),
-            version: neg.map(|n| n.version),
+            protocol_version: neg.map(|n| n.version),
             mtu: neg.map(|n| n.max_mtu.min(s.nat.config().mtu as u32)),
             max_bundle: neg.map(|n| n.max_bundle),
             peer: neg.map(|n| n.peer.identity.clone()),
@@ -435,7 +435,7 @@ impl Status {
             o,
             "session    {}{}",
             l.session,
-            match (&l.peer, l.version, l.mtu, l.max_bundle) {
+            match (&l.peer, l.protocol_version, l.mtu, l.max_bundle) {
                 (Some(p), Some(v), Some(m), Some(b)) => format!(
                     ": {}, protocol v{v}, MTU {m}, bundles up to {b} B",
                     printable(p)

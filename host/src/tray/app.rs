@@ -21,8 +21,9 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::{Action, BoardEntry, LinkState, Snapshot};
-use crate::driver::{self, Summary};
+use crate::driver;
 use crate::engine::Engine;
+use crate::report::Summary;
 use crate::transport::{self, LinkEvent, TransportSpec};
 use crate::usb::{self, DeviceFilter};
 
