@@ -307,6 +307,39 @@ async fn small_board_bundles_echo_then_idle() {
     res.unwrap();
 }
 
+/// A board that stops answering once its session is up (a half-open stream, a stalled usbipd):
+/// the driver must close the link when the session times out, so the transport can re-accept or
+/// redial, and serve the next board that comes up.
+#[tokio::test(flavor = "current_thread")]
+async fn silent_board_after_setup_gets_its_link_closed() {
+    let (drv, (ev_tx, down_tx, down_rx, stop_tx)) = loopback_driver();
+    let board = async move {
+        let mut b = board_up(ev_tx.clone(), down_tx, down_rx, |_| ()).await;
+        // Only the host talks now; its session gives up after peer_timeout (5 s).
+        let closed = tokio::time::timeout(Duration::from_secs(30), async {
+            while b.from_host.recv().await.is_some() {}
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "the link to the silent board is still open after 30 s"
+        );
+        // The transport reports the loss and brings the next board.
+        ev_tx
+            .send(LinkEvent::Down {
+                reason: "closed by the driver".into(),
+            })
+            .await
+            .unwrap();
+        let (down_tx, down_rx) = mpsc::channel(2);
+        let next = board_up(ev_tx, down_tx, down_rx, |_| ()).await;
+        assert!(next.up, "the next board's session came up");
+        let _ = stop_tx.send(());
+    };
+    let (res, ()) = tokio::join!(drv, board);
+    res.unwrap();
+}
+
 /// CPU time (user + system, clock ticks of 10 ms) the calling thread has used.
 #[cfg(target_os = "linux")]
 fn thread_cpu_ticks() -> u64 {

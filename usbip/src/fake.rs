@@ -49,6 +49,9 @@ pub enum Fault {
     VanishMidReply,
     /// Accept the import request and never answer.
     Silent,
+    /// Answer the import and the setup (descriptors, SET_CONFIGURATION), then never answer a bulk
+    /// URB while keeping the connection open: a usbipd or board that stopped responding.
+    SilentAfterImport,
 }
 
 #[derive(Debug, Default)]
@@ -244,6 +247,7 @@ async fn serve_urbs(
                         }
                     }
                     match fault {
+                        Fault::SilentAfterImport => continue,
                         Fault::VanishMidUrb => return None,
                         Fault::VanishMidReply => {
                             let r = ret_submit(c.seqnum, 0, data.len() as u32, &[]);

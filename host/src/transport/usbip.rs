@@ -413,6 +413,25 @@ mod tests {
         }
     }
 
+    /// A board that stops answering after the import: the driver's session times out and drops
+    /// the link's sender; the transport must report `Down` and dial again.
+    #[tokio::test]
+    async fn silent_board_closed_by_the_driver_is_down_then_redial() {
+        let (f, mut rx, task) = start(Fault::SilentAfterImport).await;
+        let up = expect_up(&mut rx).await;
+        up.tx.send(vec![7; 64]).await.unwrap();
+        drop(up);
+        match rx.recv().await {
+            Some(LinkEvent::Down { reason }) => {
+                assert!(reason.contains("127.0.0.1"), "names the peer: {reason}");
+            }
+            other => panic!("expected Down, got {other:?}"),
+        }
+        let _again = expect_up(&mut rx).await;
+        assert_eq!(f.seen.lock().unwrap().imports.len(), 2, "dialled again");
+        task.abort();
+    }
+
     #[tokio::test]
     async fn garbage_or_truncated_setup_replies_are_retried_without_an_up() {
         for fault in [Fault::Garbage, Fault::TruncatedImport] {
