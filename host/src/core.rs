@@ -28,13 +28,15 @@
 //!
 //! A lost link resets the session (Hello again on the next link); flows stay, so a quick
 //! reconnect keeps the board's TCP connections alive. While no link is up nothing is transmitted.
+//! A session that times out on an attached link (the board went silent) detaches it and asks the
+//! caller to close it ([`Core::poll_close_link`]), so the transport can reconnect.
 
 use std::net::IpAddr;
 
 use qbkit_nat::{Nat, NatConfig, NatError, NatEvent, OsEvent};
 use shared_frame::{
-    BundleWriter, ByeReason, CHANNEL_NET, Cidr, Framing, LinkConfig, RecordKind, Role, Session,
-    SessionConfig, SessionEvent, Stats,
+    BundleWriter, ByeReason, CHANNEL_NET, Cidr, DownReason, Framing, LinkConfig, RecordKind, Role,
+    Session, SessionConfig, SessionEvent, Stats,
 };
 
 /// Counters of the host's link endpoint and event loop (`status` shows them as `driver`).
@@ -57,6 +59,8 @@ pub struct CoreCounters {
     pub drop_rx_unknown_channel: u64,
     /// Dropped: a bundle the transport refused because it went away while sending.
     pub drop_tx_link_gone: u64,
+    /// Links closed because the board's session timed out (it went silent after setup).
+    pub links_closed_silent: u64,
     /// Dropped: a packet from the NAT larger than one bundle to the board carries (the board
     /// renegotiated smaller bundles while flows sized for larger ones were open).
     pub drop_tx_too_big: u64,
@@ -105,6 +109,8 @@ pub struct Core {
     handshake_error: Option<String>,
     /// A link or session change happened since [`Core::take_changed`] last returned true.
     changed: bool,
+    /// The board went silent: the driver must close the link ([`Core::poll_close_link`]).
+    close_link: bool,
 }
 
 fn frame_time(now: u64) -> shared_frame::Instant {
@@ -136,6 +142,7 @@ impl Core {
             peer_stats: None,
             handshake_error: None,
             changed: true,
+            close_link: false,
         })
     }
 
@@ -246,6 +253,12 @@ impl Core {
         self.session.is_up()
     }
 
+    /// True once after the board's session timed out on an attached link: the caller must close
+    /// that link (the core already treats it as gone; `handle_link_down` still follows).
+    pub fn poll_close_link(&mut self) -> bool {
+        std::mem::take(&mut self.close_link)
+    }
+
     /// Whether a link is attached.
     pub fn has_link(&self) -> bool {
         self.framing.is_some()
@@ -353,6 +366,16 @@ impl Core {
                     tracing::info!(?reason, "board session down");
                     self.peer = None;
                     self.changed = true;
+                    // A silent peer (half-open stream, stalled usbipd) would hold the transport
+                    // forever: the link is closed so the transport re-accepts or redials.
+                    if reason == DownReason::Timeout && self.framing.take().is_some() {
+                        self.close_link = true;
+                        self.counters.links_closed_silent += 1;
+                        tracing::warn!(
+                            timeout = ?self.session.config().peer_timeout,
+                            "the board sent nothing within the peer timeout: closing the link so the transport reconnects"
+                        );
+                    }
                 }
                 SessionEvent::PeerStats(s) => self.peer_stats = Some(s),
                 SessionEvent::Error(e) => {
@@ -779,6 +802,13 @@ mod tests {
         assert!(!p.core.is_up(), "session timed out");
         assert_eq!(p.core.peer(), None);
         assert!(p.core.take_changed());
+        assert!(
+            p.core.poll_close_link(),
+            "the silent board's link is to be closed"
+        );
+        assert!(!p.core.poll_close_link(), "once");
+        assert!(!p.core.has_link());
+        assert_eq!(p.core.counters().links_closed_silent, 1);
         p.core.handle_link_down(p.now);
         assert!(!p.core.has_link());
         assert!(p.core.poll_transmit(p.now, &mut Vec::new()).is_none());

@@ -31,6 +31,11 @@
 //!
 //! # Link loss
 //!
+//! A board that sends nothing for the session's peer timeout (a half-open stream, a stalled
+//! usbipd) gets its link closed: the core says so ([`Core::poll_close_link`]) and the driver drops
+//! the link's sender, so the transport reports `Down` and re-accepts or redials instead of
+//! holding a dead peer.
+//!
 //! A lost link resets the session (Hello again on the next link); flows stay, so a quick
 //! reconnect (USB replug, stream re-accept) keeps the board's TCP connections alive. While no
 //! link is up the core is not drained: TCP stalls on its windows, UDP for the board is dropped
@@ -322,6 +327,10 @@ impl Driver {
             self.core.counters_mut().passes += 1;
             // Timers first: they may queue control messages and packets.
             self.core.handle_timeout(self.clock.micros());
+            if self.core.poll_close_link() {
+                // Dropping the sender ends the link: the transport re-accepts or redials.
+                self.link = None;
+            }
             let now = self.clock.nat();
             let mut progress = self.sockets.service_ready(self.core.nat_mut(), now);
             progress |= self.drain_nat_events();

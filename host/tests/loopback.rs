@@ -326,9 +326,7 @@ async fn silent_board_after_setup_gets_its_link_closed() {
         );
         // The transport reports the loss and brings the next board.
         ev_tx
-            .send(LinkEvent::Down {
-                reason: "closed by the driver".into(),
-            })
+            .send(LinkEvent::down("closed by the driver"))
             .await
             .unwrap();
         let (down_tx, down_rx) = mpsc::channel(2);

@@ -99,6 +99,9 @@ pub enum LinkError {
         /// The link.
         url: String,
     },
+    /// The program closed the link because the peer's session timed out (it sent nothing).
+    #[error("the peer went silent (its session timed out); link closed")]
+    PeerSilent,
     /// The peer failed the authentication handshake.
     #[error("{peer}: {source}")]
     Auth {
@@ -741,7 +744,8 @@ pub async fn write_bundle(w: &mut LinkWrite, bundle: &[u8]) -> Result<(), LinkEr
 /// `outgoing` is written, and every bundle read is turned into an event by `wrap` and sent on
 /// `events` (waiting while it is full: backpressure onto the stream).
 ///
-/// `Ok` when the peer closed the stream between bundles, or `outgoing` or `events` was closed;
+/// `Ok` when the peer closed the stream between bundles, or `outgoing` (even during a write the
+/// peer does not take) or `events` was closed;
 /// an error when reading or writing failed or the peer sent bytes that are not qbkit framing.
 pub async fn pump<T>(
     (read, mut write): (LinkRead, LinkWrite),
@@ -752,10 +756,32 @@ pub async fn pump<T>(
 ) -> Result<(), LinkError> {
     let mut reader = BundleReader::new(read, max_bundle);
     let writer = async {
-        while let Some(b) = outgoing.recv().await {
-            write_bundle(&mut write, &b).await?;
+        let mut next = None;
+        loop {
+            let b = match next.take() {
+                Some(b) => b,
+                None => match outgoing.recv().await {
+                    Some(b) => b,
+                    None => return Ok(()),
+                },
+            };
+            // A peer that stopped reading can block a write forever: when the driver closes
+            // `outgoing` meanwhile (its session timed out), the link ends without waiting.
+            let mut write_one = std::pin::pin!(write_bundle(&mut write, &b));
+            loop {
+                tokio::select! {
+                    biased;
+                    r = &mut write_one => {
+                        r?;
+                        break;
+                    }
+                    m = outgoing.recv(), if next.is_none() => match m {
+                        Some(b) => next = Some(b),
+                        None => return Ok::<(), LinkError>(()),
+                    },
+                }
+            }
         }
-        Ok::<(), LinkError>(())
     };
     let read = async {
         while let Some(b) = reader.next().await? {

@@ -9,7 +9,8 @@
 //! capacity is the number of transfers in flight: while they are all queued the event loop stops
 //! building bundles, so packets aggregate into the next one and TCP feels the backpressure), then
 //! one [`LinkEvent::Bundle`] per received bundle (one USB transfer, or one bundle cut from a
-//! stream), then [`LinkEvent::Down`] when the link is lost; after a reconnect it starts over with
+//! stream), then [`LinkEvent::Down`] when the link is lost (also when the program drops the sender:
+//! the peer's session timed out); after a reconnect it starts over with
 //! `Up`. Bundles are complete `shared_frame` bundles in both directions; [`LinkUp::framing`] says
 //! how to finish them ([`shared_frame::BundleWriter::finish_for`]).
 
@@ -114,6 +115,7 @@ pub async fn run_stream(
     };
     while let Some(stream) = conn.connect_retrying(failed).await {
         let (tx, rx) = mpsc::channel::<Vec<u8>>(STREAM_TX_DEPTH);
+        let program_side = tx.downgrade();
         let up = LinkUp {
             framing: Framing::Stream,
             tx,
@@ -127,6 +129,11 @@ pub async fn run_stream(
             LinkEvent::Bundle(b.to_vec())
         })
         .await;
+        // The program dropped the link's sender: the peer's session timed out (it went silent).
+        let res = match res {
+            Ok(()) if program_side.upgrade().is_none() => Err(LinkError::PeerSilent),
+            r => r,
+        };
         let framing_error = matches!(res, Err(LinkError::Frame(_)));
         let reason = conn.ended(&res).await;
         if events

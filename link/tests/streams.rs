@@ -238,3 +238,33 @@ async fn keyed_listener_serves_the_right_peer_past_silent_and_wrong_ones() {
     let got = reader.next().await.unwrap().unwrap().to_vec();
     assert_eq!(ip_payloads(&got), vec![b"after auth".to_vec()]);
 }
+
+/// A peer that stops reading blocks the write of a large bundle; when the driver then closes its
+/// sender (its session timed out), the pump must end instead of waiting on the write forever.
+#[tokio::test]
+async fn pump_ends_when_outgoing_closes_during_a_write_the_peer_never_takes() {
+    let (ours, _peer) = tokio::io::duplex(1024);
+    let (read, write) = tokio::io::split(ours);
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let (events, _events_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
+    tx.send(bundle(&[&[0x45; 16000], &[0x45; 16000]]))
+        .await
+        .unwrap();
+    let pump = qbkit_link::pump(
+        (Box::pin(read), Box::pin(write)),
+        DEFAULT_MAX_BUNDLE,
+        rx,
+        &events,
+        <[u8]>::to_vec,
+    );
+    let mut pump = std::pin::pin!(pump);
+    // The write is stuck after the first KiB.
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(200), &mut pump)
+            .await
+            .is_err()
+    );
+    drop(tx);
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), pump).await;
+    assert!(matches!(ended, Ok(Ok(()))), "{ended:?}");
+}

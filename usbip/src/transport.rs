@@ -91,6 +91,9 @@ pub enum TransportError {
     /// The peer closed the stream with nothing pending.
     #[error("USB/IP peer {0} closed the connection")]
     Closed(String),
+    /// The driver closed the link: the board's session timed out (it went silent).
+    #[error("the board on {0} went silent (its session timed out); link closed")]
+    Silent(String),
     /// The board withdrew itself (OP_REQ_UNEXPORT) from a device-side connect.
     #[error("the board on {0} unexported itself")]
     Unexported(String),

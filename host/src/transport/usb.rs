@@ -7,8 +7,9 @@
 //! `out_depth` → two loops on one task: IN bundles (`in_depth` transfers always queued) →
 //! [`LinkEvent::Bundle`], and bundles from the driver → [`crate::usb::UsbTx::send_bundle`] (at most
 //! `out_depth` OUT transfers in flight; a ZLP only for a bundle that ends on a packet boundary,
-//! which the driver's `finish_usb` padding never produces) → on unplug or transfer failure
-//! [`LinkEvent::Down`] → back to waiting for the next `Arrived`.
+//! which the driver's `finish_usb` padding never produces) → on unplug, transfer failure or the
+//! driver closing the link (the board's session timed out) [`LinkEvent::Down`] → back to waiting
+//! for the next `Arrived`, or reopening a board that is still attached.
 //!
 //! Each state change is one `info` line (`board arrived … via hotplug|rescan`, `serving`,
 //! `board gone`); the VM scenario reads the `via` field to prove replugs are driven by hotplug.
@@ -224,6 +225,15 @@ async fn serve(
         }
     };
     match res {
+        // The writer ended with the driver still there: it dropped the link because the board's
+        // session timed out. Reopen the board rather than hold a silent one.
+        Ok(_) if !events.is_closed() => Served::Down {
+            reason: format!(
+                "the board at {} went silent (its session timed out)",
+                info.bus_path
+            ),
+            reopen: Some(REOPEN_DELAY),
+        },
         Ok(_) => Served::Ended,
         Err(e) if e.is_disconnect() => {
             // Unplugged, or only reset/reconfigured (the kernel kills the transfers of an

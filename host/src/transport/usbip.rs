@@ -71,8 +71,8 @@ pub async fn run(url: String, opts: LinkOptions, events: mpsc::Sender<LinkEvent>
     }
 }
 
-/// Moves bundles both ways until the link fails or `stop` completes (`Some(error)`) or the driver
-/// is gone (`None`).
+/// Moves bundles both ways until the link fails, `stop` completes or the driver closes the link
+/// (`Some(error)`), or the driver is gone (`None`).
 async fn serve(
     mut link: UsbipLink,
     url: &str,
@@ -118,6 +118,10 @@ async fn serve(
                     if let Err(e) = link.send_bundle(&b).await {
                         return Some(e);
                     }
+                }
+                // The driver dropped the link (its session timed out) but is still there.
+                None if !events.is_closed() => {
+                    return Some(TransportError::Silent(url.to_owned()));
                 }
                 None => return None,
             },
@@ -422,7 +426,7 @@ mod tests {
         up.tx.send(vec![7; 64]).await.unwrap();
         drop(up);
         match rx.recv().await {
-            Some(LinkEvent::Down { reason }) => {
+            Some(LinkEvent::Down { reason, .. }) => {
                 assert!(reason.contains("127.0.0.1"), "names the peer: {reason}");
             }
             other => panic!("expected Down, got {other:?}"),
