@@ -735,6 +735,33 @@ mod tests {
     }
 
     #[test]
+    fn a_bundle_limit_that_is_not_a_multiple_of_four_keeps_the_tun_read() {
+        // Found by the gadget_pump fuzz target: with a peer max_bundle of 7498 the largest packet
+        // the pump accepted did not fit an empty bundle once aligned, so `can_accept_tun` stayed
+        // false with nothing staged and the driver never read the TUN device again.
+        let now = ms(0);
+        let mut p = Pump::new(PumpConfig::new("B"), now);
+        let mut peer = Peer::new(now);
+        let mut cfg = peer.s.config().clone();
+        cfg.max_bundle = 7498;
+        peer.s = Session::new(cfg, now);
+        p.handle_link_up(now, Framing::Stream);
+        exchange(&mut p, &mut peer, now);
+        assert!(p.carrier());
+        assert!(p.can_accept_tun(), "an empty pump must read the TUN device");
+        p.handle_tun_packet(&pkt(1, p.max_packet()));
+        assert_eq!(
+            p.staged_packets(),
+            1,
+            "the largest accepted packet is staged"
+        );
+        let b = p.poll_transmit().unwrap();
+        assert!(b.len() <= 7498);
+        peer.recv(ms(1), &b);
+        assert_eq!(peer.got.len(), 1);
+    }
+
+    #[test]
     fn carrier_follows_link_and_session() {
         let now = ms(0);
         let mut p = Pump::new(PumpConfig::new("B"), now);
