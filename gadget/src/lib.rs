@@ -14,12 +14,19 @@
 
 pub mod config;
 pub mod configfs;
+#[cfg(feature = "daemon")]
 pub mod control;
+#[cfg(feature = "daemon")]
 pub mod dns;
+#[cfg(feature = "daemon")]
 pub mod driver;
+#[cfg(feature = "daemon")]
 pub mod export;
+#[cfg(feature = "daemon")]
 pub mod ffs;
 pub mod linkcheck;
+#[cfg(feature = "daemon")]
 pub mod netcfg;
 pub mod pump;
+#[cfg(feature = "daemon")]
 pub mod stream;
