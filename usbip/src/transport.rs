@@ -569,41 +569,45 @@ impl UsbipLink {
             .kill_on_drop(true)
             .spawn()
             .map_err(io_err("spawn", name))?;
-        let (Some(mut out), Some(inp)) = (child.stdout.take(), child.stdin.take()) else {
+        let (Some(out), Some(inp)) = (child.stdout.take(), child.stdin.take()) else {
             return Err(TransportError::Io {
                 what: "pipe",
                 target: name.to_owned(),
                 source: io::Error::other("no stdio pipes"),
             });
         };
-        // Read the "<devid> <speed>[ extra]\n" line; bytes after it belong to the URB stream.
-        let mut line = Vec::new();
-        let mut buf = [0u8; MAX_QUBES_LINE];
-        let nl = loop {
-            if let Some(p) = line.iter().position(|&b| b == b'\n') {
-                break p;
-            }
-            if line.len() > MAX_QUBES_LINE {
-                return Err(qubes_err(name, &line, "no newline within 128 bytes"));
-            }
-            let n = out
-                .read(&mut buf)
-                .await
-                .map_err(io_err("read from", name))?;
-            if n == 0 {
-                return Err(qubes_err(
-                    name,
-                    &line,
-                    "the service closed before sending it (device missing, policy denied, or \
-                     qubes-usb-proxy not installed in the USB qube)",
-                ));
-            }
-            line.extend_from_slice(&buf[..n]);
-        };
-        let leftover = line.split_off(nl + 1);
-        let (devid, speed) =
-            parse_qubes_line(&line[..nl]).map_err(|r| qubes_err(name, &line, r))?;
-        let mut qlink = Self::new(name, Box::pin(out), Box::pin(inp), Some(child), devid, opts);
+        Self::from_qubes_pipes(Box::pin(out), Box::pin(inp), Some(child), name, opts).await
+    }
+
+    /// A qubes-usb link over a qubes.USB service that is already running: `out` is its stdout,
+    /// `inp` its stdin. Reads the "<devid> <speed>" line, then sets the device up as
+    /// [`connect_with`](Self::connect_with) does (bounded by [`LinkOptions::setup_timeout`]). The
+    /// `usbip_transport` fuzz target drives the transport through this with in-memory pipes.
+    pub async fn over_qubes_pipes(
+        out: impl AsyncRead + Send + 'static,
+        inp: impl AsyncWrite + Send + 'static,
+        name: &str,
+        opts: LinkOptions,
+    ) -> Result<Self, TransportError> {
+        let limit = opts.setup_timeout;
+        bounded(limit, "connect and setup", name, async {
+            let mut link =
+                Self::from_qubes_pipes(Box::pin(out), Box::pin(inp), None, name, opts).await?;
+            link.setup().await?;
+            Ok(link)
+        })
+        .await
+    }
+
+    async fn from_qubes_pipes(
+        mut out: Reader,
+        inp: Writer,
+        child: Option<Child>,
+        name: &str,
+        opts: LinkOptions,
+    ) -> Result<Self, TransportError> {
+        let (devid, speed, leftover) = read_qubes_line(&mut out, name).await?;
+        let mut qlink = Self::new(name, out, inp, child, devid, opts);
         qlink.info = Some(LinkInfo {
             devid,
             speed,
@@ -828,6 +832,41 @@ fn placeholder_bulk() -> VendorBulk {
         ep_out: 0,
         mps_out: 0,
     }
+}
+
+/// Reads a qubes.USB service's first line, "<devid> <speed>[ extra]\n" (at most
+/// `MAX_QUBES_LINE` bytes are read past the last one without a newline), and parses it; the bytes
+/// read after the newline belong to the URB stream and are returned with it.
+pub async fn read_qubes_line(
+    out: &mut (impl AsyncRead + Unpin + ?Sized),
+    name: &str,
+) -> Result<(u32, Speed, Vec<u8>), TransportError> {
+    let mut line = Vec::new();
+    let mut buf = [0u8; MAX_QUBES_LINE];
+    let nl = loop {
+        if let Some(p) = line.iter().position(|&b| b == b'\n') {
+            break p;
+        }
+        if line.len() > MAX_QUBES_LINE {
+            return Err(qubes_err(name, &line, "no newline within 128 bytes"));
+        }
+        let n = out
+            .read(&mut buf)
+            .await
+            .map_err(io_err("read from", name))?;
+        if n == 0 {
+            return Err(qubes_err(
+                name,
+                &line,
+                "the service closed before sending it (device missing, policy denied, or \
+                 qubes-usb-proxy not installed in the USB qube)",
+            ));
+        }
+        line.extend_from_slice(&buf[..n]);
+    };
+    let leftover = line.split_off(nl + 1);
+    let (devid, speed) = parse_qubes_line(&line[..nl]).map_err(|r| qubes_err(name, &line, r))?;
+    Ok((devid, speed, leftover))
 }
 
 /// Parses `<devid> <speed>[ extra...]` (qubes-usb-proxy's usb-export writes `busnum << 16 | devnum`
