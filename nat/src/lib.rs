@@ -123,6 +123,7 @@ mod icmp;
 mod inbound;
 mod nat;
 mod policy;
+pub mod resolvers;
 mod tcp;
 mod udp;
 

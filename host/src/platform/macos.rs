@@ -1,5 +1,5 @@
 //! macOS backend of [`crate::platform`], also used on the other Unix systems (BSDs): the system
-//! configuration's resolvers (`scutil --dns`, see `resolvers.rs` for why not /etc/resolv.conf;
+//! configuration's resolvers (`scutil --dns`, see `qbkit_nat::resolvers` for why not /etc/resolv.conf;
 //! resolv.conf where scutil does not exist), ping sockets (macOS allows
 //! `SOCK_DGRAM`/`IPPROTO_ICMP` for every user; elsewhere where the OS has them), no allocator
 //! tuning, RSS from the `memory-stats` crate (`task_info` on macOS).
@@ -18,7 +18,7 @@ pub fn dns_servers() -> io::Result<Vec<SocketAddr>> {
     if let Ok(out) = std::process::Command::new("scutil").arg("--dns").output()
         && out.status.success()
     {
-        let found = super::resolvers::parse_scutil_dns(&String::from_utf8_lossy(&out.stdout));
+        let found = qbkit_nat::resolvers::parse_scutil_dns(&String::from_utf8_lossy(&out.stdout));
         if !found.is_empty() {
             return Ok(found);
         }

@@ -10,12 +10,12 @@
 //! daemon's side), [`control_connect`] (the client's), [`ControlStream`] (one client connection,
 //! with [`control_shutdown_write`]). On Unix it is a unix socket, on Windows a named pipe.
 //!
-//! Pure helpers used by several backends (parsers, packet builders) live here and in
-//! `resolvers.rs`, so they are unit-tested on every OS.
+//! Pure helpers used by several backends (packet builders) live here, so they are unit-tested on
+//! every OS; the resolver parsers (resolv.conf, Windows adapters, `scutil --dns`) are I/O-free and
+//! live in `qbkit_nat::resolvers`, where the `resolv_conf` fuzz target reaches them.
 
-use std::net::{IpAddr, SocketAddr, SocketAddrV6};
+use std::net::SocketAddr;
 
-pub mod resolvers;
 #[cfg(unix)]
 mod unix;
 
@@ -38,56 +38,7 @@ pub use imp::{
     tune_allocator,
 };
 
-/// The systemd-resolved stub listener; a resolv.conf naming it hides the real upstreams.
-pub const RESOLVED_STUB: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 53));
-
-/// The `nameserver` entries of a resolv.conf text as port-53 socket addresses, in order, without
-/// duplicates. Comments (`#`, `;`), other options and malformed lines are skipped. An IPv6 zone
-/// (`fe80::1%eth0`, `fe80::1%2`) becomes the address's scope id, numeric or through
-/// `zone_index` (interface name → index); a link-local resolver whose zone is unknown is
-/// skipped, since it cannot be reached without one.
-pub fn parse_nameservers(text: &str, zone_index: impl Fn(&str) -> Option<u32>) -> Vec<SocketAddr> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let line = line.split(['#', ';']).next().unwrap_or("");
-        let mut words = line.split_whitespace();
-        if words.next() != Some("nameserver") {
-            continue;
-        }
-        let Some(word) = words.next() else { continue };
-        let (addr, zone) = match word.split_once('%') {
-            Some((a, z)) => (a, Some(z)),
-            None => (word, None),
-        };
-        let sa = match (addr.parse::<IpAddr>(), zone) {
-            (Ok(IpAddr::V6(ip)), Some(z)) => {
-                let Some(scope) = z.parse::<u32>().ok().or_else(|| zone_index(z)) else {
-                    continue;
-                };
-                SocketAddr::V6(SocketAddrV6::new(ip, 53, 0, scope))
-            }
-            (Ok(IpAddr::V6(ip)), None) if ip.is_unicast_link_local() => continue,
-            (Ok(ip), _) => SocketAddr::new(ip, 53),
-            (Err(_), _) => continue,
-        };
-        if !out.contains(&sa) {
-            out.push(sa);
-        }
-    }
-    out
-}
-
-/// The `nameserver` addresses of a resolv.conf text, in order, without duplicates and without
-/// zones (see [`parse_nameservers`] for the scoped form the NAT uses).
-pub fn parse_resolv_conf(text: &str) -> Vec<IpAddr> {
-    let mut out = Vec::new();
-    for sa in parse_nameservers(text, |_| Some(0)) {
-        if !out.contains(&sa.ip()) {
-            out.push(sa.ip());
-        }
-    }
-    out
-}
+pub use qbkit_nat::resolvers::{RESOLVED_STUB, parse_nameservers};
 
 /// Picks the upstream resolvers from resolv.conf texts: `main` is /etc/resolv.conf; when it
 /// names the systemd-resolved stub and `resolved` (/run/systemd/resolve/resolv.conf, the real
@@ -191,38 +142,10 @@ fn internet_checksum(data: &[u8]) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddrV6;
 
     #[test]
-    fn resolv_conf_nameservers_in_order() {
-        let text = "# generated\nsearch example.org\nnameserver 192.0.2.53\n\
-                    nameserver   2001:db8::53 # v6\n;nameserver 192.0.2.99\nnameserver fe80::1%eth0\n\
-                    nameserver 192.0.2.53\nnameserver\nnameserver not-an-ip\noptions edns0\n";
-        let got = parse_resolv_conf(text);
-        assert_eq!(
-            got,
-            vec![
-                "192.0.2.53".parse::<IpAddr>().unwrap(),
-                "2001:db8::53".parse().unwrap(),
-                "fe80::1".parse().unwrap(),
-            ]
-        );
-    }
-
-    #[test]
-    fn ipv6_link_local_resolvers_keep_their_zone() {
-        let text = "nameserver fe80::1%eth7\nnameserver fe80::2%3\nnameserver fe80::3%nosuch\n\
-                    nameserver fe80::4\nnameserver 2001:db8::53%eth7\nnameserver 192.0.2.1\n";
-        let got = parse_nameservers(text, |z| (z == "eth7").then_some(7));
-        let want: Vec<SocketAddr> = vec![
-            SocketAddrV6::new("fe80::1".parse().unwrap(), 53, 0, 7).into(),
-            SocketAddrV6::new("fe80::2".parse().unwrap(), 53, 0, 3).into(),
-            SocketAddrV6::new("2001:db8::53".parse().unwrap(), 53, 0, 7).into(),
-            "192.0.2.1:53".parse().unwrap(),
-        ];
-        assert_eq!(
-            got, want,
-            "unknown zones and zoneless link-local are skipped"
-        );
+    fn link_local_resolver_zone_named_by_this_machine() {
         // The loopback interface exists everywhere this runs (Linux: index from /sys).
         #[cfg(target_os = "linux")]
         assert_eq!(

@@ -5,7 +5,7 @@
 //! - DNS and the laptop's own addresses: `GetAdaptersAddresses` through the `ipconfig` crate
 //!   (it wraps the call and its linked lists; hickory-resolver reads Windows' resolvers the same
 //!   way). The resolvers of the adapters that are up, lowest interface metric first (the order
-//!   Windows' DNS client tries them), see [`super::resolvers::order_adapter_resolvers`].
+//!   Windows' DNS client tries them), see [`qbkit_nat::resolvers::order_adapter_resolvers`].
 //! - Ping: Windows has no unprivileged ping sockets, but the ICMP helper API
 //!   (`IcmpSendEcho2`/`Icmp6SendEcho2`) sends echo requests without admin rights. [`ping_socket`]
 //!   gives the socket layer what a ping socket would be: one end of a connected loopback UDP
@@ -45,7 +45,7 @@ use windows_sys::Win32::Networking::WinSock::{AF_INET6, SOCKADDR_IN6};
 use windows_sys::Win32::System::ProcessStatus::{K32GetProcessMemoryInfo, PROCESS_MEMORY_COUNTERS};
 use windows_sys::Win32::System::Threading::GetCurrentProcess;
 
-use super::resolvers::{AdapterResolvers, order_adapter_resolvers};
+use qbkit_nat::resolvers::{AdapterResolvers, order_adapter_resolvers};
 
 /// The adapters' resolvers in the order Windows uses them (see the module docs).
 pub fn dns_servers() -> io::Result<Vec<SocketAddr>> {
