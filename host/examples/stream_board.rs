@@ -11,9 +11,15 @@
 //! - `--ping ADDR`: 3 ICMP echo requests to ADDR (through the OS: ping sockets, or
 //!   IcmpSendEcho2 on Windows), each answered.
 //!
+//! - `--hold PORT --count N --hold-secs S`: N connections to the gateway's PORT, one after
+//!   another, that the board never reads (4 KiB windows), then S more seconds with the link up:
+//!   a board that opens connections and never reads, for the host's memory bound
+//!   (`tests/netns/never-reading-board-e2e`).
+//!
 //! Prints `ok <check> <detail>` or `FAIL <check> <why>` per check, exits 0 only if every check
 //! passed. Every wait is bounded (`--timeout SECS`, default 60, for the whole run).
 //! Usage: stream_board URL [--http PORT --sha256 HEX] [--udp PORT] [--dns NAME] [--ping ADDR]
+//! [--hold PORT --count N --hold-secs S]
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -38,6 +44,9 @@ struct Args {
     udp: Option<u16>,
     dns: Option<String>,
     ping: Option<Ipv4Addr>,
+    hold: Option<u16>,
+    count: u16,
+    hold_secs: u64,
     timeout: u64,
 }
 
@@ -58,6 +67,9 @@ fn args() -> Result<Args, String> {
             "--dns" => a.dns = Some(v),
             "--ping" => a.ping = Some(v.parse().map_err(|_| format!("bad address {v}"))?),
             "--timeout" => a.timeout = v.parse().map_err(bad)?,
+            "--hold" => a.hold = Some(v.parse().map_err(bad)?),
+            "--count" => a.count = v.parse().map_err(bad)?,
+            "--hold-secs" => a.hold_secs = v.parse().map_err(bad)?,
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -207,6 +219,41 @@ impl Board {
             h
         });
         Ok((body_len, hex))
+    }
+
+    /// `n` connections to the gateway's `port`, one after another (10 s for each handshake),
+    /// none of them ever read; then `secs` more seconds with the link up, so the host's buffers
+    /// towards the board fill. Returns (established, refused or unanswered).
+    async fn hold(&mut self, port: u16, n: u16, secs: u64) -> Result<(usize, usize), String> {
+        let (mut established, mut refused) = (0, 0);
+        for i in 0..n {
+            let mut s = tcp::Socket::new(
+                tcp::SocketBuffer::new(vec![0; 4096]),
+                tcp::SocketBuffer::new(vec![0; 4096]),
+            );
+            let gw = self.gw();
+            let cx = self.iface.context();
+            s.connect(cx, (gw, port), 41000 + i)
+                .map_err(|e| format!("connect: {e}"))?;
+            let h = self.sockets.add(s);
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            let up = self
+                .run(|b| match b.sockets.get::<tcp::Socket<'_>>(h).state() {
+                    tcp::State::Established => Some(true),
+                    tcp::State::Closed => Some(false),
+                    _ => (std::time::Instant::now() > deadline).then_some(false),
+                })
+                .await?;
+            if up {
+                established += 1;
+            } else {
+                refused += 1;
+            }
+        }
+        let until = std::time::Instant::now() + Duration::from_secs(secs);
+        self.run(|_| (std::time::Instant::now() > until).then_some(()))
+            .await?;
+        Ok((established, refused))
     }
 
     /// 20 datagrams to the gateway's `port`; how many came back unchanged.
@@ -447,6 +494,13 @@ async fn checks(args: &Args) -> Result<bool, String> {
             }
         });
         report("ping", r);
+    }
+    if let Some(port) = args.hold {
+        let r = board
+            .hold(port, args.count, args.hold_secs)
+            .await
+            .map(|(e, r)| format!("{e} connections established, {r} refused, none read"));
+        report("hold", r);
     }
     Ok(all)
 }
