@@ -413,5 +413,16 @@ mod tests {
                 ..
             })
         ));
+        // An MTU no bundle can carry is refused when the file is read, not when the host offers
+        // its configuration.
+        for (mtu, ok) in [(1280, true), (65520, true), (65521, false), (1000, false)] {
+            let cfg =
+                ConfigFile::parse(&format!("[network]\nmtu = {mtu}\n"), Path::new("f")).unwrap();
+            let r = cfg.net_overrides();
+            assert_eq!(r.is_ok(), ok, "mtu {mtu}: {r:?}");
+            if let Err(e) = r {
+                assert!(e.to_string().contains("65520"), "{e}");
+            }
+        }
     }
 }
