@@ -44,6 +44,13 @@ pub enum ConfigError {
         /// What is wrong, with line and column.
         source: toml::de::Error,
     },
+    /// The `[network]` MTU is outside what the board accepts on a link.
+    #[error(
+        "mtu = {0} in [network] is outside {min}..={max} (IPv6's minimum up to what one 64 KiB bundle carries)",
+        min = crate::linkcheck::MTU_RANGE.start(),
+        max = crate::linkcheck::MTU_RANGE.end()
+    )]
+    BadMtu(u32),
     /// An address in the `[network]` table does not parse.
     #[error("invalid {field} {value:?} in [network]: expected ADDR/PREFIX")]
     BadCidr {
@@ -201,6 +208,11 @@ impl ConfigFile {
             .as_deref()
             .map(|s| parse_cidr(s).ok_or_else(|| bad("address6", s)))
             .transpose()?;
+        if let Some(mtu) = n.mtu
+            && !crate::linkcheck::MTU_RANGE.contains(&mtu)
+        {
+            return Err(ConfigError::BadMtu(mtu));
+        }
         Ok(NetOverrides {
             ipv4,
             gateway_v4: n.gateway,
