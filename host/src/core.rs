@@ -792,6 +792,47 @@ mod tests {
     }
 
     #[test]
+    fn smaller_bundles_mid_session_drop_what_no_longer_fits_and_nothing_waits() {
+        let mut p = Pair::connected(Pair::board_cfg(), USB);
+        let (b, s) = (ep(BOARD, 5354), ep(SERVER, 9999));
+        p.exchange(&[udp(b, s, b"x")]);
+        let flow = p.take_events()[0].flow();
+        // The board restarts with 4 KiB bundles while the flow is open: the NAT keeps its MTU.
+        let mut cfg = SessionConfig::new(Role::Board, "restarted board");
+        cfg.max_bundle = shared_frame::MIN_MAX_BUNDLE;
+        p.board = Session::new(cfg, frame_time(p.now));
+        p.exchange(&[]);
+        assert_eq!(
+            p.core.session().tx_max_bundle(),
+            shared_frame::MIN_MAX_BUNDLE
+        );
+        p.bundle_sizes.clear();
+        for len in [8000, 100] {
+            p.core.handle_os_event(
+                p.now,
+                OsEvent::UdpReceived {
+                    flow,
+                    payload: &vec![7u8; len],
+                },
+            );
+        }
+        p.exchange(&[]);
+        // The 8 KiB datagram can never cross: dropped and counted, not carried; the next one
+        // arrives and nothing is left waiting.
+        let rx = p.take_rx();
+        assert_eq!(rx.len(), 1, "only the small datagram arrives");
+        assert_eq!(p.core.counters().drop_tx_too_big, 1);
+        assert!(!p.core.wants_transmit(), "nothing waits for a bundle");
+        assert!(p.core.poll_transmit(p.now, &mut Vec::new()).is_none());
+        let limit = shared_frame::MIN_MAX_BUNDLE + shared_frame::USB_PAD_LEN;
+        assert!(
+            p.bundle_sizes.iter().all(|&n| n <= limit),
+            "{:?}",
+            p.bundle_sizes
+        );
+    }
+
+    #[test]
     fn a_silent_board_times_out_and_a_relink_starts_over() {
         let mut p = Pair::connected(Pair::board_cfg(), Framing::Stream);
         p.core.take_changed();
