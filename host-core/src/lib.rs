@@ -1,6 +1,7 @@
 //! PURE: the sans-IO core of `qbkit-host`: the link [`Session`] + the [`Nat`] + bundle assembly,
-//! with no clock, no sockets and no tokio. [`crate::driver`] owns those and calls in here; the
-//! tests below drive it with a simulated clock and a scripted board.
+//! with no clock, no sockets and no tokio. qbkit-host's driver owns those and calls in here; the
+//! tests below drive it with a simulated clock and a scripted board, and so does the `host_core`
+//! fuzz target (a crate of its own so that the fuzz build does not need qbkit-host's I/O).
 //!
 //! # Theory of operation
 //!
