@@ -21,8 +21,8 @@ use qbkit_gadget::config::NetOverrides;
 use qbkit_gadget::linkcheck;
 use qbkit_gadget::pump::{Action, Pump, PumpConfig};
 use shared_frame::{
-    Bundle, BundleWriter, Cidr, Framing, Instant, LinkConfig, MAX_BUNDLE_LIMIT, RecordKind, Role, Session,
-    SessionConfig,
+    Bundle, BundleWriter, Cidr, Framing, Instant, LinkConfig, MAX_BUNDLE_LIMIT, RecordKind, Role,
+    Session, SessionConfig,
 };
 use std::net::Ipv4Addr;
 
