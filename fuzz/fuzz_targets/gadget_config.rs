@@ -4,7 +4,8 @@
 //!
 //! Properties: parsing never panics; a parsed file's set values are what the spec and the overrides
 //! carry (defaults only where unset); `[network]` addresses that `parse_cidr` accepts are the
-//! overrides' addresses and others are a `BadCidr` error; every ConfigFS path of the plan stays
+//! overrides' addresses and others are a `BadCidr` error, an MTU outside the link's range is a
+//! `BadMtu` error; every ConfigFS path of the plan stays
 //! inside the gadget's own directory whatever the strings say; applying the overrides is
 //! idempotent and each set override wins over the host's offer.
 #![no_main]
@@ -82,6 +83,10 @@ fuzz_target!(|data: &[u8]| {
                     || (field == "address6" && bad(&cfg.network.address6)),
                 "BadCidr names {field} = {value:?}, not what the file says"
             );
+        }
+        Err(ConfigError::BadMtu(mtu)) => {
+            assert_eq!(cfg.network.mtu, Some(mtu));
+            assert!(!qbkit_gadget::linkcheck::MTU_RANGE.contains(&mtu));
         }
         Err(e) => panic!("net_overrides failed with {e}"),
     }
