@@ -2,11 +2,17 @@
 //! to the running daemon through it. One request line (`status` or `teardown`), one JSON reply line.
 //!
 //! Data flow: [`serve`] accepts connections and forwards each request with a reply channel to the
-//! driver loop, which owns the state and answers from it; the clients are [`request`].
+//! driver loop, which owns the state and answers from it; the clients are [`request`]. A failing
+//! `accept()` (EMFILE: out of descriptors) is counted ([`ACCEPT_ERRORS`], `status`'s
+//! `control_accept_errors`) and waits a backoff (10 ms doubling to 1 s, logged once per change)
+//! before the next try, instead of retrying at once while the client waits in the backlog.
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use qbkit_link::Backoff;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -67,6 +73,9 @@ pub struct Status {
     pub counters: BTreeMap<String, u64>,
 }
 
+/// Failed `accept()`s of the control socket since start.
+pub static ACCEPT_ERRORS: AtomicU64 = AtomicU64::new(0);
+
 /// Binds the socket (replacing a stale one) and forwards requests to `to_driver`.
 pub fn serve(path: &Path, to_driver: mpsc::Sender<Pending>) -> std::io::Result<()> {
     match std::fs::remove_file(path) {
@@ -76,9 +85,22 @@ pub fn serve(path: &Path, to_driver: mpsc::Sender<Pending>) -> std::io::Result<(
     }
     let listener = UnixListener::bind(path)?;
     tokio::spawn(async move {
+        let mut backoff = Backoff::new(
+            "control socket accept",
+            Duration::from_millis(10),
+            Duration::from_secs(1),
+        );
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => {
+                    backoff.reset();
+                    stream
+                }
+                Err(e) => {
+                    ACCEPT_ERRORS.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(backoff.failed(&e.to_string())).await;
+                    continue;
+                }
             };
             let to_driver = to_driver.clone();
             tokio::spawn(async move {

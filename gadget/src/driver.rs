@@ -73,7 +73,8 @@ pub struct RunOptions {
     pub export: Option<crate::export::ExportTarget>,
 }
 
-/// Runs the daemon until SIGTERM/SIGINT, `teardown`, or the end of a stdio link.
+/// Runs the daemon until SIGTERM/SIGINT, `teardown`, or the end of a stdio link (`Ok`), or until
+/// the FunctionFS link fails (ep0 failed, the UDC went away: that error, after the same cleanup).
 #[allow(
     clippy::too_many_lines,
     reason = "the one event loop reads best as one function"
@@ -109,18 +110,23 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     }
 
     let (ev_tx, mut ev_rx) = mpsc::channel::<LinkEvent>(64);
-    let link_task = match &opts.link {
+    // The link task's result is the daemon's: a FunctionFS link that failed ends `run` with an
+    // error (non-zero exit, so systemd restarts the daemon); a stream link only ends when stdio
+    // did, which is a normal end.
+    let mut link_task: tokio::task::JoinHandle<Result<(), RunError>> = match &opts.link {
         LinkSpec::FunctionFs => {
             let g = crate::ffs::usb::register(&opts.spec, opts.udc.as_deref())?;
-            tokio::spawn(crate::ffs::usb::run(g, max_bundle, ev_tx))
+            tokio::spawn(async move { Ok(crate::ffs::usb::run(g, max_bundle, ev_tx).await?) })
         }
-        LinkSpec::Stream(url) => tokio::spawn(qbkit_link::run_stream(
-            url.clone(),
-            opts.link_key.clone(),
-            max_bundle,
-            ev_tx,
-        )),
+        LinkSpec::Stream(url) => {
+            let run = qbkit_link::run_stream(url.clone(), opts.link_key.clone(), max_bundle, ev_tx);
+            tokio::spawn(async move {
+                run.await;
+                Ok(())
+            })
+        }
     };
+    let mut link_result: Option<Result<(), RunError>> = None;
     let export = opts
         .export
         .clone()
@@ -202,7 +208,18 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             _ = sigint.recv() => break,
             ev = ev_rx.recv() => match ev {
                 None => {
-                    tracing::info!("link ended for good");
+                    let res = match (&mut link_task).await {
+                        Ok(res) => res,
+                        Err(e) => Err(RunError::Io {
+                            what: "link task".into(),
+                            source: std::io::Error::other(e.to_string()),
+                        }),
+                    };
+                    match &res {
+                        Ok(()) => tracing::info!("link ended for good"),
+                        Err(e) => tracing::error!(error = %e, "link failed"),
+                    }
+                    link_result = Some(res);
                     break;
                 }
                 Some(LinkEvent::Up(LinkUp { framing, tx, .. })) => {
@@ -273,11 +290,13 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         crate::export::unexport(&target, &udc, opts.link_key.as_ref()).await;
     }
     dns.restore().await;
-    link_task.abort();
-    let _ = link_task.await;
+    if link_result.is_none() {
+        link_task.abort();
+        let _ = link_task.await;
+    }
     let _ = std::fs::remove_file(&opts.control_socket);
     tracing::info!("qbkit-gadget stopped");
-    Ok(())
+    link_result.unwrap_or(Ok(()))
 }
 
 async fn apply_config(
@@ -313,6 +332,10 @@ fn status(pump: &Pump, opts: &RunOptions, uptime: Duration) -> Status {
     }
     // Stream-link handshakes (zero without a key).
     counters.extend(qbkit_link::auth::COUNTERS.named());
+    counters.insert(
+        "control_accept_errors".to_owned(),
+        control::ACCEPT_ERRORS.load(std::sync::atomic::Ordering::Relaxed),
+    );
     Status {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         link: opts.link.to_string(),

@@ -349,6 +349,8 @@ mod linux {
                     let file = load(&common)?;
                     let spec = file.gadget_spec(None);
                     let removed = qbkit_gadget::ffs::usb::remove_stale(&spec.name)?;
+                    // A daemon that died with resolv.conf rewritten left its original saved.
+                    rt.block_on(qbkit_gadget::dns::Dns::new(DnsMode::ResolvConf, 0).restore());
                     println!(
                         "daemon not running; {}",
                         if removed {

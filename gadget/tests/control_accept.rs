@@ -12,7 +12,10 @@ use rustix::time::{ClockId, clock_gettime};
 
 fn cpu() -> Duration {
     let t = clock_gettime(ClockId::ProcessCPUTime);
-    Duration::new(t.tv_sec.unsigned_abs(), t.tv_nsec as u32)
+    Duration::new(
+        t.tv_sec.unsigned_abs(),
+        u32::try_from(t.tv_nsec).unwrap_or(0),
+    )
 }
 
 #[tokio::test]
@@ -41,11 +44,14 @@ async fn accept_errors_back_off() {
     let cpu0 = cpu();
     // The window: one second of wall time with the accept loop failing.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let used = cpu() - cpu0;
+    let used = cpu().saturating_sub(cpu0);
     drop(hog);
     setrlimit(Resource::Nofile, old).unwrap();
     drop(client);
     let _ = std::fs::remove_dir_all(&dir);
+    let errors = control::ACCEPT_ERRORS.load(std::sync::atomic::Ordering::Relaxed);
+    // 10 ms doubling: about 7 tries in the second, each counted (status: control_accept_errors).
+    assert!((1..=12).contains(&errors), "{errors} accept errors counted");
     assert!(
         used < Duration::from_millis(50),
         "the accept loop used {used:?} of CPU in 1 s of EMFILE"

@@ -75,6 +75,14 @@ impl Backoff {
         }
     }
 
+    /// An attempt succeeded and needs no link to prove itself (an accept, an event read): the
+    /// next failure waits the first step again and is logged.
+    pub fn reset(&mut self) {
+        self.next = self.first;
+        self.last_error = None;
+        self.up_since = None;
+    }
+
     /// The reason of the last failure or loss, if any.
     pub fn last_error(&self) -> Option<&str> {
         self.last_error.as_deref()

@@ -48,6 +48,16 @@ pub enum UsbError {
     /// The chosen UDC does not exist.
     #[error("USB device controller {0:?} not found (available: {1})")]
     UdcNotFound(String, String),
+    /// The gadget was unbound from its UDC while running (the UDC driver unbound or removed, or
+    /// its ConfigFS `UDC` attribute cleared): no host can reach this daemon any more.
+    #[error(
+        "the gadget lost its USB device controller {udc} (unbound or removed) while running; \
+         exiting so the service manager starts it again"
+    )]
+    UdcGone {
+        /// The UDC's name.
+        udc: String,
+    },
     /// A ConfigFS/FunctionFS operation failed.
     #[error("{what}: {source}")]
     Io {
@@ -191,9 +201,15 @@ fn max_packet_size(udc: &Udc) -> usize {
     }
 }
 
-/// Runs the FunctionFS link until `events` closes. Counts transfer errors in the log only; the
-/// pump counts what reaches it.
-pub async fn run(g: UsbGadget, max_bundle: usize, events: mpsc::Sender<LinkEvent>) {
+/// Runs the FunctionFS link until `events` closes (`Ok`), ep0 fails or the gadget loses its UDC
+/// (an error: the daemon exits non-zero, and systemd's `Restart=on-failure` starts it again).
+/// An ep0 event that cannot be read is skipped after a backoff (1 ms doubling to 1 s, logged once
+/// per change). Counts transfer errors in the log only; the pump counts what reaches it.
+pub async fn run(
+    g: UsbGadget,
+    max_bundle: usize,
+    events: mpsc::Sender<LinkEvent>,
+) -> Result<(), UsbError> {
     let UsbGadget {
         reg,
         mut custom,
@@ -208,15 +224,26 @@ pub async fn run(g: UsbGadget, max_bundle: usize, events: mpsc::Sender<LinkEvent
     let in_task = tokio::spawn(in_loop(tx, bundle_rx));
     let mut enabled = false;
     let mut suspended = false;
-    loop {
-        if let Err(e) = custom.wait_event().await {
-            tracing::error!(error = %e, "FunctionFS ep0 failed");
-            break;
+    let mut event_backoff = qbkit_link::Backoff::new(
+        "FunctionFS ep0 events",
+        std::time::Duration::from_millis(1),
+        std::time::Duration::from_secs(1),
+    );
+    let result = loop {
+        if let Err(source) = custom.wait_event().await {
+            break Err(UsbError::Io {
+                what: "FunctionFS ep0 (waiting for events)".into(),
+                source,
+            });
         }
         let ev = match custom.event() {
-            Ok(ev) => ev,
+            Ok(ev) => {
+                event_backoff.reset();
+                ev
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "bad FunctionFS event");
+                tokio::time::sleep(event_backoff.failed(&format!("bad FunctionFS event: {e}")))
+                    .await;
                 continue;
             }
         };
@@ -227,7 +254,18 @@ pub async fn run(g: UsbGadget, max_bundle: usize, events: mpsc::Sender<LinkEvent
                 enabled = true;
                 suspended = false;
             }
-            Event::Disable | Event::Unbind => enabled = false,
+            Event::Disable => enabled = false,
+            // Unbind: the gadget left its UDC (no cable event does this). Gone for good when the
+            // UDC itself is gone or ConfigFS no longer names it.
+            Event::Unbind => {
+                enabled = false;
+                let udc_present = Path::new("/sys/class/udc").join(udc.name()).exists();
+                if !udc_present || !matches!(reg.udc(), Ok(Some(_))) {
+                    break Err(UsbError::UdcGone {
+                        udc: udc.name().to_string_lossy().into_owned(),
+                    });
+                }
+            }
             Event::Suspend => suspended = true,
             Event::Resume => suspended = false,
             // No vendor control requests are defined: stall them.
@@ -259,12 +297,13 @@ pub async fn run(g: UsbGadget, max_bundle: usize, events: mpsc::Sender<LinkEvent
             LinkEvent::down("USB link lost (disable/unbind/suspend)")
         };
         if events.send(ev).await.is_err() {
-            break;
+            break Ok(());
         }
-    }
+    };
     out_task.abort();
     in_task.abort();
     drop(reg);
+    result
 }
 
 /// Backoff between bulk OUT re-queues after read errors while the interface is enabled.
