@@ -43,8 +43,8 @@ use std::time::Duration;
 use crate::config::NetOverrides;
 use crate::linkcheck::{self, LinkConfigError};
 use shared_frame::{
-    BUNDLE_HEADER_LEN, BundleWriter, ByeReason, CHANNEL_NET, Framing, Instant, LinkConfig,
-    LinkState, MAX_RECORD_PAYLOAD, MIN_MAX_BUNDLE, RECORD_HEADER_LEN, Role, Session, SessionConfig,
+    BUNDLE_HEADER_LEN, ByeReason, CHANNEL_NET, Endpoint, Framing, Instant, LinkConfig, LinkState,
+    MAX_RECORD_PAYLOAD, MIN_MAX_BUNDLE, RECORD_HEADER_LEN, Role, Session, SessionConfig,
     SessionEvent, Stats, USB_PAD_LEN,
 };
 
@@ -129,9 +129,9 @@ impl PumpConfig {
 /// The core; see the module docs.
 #[derive(Debug)]
 pub struct Pump {
-    session: Session,
+    /// Session + framing + bundle assembly, shared with the host's core.
+    endpoint: Endpoint,
     mtu: usize,
-    framing: Option<Framing>,
     carrier: bool,
     /// Flat staging: `[len u16 LE][packet]...`.
     staged: Vec<u8>,
@@ -155,12 +155,10 @@ const fn align4(n: usize) -> usize {
 impl Pump {
     /// A pump with no link attached.
     pub fn new(cfg: PumpConfig, now: Instant) -> Self {
-        let session = Session::new(cfg.session, now);
-        let cap = session.config().max_bundle;
+        let cap = cfg.session.max_bundle;
         Self {
-            session,
+            endpoint: Endpoint::new(cfg.session, now),
             mtu: cfg.mtu.min(MAX_RECORD_PAYLOAD),
-            framing: None,
             carrier: false,
             staged: Vec::with_capacity(cap),
             staged_packets: 0,
@@ -177,7 +175,7 @@ impl Pump {
 
     /// The session (state, negotiated values, its counters).
     pub fn session(&self) -> &Session {
-        &self.session
+        self.endpoint.session()
     }
 
     /// The pump counters.
@@ -192,7 +190,7 @@ impl Pump {
 
     /// The current link's framing, if attached.
     pub fn framing(&self) -> Option<Framing> {
-        self.framing
+        self.endpoint.framing()
     }
 
     /// The configuration last handed out with [`Action::ApplyLinkConfig`].
@@ -217,16 +215,18 @@ impl Pump {
 
     /// Largest bundle to build now.
     fn tx_cap(&self) -> usize {
-        self.session
+        let session = self.endpoint.session();
+        session
             .tx_max_bundle()
-            .min(self.session.config().max_bundle)
+            .min(session.config().max_bundle)
             .max(MIN_MAX_BUNDLE)
     }
 
     /// Largest IP packet we send now.
     fn max_packet(&self) -> usize {
         let negotiated = self
-            .session
+            .endpoint
+            .session()
             .negotiated()
             .map_or(usize::MAX, |n| n.max_mtu as usize);
         self.mtu
@@ -250,13 +250,13 @@ impl Pump {
         self.counters.tun_rx_bytes += pkt.len() as u64;
         if !self.carrier {
             self.counters.drop_no_carrier += 1;
-            self.session.record_tx_drop(1);
+            self.endpoint.session_mut().record_tx_drop(1);
         } else if pkt.is_empty() || pkt.len() > self.max_packet() {
             self.counters.drop_oversize += 1;
-            self.session.record_tx_drop(1);
+            self.endpoint.session_mut().record_tx_drop(1);
         } else if !self.fits(pkt.len()) {
             self.counters.drop_backpressure += 1;
-            self.session.record_tx_drop(1);
+            self.endpoint.session_mut().record_tx_drop(1);
         } else {
             self.staged
                 .extend_from_slice(&(pkt.len() as u16).to_le_bytes());
@@ -268,20 +268,19 @@ impl Pump {
 
     /// True when [`poll_transmit`](Self::poll_transmit) has something to send.
     pub fn wants_transmit(&self) -> bool {
-        self.framing.is_some() && (self.staged_packets > 0 || self.session.has_pending_control())
+        self.endpoint.wants_transmit(self.staged_packets > 0)
     }
 
     /// The next bundle to send, when the link has a free transfer slot: pending control records
     /// first, then every staged packet that fits. Call again while it returns `Some` and slots
     /// remain; call after every `handle_*`.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        let framing = self.framing?;
         if !self.wants_transmit() {
             return None;
         }
         // Only as large as what is waiting (the zeroed allocation is per bundle: a ping or an
         // ACK does not pay for 64 KiB), at least the protocol minimum, at most the link's cap.
-        let control = if self.session.has_pending_control() {
+        let control = if self.endpoint.session().has_pending_control() {
             CONTROL_ROOM
         } else {
             0
@@ -290,35 +289,36 @@ impl Pump {
             .max(MIN_MAX_BUNDLE)
             .min(self.tx_cap());
         let mut buf = vec![0u8; size];
-        let mut w = BundleWriter::new(&mut buf, size);
-        self.session.poll_control(&mut w);
         let max_packet = self.max_packet();
-        let (mut off, mut taken, mut packets, mut bytes) = (0, 0, 0u64, 0u64);
-        while off < self.staged.len() {
-            let len = u16::from_le_bytes([self.staged[off], self.staged[off + 1]]) as usize;
-            let pkt = &self.staged[off + 2..off + 2 + len];
-            if len > max_packet {
-                // Staged for larger bundles than the peer takes since its last Hello: it can
-                // never leave, so it must not hold up the rest (or the TUN reads).
-                self.counters.drop_oversize += 1;
-                self.session.record_tx_drop(1);
-            } else if w.push_ip(CHANNEL_NET, pkt).is_err() {
-                break;
-            } else {
-                packets += 1;
-                bytes += len as u64;
+        let staged = &mut self.staged;
+        let staged_packets = &mut self.staged_packets;
+        let staged_wire = &mut self.staged_wire;
+        let counters = &mut self.counters;
+        let t = self.endpoint.transmit(&mut buf, size, |w, session| {
+            let (mut off, mut taken, mut packets, mut bytes) = (0, 0, 0u64, 0u64);
+            while off < staged.len() {
+                let len = u16::from_le_bytes([staged[off], staged[off + 1]]) as usize;
+                let pkt = &staged[off + 2..off + 2 + len];
+                if len > max_packet {
+                    // Staged for larger bundles than the peer takes since its last Hello: it
+                    // can never leave, so it must not hold up the rest (or the TUN reads).
+                    counters.drop_oversize += 1;
+                    session.record_tx_drop(1);
+                } else if w.push_ip(CHANNEL_NET, pkt).is_err() {
+                    break;
+                } else {
+                    packets += 1;
+                    bytes += len as u64;
+                }
+                off += 2 + len;
+                taken += 1;
+                *staged_wire -= align4(RECORD_HEADER_LEN + len);
             }
-            off += 2 + len;
-            taken += 1;
-            self.staged_wire -= align4(RECORD_HEADER_LEN + len);
-        }
-        self.staged.drain(..off);
-        self.staged_packets -= taken;
-        if w.is_empty() {
-            return None;
-        }
-        let n = w.finish_for(framing);
-        self.session.record_tx(packets, bytes);
+            staged.drain(..off);
+            *staged_packets -= taken;
+            (packets, bytes)
+        })?;
+        let n = t.len;
         self.counters.tx_bundles += 1;
         self.counters.tx_bytes += n as u64;
         buf.truncate(n);
@@ -334,7 +334,7 @@ impl Pump {
         mut deliver: impl FnMut(&[u8]) -> bool,
     ) {
         let counters = &mut self.counters;
-        let res = self.session.handle_bundle(now, data, |channel, pkt| {
+        let res = self.endpoint.handle_bundle(now, data, |channel, pkt| {
             if channel != CHANNEL_NET {
                 counters.rx_unknown_channel += 1;
             } else if deliver(pkt) {
@@ -355,17 +355,15 @@ impl Pump {
     /// The link is attached and can carry transfers (FunctionFS enabled, stream connected).
     pub fn handle_link_up(&mut self, now: Instant, framing: Framing) {
         self.counters.link_ups += 1;
-        self.framing = Some(framing);
-        self.session.reset(now);
+        self.endpoint.handle_link_up(now, framing);
         self.process_events(now);
     }
 
     /// The link is gone (unbind, disable, suspend, stream lost).
     pub fn handle_link_down(&mut self, now: Instant) {
-        if self.framing.take().is_some() {
+        if self.endpoint.handle_link_down(now) {
             self.counters.link_downs += 1;
         }
-        self.session.reset(now);
         self.process_events(now);
         self.update_carrier();
     }
@@ -384,13 +382,14 @@ impl Pump {
 
     /// Queues a Bye for an orderly shutdown; send it with [`poll_transmit`](Self::poll_transmit).
     pub fn close(&mut self) {
-        self.session
+        self.endpoint
+            .session_mut()
             .close(ByeReason::Shutdown, "qbkit-gadget stopping");
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must run next; ask again after every call.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let s = self.session.poll_timeout();
+        let s = self.endpoint.session().poll_timeout();
         match (s, self.next_stats) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -399,11 +398,11 @@ impl Pump {
 
     /// Runs due timers: Hello retries, keepalives, peer timeout, Stats.
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.session.handle_timeout(now);
+        self.endpoint.session_mut().handle_timeout(now);
         if let Some(t) = self.next_stats
             && now >= t
         {
-            self.session.queue_stats();
+            self.endpoint.session_mut().queue_stats();
             self.next_stats = Some(now + STATS_INTERVAL);
         }
         self.process_events(now);
@@ -415,7 +414,7 @@ impl Pump {
     }
 
     fn process_events(&mut self, now: Instant) {
-        while let Some(ev) = self.session.poll_event() {
+        while let Some(ev) = self.endpoint.session_mut().poll_event() {
             match ev {
                 SessionEvent::Up(n) => {
                     tracing::info!(version = n.version, peer = %n.peer.identity, max_bundle = n.max_bundle,
@@ -461,8 +460,8 @@ impl Pump {
     }
 
     fn update_carrier(&mut self) {
-        let want = self.framing.is_some()
-            && self.session.state() == LinkState::Up
+        let want = self.endpoint.framing().is_some()
+            && self.endpoint.session().state() == LinkState::Up
             && self.refused.is_none();
         if want == self.carrier {
             return;
@@ -472,7 +471,9 @@ impl Pump {
             self.counters.carrier_ups += 1;
         } else if self.staged_packets > 0 {
             self.counters.drop_link_lost += self.staged_packets as u64;
-            self.session.record_tx_drop(self.staged_packets as u64);
+            self.endpoint
+                .session_mut()
+                .record_tx_drop(self.staged_packets as u64);
             self.staged.clear();
             self.staged_packets = 0;
             self.staged_wire = BUNDLE_HEADER_LEN;
@@ -487,6 +488,8 @@ impl Pump {
 mod tests {
 
     use shared_frame::{Bundle, Cidr, Control, DEFAULT_MAX_BUNDLE, Hello, RecordKind};
+
+    use shared_frame::BundleWriter;
 
     use super::*;
 

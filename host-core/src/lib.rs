@@ -36,8 +36,8 @@ use std::net::IpAddr;
 
 use qbkit_nat::{Nat, NatConfig, NatError, NatEvent, OsEvent};
 use shared_frame::{
-    BundleWriter, ByeReason, CHANNEL_NET, Cidr, DownReason, Framing, LinkConfig, RecordKind, Role,
-    Session, SessionConfig, SessionEvent, Stats,
+    BundleWriter, ByeReason, CHANNEL_NET, Cidr, DownReason, Endpoint, Framing, LinkConfig,
+    RecordKind, Role, Session, SessionConfig, SessionEvent, Stats, Transmit,
 };
 
 /// Counters of the host's link endpoint and event loop (`status` shows them as `driver`).
@@ -83,22 +83,12 @@ pub struct CoreConfig {
     pub identity: String,
 }
 
-/// One bundle built by [`Core::poll_transmit`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Transmit {
-    /// Bytes to send: `buf[..len]`.
-    pub len: usize,
-    /// IP packets in it (for [`Core::record_tx_lost`]).
-    pub packets: u64,
-}
-
 /// The sans-IO host core (see the module docs).
 pub struct Core {
     cfg: CoreConfig,
-    session: Session,
+    /// Session + framing + bundle assembly, shared with the board's pump.
+    endpoint: Endpoint,
     nat: Nat,
-    /// Framing of the attached link (`None`: no link).
-    framing: Option<Framing>,
     /// The Nat may have packets for the board (cleared when `poll_ip_packet` returns `None`).
     tx_pending: bool,
     /// A packet polled from the Nat that did not fit the last bundle: `scratch[..carry]`.
@@ -131,11 +121,10 @@ impl Core {
         scfg.max_mtu = u32::try_from(cfg.nat.mtu).unwrap_or(u32::MAX);
         scfg.link_config = Some(link_config(&cfg.nat, cfg.nat.mtu));
         Ok(Self {
-            session: Session::new(scfg, frame_time(now)),
+            endpoint: Endpoint::new(scfg, frame_time(now)),
             scratch: vec![0; cfg.nat.mtu],
             cfg,
             nat,
-            framing: None,
             tx_pending: false,
             carry: 0,
             counters: CoreCounters::default(),
@@ -150,8 +139,7 @@ impl Core {
     /// A link came up: the session starts over with Hello.
     pub fn handle_link_up(&mut self, now: u64, framing: Framing) {
         self.counters.link_ups += 1;
-        self.framing = Some(framing);
-        self.session.reset(frame_time(now));
+        self.endpoint.handle_link_up(frame_time(now), framing);
         self.tx_pending = true;
         self.handshake_error = None;
         self.changed = true;
@@ -160,8 +148,7 @@ impl Core {
     /// The link is gone: session reset, nothing is transmitted until the next link.
     pub fn handle_link_down(&mut self, now: u64) {
         self.counters.link_downs += 1;
-        self.framing = None;
-        self.session.reset(frame_time(now));
+        self.endpoint.handle_link_down(frame_time(now));
         self.drain_session_events(now);
         self.peer = None;
         self.handshake_error = None;
@@ -173,7 +160,7 @@ impl Core {
         self.counters.rx_bundles += 1;
         let nat = &mut self.nat;
         let unknown = &mut self.counters.drop_rx_unknown_channel;
-        let res = self.session.handle_bundle(frame_time(now), b, |ch, pkt| {
+        let res = self.endpoint.handle_bundle(frame_time(now), b, |ch, pkt| {
             if ch == CHANNEL_NET {
                 nat.handle_ip_packet(nat_time(now), pkt);
             } else {
@@ -196,12 +183,9 @@ impl Core {
 
     /// Runs the timers that are due at `now`.
     pub fn handle_timeout(&mut self, now: u64) {
-        if self
-            .session
-            .poll_timeout()
-            .is_some_and(|t| t.as_micros() <= now)
-        {
-            self.session.handle_timeout(frame_time(now));
+        let session = self.endpoint.session_mut();
+        if session.poll_timeout().is_some_and(|t| t.as_micros() <= now) {
+            session.handle_timeout(frame_time(now));
         }
         if self
             .nat
@@ -218,7 +202,8 @@ impl Core {
     /// means it waits for the board queue to drain, which only a free link slot helps.
     pub fn poll_timeout(&mut self, now: u64) -> (Option<u64>, Option<u64>) {
         let session = self
-            .session
+            .endpoint
+            .session()
             .poll_timeout()
             .map(shared_frame::Instant::as_micros);
         let nat = self
@@ -246,12 +231,12 @@ impl Core {
 
     /// The link session.
     pub fn session(&self) -> &Session {
-        &self.session
+        self.endpoint.session()
     }
 
     /// Whether a board session is up.
     pub fn is_up(&self) -> bool {
-        self.session.is_up()
+        self.endpoint.session().is_up()
     }
 
     /// True once after the board's session timed out on an attached link: the caller must close
@@ -262,36 +247,37 @@ impl Core {
 
     /// Whether a link is attached.
     pub fn has_link(&self) -> bool {
-        self.framing.is_some()
+        self.endpoint.framing().is_some()
     }
 
     /// Whether a bundle may be waiting ([`Core::poll_transmit`] may still find nothing).
     pub fn wants_transmit(&self) -> bool {
-        self.framing.is_some()
-            && (self.tx_pending || self.carry > 0 || self.session.has_pending_control())
+        self.endpoint
+            .wants_transmit(self.tx_pending || self.carry > 0)
     }
 
     /// Builds the next bundle into `buf` (resized to the largest bundle the board takes), or
     /// `None` when there is no link or nothing to send.
     pub fn poll_transmit(&mut self, now: u64, buf: &mut Vec<u8>) -> Option<Transmit> {
-        let framing = self.framing?;
         if !self.wants_transmit() {
             return None;
         }
-        let max = self.session.tx_max_bundle();
+        let max = self.endpoint.session().tx_max_bundle();
         // The writer overwrites everything it emits, so a reused buffer needs no zeroing.
         buf.resize(max, 0);
-        let mut w = BundleWriter::new(buf, max);
-        self.session.poll_control(&mut w);
-        let (packets, bytes) = self.fill_bundle(now, &mut w);
-        if w.is_empty() {
-            return None;
-        }
-        let len = w.finish_for(framing);
-        self.session.record_tx(packets, bytes);
+        let mut out = Outgoing {
+            nat: &mut self.nat,
+            scratch: &mut self.scratch,
+            carry: &mut self.carry,
+            pending: &mut self.tx_pending,
+            counters: &mut self.counters,
+        };
+        let t = self.endpoint.transmit(buf, max, |w, _| {
+            out.fill(now, shared_frame::max_packet(max), w)
+        })?;
         self.counters.tx_bundles += 1;
-        self.counters.tx_bundle_bytes += len as u64;
-        Some(Transmit { len, packets })
+        self.counters.tx_bundle_bytes += t.len as u64;
+        Some(t)
     }
 
     /// A bundle from [`Core::poll_transmit`] could not be handed to the link (it went away while
@@ -300,12 +286,14 @@ impl Core {
         self.counters.tx_bundles -= 1;
         self.counters.tx_bundle_bytes -= t.len as u64;
         self.counters.drop_tx_link_gone += 1;
-        self.session.record_tx_drop(t.packets);
+        self.endpoint.session_mut().record_tx_drop(t.packets);
     }
 
     /// Says goodbye: a Bye goes out with the next [`Core::poll_transmit`].
     pub fn close(&mut self, message: &str) {
-        self.session.close(ByeReason::Shutdown, message);
+        self.endpoint
+            .session_mut()
+            .close(ByeReason::Shutdown, message);
     }
 
     /// The counters (the event loop adds its own).
@@ -320,7 +308,7 @@ impl Core {
 
     /// The board's identity while the session is up.
     pub fn peer(&self) -> Option<&str> {
-        self.peer.as_deref().filter(|_| self.session.is_up())
+        self.peer.as_deref().filter(|_| self.is_up())
     }
 
     /// The board's last Stats message.
@@ -344,7 +332,7 @@ impl Core {
     }
 
     fn drain_session_events(&mut self, now: u64) {
-        while let Some(ev) = self.session.poll_event() {
+        while let Some(ev) = self.endpoint.session_mut().poll_event() {
             match ev {
                 SessionEvent::Up(n) => {
                     tracing::info!(
@@ -369,11 +357,11 @@ impl Core {
                     self.changed = true;
                     // A silent peer (half-open stream, stalled usbipd) would hold the transport
                     // forever: the link is closed so the transport re-accepts or redials.
-                    if reason == DownReason::Timeout && self.framing.take().is_some() {
+                    if reason == DownReason::Timeout && self.endpoint.detach() {
                         self.close_link = true;
                         self.counters.links_closed_silent += 1;
                         tracing::warn!(
-                            timeout = ?self.session.config().peer_timeout,
+                            timeout = ?self.endpoint.session().config().peer_timeout,
                             "the board sent nothing within the peer timeout: closing the link so the transport reconnects"
                         );
                     }
@@ -384,7 +372,7 @@ impl Core {
                     // Before the session is up an error means the handshake failed (a version
                     // mismatch, a peer with the wrong role): the user has to act. Once up, a bad
                     // message is counted and the link goes on.
-                    if !self.session.is_up() {
+                    if !self.is_up() {
                         self.handshake_error = Some(e.to_string());
                         self.changed = true;
                     }
@@ -399,7 +387,8 @@ impl Core {
     /// if no flow exists yet (the Nat's MTU is fixed at creation).
     fn shrink_mtu(&mut self, now: u64, mtu: usize) {
         let mtu = mtu.max(qbkit_nat::MIN_MTU);
-        self.session
+        self.endpoint
+            .session_mut()
             .set_link_config(link_config(&self.cfg.nat, mtu));
         if self.nat.flow_count() == 0 {
             let mut cfg = self.nat.config().clone();
@@ -420,29 +409,43 @@ impl Core {
             );
         }
     }
+}
 
-    /// Moves packets from the Nat into `w` until it is full or the Nat is empty.
-    fn fill_bundle(&mut self, now: u64, w: &mut BundleWriter<'_>) -> (u64, u64) {
+/// What a bundle is filled from: the Nat, and the packet carried over from the last bundle.
+struct Outgoing<'a> {
+    nat: &'a mut Nat,
+    scratch: &'a mut [u8],
+    /// `scratch[..carry]` did not fit the last bundle.
+    carry: &'a mut usize,
+    /// The Nat may have more (cleared when `poll_ip_packet` returns `None`).
+    pending: &'a mut bool,
+    counters: &'a mut CoreCounters,
+}
+
+impl Outgoing<'_> {
+    /// Moves packets from the Nat into `w` until it is full or the Nat is empty; a packet larger
+    /// than `fits` (what one bundle to the board carries) is dropped.
+    fn fill(&mut self, now: u64, fits: usize, w: &mut BundleWriter<'_>) -> (u64, u64) {
         let mtu = self.scratch.len();
-        let fits = shared_frame::max_packet(self.session.tx_max_bundle());
         let now = nat_time(now);
         let (mut packets, mut bytes) = (0u64, 0u64);
-        if self.carry > fits {
-            self.drop_too_big(self.carry, fits);
-        } else if self.carry > 0 {
-            if w.push_ip(CHANNEL_NET, &self.scratch[..self.carry]).is_err() {
+        let carry = *self.carry;
+        if carry > fits {
+            self.drop_too_big(carry, fits);
+        } else if carry > 0 {
+            if w.push_ip(CHANNEL_NET, &self.scratch[..carry]).is_err() {
                 return (0, 0);
             }
             packets += 1;
-            bytes += self.carry as u64;
-            self.carry = 0;
+            bytes += carry as u64;
+            *self.carry = 0;
         }
         loop {
             if w.available_payload() >= mtu {
                 // Zero-copy: the Nat writes straight into the bundle.
                 let out = w.payload_buf(mtu).expect("room was checked");
                 let Some(n) = self.nat.poll_ip_packet(now, out) else {
-                    self.tx_pending = false;
+                    *self.pending = false;
                     break;
                 };
                 w.commit(RecordKind::Ip, CHANNEL_NET, n)
@@ -450,8 +453,8 @@ impl Core {
                 packets += 1;
                 bytes += n as u64;
             } else {
-                let Some(n) = self.nat.poll_ip_packet(now, &mut self.scratch) else {
-                    self.tx_pending = false;
+                let Some(n) = self.nat.poll_ip_packet(now, self.scratch) else {
+                    *self.pending = false;
                     break;
                 };
                 if n > fits {
@@ -459,7 +462,7 @@ impl Core {
                     continue;
                 }
                 if w.push_ip(CHANNEL_NET, &self.scratch[..n]).is_err() {
-                    self.carry = n;
+                    *self.carry = n;
                     break;
                 }
                 packets += 1;
@@ -472,7 +475,7 @@ impl Core {
     /// Drops a packet no bundle to the board can carry (instead of holding it, which would stall
     /// the link and spin the loop): counted, logged at the 1st, 2nd, 4th, 8th… time.
     fn drop_too_big(&mut self, len: usize, fits: usize) {
-        self.carry = 0;
+        *self.carry = 0;
         self.counters.drop_tx_too_big += 1;
         let count = self.counters.drop_tx_too_big;
         if count.is_power_of_two() {

@@ -20,6 +20,8 @@
 //! - [`control`]: [`Control`] messages (`parse` / `buffer_len` / `emit`).
 //! - [`stream`]: [`StreamDecoder`], incremental and bounded.
 //! - [`session`]: [`Session`], the Hello / LinkConfig / Keepalive / Bye state machine.
+//! - [`endpoint`]: [`Endpoint`], one end of a link (session + framing + outgoing bundle assembly),
+//!   which the board's pump and the host's core both wrap.
 //! - [`usb_id`]: the board's USB identity (VID:PID, class, strings, MS OS descriptor values).
 //!
 //! Decoding is total: any input yields a value or a [`FrameError`], never a panic (fuzzed).
@@ -31,6 +33,7 @@ extern crate alloc;
 
 pub mod bundle;
 pub mod control;
+pub mod endpoint;
 mod error;
 pub mod session;
 pub mod stream;
@@ -48,6 +51,7 @@ pub use control::{
     Bye, ByeReason, Capabilities, Cidr, Control, Hello, Keepalive, LinkConfig, PROTOCOL_VERSION,
     Role, StatId, Stats,
 };
+pub use endpoint::{Endpoint, Transmit};
 pub use error::{FrameError, Full};
 pub use session::{
     Counters, DEFAULT_MTU, DownReason, LinkState, Negotiated, Session, SessionConfig, SessionEvent,
