@@ -362,14 +362,7 @@ fuzz_target!(|input: Input| {
             }
             Op::LinkUp(usb, n) => {
                 let now = h.now;
-                let t = if usb {
-                    Framing::Usb {
-                        max_packet_size: 64 << (n % 5),
-                    }
-                } else {
-                    Framing::Stream
-                };
-                h.pump.handle_link_up(now, t);
+                h.pump.handle_link_up(now, qbkit_fuzz::framing(usb, n));
                 h.host.reset(now);
             }
             Op::Close => h.pump.close(),

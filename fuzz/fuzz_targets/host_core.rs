@@ -21,7 +21,7 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use qbkit_host_core::{Core, CoreConfig};
 use qbkit_nat::testing::{tcp_segment, udp};
-use qbkit_nat::{ConnectError, DatagramError, FlowId, NatConfig, NatEvent, OsEvent, Protocol};
+use qbkit_nat::{FlowId, NatConfig, NatEvent, Protocol};
 use shared_frame::{
     Bundle, BundleWriter, CHANNEL_NET, Framing, Instant, MAX_BUNDLE_LIMIT, RecordKind, Role,
     Session, SessionConfig,
@@ -343,33 +343,7 @@ fuzz_target!(|input: Input| {
             Op::Os { flow, kind, len } => {
                 let Some(flow) = h.flow(flow) else { continue };
                 let data = vec![0x63; usize::from(len) % 20000];
-                let ev = match kind % 9 {
-                    0 => OsEvent::TcpConnected { flow },
-                    1 => OsEvent::TcpConnectFailed {
-                        flow,
-                        error: ConnectError::Refused,
-                    },
-                    2 => OsEvent::TcpEof { flow },
-                    3 => OsEvent::TcpReset { flow },
-                    4 => OsEvent::UdpReceived {
-                        flow,
-                        payload: &data,
-                    },
-                    5 => OsEvent::UdpError {
-                        flow,
-                        error: DatagramError::PortUnreachable,
-                    },
-                    6 => OsEvent::IcmpEchoReply {
-                        flow,
-                        seq: 1,
-                        payload: &data,
-                    },
-                    7 => OsEvent::TcpConnectFailed {
-                        flow,
-                        error: ConnectError::TimedOut,
-                    },
-                    _ => OsEvent::IcmpUnavailable { flow },
-                };
+                let ev = qbkit_fuzz::os_event(flow, kind, &data);
                 let now = h.now;
                 h.core.handle_os_event(now, ev);
                 h.nat_events();
@@ -419,13 +393,7 @@ fuzz_target!(|input: Input| {
             }
             Op::LinkUp(usb, n) => {
                 let now = h.now;
-                let f = if usb {
-                    Framing::Usb {
-                        max_packet_size: 64 << (n % 5),
-                    }
-                } else {
-                    Framing::Stream
-                };
+                let f = qbkit_fuzz::framing(usb, n);
                 h.core.handle_link_up(now, f);
                 h.framing = Some(f);
                 h.board.reset(Instant::from_micros(now));

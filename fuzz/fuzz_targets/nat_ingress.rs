@@ -9,10 +9,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use qbkit_nat::{
-    ConnectError, DatagramError, Duration, FlowId, Instant, Nat, NatConfig, NatEvent, OsEvent,
-    Protocol,
-};
+use qbkit_nat::{Duration, FlowId, Instant, Nat, NatConfig, NatEvent, Protocol};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     Icmpv4Packet, Icmpv4Repr, IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr,
@@ -220,42 +217,7 @@ fuzz_target!(|ops: Vec<Op>| {
                     .get(usize::from(flow) % flows.len().max(1))
                     .copied()
                     .unwrap_or(FlowId(u64::from(flow)));
-                let ev = match kind % 12 {
-                    0 => OsEvent::TcpConnected { flow },
-                    1 => OsEvent::TcpConnectFailed {
-                        flow,
-                        error: ConnectError::Refused,
-                    },
-                    2 => OsEvent::TcpConnectFailed {
-                        flow,
-                        error: ConnectError::HostUnreachable,
-                    },
-                    3 => OsEvent::TcpEof { flow },
-                    4 => OsEvent::TcpReset { flow },
-                    5 => OsEvent::UdpReceived {
-                        flow,
-                        payload: &data,
-                    },
-                    6 => OsEvent::UdpError {
-                        flow,
-                        error: DatagramError::PortUnreachable,
-                    },
-                    7 => OsEvent::UdpError {
-                        flow,
-                        error: DatagramError::Failed,
-                    },
-                    8 => OsEvent::IcmpEchoReply {
-                        flow,
-                        seq: 1,
-                        payload: &data,
-                    },
-                    9 => OsEvent::IcmpUnavailable { flow },
-                    10 => OsEvent::TcpConnectFailed {
-                        flow,
-                        error: ConnectError::TimedOut,
-                    },
-                    _ => OsEvent::TcpConnected { flow },
-                };
+                let ev = qbkit_fuzz::os_event(flow, kind, &data);
                 nat.handle_os_event(now, ev);
             }
             Op::Recv { flow, len } => {
