@@ -142,6 +142,7 @@ fn internet_checksum(data: &[u8]) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(target_os = "linux")]
     use std::net::SocketAddrV6;
 
     #[test]
