@@ -177,73 +177,130 @@ fn closed_stdout_is_a_quiet_exit() {
     }
 }
 
+/// `qbkit-host run --transport tcp-listen://127.0.0.1:0` with a board dialling it: a board-role
+/// Session (control records only: Hello, keepalives) named `identity`, which once its session is
+/// up sends `bad_controls` control records that do not parse (100 a bundle). The host's stderr
+/// lines are collected.
+struct BoardLink {
+    dir: PathBuf,
+    child: std::process::Child,
+    rt: tokio::runtime::Runtime,
+    log: std::sync::mpsc::Receiver<String>,
+}
+
+impl BoardLink {
+    fn start(name: &str, identity: &'static str, bad_controls: usize) -> Self {
+        use qbkit_link::{BundleReader, Connector, LinkUrl, write_bundle};
+        use shared_frame::{
+            BundleWriter, DEFAULT_MAX_BUNDLE, RecordKind, Role, Session, SessionConfig,
+        };
+        let dir = tmp(name);
+        let mut child = run_host(&dir, "tcp-listen://127.0.0.1:0");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let (tx, log) = std::sync::mpsc::channel();
+        let port = loop {
+            let l = lines.next().expect("a listening line").unwrap();
+            let found = l
+                .find("listening on 127.0.0.1:")
+                .map(|i| l[i + "listening on 127.0.0.1:".len()..].trim().to_owned());
+            tx.send(l).unwrap();
+            if let Some(p) = found {
+                break p;
+            }
+        };
+        std::thread::spawn(move || {
+            for l in lines.map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.spawn(async move {
+            let url = LinkUrl::parse(&format!("tcp://127.0.0.1:{port}")).unwrap();
+            let (read, mut write) = Connector::new(url).connect().await.unwrap();
+            let start = std::time::Instant::now();
+            let now = || shared_frame::Instant::from_micros(start.elapsed().as_micros() as u64);
+            let mut session = Session::new(SessionConfig::new(Role::Board, identity), now());
+            let mut reader = BundleReader::new(read, DEFAULT_MAX_BUNDLE);
+            let mut buf = vec![0; DEFAULT_MAX_BUNDLE];
+            let mut bad_left = bad_controls;
+            loop {
+                let mut w = BundleWriter::new(&mut buf, DEFAULT_MAX_BUNDLE);
+                let mut records = session.poll_control(&mut w);
+                if session.is_up() {
+                    // A keepalive kind byte with no body: a control record that does not parse.
+                    while bad_left > 0 && records < 100 {
+                        w.push(RecordKind::Control, 0, &[3]).unwrap();
+                        bad_left -= 1;
+                        records += 1;
+                    }
+                }
+                if records > 0 {
+                    let n = w.finish();
+                    write_bundle(&mut write, &buf[..n]).await.unwrap();
+                }
+                tokio::select! {
+                    b = reader.next() => match b {
+                        Ok(Some(b)) => { let _ = session.handle_bundle(now(), b, |_, _| {}); }
+                        _ => return,
+                    },
+                    () = tokio::time::sleep(Duration::from_millis(5)) => {}
+                }
+                if session.poll_timeout().is_some_and(|t| t <= now()) {
+                    session.handle_timeout(now());
+                }
+                while session.poll_event().is_some() {}
+            }
+        });
+        Self {
+            dir,
+            child,
+            rt,
+            log,
+        }
+    }
+
+    /// `status` (`--json` with `json`) of the host, until `done` accepts it or 20 s passed.
+    fn status_until(&self, json: bool, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = Command::new(BIN)
+                .arg("status")
+                .args(json.then_some("--json"))
+                .arg("--control")
+                .arg(self.dir.join("c.sock"))
+                .output()
+                .unwrap();
+            let text = String::from_utf8(out.stdout).expect("status prints UTF-8");
+            if done(&text) || Instant::now() > deadline {
+                return text;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops the host; its log lines.
+    fn stop(mut self) -> Vec<String> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.rt.shutdown_background();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        self.log.try_iter().collect()
+    }
+}
+
 /// A board whose Hello identity carries terminal escapes (clear screen, retitle, a fake line, a
 /// right-to-left override) dials `tcp-listen://`; `status` prints it escaped, one line, with no
 /// control character but the line ends.
 #[test]
 fn hostile_board_identity_is_escaped_in_status() {
-    use qbkit_link::{BundleReader, Connector, LinkUrl, write_bundle};
-    use shared_frame::{BundleWriter, DEFAULT_MAX_BUNDLE, Role, Session, SessionConfig};
-
     const HOSTILE: &str = "sn\u{1b}[2J\u{1b}]0;pwned\u{7}\r\nsession    up: fake\u{202e}txt";
-    let d = tmp("hostile");
-    let mut child = run_host(&d, "tcp-listen://127.0.0.1:0");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let port = loop {
-        let l = lines.next().expect("a listening line").unwrap();
-        if let Some(i) = l.find("listening on 127.0.0.1:") {
-            break l[i + "listening on 127.0.0.1:".len()..].trim().to_owned();
-        }
-    };
-    std::thread::spawn(move || lines.for_each(drop));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    // The board side: a Session speaking only control records (Hello, LinkConfig, keepalives).
-    let board = rt.spawn(async move {
-        let url = LinkUrl::parse(&format!("tcp://127.0.0.1:{port}")).unwrap();
-        let (read, mut write) = Connector::new(url).connect().await.unwrap();
-        let start = std::time::Instant::now();
-        let now = || shared_frame::Instant::from_micros(start.elapsed().as_micros() as u64);
-        let mut session = Session::new(SessionConfig::new(Role::Board, HOSTILE), now());
-        let mut reader = BundleReader::new(read, DEFAULT_MAX_BUNDLE);
-        let mut buf = vec![0; DEFAULT_MAX_BUNDLE];
-        loop {
-            let mut w = BundleWriter::new(&mut buf, DEFAULT_MAX_BUNDLE);
-            if session.poll_control(&mut w) > 0 {
-                let n = w.finish();
-                write_bundle(&mut write, &buf[..n]).await.unwrap();
-            }
-            tokio::select! {
-                b = reader.next() => match b {
-                    Ok(Some(b)) => { let _ = session.handle_bundle(now(), b, |_, _| {}); }
-                    _ => return,
-                },
-                () = tokio::time::sleep(Duration::from_millis(50)) => {}
-            }
-            if session.poll_timeout().is_some_and(|t| t <= now()) {
-                session.handle_timeout(now());
-            }
-            while session.poll_event().is_some() {}
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut text = String::new();
-    while Instant::now() < deadline && !text.contains("pwned") {
-        let out = Command::new(BIN)
-            .args(["status", "--control"])
-            .arg(d.join("c.sock"))
-            .output()
-            .unwrap();
-        text = String::from_utf8(out.stdout).expect("status prints UTF-8");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    board.abort();
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = std::fs::remove_dir_all(&d);
+    let link = BoardLink::start("hostile", HOSTILE, 0);
+    let text = link.status_until(false, |t| t.contains("pwned"));
+    link.stop();
     let session = text
         .lines()
         .find(|l| l.starts_with("session"))
@@ -338,4 +395,29 @@ fn failing_transport_command_backs_off() {
             "{cmd}: last error {err:?}"
         );
     }
+}
+
+/// 10 000 control records that do not parse, from a board whose session is up: each is counted
+/// (`rx_bad_controls` says 10 000), the link stays up, and the log holds a few rate-limited lines
+/// with the number of the ones left out, not one line per record.
+#[test]
+fn a_flood_of_bad_control_records_is_counted_and_logged_rate_limited() {
+    let link = BoardLink::start("flood", "flood-board", 10_000);
+    let counter = |t: &str| {
+        serde_json::from_str::<serde_json::Value>(t).unwrap_or_default()["session"]
+            ["rx_bad_controls"]
+            .as_u64()
+    };
+    let doc = link.status_until(true, |t| counter(t) == Some(10_000));
+    let log = link.stop();
+    assert_eq!(counter(&doc), Some(10_000), "{doc}");
+    let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();
+    assert_eq!(doc["link"]["session"], "up", "{doc}");
+    let errors = log.iter().filter(|l| l.contains("protocol error")).count();
+    assert!(
+        (1..=10).contains(&errors),
+        "{errors} protocol error lines for 10 000 bad records: {:#?}",
+        &log[..log.len().min(20)]
+    );
+    assert!(log.len() <= 30, "{} log lines", log.len());
 }
