@@ -44,7 +44,7 @@ use crate::config::NetOverrides;
 use crate::linkcheck::{self, LinkConfigError};
 use shared_frame::{
     BUNDLE_HEADER_LEN, ByeReason, CHANNEL_NET, Endpoint, Framing, Instant, LinkConfig, LinkState,
-    MAX_RECORD_PAYLOAD, MIN_MAX_BUNDLE, RECORD_HEADER_LEN, Role, Session, SessionConfig,
+    LogLimit, MAX_RECORD_PAYLOAD, MIN_MAX_BUNDLE, RECORD_HEADER_LEN, Role, Session, SessionConfig,
     SessionEvent, Stats, USB_PAD_LEN,
 };
 
@@ -146,6 +146,15 @@ pub struct Pump {
     peer_stats: Option<Stats>,
     next_stats: Option<Instant>,
     counters: PumpCounters,
+    logs: LogLimits,
+}
+
+/// One rate limit per log line about what the host sends (everything is also counted).
+#[derive(Debug, Default)]
+struct LogLimits {
+    bad_bundle: LogLimit,
+    protocol_error: LogLimit,
+    refused: LogLimit,
 }
 
 const fn align4(n: usize) -> usize {
@@ -170,6 +179,7 @@ impl Pump {
             peer_stats: None,
             next_stats: None,
             counters: PumpCounters::default(),
+            logs: LogLimits::default(),
         }
     }
 
@@ -345,8 +355,8 @@ impl Pump {
         });
         if let Err(e) = res {
             self.counters.rx_frame_errors += 1;
-            if self.counters.rx_frame_errors.is_power_of_two() {
-                tracing::warn!(error = %e, count = self.counters.rx_frame_errors, "bad bundle from the host dropped");
+            if let Some(suppressed) = self.logs.bad_bundle.check(now) {
+                tracing::warn!(error = %e, count = self.counters.rx_frame_errors, suppressed, "bad bundle from the host dropped");
             }
         }
         self.process_events(now);
@@ -421,7 +431,7 @@ impl Pump {
                         max_mtu = n.max_mtu, "link up");
                     self.next_stats = Some(now + STATS_INTERVAL);
                 }
-                SessionEvent::LinkConfig(lc) => self.offer_link_config(lc),
+                SessionEvent::LinkConfig(lc) => self.offer_link_config(now, lc),
                 SessionEvent::Down(reason) => {
                     tracing::info!(?reason, "link down");
                     self.next_stats = None;
@@ -429,7 +439,9 @@ impl Pump {
                 SessionEvent::PeerStats(s) => self.peer_stats = Some(s),
                 SessionEvent::Error(e) => {
                     self.counters.protocol_errors += 1;
-                    tracing::warn!(error = %e, "protocol error from the host");
+                    if let Some(suppressed) = self.logs.protocol_error.check(now) {
+                        tracing::warn!(error = %e, count = self.counters.protocol_errors, suppressed, "protocol error from the host");
+                    }
                 }
                 _ => {}
             }
@@ -439,7 +451,7 @@ impl Pump {
 
     /// Checks the host's offer (with the static overrides applied) and hands it to the driver,
     /// or refuses it and keeps the link down.
-    fn offer_link_config(&mut self, lc: LinkConfig) {
+    fn offer_link_config(&mut self, now: Instant, lc: LinkConfig) {
         match linkcheck::check(&self.overrides.apply(&lc)) {
             Ok(()) => {
                 self.refused = None;
@@ -450,8 +462,8 @@ impl Pump {
             }
             Err(e) => {
                 self.counters.link_config_refused += 1;
-                if self.counters.link_config_refused.is_power_of_two() {
-                    tracing::error!(reason = %e, count = self.counters.link_config_refused,
+                if let Some(suppressed) = self.logs.refused.check(now) {
+                    tracing::error!(reason = %e, count = self.counters.link_config_refused, suppressed,
                         "link configuration from the host refused; the link stays down");
                 }
                 self.refused = Some(e);

@@ -37,7 +37,7 @@ use std::net::IpAddr;
 use qbkit_nat::{Nat, NatConfig, NatError, NatEvent, OsEvent};
 use shared_frame::{
     BundleWriter, ByeReason, CHANNEL_NET, Cidr, DownReason, Endpoint, Framing, LinkConfig,
-    RecordKind, Role, Session, SessionConfig, SessionEvent, Stats, Transmit,
+    LogLimit, RecordKind, Role, Session, SessionConfig, SessionEvent, Stats, Transmit,
 };
 
 /// Counters of the host's link endpoint and event loop (`status` shows them as `driver`).
@@ -102,6 +102,15 @@ pub struct Core {
     changed: bool,
     /// The board went silent: the driver must close the link ([`Core::poll_close_link`]).
     close_link: bool,
+    logs: LogLimits,
+}
+
+/// One rate limit per log line about what the board sends (everything is also counted).
+#[derive(Debug, Default)]
+struct LogLimits {
+    bad_bundle: LogLimit,
+    protocol_error: LogLimit,
+    too_big: LogLimit,
 }
 
 fn frame_time(now: u64) -> shared_frame::Instant {
@@ -133,6 +142,7 @@ impl Core {
             handshake_error: None,
             changed: true,
             close_link: false,
+            logs: LogLimits::default(),
         })
     }
 
@@ -169,7 +179,9 @@ impl Core {
         });
         if let Err(e) = res {
             self.counters.drop_rx_bad_bundle += 1;
-            tracing::debug!(error = %e, "bad bundle from the board");
+            if let Some(suppressed) = self.logs.bad_bundle.check(frame_time(now)) {
+                tracing::warn!(error = %e, count = self.counters.drop_rx_bad_bundle, suppressed, "bad bundle from the board dropped");
+            }
         }
         self.tx_pending = true;
         self.drain_session_events(now);
@@ -271,6 +283,7 @@ impl Core {
             carry: &mut self.carry,
             pending: &mut self.tx_pending,
             counters: &mut self.counters,
+            too_big_log: &mut self.logs.too_big,
         };
         let t = self.endpoint.transmit(buf, max, |w, _| {
             out.fill(now, shared_frame::max_packet(max), w)
@@ -368,7 +381,10 @@ impl Core {
                 }
                 SessionEvent::PeerStats(s) => self.peer_stats = Some(s),
                 SessionEvent::Error(e) => {
-                    tracing::warn!(error = %e, "link protocol error");
+                    // Counted by the session (rx_bad_controls, …); one line a second at most.
+                    if let Some(suppressed) = self.logs.protocol_error.check(frame_time(now)) {
+                        tracing::warn!(error = %e, suppressed, "link protocol error");
+                    }
                     // Before the session is up an error means the handshake failed (a version
                     // mismatch, a peer with the wrong role): the user has to act. Once up, a bad
                     // message is counted and the link goes on.
@@ -420,6 +436,7 @@ struct Outgoing<'a> {
     /// The Nat may have more (cleared when `poll_ip_packet` returns `None`).
     pending: &'a mut bool,
     counters: &'a mut CoreCounters,
+    too_big_log: &'a mut LogLimit,
 }
 
 impl Outgoing<'_> {
@@ -427,11 +444,12 @@ impl Outgoing<'_> {
     /// than `fits` (what one bundle to the board carries) is dropped.
     fn fill(&mut self, now: u64, fits: usize, w: &mut BundleWriter<'_>) -> (u64, u64) {
         let mtu = self.scratch.len();
+        let t = now;
         let now = nat_time(now);
         let (mut packets, mut bytes) = (0u64, 0u64);
         let carry = *self.carry;
         if carry > fits {
-            self.drop_too_big(carry, fits);
+            self.drop_too_big(t, carry, fits);
         } else if carry > 0 {
             if w.push_ip(CHANNEL_NET, &self.scratch[..carry]).is_err() {
                 return (0, 0);
@@ -458,7 +476,7 @@ impl Outgoing<'_> {
                     break;
                 };
                 if n > fits {
-                    self.drop_too_big(n, fits);
+                    self.drop_too_big(t, n, fits);
                     continue;
                 }
                 if w.push_ip(CHANNEL_NET, &self.scratch[..n]).is_err() {
@@ -473,16 +491,17 @@ impl Outgoing<'_> {
     }
 
     /// Drops a packet no bundle to the board can carry (instead of holding it, which would stall
-    /// the link and spin the loop): counted, logged at the 1st, 2nd, 4th, 8th… time.
-    fn drop_too_big(&mut self, len: usize, fits: usize) {
+    /// the link and spin the loop): counted, logged at most once a second.
+    fn drop_too_big(&mut self, now: u64, len: usize, fits: usize) {
         *self.carry = 0;
         self.counters.drop_tx_too_big += 1;
         let count = self.counters.drop_tx_too_big;
-        if count.is_power_of_two() {
+        if let Some(suppressed) = self.too_big_log.check(frame_time(now)) {
             tracing::warn!(
                 len,
                 fits,
                 count,
+                suppressed,
                 "packet larger than the board's bundles dropped (it renegotiated smaller bundles while flows were open)"
             );
         }

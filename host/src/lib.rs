@@ -18,6 +18,7 @@ pub mod dns_watch;
 pub mod driver;
 pub mod engine;
 pub mod forward;
+pub mod logfile;
 pub mod platform;
 pub mod relay;
 pub mod report;

@@ -555,17 +555,14 @@ fn log_filter() -> tracing_subscriber::EnvFilter {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
 }
 
-/// Logs to stderr and appended to `path` (the tray's "Open log"), without colours.
+/// Logs to stderr and appended to `path` (the tray's "Open log"), without colours; the file is
+/// rotated at 8 MiB into one old file (`qbkit_host::logfile`).
 fn init_logging_tee(path: Option<&std::path::Path>) {
+    use qbkit_host::logfile::{MAX_LOG_BYTES, RotatingLog};
     use tracing_subscriber::fmt::writer::MakeWriterExt as _;
     let file = path.and_then(|p| {
         std::fs::create_dir_all(p.parent()?)
-            .and_then(|()| {
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)
-            })
+            .and_then(|()| RotatingLog::open(p, MAX_LOG_BYTES))
             .map_err(|e| eprintln!("qbkit-host: cannot open the log {}: {e}", p.display()))
             .ok()
     });

@@ -566,23 +566,23 @@ impl Connector {
     }
 }
 
+/// [`shared_frame::LogLimit::check`] now, for a limit that I/O code keeps in a `static` (the
+/// sans-IO cores pass their own time instead): `Some(left_out)` when a line may be logged.
+pub fn log_allowed(limit: &std::sync::Mutex<shared_frame::LogLimit>) -> Option<u64> {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let since = EPOCH.get_or_init(std::time::Instant::now).elapsed();
+    let now =
+        shared_frame::Instant::from_micros(u64::try_from(since.as_micros()).unwrap_or(u64::MAX));
+    limit.lock().ok()?.check(now)
+}
+
 /// Logs a failed handshake at warn level, at most one line a second (the rest are counted in
 /// [`auth::COUNTERS`] and summarised in the next line).
 fn auth_failure_log(peer: &str, error: &AuthError) {
-    use std::sync::Mutex;
-    use std::time::Instant;
-    static LAST: Mutex<Option<(Instant, u64)>> = Mutex::new(None);
-    let Ok(mut last) = LAST.lock() else { return };
-    let now = Instant::now();
-    match *last {
-        Some((t, ref mut suppressed)) if now.duration_since(t) < Duration::from_secs(1) => {
-            *suppressed += 1;
-        }
-        prev => {
-            let suppressed = prev.map_or(0, |(_, n)| n);
-            tracing::warn!(%peer, %error, suppressed, "stream link peer rejected");
-            *last = Some((now, 0));
-        }
+    static LIMIT: std::sync::Mutex<shared_frame::LogLimit> =
+        std::sync::Mutex::new(shared_frame::LogLimit::new());
+    if let Some(suppressed) = log_allowed(&LIMIT) {
+        tracing::warn!(%peer, %error, suppressed, "stream link peer rejected");
     }
 }
 

@@ -35,6 +35,7 @@ pub mod bundle;
 pub mod control;
 pub mod endpoint;
 mod error;
+pub mod log_limit;
 pub mod session;
 pub mod stream;
 #[doc(hidden)]
@@ -53,6 +54,7 @@ pub use control::{
 };
 pub use endpoint::{Endpoint, Transmit};
 pub use error::{FrameError, Full};
+pub use log_limit::{LOG_INTERVAL, LogLimit};
 pub use session::{
     Counters, DEFAULT_MTU, DownReason, LinkState, Negotiated, Session, SessionConfig, SessionEvent,
 };

@@ -272,10 +272,12 @@ async fn handle_incoming(
     } = inc;
     let name = format!("{url} board {peer}");
     let refuse = |what: &str, bad_peers: &mut u64| {
+        // Every refusal counts; the log gets at most one line a second, so a flood stays a few.
+        static LIMIT: std::sync::Mutex<shared_frame::LogLimit> =
+            std::sync::Mutex::new(shared_frame::LogLimit::new());
         *bad_peers += 1;
-        // Every refusal counts; the log line only at 1, 2, 4, 8, ... so a flood stays a few lines.
-        if bad_peers.is_power_of_two() {
-            tracing::warn!(%peer, refused = *bad_peers, "usbip-listen: {what}");
+        if let Some(suppressed) = qbkit_link::log_allowed(&LIMIT) {
+            tracing::warn!(%peer, refused = *bad_peers, suppressed, "usbip-listen: {what}");
         }
     };
     match request {
