@@ -7,6 +7,10 @@
 //! slot, a TUN packet (only while the pump can stage one: backpressure), the pump's timer, a
 //! control request or a signal. As in quinn's endpoint driver, every input is followed by draining
 //! the pump's outputs before waiting again, because one input can unlock several outputs.
+//!
+//! A host that sends nothing for the session's peer timeout on a stream link (half-open TCP)
+//! gets that link closed: the pump says so ([`Pump::poll_close_link`]) and the driver drops the
+//! link's sender, so `run_stream` ends the stream (`PeerSilent`) and redials with its backoff.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -162,6 +166,10 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     tracing::info!(link = %opts.link, tun = %opts.tun, "qbkit-gadget running");
 
     loop {
+        if pump.poll_close_link() {
+            // The host went silent: dropping the sender ends the stream, which then redials.
+            link_tx = None;
+        }
         // Hand bundles to every free link slot (idle link: send now).
         while pump.wants_transmit() {
             let Some(Ok(permit)) = link_tx.as_ref().map(mpsc::Sender::try_reserve) else {

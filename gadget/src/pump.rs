@@ -20,6 +20,11 @@
 //!   [`linkcheck::check`] after the board's static overrides; a refused one is counted
 //!   (`link_config_refused`), logged (rate-limited) and keeps the carrier off, across link
 //!   restarts, until the host offers a good one.
+//! - **A silent host.** When the session times out on a stream link (a half-open TCP connection,
+//!   a host that stopped answering), the pump detaches from it, counts it
+//!   (`links_closed_silent`), logs one line and tells the driver to close it
+//!   ([`Pump::poll_close_link`]), so the stream task redials with its backoff instead of holding a
+//!   dead peer. A USB link stays attached: the host, not the board, re-enumerates it.
 //!
 //! # Events and states
 //!
@@ -29,6 +34,7 @@
 //! | peer Hello (in a bundle)      | session `Up` → carrier on                                     |
 //! | `handle_link_down`            | staged packets dropped (counted), session reset, carrier off  |
 //! | peer timeout / Bye            | session `Down` → carrier off, staged packets dropped          |
+//! | peer timeout on a stream link | also detached; `poll_close_link` → the driver closes it       |
 //! | peer Hello, smaller bundles   | staged packets that no longer fit one are dropped (counted)   |
 //! | refused LinkConfig            | counted, logged, carrier off; a good LinkConfig lifts it       |
 //!
@@ -43,9 +49,9 @@ use std::time::Duration;
 use crate::config::NetOverrides;
 use crate::linkcheck::{self, LinkConfigError};
 use shared_frame::{
-    BUNDLE_HEADER_LEN, ByeReason, CHANNEL_NET, Endpoint, Framing, Instant, LinkConfig, LinkState,
-    LogLimit, MAX_RECORD_PAYLOAD, MIN_MAX_BUNDLE, RECORD_HEADER_LEN, Role, Session, SessionConfig,
-    SessionEvent, Stats, USB_PAD_LEN,
+    BUNDLE_HEADER_LEN, ByeReason, CHANNEL_NET, DownReason, Endpoint, Framing, Instant, LinkConfig,
+    LinkState, LogLimit, MAX_RECORD_PAYLOAD, MIN_MAX_BUNDLE, RECORD_HEADER_LEN, Role, Session,
+    SessionConfig, SessionEvent, Stats, USB_PAD_LEN,
 };
 
 /// Period of the Stats message sent to the host while the link is up.
@@ -100,6 +106,8 @@ pub struct PumpCounters {
     pub carrier_ups: u64,
     /// LinkConfigs from the host refused by [`linkcheck::check`] (the link stays down).
     pub link_config_refused: u64,
+    /// Stream links closed because the host's session timed out (it went silent after setup).
+    pub links_closed_silent: u64,
 }
 
 /// Pump settings.
@@ -145,6 +153,8 @@ pub struct Pump {
     refused: Option<LinkConfigError>,
     peer_stats: Option<Stats>,
     next_stats: Option<Instant>,
+    /// The host went silent on a stream link: the driver must close it ([`Pump::poll_close_link`]).
+    close_link: bool,
     counters: PumpCounters,
     logs: LogLimits,
 }
@@ -178,6 +188,7 @@ impl Pump {
             refused: None,
             peer_stats: None,
             next_stats: None,
+            close_link: false,
             counters: PumpCounters::default(),
             logs: LogLimits::default(),
         }
@@ -418,6 +429,13 @@ impl Pump {
         self.process_events(now);
     }
 
+    /// True once after the host's session timed out on a stream link: the driver must close that
+    /// link so the stream task redials (the pump already treats it as gone; `handle_link_down`
+    /// still follows).
+    pub fn poll_close_link(&mut self) -> bool {
+        std::mem::take(&mut self.close_link)
+    }
+
     /// Next action for the driver.
     pub fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()
@@ -435,6 +453,19 @@ impl Pump {
                 SessionEvent::Down(reason) => {
                     tracing::info!(?reason, "link down");
                     self.next_stats = None;
+                    // A silent host (half-open TCP) would hold the stream forever: it is closed so
+                    // the stream task redials. USB has nothing to redial: the host re-enumerates.
+                    if reason == DownReason::Timeout
+                        && self.endpoint.framing() == Some(Framing::Stream)
+                        && self.endpoint.detach()
+                    {
+                        self.close_link = true;
+                        self.counters.links_closed_silent += 1;
+                        tracing::warn!(
+                            timeout = ?self.endpoint.session().config().peer_timeout,
+                            "the host sent nothing within the peer timeout: closing the link so it is redialled"
+                        );
+                    }
                 }
                 SessionEvent::PeerStats(s) => self.peer_stats = Some(s),
                 SessionEvent::Error(e) => {
@@ -824,6 +855,38 @@ mod tests {
         assert!(t >= ms(21) + Duration::from_secs(5));
         assert_eq!(p.session().counters().peer_timeouts, 1);
         assert_eq!(p.poll_action(), Some(Action::Carrier(false)));
+        // USB stays attached: the host, not the board, re-enumerates it.
+        assert!(!p.poll_close_link(), "a USB link is not closed");
+        assert!(p.framing().is_some());
+        assert_eq!(p.counters().links_closed_silent, 0);
+    }
+
+    #[test]
+    fn a_silent_host_gets_its_stream_closed_once() {
+        let (mut p, _peer) = up(ms(0), Framing::Stream);
+        let mut t = ms(0);
+        while p.carrier() {
+            t = p.poll_timeout().unwrap().max(t);
+            p.handle_timeout(t);
+            while p.poll_transmit().is_some() {}
+        }
+        assert!(
+            t >= ms(0) + Duration::from_secs(5),
+            "only after the peer timeout"
+        );
+        assert!(
+            p.poll_close_link(),
+            "the silent host's stream is to be closed"
+        );
+        assert!(!p.poll_close_link(), "once");
+        assert_eq!(p.counters().links_closed_silent, 1);
+        assert_eq!(p.framing(), None, "nothing more is sent on it");
+        assert!(p.poll_transmit().is_none());
+        // The stream task reports it down, then redials: a new link starts with Hello.
+        p.handle_link_down(t);
+        p.handle_link_up(t, Framing::Stream);
+        assert!(p.poll_transmit().is_some(), "Hello on the redialled link");
+        assert!(!p.poll_close_link());
     }
 
     #[test]
