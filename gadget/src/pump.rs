@@ -621,6 +621,18 @@ mod tests {
         }
     }
 
+    /// Runs the pump's timers, its bundles going nowhere, until the host's silence turns the
+    /// carrier off; returns that time.
+    fn until_silent(p: &mut Pump, from: Instant) -> Instant {
+        let mut t = from;
+        while p.carrier() {
+            t = p.poll_timeout().unwrap().max(t);
+            p.handle_timeout(t);
+            while p.poll_transmit().is_some() {}
+        }
+        t
+    }
+
     #[test]
     fn refused_link_config_keeps_the_link_down_until_a_good_one() {
         let now = ms(0);
@@ -846,12 +858,7 @@ mod tests {
         assert_eq!(p.poll_action(), None, "same LinkConfig is not re-applied");
 
         // Keepalive timeout: the host stops answering.
-        let mut t = ms(21);
-        while p.carrier() {
-            t = p.poll_timeout().unwrap().max(t);
-            p.handle_timeout(t);
-            while p.poll_transmit().is_some() {}
-        }
+        let t = until_silent(&mut p, ms(21));
         assert!(t >= ms(21) + Duration::from_secs(5));
         assert_eq!(p.session().counters().peer_timeouts, 1);
         assert_eq!(p.poll_action(), Some(Action::Carrier(false)));
@@ -864,12 +871,7 @@ mod tests {
     #[test]
     fn a_silent_host_gets_its_stream_closed_once() {
         let (mut p, _peer) = up(ms(0), Framing::Stream);
-        let mut t = ms(0);
-        while p.carrier() {
-            t = p.poll_timeout().unwrap().max(t);
-            p.handle_timeout(t);
-            while p.poll_transmit().is_some() {}
-        }
+        let t = until_silent(&mut p, ms(0));
         assert!(
             t >= ms(0) + Duration::from_secs(5),
             "only after the peer timeout"
