@@ -61,11 +61,11 @@ pub struct NatConfig {
     pub tcp_rx_buffer: usize,
     /// TCP transmit buffer (OS → board) per flow, bytes (default 1 MiB).
     pub tcp_tx_buffer: usize,
-    /// All TCP socket buffers together, bytes (default 256 MiB): the receive and transmit
+    /// All TCP socket buffers together, bytes (default 4 GiB): the receive and transmit
     /// buffers of every flow and of finished sockets still owing the board their last packet.
-    /// A new flow that would exceed it gets smaller buffers in proportion (at least
-    /// [`MIN_TCP_BUFFER`] each way; `tcp_buffers_shrunk`, a smaller window), and when even those
-    /// do not fit it is refused with a RST (`drop_tcp_buffer_budget`). This bounds what a board
+    /// New flows get full buffers while all of them stay within half of it, then
+    /// [`MIN_TCP_BUFFER`] each way (`tcp_buffers_shrunk`, a smaller window); when even those do
+    /// not fit the whole budget a new flow is refused with a RST (`drop_tcp_buffer_budget`). This bounds what a board
     /// can pin by opening connections and never reading.
     pub tcp_buffer_budget: usize,
     /// Abort a TCP flow whose board side stops acknowledging queued data or the handshake for
@@ -139,8 +139,13 @@ impl Default for NatConfig {
     }
 }
 
-/// Default of [`NatConfig::tcp_buffer_budget`]: 128 flows with full 1 MiB buffers both ways.
-pub const DEFAULT_TCP_BUFFER_BUDGET: usize = 256 << 20;
+/// Default of [`NatConfig::tcp_buffer_budget`] (4 GiB, or all of a 32-bit address space): 1024
+/// flows with full 1 MiB buffers both ways in the first half, then [`MIN_TCP_BUFFER`] ones up to
+/// the default `max_flows` (4096). Full buffers come zeroed from the OS and cost memory only as
+/// data passes; small ones come from the heap and are committed at once, so the default keeps
+/// an ordinary board's connections (hundreds, idle) on full buffers and bounds a board that
+/// pins them by never reading.
+pub const DEFAULT_TCP_BUFFER_BUDGET: usize = (1usize << 30).saturating_mul(4);
 /// Under budget pressure a flow's buffers shrink to no less than this each way (or the configured
 /// size, if smaller): about one large segment, so the flow still moves.
 pub const MIN_TCP_BUFFER: usize = 64 << 10;

@@ -29,8 +29,8 @@
 //! `max_connecting` (512) may wait for an OS connect; per TCP flow a receive and a transmit
 //! buffer (`tcp_rx_buffer`/`tcp_tx_buffer`, 1 MiB each, window scaling on) allocated zeroed, so
 //! the OS commits pages only as data passes (an idle flow costs a few KiB), and all TCP buffers
-//! together within `tcp_buffer_budget` (256 MiB): near it new flows get smaller buffers (a
-//! smaller window, down to 64 KiB each way), past it they are refused with a RST. A flow the core
+//! together within `tcp_buffer_budget` (4 GiB): past half of it new flows get 64 KiB buffers each
+//! way (a smaller window), past all of it they are refused with a RST. A flow the core
 //! ends (eviction, timeout, reset) frees its socket once its RST has been queued, or at once when
 //! more such sockets wait than the board queue has slots (a board that stopped reading); at most
 //! `max_queued_board_packets` packets (64) for the board and `max_queued_datagram_bytes` (4 MiB)

@@ -353,38 +353,34 @@ impl Nat {
     }
 
     /// Buffer sizes (receive, transmit) for one more socket within `tcp_buffer_budget`: the
-    /// configured ones while they fit, else both shrunk in proportion to what is left, down to
-    /// [`MIN_TCP_BUFFER`] each way; `None` below that.
+    /// configured ones while all buffers stay within half the budget, else [`MIN_TCP_BUFFER`]
+    /// each way (or the configured size, if smaller) while they fit the whole budget; `None`
+    /// beyond. The half kept for small buffers lets many flows open (an idle flow commits only
+    /// a few pages; what counts is what it could hold) after a few took full windows.
     fn tcp_buffer_sizes(&mut self) -> Option<(usize, usize)> {
         let (rx, tx) = (self.cfg.tcp_rx_buffer, self.cfg.tcp_tx_buffer);
+        let (small_rx, small_tx) = (rx.min(MIN_TCP_BUFFER), tx.min(MIN_TCP_BUFFER));
+        let budget = self.cfg.tcp_buffer_budget;
         let mut used = self.tcp_buffer_bytes();
         // Finished sockets still waiting to send their RST make room for live flows first.
-        while used + rx + tx > self.cfg.tcp_buffer_budget && !self.zombies.is_empty() {
+        while used + small_rx + small_tx > budget && !self.zombies.is_empty() {
             used -= self.free_oldest_zombie();
         }
-        let free = self.cfg.tcp_buffer_budget.saturating_sub(used);
-        if rx + tx <= free {
+        if used + rx + tx <= budget / 2 {
             return Some((rx, tx));
         }
-        // Whole KiB, so the window scale stays meaningful.
-        let share = |want: usize| {
-            let v =
-                u128::from(want as u64) * u128::from(free as u64) / u128::from((rx + tx) as u64);
-            usize::try_from(v).unwrap_or(want) & !1023
-        };
-        let (r, t) = (share(rx), share(tx));
-        if r < rx.min(MIN_TCP_BUFFER) || t < tx.min(MIN_TCP_BUFFER) {
+        if used + small_rx + small_tx > budget {
             drop_warn!(
                 self,
                 drop_tcp_buffer_budget,
                 used,
-                budget = self.cfg.tcp_buffer_budget,
+                budget,
                 "nat: TCP buffer budget used up, new connection refused (a board not reading?)"
             );
             return None;
         }
         self.counters.tcp_buffers_shrunk += 1;
-        Some((r, t))
+        Some((small_rx, small_tx))
     }
 
     /// Keep a finished socket until egress has sent its last packet (the RST of an aborted

@@ -6,7 +6,7 @@
 use smoltcp::time::Duration;
 
 use super::*;
-use crate::{Counters, MIN_TCP_BUFFER, NatConfig, NatEvent, OsEvent};
+use crate::{Counters, NatConfig, NatEvent, OsEvent};
 
 /// 10 000 cycles of SYN → OS connected → idle past `evict_min_idle`, with nothing ever taken from
 /// the board queue. Asserts after every cycle that at most `max_flows` flows plus one finished
@@ -52,10 +52,12 @@ fn board_that_never_reads_keeps_sockets_bounded() {
         "{c:?}"
     );
     assert_eq!(c.drop_tcp_buffer_budget, 0, "{c:?}");
-    // A budget for 10 full flows: finished sockets give their buffers up to new flows.
-    cfg.tcp_buffer_budget = 20 << 20;
+    // A 4 MiB budget: one full flow fits its first half, after that new flows get 64 KiB each
+    // way, 32 sockets fill it; finished sockets give their buffers up to new flows, so none is
+    // refused and the socket count stays at what the bytes allow, not the zombie cap.
+    cfg.tcp_buffer_budget = 4 << 20;
     let (peak, c) = never_reading_board(cfg);
-    assert_eq!(peak, 10, "{c:?}");
+    assert_eq!(peak, 32, "{c:?}");
     assert!(
         c.flows_evicted > 9_000 && c.tcp_freed_unsent > 9_000,
         "{c:?}"
@@ -68,10 +70,11 @@ fn near_the_buffer_budget_flows_shrink_then_are_refused_with_a_rst() {
     let mut cfg = NatConfig::default();
     cfg.tcp_rx_buffer = 256 << 10;
     cfg.tcp_tx_buffer = 256 << 10;
-    // Two full flows and a bit: the third gets 64 KiB each way, the fourth nothing.
-    cfg.tcp_buffer_budget = (1 << 20) + 2 * MIN_TCP_BUFFER;
+    // Full buffers while all stay within half the budget (two flows), then 64 KiB each way
+    // until the whole budget is held (eight more), then a RST.
+    cfg.tcp_buffer_budget = 2 << 20;
     let mut h = H::with(cfg);
-    for port in 1..=4u16 {
+    for port in 1..=11u16 {
         let (b, s) = (ep(BOARD, port), ep(SERVER, 80));
         h.send(&syn(b, s, 1000));
         let [NatEvent::TcpConnect { flow, .. }] = h.events()[..] else {
@@ -79,7 +82,7 @@ fn near_the_buffer_budget_flows_shrink_then_are_refused_with_a_rst() {
         };
         h.os(OsEvent::TcpConnected { flow });
         let seg = seg_of(&h.recv_one());
-        if port < 4 {
+        if port <= 10 {
             assert!(seg.syn && !seg.rst, "SYN-ACK within the budget");
             assert!(h.events().is_empty());
         } else {
@@ -91,8 +94,27 @@ fn near_the_buffer_budget_flows_shrink_then_are_refused_with_a_rst() {
             );
         }
     }
-    assert_eq!(h.nat.tcp_buffer_bytes(), (1 << 20) + 2 * MIN_TCP_BUFFER);
-    assert_eq!(h.nat.counters().tcp_buffers_shrunk, 1);
+    assert_eq!(h.nat.tcp_buffer_bytes(), 2 << 20);
+    assert_eq!(h.nat.counters().tcp_buffers_shrunk, 8);
     assert_eq!(h.nat.counters().drop_tcp_buffer_budget, 1);
-    assert_eq!(h.nat.flow_count(), 3);
+    assert_eq!(h.nat.flow_count(), 10);
+}
+
+#[test]
+fn the_default_budget_opens_max_flows_connections() {
+    let cfg = NatConfig::default();
+    let max = cfg.max_flows;
+    let mut h = H::with(cfg);
+    for i in 0..max {
+        let port = 1024 + u16::try_from(i).expect("port");
+        h.send(&syn(ep(BOARD, port), ep(SERVER, 80), 1000));
+        let [NatEvent::TcpConnect { flow, .. }] = h.events()[..] else {
+            panic!("no connect for flow {i}")
+        };
+        h.os(OsEvent::TcpConnected { flow });
+        let seg = seg_of(&h.recv_one());
+        assert!(seg.syn && !seg.rst, "flow {i}: SYN-ACK");
+    }
+    assert_eq!(h.nat.flow_count(), max);
+    assert_eq!(h.nat.counters().drop_tcp_buffer_budget, 0);
 }
