@@ -564,6 +564,17 @@ mod tests {
     }
 
     impl Pair {
+        /// Every bundle sent since `bundle_sizes` was last cleared fits the smallest `max_bundle`
+        /// a peer may ask for (plus the USB pad).
+        fn assert_bundles_fit_smallest_max_bundle(&self) {
+            let limit = shared_frame::MIN_MAX_BUNDLE + shared_frame::USB_PAD_LEN;
+            assert!(
+                self.bundle_sizes.iter().all(|&n| n <= limit),
+                "{:?}",
+                self.bundle_sizes
+            );
+        }
+
         fn new(board_cfg: SessionConfig) -> Self {
             let cfg = CoreConfig {
                 nat: NatConfig::default(),
@@ -806,12 +817,7 @@ mod tests {
         p.exchange(&[]);
         assert_eq!(p.take_rx().len(), 20, "every datagram arrives");
         assert!(p.bundle_sizes.len() > 1, "{:?}", p.bundle_sizes);
-        let limit = shared_frame::MIN_MAX_BUNDLE + shared_frame::USB_PAD_LEN;
-        assert!(
-            p.bundle_sizes.iter().all(|&n| n <= limit),
-            "{:?}",
-            p.bundle_sizes
-        );
+        p.assert_bundles_fit_smallest_max_bundle();
     }
 
     #[test]
@@ -847,12 +853,7 @@ mod tests {
         assert_eq!(p.core.counters().drop_tx_too_big, 1);
         assert!(!p.core.wants_transmit(), "nothing waits for a bundle");
         assert!(p.core.poll_transmit(p.now, &mut Vec::new()).is_none());
-        let limit = shared_frame::MIN_MAX_BUNDLE + shared_frame::USB_PAD_LEN;
-        assert!(
-            p.bundle_sizes.iter().all(|&n| n <= limit),
-            "{:?}",
-            p.bundle_sizes
-        );
+        p.assert_bundles_fit_smallest_max_bundle();
     }
 
     #[test]
