@@ -193,6 +193,39 @@ pub fn register(spec: &GadgetSpec, udc: Option<&str>) -> Result<UsbGadget, UsbEr
     })
 }
 
+/// Waits until ep0 has an event (`Ok(true)`). With `unbound` set (an Unbind came while the UDC
+/// was still listed), gives up every [`UNBOUND_RECHECK`] to look again: `Ok(false)` while the UDC
+/// is there, `UdcGone` once it has left.
+async fn wait_ep0(
+    custom: &mut Custom,
+    unbound: Option<(&RegGadget, &Udc)>,
+) -> Result<bool, UsbError> {
+    let waited = match unbound {
+        Some((reg, udc)) => {
+            match tokio::time::timeout(UNBOUND_RECHECK, custom.wait_event()).await {
+                Ok(waited) => waited,
+                Err(_) => return udc_gone(reg, udc).map_or(Ok(false), Err),
+            }
+        }
+        None => custom.wait_event().await,
+    };
+    waited.map(|()| true).map_err(|source| UsbError::Io {
+        what: "FunctionFS ep0 (waiting for events)".into(),
+        source,
+    })
+}
+
+/// How often an unbound gadget looks whether its UDC is still there.
+const UNBOUND_RECHECK: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// `UdcGone` when the gadget's UDC has left /sys/class/udc or ConfigFS no longer binds it.
+fn udc_gone(reg: &RegGadget, udc: &Udc) -> Option<UsbError> {
+    let present = Path::new("/sys/class/udc").join(udc.name()).exists();
+    (!present || !matches!(reg.udc(), Ok(Some(_)))).then(|| UsbError::UdcGone {
+        udc: udc.name().to_string_lossy().into_owned(),
+    })
+}
+
 fn max_packet_size(udc: &Udc) -> usize {
     match udc.current_speed() {
         Ok(Speed::SuperSpeed | Speed::SuperSpeedPlus) => 1024,
@@ -229,12 +262,15 @@ pub async fn run(
         std::time::Duration::from_millis(1),
         std::time::Duration::from_secs(1),
     );
+    // After an Unbind whose UDC is still listed (it may be on its way out: the unbind event
+    // comes before the UDC leaves sysfs), look again every UNBOUND_RECHECK until the gadget is
+    // bound again or the UDC is gone.
+    let mut unbound = false;
     let result = loop {
-        if let Err(source) = custom.wait_event().await {
-            break Err(UsbError::Io {
-                what: "FunctionFS ep0 (waiting for events)".into(),
-                source,
-            });
+        match wait_ep0(&mut custom, unbound.then_some((&reg, &udc))).await {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => break Err(e),
         }
         let ev = match custom.event() {
             Ok(ev) => {
@@ -250,21 +286,21 @@ pub async fn run(
         tracing::debug!(?ev, "FunctionFS event");
         let was_up = enabled && !suspended;
         match ev {
+            Event::Bind => unbound = false,
             Event::Enable => {
                 enabled = true;
                 suspended = false;
+                unbound = false;
             }
             Event::Disable => enabled = false,
             // Unbind: the gadget left its UDC (no cable event does this). Gone for good when the
             // UDC itself is gone or ConfigFS no longer names it.
             Event::Unbind => {
                 enabled = false;
-                let udc_present = Path::new("/sys/class/udc").join(udc.name()).exists();
-                if !udc_present || !matches!(reg.udc(), Ok(Some(_))) {
-                    break Err(UsbError::UdcGone {
-                        udc: udc.name().to_string_lossy().into_owned(),
-                    });
+                if let Some(gone) = udc_gone(&reg, &udc) {
+                    break Err(gone);
                 }
+                unbound = true;
             }
             Event::Suspend => suspended = true,
             Event::Resume => suspended = false,
