@@ -736,7 +736,7 @@ impl Sockets {
             }
         }
         let Some(d) = slot else { return };
-        let pkt = platform::icmp_echo_request(seq, payload);
+        let pkt = platform::icmp_echo_request(dst, seq, payload);
         if let Err(e) = SockRef::from(&d.sock).send(&pkt) {
             self.counters.drop_icmp_send += 1;
             tracing::debug!(%flow, %dst, error = %e, "echo request not sent");
@@ -793,10 +793,19 @@ fn into_udp(s: Socket) -> io::Result<UdpSocket> {
 }
 
 fn connect_error(e: &io::Error) -> ConnectError {
+    // A kernel without IPv6 (ipv6.disable=1) cannot even open the socket.
+    #[cfg(unix)]
+    if e.raw_os_error() == Some(libc::EAFNOSUPPORT) {
+        return ConnectError::NetUnreachable;
+    }
     match e.kind() {
         io::ErrorKind::ConnectionRefused => ConnectError::Refused,
         io::ErrorKind::HostUnreachable => ConnectError::HostUnreachable,
-        io::ErrorKind::NetworkUnreachable => ConnectError::NetUnreachable,
+        // EADDRNOTAVAIL: no source address of the family (an IPv6 destination on a laptop with
+        // link-local IPv6 only). The board hears "no route" at once and falls back to IPv4.
+        io::ErrorKind::NetworkUnreachable | io::ErrorKind::AddrNotAvailable => {
+            ConnectError::NetUnreachable
+        }
         io::ErrorKind::TimedOut => ConnectError::TimedOut,
         _ => ConnectError::Other,
     }
@@ -806,7 +815,9 @@ fn datagram_error(e: &io::Error) -> DatagramError {
     match e.kind() {
         io::ErrorKind::ConnectionRefused => DatagramError::PortUnreachable,
         io::ErrorKind::HostUnreachable => DatagramError::HostUnreachable,
-        io::ErrorKind::NetworkUnreachable => DatagramError::NetUnreachable,
+        io::ErrorKind::NetworkUnreachable | io::ErrorKind::AddrNotAvailable => {
+            DatagramError::NetUnreachable
+        }
         _ => DatagramError::Failed,
     }
 }
@@ -1111,6 +1122,7 @@ mod tests {
             (K::ConnectionRefused, ConnectError::Refused),
             (K::HostUnreachable, ConnectError::HostUnreachable),
             (K::NetworkUnreachable, ConnectError::NetUnreachable),
+            (K::AddrNotAvailable, ConnectError::NetUnreachable),
             (K::TimedOut, ConnectError::TimedOut),
             (K::PermissionDenied, ConnectError::Other),
         ] {

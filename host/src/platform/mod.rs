@@ -14,7 +14,7 @@
 //! every OS; the resolver parsers (resolv.conf, Windows adapters, `scutil --dns`) are I/O-free and
 //! live in `qbkit_nat::resolvers`, where the `resolv_conf` fuzz target reaches them.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 #[cfg(unix)]
 mod unix;
@@ -73,10 +73,18 @@ pub fn interface_index(name: &str) -> Option<u32> {
     }
 }
 
-/// Builds an ICMP echo request (type 8) with `seq` and `payload`; the identifier is left 0
-/// because ping sockets replace it with the socket's own. The checksum is filled in.
-pub fn icmp_echo_request(seq: u16, payload: &[u8]) -> Vec<u8> {
-    icmp_echo(ICMP_ECHO_REQUEST, seq, payload)
+/// Builds an echo request for `dst`'s version (ICMP type 8, ICMPv6 type 128) with `seq` and
+/// `payload`; the identifier is left 0 because ping sockets replace it with the socket's own.
+/// The checksum is filled in (ICMPv6: the kernel fills it, as it covers the IPv6 addresses).
+pub fn icmp_echo_request(dst: IpAddr, seq: u16, payload: &[u8]) -> Vec<u8> {
+    match dst {
+        IpAddr::V4(_) => icmp_echo(ICMP_ECHO_REQUEST, seq, payload),
+        IpAddr::V6(_) => {
+            let mut pkt = icmp_echo(ICMPV6_ECHO_REQUEST, seq, payload);
+            pkt[2..4].fill(0);
+            pkt
+        }
+    }
 }
 
 /// Builds the ICMP echo reply (type 0) a ping socket returns for `seq` (Windows' ping helper).
@@ -86,6 +94,8 @@ pub fn icmp_echo_reply(seq: u16, payload: &[u8]) -> Vec<u8> {
 
 const ICMP_ECHO_REQUEST: u8 = 8;
 const ICMP_ECHO_REPLY: u8 = 0;
+const ICMPV6_ECHO_REQUEST: u8 = 128;
+const ICMPV6_ECHO_REPLY: u8 = 129;
 
 fn icmp_echo(kind: u8, seq: u16, payload: &[u8]) -> Vec<u8> {
     let mut pkt = Vec::with_capacity(8 + payload.len());
@@ -97,20 +107,21 @@ fn icmp_echo(kind: u8, seq: u16, payload: &[u8]) -> Vec<u8> {
     pkt
 }
 
-/// Parses what a ping socket returns: an ICMP echo reply (type 0). Returns its sequence number
-/// and data, or `None` for anything else.
+/// Parses what a ping socket returns: an ICMP (type 0) or ICMPv6 (type 129) echo reply; a
+/// ping socket only returns its own version's. Returns its sequence number and data, or `None`
+/// for anything else.
 pub fn parse_icmp_echo_reply(pkt: &[u8]) -> Option<(u16, &[u8])> {
-    parse_icmp_echo(ICMP_ECHO_REPLY, pkt)
+    parse_icmp_echo([ICMP_ECHO_REPLY, ICMPV6_ECHO_REPLY], pkt)
 }
 
-/// Parses an ICMP echo request (type 8), as the socket layer writes it to a ping socket: its
-/// sequence number and data, or `None` for anything else.
+/// Parses an ICMP (type 8) or ICMPv6 (type 128) echo request, as the socket layer writes it
+/// to a ping socket: its sequence number and data, or `None` for anything else.
 pub fn parse_icmp_echo_request(pkt: &[u8]) -> Option<(u16, &[u8])> {
-    parse_icmp_echo(ICMP_ECHO_REQUEST, pkt)
+    parse_icmp_echo([ICMP_ECHO_REQUEST, ICMPV6_ECHO_REQUEST], pkt)
 }
 
-fn parse_icmp_echo(kind: u8, pkt: &[u8]) -> Option<(u16, &[u8])> {
-    if pkt.len() < 8 || pkt[0] != kind || pkt[1] != 0 {
+fn parse_icmp_echo(kinds: [u8; 2], pkt: &[u8]) -> Option<(u16, &[u8])> {
+    if pkt.len() < 8 || !kinds.contains(&pkt[0]) || pkt[1] != 0 {
         return None;
     }
     Some((u16::from_be_bytes([pkt[6], pkt[7]]), &pkt[8..]))
@@ -190,7 +201,8 @@ mod tests {
 
     #[test]
     fn echo_request_checksum_and_reply_parse() {
-        let req = icmp_echo_request(7, b"abcdefgh");
+        let v4 = IpAddr::from([198, 51, 100, 7]);
+        let req = icmp_echo_request(v4, 7, b"abcdefgh");
         assert_eq!(req[0], 8);
         assert_eq!(
             internet_checksum(&req),
@@ -207,7 +219,7 @@ mod tests {
         // What Windows' ping helper writes back is a valid reply with its checksum.
         let built = icmp_echo_reply(7, b"abcdefgh");
         assert_eq!(built, {
-            let mut r = icmp_echo_request(7, b"abcdefgh");
+            let mut r = icmp_echo_request(v4, 7, b"abcdefgh");
             r[0] = 0;
             r[2..4].fill(0);
             let sum = internet_checksum(&r);
@@ -215,6 +227,14 @@ mod tests {
             r
         });
         assert_eq!(internet_checksum(&built), 0);
+        // ICMPv6: types 128/129, checksum left to the kernel.
+        let req6 = icmp_echo_request("2001:db8::7".parse().unwrap(), 7, b"abcdefgh");
+        assert_eq!(&req6[..8], &[128, 0, 0, 0, 0, 0, 0, 7]);
+        assert_eq!(parse_icmp_echo_request(&req6), Some((7, &b"abcdefgh"[..])));
+        let mut reply6 = req6.clone();
+        reply6[0] = 129;
+        assert_eq!(parse_icmp_echo_reply(&reply6), Some((7, &b"abcdefgh"[..])));
+        assert_eq!(parse_icmp_echo_reply(&req6), None);
     }
 
     #[test]
