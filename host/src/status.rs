@@ -376,8 +376,8 @@ impl Status {
     }
 
     /// Non-zero drop counters: real drops (`section.name=N`), and the ones every healthy link
-    /// sees, named for what they are (segments arriving after their connection closed, IPv6
-    /// until it is forwarded).
+    /// sees, named for what they are (segments arriving after their connection closed, the
+    /// board kernel's IPv6 multicast chatter).
     fn drop_lines(&self) -> (Vec<String>, Vec<String>) {
         let (mut drops, mut normal) = (Vec::new(), Vec::new());
         for (section, m) in [
@@ -398,8 +398,10 @@ impl Status {
                     ("nat", "drop_tcp_no_flow") => {
                         normal.push(format!("{v} late TCP segments after a close"));
                     }
-                    ("nat", "drop_ipv6") => {
-                        normal.push(format!("{v} IPv6 packets (not forwarded yet)"));
+                    ("nat", "drop_ipv6_multicast") => {
+                        normal.push(format!(
+                            "{v} IPv6 multicast packets (router solicitations, MLD)"
+                        ));
                     }
                     ("nat", "drop_stale_os_event") => {
                         normal.push(format!("{v} socket events for closed flows"));
@@ -781,7 +783,7 @@ mod tests {
             "link": {"connected": true, "description": null, "session": "up", "version": 1,
                      "mtu": 16384, "max_bundle": 65536, "peer": null, "rtt_us": null},
             "flow_counts": {}, "os_sockets": 0,
-            "nat": {"drop_tcp_no_flow": 35, "drop_ipv6": 1, "drop_board_queue_full": 2},
+            "nat": {"drop_tcp_no_flow": 35, "drop_ipv6_multicast": 1, "drop_board_queue_full": 2},
             "session": {}, "sockets": {}, "driver": {}, "peer_stats": {}, "flows": [],
         });
         let s: Status = serde_json::from_value(doc).unwrap();
@@ -795,7 +797,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("1 IPv6 packets (not forwarded yet)"),
+            text.contains("1 IPv6 multicast packets (router solicitations, MLD)"),
             "{text}"
         );
         assert!(!text.contains("drop_tcp_no_flow"), "{text}");

@@ -23,11 +23,15 @@ pub struct NatConfig {
     pub gateway_ipv4: Ipv4Addr,
     /// Prefix length of the board network (default 24). Other addresses inside it are unreachable.
     pub prefix_len: u8,
-    /// The board's IPv6 address (default fd47::2). Kept for the IPv6 issue; IPv6 packets are
-    /// counted in `drop_ipv6` for now.
+    /// The board's IPv6 address (default fd47::2): IPv6 packets from the board must come from
+    /// it, and answers go to it.
     pub board_ipv6: Ipv6Addr,
-    /// The gateway's IPv6 address (default fd47::1).
+    /// The gateway's IPv6 address (default fd47::1): answers DNS on port 53 and echo requests,
+    /// like the IPv4 gateway (mapped to `::1` with `map_gateway_to_loopback`).
     pub gateway_ipv6: Ipv6Addr,
+    /// Prefix length of the board's IPv6 network (default 64). Other addresses inside it are
+    /// unreachable.
+    pub prefix_len_ipv6: u8,
     /// Link MTU (default 65520): the largest IP packet sent to the board, and the TCP MSS base.
     /// `poll_ip_packet` needs an output buffer at least this large.
     pub mtu: usize,
@@ -35,12 +39,13 @@ pub struct NatConfig {
     /// them from the OS (resolv.conf, systemd-resolved). Empty: DNS to the gateway is refused.
     /// These addresses are exempt from the loopback/LAN policy.
     pub dns_servers: Vec<SocketAddr>,
-    /// Let the board reach host loopback (127.0.0.0/8) and link-local (169.254.0.0/16). Default off.
+    /// Let the board reach host loopback (127.0.0.0/8, ::1) and link-local (169.254.0.0/16,
+    /// fe80::/10). Default off.
     pub allow_host_loopback: bool,
-    /// Map the gateway address (other than DNS) to 127.0.0.1, like slirp's 10.0.2.2. Only takes
+    /// Map the gateway addresses (other than DNS) to 127.0.0.1 and ::1, like slirp's 10.0.2.2. Only takes
     /// effect together with `allow_host_loopback`. Default off.
     pub map_gateway_to_loopback: bool,
-    /// Deny private networks (10/8, 172.16/12, 192.168/16, 100.64/10) and every address in
+    /// Deny private networks (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7) and every address in
     /// [`host_addrs`](Self::host_addrs). Default off: like slirp4netns, pasta and Windows ICS the
     /// board reaches what the laptop reaches (DESIGN.md, Defaults). Loopback and link-local
     /// addresses follow `allow_host_loopback` either way.
@@ -111,6 +116,7 @@ impl Default for NatConfig {
             prefix_len: 24,
             board_ipv6: Ipv6Addr::new(0xfd47, 0, 0, 0, 0, 0, 0, 2),
             gateway_ipv6: Ipv6Addr::new(0xfd47, 0, 0, 0, 0, 0, 0, 1),
+            prefix_len_ipv6: 64,
             mtu: 65520,
             dns_servers: Vec::new(),
             allow_host_loopback: false,
@@ -150,7 +156,8 @@ pub const DEFAULT_TCP_BUFFER_BUDGET: usize = (1usize << 30).saturating_mul(4);
 /// size, if smaller): about one large segment, so the flow still moves.
 pub const MIN_TCP_BUFFER: usize = 64 << 10;
 
-/// Smallest MTU the core accepts (IPv4's minimum of 576 would starve TCP; 1280 is IPv6's).
+/// Smallest MTU the core accepts: IPv6's minimum link MTU (RFC 8200), so every link carries
+/// both versions (IPv4's minimum of 576 would starve TCP anyway).
 pub const MIN_MTU: usize = 1280;
 /// Largest MTU: an IPv4 total length is 16 bits.
 pub const MAX_MTU: usize = 65535;
@@ -166,7 +173,13 @@ impl NatConfig {
             return Err(NatError::BadPrefix(self.prefix_len));
         }
         if self.board_ipv4 == self.gateway_ipv4 {
-            return Err(NatError::SameAddress(self.board_ipv4));
+            return Err(NatError::SameAddress(self.board_ipv4.into()));
+        }
+        if self.board_ipv6 == self.gateway_ipv6 {
+            return Err(NatError::SameAddress(self.board_ipv6.into()));
+        }
+        if self.prefix_len_ipv6 > 126 {
+            return Err(NatError::BadPrefix(self.prefix_len_ipv6));
         }
         for (name, size) in [
             ("tcp_rx_buffer", self.tcp_rx_buffer),

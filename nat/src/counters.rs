@@ -33,6 +33,10 @@ counters! {
     tx_packets,
     /// Bytes of those packets.
     tx_bytes,
+    /// Of `rx_packets`, the IPv6 ones.
+    rx_ipv6_packets,
+    /// Of `tx_packets`, the IPv6 ones.
+    tx_ipv6_packets,
     /// TCP flows opened (SYN accepted, connect requested).
     tcp_flows,
     /// UDP flows opened.
@@ -74,21 +78,27 @@ counters! {
     dns_unanswered,
     /// Times the resolver list was replaced with a different one.
     dns_servers_changed,
-    /// Dropped: not a valid IPv4 packet (truncated, bad header, bad length, bad header checksum).
+    /// Dropped: not a valid IP packet (truncated, bad header, bad length, bad IPv4 header
+    /// checksum).
     drop_malformed,
     /// Dropped: bad TCP/UDP/ICMP checksum (only with `verify_rx_checksums`).
     drop_bad_checksum,
-    /// Dropped: IPv6 packet (IPv6 is not forwarded yet).
-    drop_ipv6,
-    /// Dropped: IPv4 fragment (policy: not reassembled; the link MTU makes them rare).
+    /// Dropped: IPv4 fragment or IPv6 fragment header (policy: not reassembled; the link MTU
+    /// makes them rare).
     drop_fragment,
+    /// Dropped: IPv6 multicast from the board (its kernel's router solicitations and MLD
+    /// reports: nothing on this point-to-point link answers them).
+    drop_ipv6_multicast,
+    /// Dropped: IPv6 packet from the board larger than the MTU (ICMPv6 packet too big sent back).
+    drop_too_big_from_board,
     /// Dropped: TTL 0 or 1 (an ICMP time exceeded is sent back, rate-limited).
     drop_ttl_expired,
-    /// Dropped: protocol other than TCP, UDP, ICMP.
+    /// Dropped: protocol other than TCP, UDP, ICMP (ICMPv6), or an IPv6 extension header.
     drop_unknown_protocol,
     /// Dropped: source is not the board's address.
     drop_bad_source,
-    /// Dropped: destination is multicast, broadcast, unspecified or reserved.
+    /// Dropped: destination is multicast, broadcast, unspecified or reserved (IPv6: also
+    /// IPv4-mapped and -compatible addresses).
     drop_martian,
     /// Denied: destination is host loopback or link-local and `allow_host_loopback` is off.
     drop_policy_loopback,
@@ -107,7 +117,7 @@ counters! {
     drop_syn_flood,
     /// TCP segment for no known flow (answered with RST by the TCP stack).
     drop_tcp_no_flow,
-    /// Dropped: ICMP message other than echo request from the board.
+    /// Dropped: ICMP or ICMPv6 message other than echo request from the board.
     drop_icmp_type,
     /// Dropped: echo request while ping sockets are unavailable (only the gateway answers).
     drop_ping_unavailable,

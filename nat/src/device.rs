@@ -101,6 +101,7 @@ pub(crate) fn checksum_caps(verify_rx: bool) -> ChecksumCapabilities {
     c.tcp = mode;
     c.udp = mode;
     c.icmpv4 = mode;
+    c.icmpv6 = mode;
     // The IPv4 header checksum is verified by the core itself before smoltcp sees the packet.
     c.ipv4 = phy::Checksum::Tx;
     c

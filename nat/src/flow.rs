@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use core::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use core::net::{IpAddr, SocketAddr};
 
 use smoltcp::iface::SocketHandle;
 use smoltcp::time::{Duration, Instant};
@@ -16,20 +16,21 @@ use smoltcp::wire::TcpRepr;
 use crate::FlowId;
 use crate::dns::Failover;
 
-/// How the board names a flow: its own endpoint and the destination it addressed.
+/// How the board names a flow: its own endpoint and the destination it addressed (both of the
+/// same IP version).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum FlowKey {
     Tcp {
-        src: SocketAddrV4,
-        dst: SocketAddrV4,
+        src: SocketAddr,
+        dst: SocketAddr,
     },
     Udp {
-        src: SocketAddrV4,
-        dst: SocketAddrV4,
+        src: SocketAddr,
+        dst: SocketAddr,
     },
     Icmp {
-        src: Ipv4Addr,
-        dst: Ipv4Addr,
+        src: IpAddr,
+        dst: IpAddr,
         ident: u16,
     },
 }
@@ -37,8 +38,8 @@ pub(crate) enum FlowKey {
 /// The SYN a connecting flow waits to replay into smoltcp, without payload.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct SynCopy {
-    pub(crate) src: SocketAddrV4,
-    pub(crate) dst: SocketAddrV4,
+    pub(crate) src: SocketAddr,
+    pub(crate) dst: SocketAddr,
     pub(crate) seq: u32,
     pub(crate) window_len: u16,
     pub(crate) window_scale: Option<u8>,
@@ -48,12 +49,7 @@ pub(crate) struct SynCopy {
 }
 
 impl SynCopy {
-    pub(crate) fn from_repr(
-        src: SocketAddrV4,
-        dst: SocketAddrV4,
-        ttl: u8,
-        r: &TcpRepr<'_>,
-    ) -> Self {
+    pub(crate) fn from_repr(src: SocketAddr, dst: SocketAddr, ttl: u8, r: &TcpRepr<'_>) -> Self {
         Self {
             src,
             dst,
@@ -334,11 +330,10 @@ pub struct FlowInfo {
 impl FlowKey {
     pub(crate) fn endpoints(&self) -> (SocketAddr, SocketAddr) {
         match *self {
-            Self::Tcp { src, dst } | Self::Udp { src, dst } => (src.into(), dst.into()),
-            Self::Icmp { src, dst, ident } => (
-                SocketAddr::new(IpAddr::V4(src), ident),
-                SocketAddr::new(IpAddr::V4(dst), ident),
-            ),
+            Self::Tcp { src, dst } | Self::Udp { src, dst } => (src, dst),
+            Self::Icmp { src, dst, ident } => {
+                (SocketAddr::new(src, ident), SocketAddr::new(dst, ident))
+            }
         }
     }
 }

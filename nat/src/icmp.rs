@@ -1,57 +1,114 @@
-//! ICMP: echo requests from the board, echo replies from the OS, and ICMP errors we generate.
+//! ICMP and ICMPv6: echo requests from the board, echo replies from the OS, and the errors we
+//! generate.
 //!
-//! Echo to the gateway is answered by the core itself. Echo to anything else (after policy)
-//! becomes an `IcmpEchoRequest` event on a flow keyed by (board, destination, identifier); the
-//! driver sends it through an unprivileged ping socket, and `OsEvent::IcmpEchoReply` comes back
-//! with the board's identifier restored. Without ping sockets (`icmp_echo_via_os` off or
-//! `OsEvent::IcmpUnavailable`) only the gateway answers; replies are never faked for other hosts.
-//! Errors (unreachable, time exceeded) quote the offending IP header plus 8 bytes (RFC 792).
+//! Echo to the gateway (either address) is answered by the core itself. Echo to anything else
+//! (after policy) becomes an `IcmpEchoRequest` event on a flow keyed by (board, destination,
+//! identifier); the driver sends it through an unprivileged ping socket of the destination's
+//! family, and `OsEvent::IcmpEchoReply` comes back with the board's identifier restored. Without
+//! ping sockets (`icmp_echo_via_os` off or `OsEvent::IcmpUnavailable`) only the gateway answers;
+//! replies are never faked for other hosts. Errors (unreachable, time exceeded, IPv6 packet too
+//! big) come from the gateway address of the packet's version (port unreachable from the
+//! destination) and quote the offending IP header plus 8 bytes (RFC 792) for IPv4, as much of
+//! the packet as fits in 1280 bytes for IPv6 (RFC 4443). Other ICMPv6 messages (neighbour and
+//! router discovery, MLD) have no use on this point-to-point link and are dropped.
 
-use core::net::Ipv4Addr;
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use smoltcp::wire::{
-    Icmpv4DstUnreachable, Icmpv4Packet, Icmpv4Repr, Icmpv4TimeExceeded, IpProtocol, Ipv4Packet,
-    Ipv4Repr,
+    Icmpv4DstUnreachable, Icmpv4Packet, Icmpv4Repr, Icmpv4TimeExceeded, Icmpv6DstUnreachable,
+    Icmpv6Packet, Icmpv6Repr, Icmpv6TimeExceeded, IpProtocol, IpRepr,
 };
 
 use crate::flow::{FlowKey, FlowKind};
+use crate::ip::IpPacket;
 use crate::nat::drop_pkt;
 use crate::policy;
 use crate::{FlowId, Nat, NatEvent};
 
+/// Why a destination is unreachable, in terms both ICMP versions can say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unreachable {
+    /// No route (ENETUNREACH on the board).
+    Net,
+    /// The host does not answer (EHOSTUNREACH).
+    Host,
+    /// Nothing listens on the port (ECONNREFUSED).
+    Port,
+    /// Policy forbids it (EHOSTUNREACH on IPv4, EACCES on IPv6).
+    Prohibited,
+}
+
+impl Unreachable {
+    fn v4(self) -> Icmpv4DstUnreachable {
+        match self {
+            Self::Net => Icmpv4DstUnreachable::NetUnreachable,
+            Self::Host => Icmpv4DstUnreachable::HostUnreachable,
+            Self::Port => Icmpv4DstUnreachable::PortUnreachable,
+            Self::Prohibited => Icmpv4DstUnreachable::CommProhibited,
+        }
+    }
+
+    fn v6(self) -> Icmpv6DstUnreachable {
+        match self {
+            Self::Net => Icmpv6DstUnreachable::NoRoute,
+            Self::Host => Icmpv6DstUnreachable::AddrUnreachable,
+            Self::Port => Icmpv6DstUnreachable::PortUnreachable,
+            Self::Prohibited => Icmpv6DstUnreachable::AdminProhibit,
+        }
+    }
+}
+
 /// An ICMP error the core sends to the board.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum IcmpError {
-    Unreachable(Icmpv4DstUnreachable),
+    Unreachable(Unreachable),
     TimeExceeded,
+    /// IPv6 only: the packet exceeds this MTU.
+    PacketTooBig(u32),
+}
+
+/// The IP header of a board packet, as an ICMP error quotes it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Quoted {
+    pub(crate) src: IpAddr,
+    pub(crate) dst: IpAddr,
+    pub(crate) protocol: IpProtocol,
+    pub(crate) payload_len: usize,
+    pub(crate) hop_limit: u8,
+}
+
+impl Quoted {
+    pub(crate) fn of(ip: &IpPacket<'_>) -> Self {
+        Self {
+            src: ip.src,
+            dst: ip.dst,
+            protocol: ip.protocol,
+            payload_len: ip.payload().len(),
+            hop_limit: ip.hop_limit,
+        }
+    }
 }
 
 impl Nat {
-    pub(crate) fn icmp_ingress(&mut self, ip: &Ipv4Packet<&[u8]>) {
-        let Ok(pkt) = Icmpv4Packet::new_checked(ip.payload()) else {
-            return drop_pkt!(self, drop_malformed, "nat: bad ICMP header");
+    pub(crate) fn icmp_ingress(&mut self, ip: &IpPacket<'_>) {
+        let (src, dst) = (ip.src, ip.dst);
+        let echo = match (src, dst) {
+            (IpAddr::V4(_), IpAddr::V4(_)) => self.parse_echo_v4(ip.payload()),
+            (IpAddr::V6(s), IpAddr::V6(d)) => self.parse_echo_v6(s, d, ip.payload()),
+            _ => None,
         };
-        if self.cfg.verify_rx_checksums && !pkt.verify_checksum() {
-            return drop_pkt!(self, drop_bad_checksum, "nat: bad ICMP checksum");
-        }
-        let Ok(Icmpv4Repr::EchoRequest {
-            ident,
-            seq_no,
-            data,
-        }) = Icmpv4Repr::parse(&pkt, &self.csum)
-        else {
-            return drop_pkt!(self, drop_icmp_type, msg_type = %pkt.msg_type(), "nat: ICMP other than echo request");
+        let Some((ident, seq_no, data)) = echo else {
+            return;
         };
-        let (src, dst) = (ip.src_addr(), ip.dst_addr());
-        if dst == self.cfg.gateway_ipv4 {
+        if dst == IpAddr::V4(self.cfg.gateway_ipv4) || dst == IpAddr::V6(self.cfg.gateway_ipv6) {
             self.counters.gateway_pings_answered += 1;
             self.send_echo_reply(dst, src, ident, seq_no, data);
             return;
         }
         if let Err(deny) = policy::check_ip(&self.cfg, dst) {
-            self.count_denial(deny, core::net::SocketAddrV4::new(dst, 0));
+            self.count_denial(deny, SocketAddr::new(dst, 0));
             if let Some(reason) = deny.icmp_reason(false) {
-                self.send_icmp_error(ip, IcmpError::Unreachable(reason), self.cfg.gateway_ipv4);
+                self.send_icmp_error(ip, IcmpError::Unreachable(reason));
             }
             return;
         }
@@ -65,12 +122,9 @@ impl Nat {
             if !self.make_room() {
                 return;
             }
-            let id = self.flows.insert(
-                key,
-                core::net::SocketAddr::new(dst.into(), 0),
-                self.now,
-                FlowKind::Icmp,
-            );
+            let id = self
+                .flows
+                .insert(key, SocketAddr::new(dst, 0), self.now, FlowKind::Icmp);
             self.counters.icmp_flows += 1;
             id
         };
@@ -82,12 +136,64 @@ impl Nat {
         self.push_datagram_event(
             NatEvent::IcmpEchoRequest {
                 flow: id,
-                dst: dst.into(),
+                dst,
                 seq: seq_no,
                 payload: data.to_vec(),
             },
             data.len(),
         );
+    }
+
+    /// (identifier, sequence, data) of an ICMP echo request; anything else is counted.
+    fn parse_echo_v4<'a>(&mut self, payload: &'a [u8]) -> Option<(u16, u16, &'a [u8])> {
+        let Ok(pkt) = Icmpv4Packet::new_checked(payload) else {
+            drop_pkt!(self, drop_malformed, "nat: bad ICMP header");
+            return None;
+        };
+        if self.cfg.verify_rx_checksums && !pkt.verify_checksum() {
+            drop_pkt!(self, drop_bad_checksum, "nat: bad ICMP checksum");
+            return None;
+        }
+        if let Ok(Icmpv4Repr::EchoRequest {
+            ident,
+            seq_no,
+            data,
+        }) = Icmpv4Repr::parse(&pkt, &self.csum)
+        {
+            // The repr borrows `pkt`, which borrows `payload`: take the data from `payload`.
+            let off = payload.len() - data.len();
+            return Some((ident, seq_no, &payload[off..]));
+        }
+        drop_pkt!(self, drop_icmp_type, msg_type = %pkt.msg_type(), "nat: ICMP other than echo request");
+        None
+    }
+
+    /// The ICMPv6 counterpart of `parse_echo_v4`.
+    fn parse_echo_v6<'a>(
+        &mut self,
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        payload: &'a [u8],
+    ) -> Option<(u16, u16, &'a [u8])> {
+        let Ok(pkt) = Icmpv6Packet::new_checked(payload) else {
+            drop_pkt!(self, drop_malformed, "nat: bad ICMPv6 header");
+            return None;
+        };
+        if self.cfg.verify_rx_checksums && !pkt.verify_checksum(&src, &dst) {
+            drop_pkt!(self, drop_bad_checksum, "nat: bad ICMPv6 checksum");
+            return None;
+        }
+        if let Ok(Icmpv6Repr::EchoRequest {
+            ident,
+            seq_no,
+            data,
+        }) = Icmpv6Repr::parse(&src, &dst, &pkt, &self.csum)
+        {
+            let off = payload.len() - data.len();
+            return Some((ident, seq_no, &payload[off..]));
+        }
+        drop_pkt!(self, drop_icmp_type, msg_type = %pkt.msg_type(), "nat: ICMPv6 other than echo request");
+        None
     }
 
     pub(crate) fn icmp_reply(&mut self, id: FlowId, seq: u16, payload: &[u8]) {
@@ -117,77 +223,143 @@ impl Nat {
         }
     }
 
-    fn send_echo_reply(
-        &mut self,
-        from: Ipv4Addr,
-        to: Ipv4Addr,
-        ident: u16,
-        seq_no: u16,
-        data: &[u8],
-    ) {
-        let repr = Icmpv4Repr::EchoReply {
-            ident,
-            seq_no,
-            data,
-        };
-        self.emit_icmp_to_board(from, to, &repr);
+    fn send_echo_reply(&mut self, from: IpAddr, to: IpAddr, ident: u16, seq_no: u16, data: &[u8]) {
+        match (from, to) {
+            (IpAddr::V4(from), IpAddr::V4(to)) => {
+                let repr = Icmpv4Repr::EchoReply {
+                    ident,
+                    seq_no,
+                    data,
+                };
+                self.emit_icmpv4(from, to, &repr);
+            }
+            (IpAddr::V6(from), IpAddr::V6(to)) => {
+                let repr = Icmpv6Repr::EchoReply {
+                    ident,
+                    seq_no,
+                    data,
+                };
+                self.emit_icmpv6(from, to, &repr);
+            }
+            _ => {}
+        }
     }
 
-    /// Send an ICMP error about a board packet, quoting its header and first 8 payload bytes.
-    pub(crate) fn send_icmp_error(
-        &mut self,
-        ip: &Ipv4Packet<&[u8]>,
-        err: IcmpError,
-        from: Ipv4Addr,
-    ) {
-        let header = Ipv4Repr {
-            src_addr: ip.src_addr(),
-            dst_addr: ip.dst_addr(),
-            next_header: ip.next_header(),
-            payload_len: ip.payload().len(),
-            hop_limit: ip.hop_limit(),
-        };
+    /// The gateway address of `ip`'s version.
+    pub(crate) fn gateway_for(&self, ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V4(_) => self.cfg.gateway_ipv4.into(),
+            IpAddr::V6(_) => self.cfg.gateway_ipv6.into(),
+        }
+    }
+
+    /// Send an ICMP error about a board packet from the gateway, quoting its header and
+    /// payload (8 bytes of it for IPv4).
+    pub(crate) fn send_icmp_error(&mut self, ip: &IpPacket<'_>, err: IcmpError) {
+        let from = self.gateway_for(ip.dst);
+        self.send_icmp_error_from(ip, err, from);
+    }
+
+    /// `send_icmp_error` from a chosen address (port unreachable comes from the destination).
+    pub(crate) fn send_icmp_error_from(&mut self, ip: &IpPacket<'_>, err: IcmpError, from: IpAddr) {
         let payload = ip.payload();
-        let quote = &payload[..payload.len().min(8)];
-        self.send_icmp_error_quoting(header, quote, err, from);
+        let quote = if ip.is_v6() {
+            payload
+        } else {
+            &payload[..payload.len().min(8)]
+        };
+        self.send_icmp_error_quoting(Quoted::of(ip), quote, err, from);
     }
 
-    /// Send an ICMP error quoting a (possibly rebuilt) header and up to 8 bytes after it.
+    /// Send an ICMP error quoting a (possibly rebuilt) header and the bytes after it (IPv6:
+    /// cut to fit 1280 bytes).
     pub(crate) fn send_icmp_error_quoting(
         &mut self,
-        header: Ipv4Repr,
+        header: Quoted,
         quote: &[u8],
         err: IcmpError,
-        from: Ipv4Addr,
+        from: IpAddr,
     ) {
-        let repr = match err {
-            IcmpError::Unreachable(reason) => Icmpv4Repr::DstUnreachable {
-                reason,
-                header,
-                data: quote,
-            },
-            IcmpError::TimeExceeded => Icmpv4Repr::TimeExceeded {
-                reason: Icmpv4TimeExceeded::TtlExpired,
-                header,
-                data: quote,
-            },
+        if from.is_ipv4() != header.src.is_ipv4() || from.is_ipv4() != header.dst.is_ipv4() {
+            return;
+        }
+        let header = IpRepr::new(
+            header.src.into(),
+            header.dst.into(),
+            header.protocol,
+            header.payload_len,
+            header.hop_limit,
+        );
+        let sent = match (from, header) {
+            (IpAddr::V4(from), IpRepr::Ipv4(header)) => {
+                let repr = match err {
+                    IcmpError::Unreachable(reason) => Icmpv4Repr::DstUnreachable {
+                        reason: reason.v4(),
+                        header,
+                        data: quote,
+                    },
+                    IcmpError::TimeExceeded => Icmpv4Repr::TimeExceeded {
+                        reason: Icmpv4TimeExceeded::TtlExpired,
+                        header,
+                        data: quote,
+                    },
+                    // IPv4 has "fragmentation needed", but the core never sees DF packets it
+                    // cannot forward: TCP is terminated and UDP goes through OS sockets.
+                    IcmpError::PacketTooBig(_) => return,
+                };
+                self.emit_icmpv4(from, header.src_addr, &repr)
+            }
+            (IpAddr::V6(from), IpRepr::Ipv6(header)) => {
+                let repr = match err {
+                    IcmpError::Unreachable(reason) => Icmpv6Repr::DstUnreachable {
+                        reason: reason.v6(),
+                        header,
+                        data: quote,
+                    },
+                    IcmpError::TimeExceeded => Icmpv6Repr::TimeExceeded {
+                        reason: Icmpv6TimeExceeded::HopLimitExceeded,
+                        header,
+                        data: quote,
+                    },
+                    IcmpError::PacketTooBig(mtu) => Icmpv6Repr::PktTooBig {
+                        mtu,
+                        header,
+                        data: quote,
+                    },
+                };
+                self.emit_icmpv6(from, header.src_addr, &repr)
+            }
+            _ => return,
         };
-        let to = header.src_addr;
-        if self.emit_icmp_to_board(from, to, &repr) {
+        if sent {
             self.counters.icmp_errors_sent += 1;
         }
     }
 
     /// Queues one ICMP message for the board; returns whether it was queued.
-    fn emit_icmp_to_board(&mut self, from: Ipv4Addr, to: Ipv4Addr, repr: &Icmpv4Repr<'_>) -> bool {
+    fn emit_icmpv4(&mut self, from: Ipv4Addr, to: Ipv4Addr, repr: &Icmpv4Repr<'_>) -> bool {
         self.emit_to_board(
-            from,
-            to,
+            from.into(),
+            to.into(),
             IpProtocol::Icmp,
             repr.buffer_len(),
             false,
             |buf, csum| {
                 repr.emit(&mut Icmpv4Packet::new_unchecked(buf), csum);
+            },
+        )
+    }
+
+    /// Queues one ICMPv6 message for the board; returns whether it was queued.
+    fn emit_icmpv6(&mut self, from: Ipv6Addr, to: Ipv6Addr, repr: &Icmpv6Repr<'_>) -> bool {
+        self.emit_to_board(
+            from.into(),
+            to.into(),
+            IpProtocol::Icmpv6,
+            repr.buffer_len(),
+            false,
+            |buf, csum| {
+                repr.emit(&from, &to, &mut Icmpv6Packet::new_unchecked(buf), csum);
             },
         )
     }

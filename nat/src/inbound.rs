@@ -18,7 +18,7 @@
 //! Gateway ports come from the dynamic range (49152–65535), handed out in rotation so a port is
 //! not reused while the board may still hold the previous connection in TIME-WAIT.
 
-use core::net::{SocketAddr, SocketAddrV4};
+use core::net::SocketAddr;
 
 use smoltcp::iface::SocketHandle;
 use smoltcp::wire::IpEndpoint;
@@ -53,7 +53,7 @@ impl Nat {
         if port == 0 {
             return Err(InboundError::PortZero);
         }
-        let key: fn(SocketAddrV4, SocketAddrV4) -> FlowKey = match protocol {
+        let key: fn(SocketAddr, SocketAddr) -> FlowKey = match protocol {
             Protocol::Tcp => |src, dst| FlowKey::Tcp { src, dst },
             Protocol::Udp => |src, dst| FlowKey::Udp { src, dst },
             _ => return Err(InboundError::NoPorts),
@@ -62,7 +62,7 @@ impl Nat {
             self.counters.drop_inbound_no_room += 1;
             return Err(InboundError::NoRoom);
         }
-        let board = SocketAddrV4::new(self.cfg.board_ipv4, port);
+        let board = SocketAddr::new(self.cfg.board_ipv4.into(), port);
         let gateway = self
             .free_gateway_port(|g| key(board, g))
             .ok_or(InboundError::NoRoom)?;
@@ -94,16 +94,16 @@ impl Nat {
     /// A smoltcp socket connecting from `gateway` to `board`.
     fn inbound_socket(
         &mut self,
-        board: SocketAddrV4,
-        gateway: SocketAddrV4,
+        board: SocketAddr,
+        gateway: SocketAddr,
     ) -> Result<SocketHandle, InboundError> {
         // The board must answer the SYN within the connect timeout (kept armed by
         // `set_timeout` while the handshake is owed).
         let mut sock = self
             .new_tcp_socket(self.cfg.tcp_connect_timeout.min(self.cfg.tcp_timeout))
             .ok_or(InboundError::NoRoom)?;
-        let remote = IpEndpoint::new((*board.ip()).into(), board.port());
-        let local = IpEndpoint::new((*gateway.ip()).into(), gateway.port());
+        let remote = IpEndpoint::new(board.ip().into(), board.port());
+        let local = IpEndpoint::new(gateway.ip().into(), gateway.port());
         if sock.connect(self.iface.context(), remote, local).is_err() {
             self.counters.drop_inbound_no_room += 1;
             return Err(InboundError::NoRoom);
@@ -112,12 +112,12 @@ impl Nat {
     }
 
     /// The next gateway port in rotation whose flow key is free.
-    fn free_gateway_port(&mut self, key: impl Fn(SocketAddrV4) -> FlowKey) -> Option<SocketAddrV4> {
+    fn free_gateway_port(&mut self, key: impl Fn(SocketAddr) -> FlowKey) -> Option<SocketAddr> {
         let span = u32::from(u16::MAX - FIRST_PORT) + 1;
         for _ in 0..span {
             let p = self.next_inbound_port.max(FIRST_PORT);
             self.next_inbound_port = p.checked_add(1).unwrap_or(FIRST_PORT);
-            let gateway = SocketAddrV4::new(self.cfg.gateway_ipv4, p);
+            let gateway = SocketAddr::new(self.cfg.gateway_ipv4.into(), p);
             if self.flows.id_of(&key(gateway)).is_none() {
                 return Some(gateway);
             }

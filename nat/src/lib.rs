@@ -15,7 +15,7 @@
 //!                              ◀── UDP/ICMP packets ◀─ handle_os_event ◀─── OS socket recv
 //! ```
 //!
-//! TCP is terminated in smoltcp in any-IP mode: the interface owns `0.0.0.1/0`, routes
+//! TCP is terminated in smoltcp in any-IP mode: the interface owns `0.0.0.1/0` (and `100::1/0`), routes
 //! everything through itself and accepts every destination. A listening socket is created per
 //! connection, for exactly the destination the board dialled, but only once the OS connect has
 //! succeeded: the SYN is held (headers only) and replayed then. So the board sees a SYN-ACK only
@@ -38,7 +38,20 @@
 //! accepting (`tcp_send` returns less) when buffers are full; UDP and ICMP drop and count.
 //! Fragments are dropped and counted (`drop_fragment`): the link MTU is large and the board's
 //! stack does path MTU discovery, so they only come from oversized UDP, and reassembly would be
-//! an unbounded buffer. IPv6 packets are counted (`drop_ipv6`) until the IPv6 issue lands.
+//! an unbounded buffer; IPv6 fragment and other extension headers likewise. An IPv6 packet
+//! larger than the MTU is answered with ICMPv6 "packet too big" (the minimum MTU, 1280, is
+//! enforced by [`NatConfig`]); the core never fragments.
+//!
+//! ## IPv4 and IPv6
+//!
+//! Both versions take the same path: the board has an address of each (`board_ipv4`,
+//! `board_ipv6`), the gateway too, and a flow is whatever version the board dialled. The driver
+//! opens an OS socket of the destination's family (after DNS rewriting: the gateway's port 53 on
+//! either address may forward to a resolver of either version). Errors the board must hear at
+//! once come as ICMP or ICMPv6 of the flow's version: on a laptop without IPv6 connectivity an
+//! IPv6 connect fails at once (ENETUNREACH, EADDRNOTAVAIL) and the board gets ICMPv6 "no route",
+//! so Happy Eyeballs clients move to IPv4 without waiting. The board kernel's IPv6 multicast
+//! (router solicitations, MLD) is dropped and counted (`drop_ipv6_multicast`).
 //!
 //! ## Ports
 //!
@@ -121,6 +134,7 @@ mod event;
 mod flow;
 mod icmp;
 mod inbound;
+mod ip;
 mod nat;
 mod policy;
 pub mod resolvers;
@@ -139,15 +153,15 @@ pub use smoltcp::time::{Duration, Instant};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum NatError {
-    /// The MTU is outside 1280..=65535.
+    /// The MTU is outside 1280..=65535 (1280: IPv6's minimum).
     #[error("MTU {0} is outside {MIN_MTU}..={MAX_MTU}")]
     BadMtu(usize),
     /// The prefix leaves no room for a board and a gateway.
-    #[error("prefix length /{0} is too long (at most /30)")]
+    #[error("prefix length /{0} is too long (at most /30 for IPv4, /126 for IPv6)")]
     BadPrefix(u8),
     /// Board and gateway have the same address.
     #[error("board and gateway both use {0}")]
-    SameAddress(core::net::Ipv4Addr),
+    SameAddress(core::net::IpAddr),
     /// A TCP buffer size is outside 4 KiB..=1 GiB.
     #[error("{name} = {size} bytes is outside 4096..=1073741824")]
     BadBuffer {

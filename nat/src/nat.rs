@@ -6,17 +6,19 @@
 
 use std::collections::VecDeque;
 
-use core::net::{Ipv4Addr, SocketAddr};
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use smoltcp::iface::{Config as IfaceConfig, Interface, SocketSet};
 use smoltcp::phy::{ChecksumCapabilities, DeviceCapabilities};
 use smoltcp::socket::tcp;
 use smoltcp::time::{Duration, Instant};
-use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpProtocol, Ipv4Packet, Ipv4Repr};
+use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpProtocol, IpRepr, Ipv4Repr, Ipv6Repr};
 
 use crate::counters::LogLimiter;
 use crate::device::{self, BoardQueue, SmolDevice};
 use crate::flow::{FlowInfo, FlowKind, FlowTable, Protocol, TcpPhase};
+use crate::icmp::IcmpError;
+use crate::ip::{IpPacket, Refused};
 use crate::{Counters, FlowId, NatConfig, NatError, NatEvent, OsEvent};
 
 /// How often the aging scan runs while UDP, ICMP or connecting TCP flows exist.
@@ -101,14 +103,23 @@ impl Nat {
             caps: &caps,
         };
         let mut iface = Interface::new(iface_cfg, &mut dev, now);
-        // Any-IP mode: one address covering everything, a default route through ourselves, and
-        // `any_ip` so smoltcp accepts segments for every destination the board dials.
+        // Any-IP mode: one address per IP version covering everything, default routes through
+        // ourselves, and `any_ip` so smoltcp accepts segments for every destination the board
+        // dials.
+        // (The IPv6 one is in the discard-only 100::/64: sockets always name their own local
+        // address, so it is never a source.)
+        let any_v6 = Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 1);
         iface.update_ip_addrs(|addrs| {
             let _ = addrs.push(IpCidr::new(IpAddress::v4(0, 0, 0, 1), 0));
+            let _ = addrs.push(IpCidr::new(any_v6.into(), 0));
         });
         iface
             .routes_mut()
             .add_default_ipv4_route(Ipv4Addr::new(0, 0, 0, 1))
+            .map_err(|_| NatError::Route)?;
+        iface
+            .routes_mut()
+            .add_default_ipv6_route(any_v6)
             .map_err(|_| NatError::Route)?;
         iface.set_any_ip(true);
         Ok(Self {
@@ -164,74 +175,82 @@ impl Nat {
         )
     }
 
-    /// Feed one IP packet from the board. Never fails: anything unusable is counted in
-    /// [`Counters`] (and answered with an ICMP error or RST where a host would answer).
-    /// Afterwards drain `poll_ip_packet` and `poll_event`.
+    /// Feed one IP packet (IPv4 or IPv6) from the board. Never fails: anything unusable is
+    /// counted in [`Counters`] (and answered with an ICMP error or RST where a host would
+    /// answer). Afterwards drain `poll_ip_packet` and `poll_event`.
     pub fn handle_ip_packet(&mut self, now: Instant, packet: &[u8]) {
         self.now = now;
         self.counters.rx_packets += 1;
         self.counters.rx_bytes += packet.len() as u64;
-        match packet.first().map(|b| b >> 4) {
-            Some(4) => self.ipv4_ingress(packet),
-            Some(6) => drop_pkt!(
-                self,
-                drop_ipv6,
-                len = packet.len(),
-                "nat: IPv6 packet dropped (not forwarded yet)"
-            ),
-            _ => drop_pkt!(
-                self,
-                drop_malformed,
-                len = packet.len(),
-                "nat: not an IP packet"
-            ),
-        }
+        self.ip_ingress(packet);
         self.process_dirty();
     }
 
-    fn ipv4_ingress(&mut self, packet: &[u8]) {
-        let Ok(ip) = Ipv4Packet::new_checked(packet) else {
-            return drop_pkt!(
-                self,
-                drop_malformed,
-                len = packet.len(),
-                "nat: bad IPv4 header"
-            );
+    fn ip_ingress(&mut self, packet: &[u8]) {
+        let ip = match IpPacket::parse(packet) {
+            Ok(ip) => ip,
+            Err(Refused::Malformed) => {
+                return drop_pkt!(
+                    self,
+                    drop_malformed,
+                    len = packet.len(),
+                    "nat: not a valid IP packet"
+                );
+            }
+            Err(Refused::Fragment) => {
+                return drop_pkt!(
+                    self,
+                    drop_fragment,
+                    len = packet.len(),
+                    "nat: IP fragment dropped"
+                );
+            }
+            Err(Refused::ExtensionHeader(h)) => {
+                return drop_pkt!(self, drop_unknown_protocol, header = %h, "nat: IPv6 extension header dropped");
+            }
         };
-        if !ip.verify_checksum() {
-            return drop_pkt!(
-                self,
-                drop_malformed,
-                len = packet.len(),
-                "nat: bad IPv4 header checksum"
-            );
+        if ip.is_v6() {
+            self.counters.rx_ipv6_packets += 1;
+            // Neighbour/router discovery and MLD chatter of the board's kernel goes to
+            // multicast from link-local sources: dropped (counted) before the source check.
+            if ip.dst.is_multicast() {
+                return drop_pkt!(self, drop_ipv6_multicast, dst = %ip.dst, "nat: IPv6 multicast dropped");
+            }
         }
-        // Trailing bytes beyond total_len (padding) are ignored.
-        let packet = &packet[..usize::from(ip.total_len())];
-        let ip = Ipv4Packet::new_unchecked(packet);
-        if ip.more_frags() || ip.frag_offset() != 0 {
-            return drop_pkt!(self, drop_fragment, src = %ip.src_addr(), dst = %ip.dst_addr(), "nat: IPv4 fragment dropped");
+        let board: IpAddr = match ip.src {
+            IpAddr::V4(_) => self.cfg.board_ipv4.into(),
+            IpAddr::V6(_) => self.cfg.board_ipv6.into(),
+        };
+        if ip.src != board {
+            return drop_pkt!(self, drop_bad_source, src = %ip.src, "nat: source is not the board");
         }
-        if ip.src_addr() != self.cfg.board_ipv4 {
-            return drop_pkt!(self, drop_bad_source, src = %ip.src_addr(), "nat: source is not the board");
-        }
-        let dst = ip.dst_addr();
+        let dst = ip.dst;
         if crate::policy::is_martian(&self.cfg, dst) {
             return drop_pkt!(self, drop_martian, dst = %dst, "nat: martian destination");
         }
-        if ip.hop_limit() <= 1 && dst != self.cfg.gateway_ipv4 {
-            drop_pkt!(self, drop_ttl_expired, dst = %dst, "nat: TTL expired");
-            self.send_icmp_error(
-                &ip,
-                crate::icmp::IcmpError::TimeExceeded,
-                self.cfg.gateway_ipv4,
+        if ip.is_v6() && ip.bytes.len() > self.cfg.mtu {
+            // Larger than the link: the board learns the MTU (its path MTU discovery), the
+            // packet is not fragmented or forwarded.
+            drop_pkt!(
+                self,
+                drop_too_big_from_board,
+                len = ip.bytes.len(),
+                "nat: IPv6 packet larger than the MTU"
             );
+            let mtu = u32::try_from(self.cfg.mtu).unwrap_or(u32::MAX);
+            self.send_icmp_error(&ip, IcmpError::PacketTooBig(mtu));
             return;
         }
-        match ip.next_header() {
+        if ip.hop_limit <= 1 && dst != self.gateway_for(dst) {
+            drop_pkt!(self, drop_ttl_expired, dst = %dst, "nat: TTL expired");
+            self.send_icmp_error(&ip, IcmpError::TimeExceeded);
+            return;
+        }
+        match ip.protocol {
             IpProtocol::Tcp => self.tcp_ingress(&ip),
             IpProtocol::Udp => self.udp_ingress(&ip),
-            IpProtocol::Icmp => self.icmp_ingress(&ip),
+            IpProtocol::Icmp if !ip.is_v6() => self.icmp_ingress(&ip),
+            IpProtocol::Icmpv6 if ip.is_v6() => self.icmp_ingress(&ip),
             p => {
                 drop_pkt!(self, drop_unknown_protocol, protocol = %p, "nat: unknown protocol dropped");
             }
@@ -254,6 +273,9 @@ impl Nat {
                 Ok(n) => {
                     self.counters.tx_packets += 1;
                     self.counters.tx_bytes += n as u64;
+                    if out.first().is_some_and(|b| b >> 4 == 6) {
+                        self.counters.tx_ipv6_packets += 1;
+                    }
                     return Some(n);
                 }
                 Err(len) => drop_pkt!(
@@ -434,25 +456,36 @@ impl Nat {
         self.egress_pending = true;
     }
 
-    /// Queue an IPv4 packet for the board. `fill` writes the `payload_len` bytes after the IP
-    /// header. `force` lets replies exceed the soft queue limit. Returns whether it was queued.
+    /// Queue an IPv4 or IPv6 packet for the board (`src` and `dst` of one version). `fill`
+    /// writes the `payload_len` bytes after the IP header. `force` lets replies exceed the soft
+    /// queue limit. Returns whether it was queued.
     pub(crate) fn emit_to_board(
         &mut self,
-        src: Ipv4Addr,
-        dst: Ipv4Addr,
+        src: IpAddr,
+        dst: IpAddr,
         protocol: IpProtocol,
         payload_len: usize,
         force: bool,
         fill: impl FnOnce(&mut [u8], &ChecksumCapabilities),
     ) -> bool {
-        let repr = Ipv4Repr {
-            src_addr: src,
-            dst_addr: dst,
-            next_header: protocol,
-            payload_len,
-            hop_limit: 64,
+        let repr = match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => IpRepr::Ipv4(Ipv4Repr {
+                src_addr: s,
+                dst_addr: d,
+                next_header: protocol,
+                payload_len,
+                hop_limit: 64,
+            }),
+            (IpAddr::V6(s), IpAddr::V6(d)) => IpRepr::Ipv6(Ipv6Repr {
+                src_addr: s,
+                dst_addr: d,
+                next_header: protocol,
+                payload_len,
+                hop_limit: 64,
+            }),
+            _ => return false,
         };
-        let total = repr.buffer_len() + payload_len;
+        let total = repr.buffer_len();
         if total > self.cfg.mtu {
             drop_pkt!(
                 self,
@@ -463,12 +496,12 @@ impl Nat {
             return false;
         }
         let csum = self.csum.clone();
+        let header_len = repr.header_len();
         let ok = self
             .queue
             .push_with(total, force, |buf| {
-                let mut ip = Ipv4Packet::new_unchecked(&mut buf[..]);
-                repr.emit(&mut ip, &csum);
-                fill(ip.payload_mut(), &csum);
+                repr.emit(&mut buf[..], &csum);
+                fill(&mut buf[header_len..], &csum);
             })
             .is_ok();
         if !ok {

@@ -18,7 +18,7 @@
 
 use std::collections::VecDeque;
 
-use core::net::SocketAddrV4;
+use core::net::SocketAddr;
 
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::AnySocket as _;
@@ -26,31 +26,30 @@ use smoltcp::socket::tcp::{self, State};
 use smoltcp::time::Duration;
 use tracing::Level;
 
-use smoltcp::wire::{
-    IpEndpoint, IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
-};
+use smoltcp::wire::{IpEndpoint, IpProtocol, IpRepr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber};
 
 use crate::dns::Failover;
 use crate::flow::{FlowKey, FlowKind, SynCopy, TcpFlow, TcpPhase};
-use crate::icmp::IcmpError;
+use crate::icmp::{IcmpError, Quoted, Unreachable};
+use crate::ip::IpPacket;
 use crate::nat::{drop_at, drop_pkt, drop_warn};
 use crate::policy::{self, Deny};
 use crate::{ConnectError, FlowError, FlowId, MIN_TCP_BUFFER, Nat, NatEvent};
 
 impl Nat {
-    pub(crate) fn tcp_ingress(&mut self, ip: &Ipv4Packet<&[u8]>) {
+    pub(crate) fn tcp_ingress(&mut self, ip: &IpPacket<'_>) {
         let Ok(seg) = TcpPacket::new_checked(ip.payload()) else {
             return drop_pkt!(self, drop_malformed, "nat: bad TCP header");
         };
-        let (src_ip, dst_ip) = (ip.src_addr(), ip.dst_addr());
+        let (src_ip, dst_ip) = (ip.src, ip.dst);
         if self.cfg.verify_rx_checksums && !seg.verify_checksum(&src_ip.into(), &dst_ip.into()) {
             return drop_pkt!(self, drop_bad_checksum, "nat: bad TCP checksum");
         }
         if seg.src_port() == 0 || seg.dst_port() == 0 {
             return drop_pkt!(self, drop_malformed, "nat: TCP port 0");
         }
-        let src = SocketAddrV4::new(src_ip, seg.src_port());
-        let dst = SocketAddrV4::new(dst_ip, seg.dst_port());
+        let src = SocketAddr::new(src_ip, seg.src_port());
+        let dst = SocketAddr::new(dst_ip, seg.dst_port());
         let key = FlowKey::Tcp { src, dst };
         let Some(id) = self.flows.id_of(&key) else {
             if seg.syn() && !seg.ack() && !seg.rst() && !seg.fin() {
@@ -60,7 +59,7 @@ impl Nat {
             } else {
                 // smoltcp answers a segment for no connection with a RST.
                 drop_pkt!(self, drop_tcp_no_flow, %src, %dst, "nat: TCP segment for no flow");
-                self.smoltcp_ingress(ip.as_ref());
+                self.smoltcp_ingress(ip.bytes);
             }
             return;
         };
@@ -87,7 +86,7 @@ impl Nat {
                     self.counters.tcp_dup_syn += 1;
                     if let Ok(r) = TcpRepr::parse(&seg, &src_ip.into(), &dst_ip.into(), &self.csum)
                     {
-                        *syn = SynCopy::from_repr(src, dst, ip.hop_limit(), &r);
+                        *syn = SynCopy::from_repr(src, dst, ip.hop_limit, &r);
                     }
                 }
                 // Anything else cannot be valid yet: the board has no SYN-ACK.
@@ -103,7 +102,7 @@ impl Nat {
                     self.counters.tcp_reset_from_board += 1;
                 }
                 self.mark_dirty(id);
-                self.smoltcp_ingress(ip.as_ref());
+                self.smoltcp_ingress(ip.bytes);
             }
             TcpPhase::Draining { .. } => {
                 if seg.rst() {
@@ -121,16 +120,15 @@ impl Nat {
 
     fn tcp_new_flow(
         &mut self,
-        ip: &Ipv4Packet<&[u8]>,
+        ip: &IpPacket<'_>,
         seg: &TcpPacket<&[u8]>,
-        src: SocketAddrV4,
-        dst: SocketAddrV4,
+        src: SocketAddr,
+        dst: SocketAddr,
     ) {
-        let Ok(repr) = TcpRepr::parse(seg, &(*src.ip()).into(), &(*dst.ip()).into(), &self.csum)
-        else {
+        let Ok(repr) = TcpRepr::parse(seg, &src.ip().into(), &dst.ip().into(), &self.csum) else {
             return drop_pkt!(self, drop_malformed, "nat: bad TCP options");
         };
-        let syn = SynCopy::from_repr(src, dst, ip.hop_limit(), &repr);
+        let syn = SynCopy::from_repr(src, dst, ip.hop_limit, &repr);
         let target = match policy::resolve(&self.cfg, dst, self.dns_preferred) {
             Ok(t) => t,
             Err(deny) => {
@@ -139,16 +137,12 @@ impl Nat {
                     Deny::Martian => {}
                     // A gateway port with no service behaves like a closed port.
                     Deny::NoDns => self.send_tcp_rst_for_syn(&syn),
-                    Deny::Gateway if *dst.ip() == self.cfg.gateway_ipv4 => {
+                    Deny::Gateway if dst.ip() == self.gateway_for(dst.ip()) => {
                         self.send_tcp_rst_for_syn(&syn);
                     }
                     _ => {
                         if let Some(reason) = deny.icmp_reason(false) {
-                            self.send_icmp_error(
-                                ip,
-                                IcmpError::Unreachable(reason),
-                                self.cfg.gateway_ipv4,
-                            );
+                            self.send_icmp_error(ip, IcmpError::Unreachable(reason));
                         }
                     }
                 }
@@ -179,12 +173,12 @@ impl Nat {
         tracing::trace!(flow = %id, %src, dst = %target.os_dst, "nat: TCP connect");
         self.events.push_back(NatEvent::TcpConnect {
             flow: id,
-            src: src.into(),
+            src,
             dst: target.os_dst,
         });
     }
 
-    pub(crate) fn count_denial(&mut self, deny: Deny, dst: SocketAddrV4) {
+    pub(crate) fn count_denial(&mut self, deny: Deny, dst: SocketAddr) {
         match deny {
             Deny::Martian => drop_pkt!(self, drop_martian, %dst, "nat: martian destination"),
             // Policy denials: the user may want them, so the line says how (info, rate-limited).
@@ -219,7 +213,7 @@ impl Nat {
             timestamp: None,
             payload: &[],
         };
-        let (s, d) = (*syn.dst.ip(), *syn.src.ip());
+        let (s, d) = (syn.dst.ip(), syn.src.ip());
         self.counters.tcp_reset_to_board += 1;
         self.emit_to_board(
             s,
@@ -274,7 +268,7 @@ impl Nat {
             });
             return;
         };
-        let handle = match sock.listen(IpEndpoint::new((*syn.dst.ip()).into(), syn.dst.port())) {
+        let handle = match sock.listen(IpEndpoint::new(syn.dst.ip().into(), syn.dst.port())) {
             Ok(()) => self.sockets.add(sock),
             Err(_) => return self.tcp_connect_failed(id, ConnectError::Other),
         };
@@ -293,20 +287,15 @@ impl Nat {
             timestamp: None,
             payload: &[],
         };
-        let ip_repr = Ipv4Repr {
-            src_addr: *syn.src.ip(),
-            dst_addr: *syn.dst.ip(),
-            next_header: IpProtocol::Tcp,
-            payload_len: repr.header_len(),
-            hop_limit: syn.ttl,
-        };
-        let mut buf = vec![0; ip_repr.buffer_len() + repr.header_len()];
-        let mut pkt = Ipv4Packet::new_unchecked(&mut buf[..]);
-        ip_repr.emit(&mut pkt, &self.csum);
+        let (src, dst) = (syn.src.ip().into(), syn.dst.ip().into());
+        // Board and destination addresses of one flow are always of one version.
+        let ip_repr = IpRepr::new(src, dst, IpProtocol::Tcp, repr.header_len(), syn.ttl);
+        let mut buf = vec![0; ip_repr.buffer_len()];
+        ip_repr.emit(&mut buf[..], &self.csum);
         repr.emit(
-            &mut TcpPacket::new_unchecked(pkt.payload_mut()),
-            &ip_repr.src_addr.into(),
-            &ip_repr.dst_addr.into(),
+            &mut TcpPacket::new_unchecked(&mut buf[ip_repr.header_len()..]),
+            &src,
+            &dst,
             &self.csum,
         );
         self.smoltcp_ingress(&buf);
@@ -419,17 +408,19 @@ impl Nat {
             return;
         }
         self.counters.tcp_connect_failed += 1;
+        // IPv6 on a laptop without IPv6 connectivity fails here at once (ENETUNREACH,
+        // EADDRNOTAVAIL): the board's connect fails as fast, so Happy Eyeballs moves to IPv4.
         let reason = match error {
-            ConnectError::NetUnreachable => smoltcp::wire::Icmpv4DstUnreachable::NetUnreachable,
-            ConnectError::Other => smoltcp::wire::Icmpv4DstUnreachable::CommProhibited,
-            _ => smoltcp::wire::Icmpv4DstUnreachable::HostUnreachable,
+            ConnectError::NetUnreachable => Unreachable::Net,
+            ConnectError::Other => Unreachable::Prohibited,
+            _ => Unreachable::Host,
         };
         // Quote the SYN's IP header and first 8 TCP bytes (ports and sequence number) so the
         // board's stack matches the error to its connecting socket.
-        let header = Ipv4Repr {
-            src_addr: *syn.src.ip(),
-            dst_addr: *syn.dst.ip(),
-            next_header: IpProtocol::Tcp,
+        let header = Quoted {
+            src: syn.src.ip(),
+            dst: syn.dst.ip(),
+            protocol: IpProtocol::Tcp,
             payload_len: 20,
             hop_limit: syn.ttl,
         };
@@ -437,12 +428,8 @@ impl Nat {
         quote[0..2].copy_from_slice(&syn.src.port().to_be_bytes());
         quote[2..4].copy_from_slice(&syn.dst.port().to_be_bytes());
         quote[4..8].copy_from_slice(&syn.seq.to_be_bytes());
-        self.send_icmp_error_quoting(
-            header,
-            &quote,
-            IcmpError::Unreachable(reason),
-            self.cfg.gateway_ipv4,
-        );
+        let from = self.gateway_for(syn.dst.ip());
+        self.send_icmp_error_quoting(header, &quote, IcmpError::Unreachable(reason), from);
     }
 
     pub(crate) fn tcp_os_eof(&mut self, id: FlowId) {

@@ -2,12 +2,12 @@
 //! its examples and qbkit-host's core tests (which cannot see the `cfg(test)` helpers). Not part of
 //! the API.
 
-use core::net::{Ipv4Addr, SocketAddrV4};
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket,
-    UdpRepr,
+    IpProtocol, IpRepr, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, TcpControl, TcpPacket, TcpRepr,
+    TcpSeqNumber, UdpPacket, UdpRepr,
 };
 
 /// An IPv4 packet from `src` to `dst` whose `payload_len` bytes `fill` writes.
@@ -33,17 +33,74 @@ pub fn ipv4(
     buf
 }
 
+/// An IPv6 packet from `src` to `dst` whose `payload_len` bytes `fill` writes.
+pub fn ipv6(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    proto: IpProtocol,
+    hop_limit: u8,
+    payload_len: usize,
+    fill: impl FnOnce(&mut [u8]),
+) -> Vec<u8> {
+    let repr = Ipv6Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header: proto,
+        payload_len,
+        hop_limit,
+    };
+    let mut buf = vec![0; repr.buffer_len() + payload_len];
+    let mut p = Ipv6Packet::new_unchecked(&mut buf[..]);
+    repr.emit(&mut p);
+    fill(p.payload_mut());
+    buf
+}
+
+/// An IPv4 or IPv6 packet (by the addresses' version, which must agree).
+pub fn ip(
+    src: IpAddr,
+    dst: IpAddr,
+    proto: IpProtocol,
+    ttl: u8,
+    payload_len: usize,
+    fill: impl FnOnce(&mut [u8]),
+) -> Vec<u8> {
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => ipv4(s, d, proto, ttl, payload_len, fill),
+        (IpAddr::V6(s), IpAddr::V6(d)) => ipv6(s, d, proto, ttl, payload_len, fill),
+        _ => panic!("mixed IP versions: {src} -> {dst}"),
+    }
+}
+
+/// The transport payload of an IPv4 or IPv6 packet to the board, with its header (IPv4
+/// checksum checked).
+#[track_caller]
+pub fn ip_payload(pkt: &[u8]) -> (IpRepr, &[u8]) {
+    if pkt.first().is_some_and(|b| b >> 4 == 6) {
+        let p = Ipv6Packet::new_checked(pkt).expect("valid IPv6");
+        let r = Ipv6Repr::parse(&p).expect("valid IPv6 repr");
+        let payload = &pkt[40..40 + usize::from(p.payload_len())];
+        (IpRepr::Ipv6(r), payload)
+    } else {
+        let r = ip_of(pkt);
+        let p = Ipv4Packet::new_unchecked(pkt);
+        let start = usize::from(p.header_len());
+        (IpRepr::Ipv4(r), &pkt[start..usize::from(p.total_len())])
+    }
+}
+
 /// A TCP segment from `src` to `dst` (TTL 64, window 65535); a SYN also offers window scale 7
 /// and `syn_mss`.
 pub fn tcp_segment(
-    src: SocketAddrV4,
-    dst: SocketAddrV4,
+    src: impl Into<SocketAddr>,
+    dst: impl Into<SocketAddr>,
     control: TcpControl,
     seq: u32,
     ack: Option<u32>,
     syn_mss: u16,
     payload: &[u8],
 ) -> Vec<u8> {
+    let (src, dst) = (src.into(), dst.into());
     let syn = control == TcpControl::Syn;
     let repr = TcpRepr {
         src_port: src.port(),
@@ -59,17 +116,17 @@ pub fn tcp_segment(
         timestamp: None,
         payload,
     };
-    ipv4(
-        *src.ip(),
-        *dst.ip(),
+    ip(
+        src.ip(),
+        dst.ip(),
         IpProtocol::Tcp,
         64,
         repr.buffer_len(),
         |b| {
             repr.emit(
                 &mut TcpPacket::new_unchecked(b),
-                &(*src.ip()).into(),
-                &(*dst.ip()).into(),
+                &src.ip().into(),
+                &dst.ip().into(),
                 &ChecksumCapabilities::default(),
             );
         },
@@ -77,22 +134,23 @@ pub fn tcp_segment(
 }
 
 /// A UDP datagram from `src` to `dst`.
-pub fn udp(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
+pub fn udp(src: impl Into<SocketAddr>, dst: impl Into<SocketAddr>, payload: &[u8]) -> Vec<u8> {
+    let (src, dst) = (src.into(), dst.into());
     let repr = UdpRepr {
         src_port: src.port(),
         dst_port: dst.port(),
     };
-    ipv4(
-        *src.ip(),
-        *dst.ip(),
+    ip(
+        src.ip(),
+        dst.ip(),
         IpProtocol::Udp,
         64,
         8 + payload.len(),
         |b| {
             repr.emit(
                 &mut UdpPacket::new_unchecked(b),
-                &(*src.ip()).into(),
-                &(*dst.ip()).into(),
+                &src.ip().into(),
+                &dst.ip().into(),
                 payload.len(),
                 |p| p.copy_from_slice(payload),
                 &ChecksumCapabilities::default(),

@@ -2,36 +2,37 @@
 //!
 //! Board datagram → (new flow: policy, limits, `UdpOpen`) → `UdpSend` event with an owned copy of
 //! the payload, bounded by `max_queued_datagram_bytes`. OS datagram (`OsEvent::UdpReceived`) →
-//! IPv4/UDP packet from the address the board dialled (gateway:53 for DNS) to the board.
+//! IPv4 or IPv6 UDP packet from the address the board dialled (gateway:53 for DNS) to the board.
 //! `OsEvent::UdpError` → ICMP unreachable to the board, quoting a rebuilt IP+UDP header.
 //! DNS: datagrams to gateway:53 go to the preferred upstream resolver and fail over to the next
 //! (see `dns.rs`); DNS flows always age with the short timeout.
 
-use core::net::SocketAddrV4;
+use core::net::SocketAddr;
 
-use smoltcp::wire::{Icmpv4DstUnreachable, IpProtocol, Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr};
+use smoltcp::wire::{IpProtocol, UdpPacket, UdpRepr};
 
 use crate::dns::Failover;
 use crate::flow::{FlowKey, FlowKind, UdpFlow};
-use crate::icmp::IcmpError;
+use crate::icmp::{IcmpError, Quoted, Unreachable};
+use crate::ip::IpPacket;
 use crate::nat::drop_pkt;
 use crate::policy;
 use crate::{DatagramError, FlowId, Nat, NatEvent};
 
 impl Nat {
-    pub(crate) fn udp_ingress(&mut self, ip: &Ipv4Packet<&[u8]>) {
+    pub(crate) fn udp_ingress(&mut self, ip: &IpPacket<'_>) {
         let Ok(dgram) = UdpPacket::new_checked(ip.payload()) else {
             return drop_pkt!(self, drop_malformed, "nat: bad UDP header");
         };
-        let (src_ip, dst_ip) = (ip.src_addr(), ip.dst_addr());
+        let (src_ip, dst_ip) = (ip.src, ip.dst);
         if self.cfg.verify_rx_checksums && !dgram.verify_checksum(&src_ip.into(), &dst_ip.into()) {
             return drop_pkt!(self, drop_bad_checksum, "nat: bad UDP checksum");
         }
         if dgram.src_port() == 0 || dgram.dst_port() == 0 {
             return drop_pkt!(self, drop_malformed, "nat: UDP port 0");
         }
-        let src = SocketAddrV4::new(src_ip, dgram.src_port());
-        let dst = SocketAddrV4::new(dst_ip, dgram.dst_port());
+        let src = SocketAddr::new(src_ip, dgram.src_port());
+        let dst = SocketAddr::new(dst_ip, dgram.dst_port());
         let key = FlowKey::Udp { src, dst };
         let id = if let Some(id) = self.flows.id_of(&key) {
             id
@@ -40,8 +41,9 @@ impl Nat {
                 Ok(t) => t,
                 Err(deny) => {
                     self.count_denial(deny, dst);
-                    if let Some(reason) = deny.icmp_reason(dst_ip == self.cfg.gateway_ipv4) {
-                        self.send_icmp_error(ip, IcmpError::Unreachable(reason), dst_ip);
+                    let to_gateway = dst_ip == self.gateway_for(dst_ip);
+                    if let Some(reason) = deny.icmp_reason(to_gateway) {
+                        self.send_icmp_error_from(ip, IcmpError::Unreachable(reason), dst_ip);
                     }
                     return;
                 }
@@ -58,7 +60,7 @@ impl Nat {
             self.counters.udp_flows += 1;
             self.events.push_back(NatEvent::UdpOpen {
                 flow: id,
-                src: src.into(),
+                src,
                 dst: target.os_dst,
             });
             id
@@ -104,7 +106,7 @@ impl Nat {
             dst_port: src.port(),
         };
         let len = 8 + payload.len();
-        let (s, d) = (*dst.ip(), *src.ip());
+        let (s, d) = (dst.ip(), src.ip());
         self.emit_to_board(s, d, IpProtocol::Udp, len, false, |buf, csum| {
             repr.emit(
                 &mut UdpPacket::new_unchecked(buf),
@@ -132,19 +134,19 @@ impl Nat {
             return;
         };
         let reason = match error {
-            DatagramError::PortUnreachable => Icmpv4DstUnreachable::PortUnreachable,
-            DatagramError::HostUnreachable => Icmpv4DstUnreachable::HostUnreachable,
-            DatagramError::NetUnreachable => Icmpv4DstUnreachable::NetUnreachable,
+            DatagramError::PortUnreachable => Unreachable::Port,
+            DatagramError::HostUnreachable => Unreachable::Host,
+            DatagramError::NetUnreachable => Unreachable::Net,
             DatagramError::Failed => {
                 // The driver dropped the socket already: forget the flow without an event.
                 self.flows.remove(id);
                 return;
             }
         };
-        let header = Ipv4Repr {
-            src_addr: *src.ip(),
-            dst_addr: *dst.ip(),
-            next_header: IpProtocol::Udp,
+        let header = Quoted {
+            src: src.ip(),
+            dst: dst.ip(),
+            protocol: IpProtocol::Udp,
             payload_len: 8,
             hop_limit: 64,
         };
@@ -152,10 +154,10 @@ impl Nat {
         quote[0..2].copy_from_slice(&src.port().to_be_bytes());
         quote[2..4].copy_from_slice(&dst.port().to_be_bytes());
         quote[4..6].copy_from_slice(&8u16.to_be_bytes());
-        let from = if reason == Icmpv4DstUnreachable::PortUnreachable {
-            *dst.ip()
+        let from = if reason == Unreachable::Port {
+            dst.ip()
         } else {
-            self.cfg.gateway_ipv4
+            self.gateway_for(dst.ip())
         };
         self.send_icmp_error_quoting(header, &quote, IcmpError::Unreachable(reason), from);
     }

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-use core::net::Ipv4Addr;
+use core::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
@@ -140,7 +140,8 @@ impl phy::Device for QDev<'_> {
     }
 }
 
-/// The board's kernel, played by a second smoltcp stack at 10.47.0.2 routing via 10.47.0.1.
+/// The board's kernel, played by a second smoltcp stack at 10.47.0.2 routing via 10.47.0.1, and
+/// at fd47::2/64 routing via fd47::1.
 pub(crate) struct Board {
     iface: Interface,
     pub(crate) sockets: SocketSet<'static>,
@@ -163,10 +164,16 @@ impl Board {
         iface.update_ip_addrs(|a| {
             a.push(IpCidr::new(IpAddress::v4(10, 47, 0, 2), 24))
                 .expect("addr");
+            a.push(IpCidr::new(IpAddress::v6(0xfd47, 0, 0, 0, 0, 0, 0, 2), 64))
+                .expect("addr");
         });
         iface
             .routes_mut()
             .add_default_ipv4_route(Ipv4Addr::new(10, 47, 0, 1))
+            .expect("route");
+        iface
+            .routes_mut()
+            .add_default_ipv6_route(Ipv6Addr::new(0xfd47, 0, 0, 0, 0, 0, 0, 1))
             .expect("route");
         Self {
             iface,
@@ -181,9 +188,10 @@ impl Board {
     pub(crate) fn connect(
         &mut self,
         port: u16,
-        dst: core::net::SocketAddrV4,
+        dst: impl Into<SocketAddr>,
         buf: usize,
     ) -> SocketHandle {
+        let dst: SocketAddr = dst.into();
         let mut s = tcp::Socket::new(
             tcp::SocketBuffer::new(vec![0; buf]),
             tcp::SocketBuffer::new(vec![0; buf]),
@@ -192,7 +200,7 @@ impl Board {
         s.set_ack_delay(None);
         s.connect(
             self.iface.context(),
-            IpEndpoint::new((*dst.ip()).into(), dst.port()),
+            IpEndpoint::new(dst.ip().into(), dst.port()),
             port,
         )
         .expect("connect");

@@ -8,6 +8,7 @@
 mod dns;
 mod harness;
 mod inbound;
+mod ipv6;
 mod packets;
 mod pressure;
 mod proto;

@@ -1,6 +1,8 @@
 //! Whole TCP conversations between a smoltcp "board kernel" and the core, with the test playing
 //! the driver: data both ways with backpressure, half-close both ways, resets both ways, and a
-//! multi-MiB transfer checked end to end.
+//! multi-MiB transfer checked end to end. The conversations run over IPv4 and IPv6 alike.
+
+use core::net::SocketAddr;
 
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp::State;
@@ -9,13 +11,30 @@ use smoltcp::time::Duration;
 use super::*;
 use crate::{FlowId, NatConfig, NatEvent, OsEvent};
 
+/// The destinations the conversation tests run against: one IPv4, one IPv6.
+fn servers() -> [SocketAddr; 2] {
+    [ep(SERVER, 80).into(), ep6(SERVER6, 80).into()]
+}
+
 /// Connect a board socket through the core and answer the connect; returns (socket, flow).
 fn open(h: &mut H, board: &mut Board, port: u16, buf: usize) -> (SocketHandle, FlowId) {
-    let s = board.connect(port, ep(SERVER, 80), buf);
+    open_to(h, board, port, buf, ep(SERVER, 80).into())
+}
+
+/// `open` towards `dst`: the driver is asked to connect to exactly `dst`.
+fn open_to(
+    h: &mut H,
+    board: &mut Board,
+    port: u16,
+    buf: usize,
+    dst: SocketAddr,
+) -> (SocketHandle, FlowId) {
+    let s = board.connect(port, dst, buf);
     let ev = board.exchange(h);
-    let [NatEvent::TcpConnect { flow, .. }] = ev.as_slice() else {
+    let [NatEvent::TcpConnect { flow, dst: d, .. }] = ev.as_slice() else {
         panic!("{ev:?}")
     };
+    assert_eq!(*d, dst);
     let flow = *flow;
     assert_eq!(board.sock(s).state(), State::SynSent);
     h.os(OsEvent::TcpConnected { flow });
@@ -115,126 +134,134 @@ fn data_both_ways_with_backpressure() {
 
 #[test]
 fn half_close_board_first_then_os() {
-    let mut h = H::with(small_cfg());
-    let mut board = Board::new(h.now, 1500);
-    let (s, flow) = open(&mut h, &mut board, 41001, 64 * 1024);
-    board.sock(s).send_slice(b"request").unwrap();
-    board.sock(s).close();
-    let ev = board.exchange(&mut h);
-    // The FIN is not reported before the data is taken.
-    assert_eq!(ev, vec![NatEvent::TcpReadable { flow }]);
-    assert_eq!(drain(&mut h, flow), b"request");
-    assert_eq!(h.events(), vec![NatEvent::TcpShutdown { flow }]);
-    // The OS side keeps talking after the board's FIN, then closes.
-    assert_eq!(h.nat.tcp_send(flow, b"response").unwrap(), 8);
-    h.os(OsEvent::TcpEof { flow });
-    let ev = board.exchange(&mut h);
-    let mut buf = [0; 64];
-    let n = board.sock(s).recv_slice(&mut buf).unwrap();
-    assert_eq!(&buf[..n], b"response");
-    assert!(
-        !board.sock(s).may_recv(),
-        "board saw our FIN after the data"
-    );
-    assert!(
-        ev.contains(&NatEvent::TcpClose { flow, reset: false }),
-        "{ev:?}"
-    );
-    assert_eq!(h.nat.flow_count(), 0);
+    for dst in servers() {
+        let mut h = H::with(small_cfg());
+        let mut board = Board::new(h.now, 1500);
+        let (s, flow) = open_to(&mut h, &mut board, 41001, 64 * 1024, dst);
+        board.sock(s).send_slice(b"request").unwrap();
+        board.sock(s).close();
+        let ev = board.exchange(&mut h);
+        // The FIN is not reported before the data is taken.
+        assert_eq!(ev, vec![NatEvent::TcpReadable { flow }]);
+        assert_eq!(drain(&mut h, flow), b"request");
+        assert_eq!(h.events(), vec![NatEvent::TcpShutdown { flow }]);
+        // The OS side keeps talking after the board's FIN, then closes.
+        assert_eq!(h.nat.tcp_send(flow, b"response").unwrap(), 8);
+        h.os(OsEvent::TcpEof { flow });
+        let ev = board.exchange(&mut h);
+        let mut buf = [0; 64];
+        let n = board.sock(s).recv_slice(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"response");
+        assert!(
+            !board.sock(s).may_recv(),
+            "board saw our FIN after the data"
+        );
+        assert!(
+            ev.contains(&NatEvent::TcpClose { flow, reset: false }),
+            "{ev:?}"
+        );
+        assert_eq!(h.nat.flow_count(), 0);
+    }
 }
 
 #[test]
 fn half_close_os_first_then_board() {
-    let mut h = H::with(small_cfg());
-    let mut board = Board::new(h.now, 1500);
-    let (s, flow) = open(&mut h, &mut board, 41002, 64 * 1024);
-    assert_eq!(h.nat.tcp_send(flow, b"banner").unwrap(), 6);
-    h.os(OsEvent::TcpEof { flow });
-    board.exchange(&mut h);
-    let mut buf = [0; 64];
-    let n = board.sock(s).recv_slice(&mut buf).unwrap();
-    assert_eq!(&buf[..n], b"banner");
-    assert_eq!(board.sock(s).state(), State::CloseWait);
-    // The board keeps sending on its half, then closes; data arrives before the shutdown.
-    board.sock(s).send_slice(b"late upload").unwrap();
-    board.sock(s).close();
-    let ev = board.exchange(&mut h);
-    assert_eq!(ev, vec![NatEvent::TcpReadable { flow }]);
-    assert_eq!(drain(&mut h, flow), b"late upload");
-    assert_eq!(
-        h.events(),
-        vec![
-            NatEvent::TcpShutdown { flow },
-            NatEvent::TcpClose { flow, reset: false }
-        ]
-    );
-    assert_eq!(h.nat.flow_count(), 0);
-    assert!(matches!(
-        board.sock(s).state(),
-        State::Closed | State::TimeWait
-    ));
+    for dst in servers() {
+        let mut h = H::with(small_cfg());
+        let mut board = Board::new(h.now, 1500);
+        let (s, flow) = open_to(&mut h, &mut board, 41002, 64 * 1024, dst);
+        assert_eq!(h.nat.tcp_send(flow, b"banner").unwrap(), 6);
+        h.os(OsEvent::TcpEof { flow });
+        board.exchange(&mut h);
+        let mut buf = [0; 64];
+        let n = board.sock(s).recv_slice(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"banner");
+        assert_eq!(board.sock(s).state(), State::CloseWait);
+        // The board keeps sending on its half, then closes; data arrives before the shutdown.
+        board.sock(s).send_slice(b"late upload").unwrap();
+        board.sock(s).close();
+        let ev = board.exchange(&mut h);
+        assert_eq!(ev, vec![NatEvent::TcpReadable { flow }]);
+        assert_eq!(drain(&mut h, flow), b"late upload");
+        assert_eq!(
+            h.events(),
+            vec![
+                NatEvent::TcpShutdown { flow },
+                NatEvent::TcpClose { flow, reset: false }
+            ]
+        );
+        assert_eq!(h.nat.flow_count(), 0);
+        assert!(matches!(
+            board.sock(s).state(),
+            State::Closed | State::TimeWait
+        ));
+    }
 }
 
 #[test]
 fn reset_from_board_and_from_os() {
-    let mut h = H::with(small_cfg());
-    let mut board = Board::new(h.now, 1500);
-    let (s, flow) = open(&mut h, &mut board, 41003, 64 * 1024);
-    board.sock(s).abort();
-    let ev = board.exchange(&mut h);
-    assert_eq!(ev, vec![NatEvent::TcpClose { flow, reset: true }]);
-    assert_eq!(h.nat.counters().tcp_reset_from_board, 1);
+    for dst in servers() {
+        let mut h = H::with(small_cfg());
+        let mut board = Board::new(h.now, 1500);
+        let (s, flow) = open_to(&mut h, &mut board, 41003, 64 * 1024, dst);
+        board.sock(s).abort();
+        let ev = board.exchange(&mut h);
+        assert_eq!(ev, vec![NatEvent::TcpClose { flow, reset: true }]);
+        assert_eq!(h.nat.counters().tcp_reset_from_board, 1);
 
-    let (s, flow) = open(&mut h, &mut board, 41004, 64 * 1024);
-    h.os(OsEvent::TcpReset { flow });
-    let ev = board.exchange(&mut h);
-    assert!(
-        ev.is_empty(),
-        "the driver reported the reset, no close event: {ev:?}"
-    );
-    assert_eq!(board.sock(s).state(), State::Closed, "board saw the RST");
-    assert_eq!(h.nat.flow_count(), 0);
-    assert!(h.nat.zombies.is_empty(), "socket freed once its RST left");
+        let (s, flow) = open_to(&mut h, &mut board, 41004, 64 * 1024, dst);
+        h.os(OsEvent::TcpReset { flow });
+        let ev = board.exchange(&mut h);
+        assert!(
+            ev.is_empty(),
+            "the driver reported the reset, no close event: {ev:?}"
+        );
+        assert_eq!(board.sock(s).state(), State::Closed, "board saw the RST");
+        assert_eq!(h.nat.flow_count(), 0);
+        assert!(h.nat.zombies.is_empty(), "socket freed once its RST left");
+    }
 }
 
 /// A few MiB each way through the core, with the board-side stack and the "OS" both running
 /// a fake clock; compares checksums of what was sent and received.
 #[test]
 fn full_transfer_multi_mib_with_checksum() {
-    let mut cfg = NatConfig::default();
-    cfg.mtu = 16384;
-    let mut h = H::with(cfg);
-    let mut board = Board::new(h.now, 16384);
-    let (s, flow) = open(&mut h, &mut board, 41005, 512 * 1024);
-    let up = pattern(4 << 20, 3);
-    let down = pattern(3 << 20, 4);
-    let (mut up_off, mut down_off) = (0, 0);
-    let (mut got_up, mut got_down) = (Vec::new(), Vec::new());
-    let mut buf = vec![0; 256 * 1024];
-    for _ in 0..20_000 {
-        if up_off < up.len() {
-            up_off += board.sock(s).send_slice(&up[up_off..]).unwrap();
+    for dst in servers() {
+        let mut cfg = NatConfig::default();
+        cfg.mtu = 16384;
+        let mut h = H::with(cfg);
+        let mut board = Board::new(h.now, 16384);
+        let (s, flow) = open_to(&mut h, &mut board, 41005, 512 * 1024, dst);
+        let up = pattern(4 << 20, 3);
+        let down = pattern(3 << 20, 4);
+        let (mut up_off, mut down_off) = (0, 0);
+        let (mut got_up, mut got_down) = (Vec::new(), Vec::new());
+        let mut buf = vec![0; 256 * 1024];
+        for _ in 0..20_000 {
+            if up_off < up.len() {
+                up_off += board.sock(s).send_slice(&up[up_off..]).unwrap();
+            }
+            if down_off < down.len() {
+                down_off += h.nat.tcp_send(flow, &down[down_off..]).unwrap();
+            }
+            board.exchange(&mut h);
+            got_up.extend(drain(&mut h, flow));
+            if let Ok(n) = board.sock(s).recv_slice(&mut buf) {
+                got_down.extend_from_slice(&buf[..n]);
+            }
+            if got_up.len() == up.len() && got_down.len() == down.len() {
+                break;
+            }
+            h.advance(Duration::from_millis(1));
         }
-        if down_off < down.len() {
-            down_off += h.nat.tcp_send(flow, &down[down_off..]).unwrap();
-        }
-        board.exchange(&mut h);
-        got_up.extend(drain(&mut h, flow));
-        if let Ok(n) = board.sock(s).recv_slice(&mut buf) {
-            got_down.extend_from_slice(&buf[..n]);
-        }
-        if got_up.len() == up.len() && got_down.len() == down.len() {
-            break;
-        }
-        h.advance(Duration::from_millis(1));
+        assert_eq!((got_up.len(), got_down.len()), (up.len(), down.len()));
+        assert_eq!(fnv(&got_up), fnv(&up));
+        assert_eq!(fnv(&got_down), fnv(&down));
+        let c = h.nat.counters();
+        assert_eq!(c.drop_board_queue_full + c.drop_out_buffer_small, 0);
+        let info = h.nat.flows(h.now);
+        assert_eq!(info[0].bytes_to_board, down.len() as u64);
     }
-    assert_eq!((got_up.len(), got_down.len()), (up.len(), down.len()));
-    assert_eq!(fnv(&got_up), fnv(&up));
-    assert_eq!(fnv(&got_down), fnv(&down));
-    let c = h.nat.counters();
-    assert_eq!(c.drop_board_queue_full + c.drop_out_buffer_small, 0);
-    let info = h.nat.flows(h.now);
-    assert_eq!(info[0].bytes_to_board, down.len() as u64);
 }
 
 /// Established flows with nothing in flight ask for no timer, so 1000 idle flows cost no wakeups.
