@@ -47,7 +47,7 @@ kill_tree() {
 
 del_namespaces() { # our namespaces, by exact name only
   local st
-  for st in qbkit slirp4netns pasta; do ip netns del "$(board_ns "$st")" 2>/dev/null; done
+  for st in qbkit qbkit-base slirp4netns pasta; do ip netns del "$(board_ns "$st")" 2>/dev/null; done
   ip netns del "$WAN" 2>/dev/null
 }
 
@@ -167,18 +167,25 @@ stack_up() {
     ip -n "$b" link set "$ifc" mtu "$mtu"
     echo "B=$b; PIDS=$w; EXTRA=; HOLDER=$h; MTU=$mtu" > "$S/$st.env"
     ;;
-  qbkit)
-    [ -x "$GADGET" ] && [ -x "$HOSTBIN" ] || { log "qbkit binaries missing in $BIN"; return 1; }
-    rm -f "$S/qbk.sock" "$S/qg.ctl" "$S/qh.ctl"
+  qbkit|qbkit-base)
+    # qbkit-base: a second qbkit from $QBKIT_BASE_DIR (the binaries before a change), run
+    # interleaved with the work tree's so both see the same load; its files are $S/base.*
+    local gad=$GADGET hb=$HOSTBIN sock=$S/qbk.sock gctl=$S/qg.ctl hctl=$S/qh.ctl
+    if [ "$st" = qbkit-base ]; then
+      gad=${QBKIT_BASE_DIR:-}/qbkit-gadget hb=${QBKIT_BASE_DIR:-}/qbkit-host
+      sock=$S/base.sock gctl=$S/base.g.ctl hctl=$S/base.h.ctl
+    fi
+    [ -x "$gad" ] && [ -x "$hb" ] || { log "$st: qbkit binaries missing ($hb)"; return 1; }
+    rm -f "$sock" "$gctl" "$hctl"
     # same wiring as tests/netns/host-e2e: the host listens on the unix socket, the gadget dials it
     local mtuarg=(); [ "$mtu" != default ] && mtuarg=(--mtu "$mtu")
-    ip netns exec "$WAN" env RUST_LOG=warn "$HOSTBIN" run --transport "unix-listen://$S/qbk.sock" \
-      --control "$S/qh.ctl" --dns "$SRV:53" "${mtuarg[@]}" "${QBKIT_EXTRA[@]}" >"$S/qbkit-host.$mtu.log" 2>&1 & w=$!; track $w
-    wait_until 10 test -S "$S/qbk.sock" || { log "qbkit-host did not listen"; tail -5 "$S/qbkit-host.$mtu.log" >&2; return 1; }
-    ip netns exec "$b" env RUST_LOG=warn "$GADGET" run --link "unix://$S/qbk.sock" \
-      --control-socket "$S/qg.ctl" --dns off >"$S/qbkit-gadget.$mtu.log" 2>&1 & g=$!; track $g
+    ip netns exec "$WAN" env RUST_LOG=warn "$hb" run --transport "unix-listen://$sock" \
+      --control "$hctl" --dns "$SRV:53" "${mtuarg[@]}" "${QBKIT_EXTRA[@]}" >"$S/$st-host.$mtu.log" 2>&1 & w=$!; track $w
+    wait_until 10 test -S "$sock" || { log "$st-host did not listen"; tail -5 "$S/$st-host.$mtu.log" >&2; return 1; }
+    ip netns exec "$b" env RUST_LOG=warn "$gad" run --link "unix://$sock" \
+      --control-socket "$gctl" --dns off >"$S/$st-gadget.$mtu.log" 2>&1 & g=$!; track $g
     if ! wait_until 15 sh -c "ip -n $b -4 route show default | grep -q 'dev qbkit0'"; then
-      log "qbkit link did not come up; host log:"; tail -5 "$S/qbkit-host.$mtu.log" >&2
+      log "$st link did not come up; host log:"; tail -5 "$S/$st-host.$mtu.log" >&2
       return 1
     fi
     lmtu=$(ip -n "$b" -o link show dev qbkit0 | sed -n 's/.* mtu \([0-9]*\).*/\1/p')
@@ -202,7 +209,7 @@ bring_up() { # bring_up PHASE MTU_FOR_OTHERS MTU_FOR_QBKIT -> $UP = the stacks t
   local st m
   UP=
   for st in $STACKS; do
-    m=$2; [ "$st" = qbkit ] && m=$3
+    m=$2; case $st in qbkit*) m=$3;; esac
     if stack_up "$st" "$m"; then UP="$UP $st"; else log "$st unavailable in phase $1"; stack_down "$st"; fi
   done
   log "phase $1: stacks up:$UP"
