@@ -9,12 +9,12 @@ use std::collections::{HashMap, VecDeque};
 
 use core::net::{IpAddr, SocketAddr};
 
-use smoltcp::iface::SocketHandle;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::TcpRepr;
 
 use crate::FlowId;
 use crate::dns::Failover;
+use crate::sockets::SockId;
 
 /// How the board names a flow: its own endpoint and the destination it addressed (both of the
 /// same IP version).
@@ -68,7 +68,7 @@ pub(crate) enum TcpPhase {
     /// Waiting for the OS connect; the SYN is replayed into smoltcp on `TcpConnected`.
     Connecting { syn: SynCopy },
     /// A smoltcp socket carries the connection.
-    Open { handle: SocketHandle },
+    Open { handle: SockId },
     /// smoltcp is done (TIME-WAIT or closed after LAST-ACK) but the driver has not taken all the
     /// board's data yet: the remainder lives here.
     Draining { tail: VecDeque<u8> },
@@ -189,10 +189,6 @@ impl FlowTable {
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Flow> {
         self.by_id.values()
-    }
-
-    pub(crate) fn ids(&self) -> Vec<FlowId> {
-        self.by_id.keys().copied().collect()
     }
 
     pub(crate) fn insert(

@@ -20,10 +20,10 @@
 
 use core::net::SocketAddr;
 
-use smoltcp::iface::SocketHandle;
 use smoltcp::wire::IpEndpoint;
 
 use crate::flow::{FlowKey, FlowKind, TcpFlow, TcpPhase, UdpFlow};
+use crate::sockets::SockId;
 use crate::{FlowId, InboundError, Instant, Nat, Protocol};
 
 /// First gateway port handed to inbound flows (IANA's dynamic range).
@@ -66,13 +66,12 @@ impl Nat {
         let gateway = self
             .free_gateway_port(|g| key(board, g))
             .ok_or(InboundError::NoRoom)?;
-        let kind = match protocol {
-            Protocol::Tcp => FlowKind::Tcp(TcpFlow::new(
-                TcpPhase::Open {
-                    handle: self.inbound_socket(board, gateway)?,
-                },
-                true,
-            )),
+        let handle = match protocol {
+            Protocol::Tcp => Some(self.inbound_socket(board, gateway)?),
+            _ => None,
+        };
+        let kind = match handle {
+            Some(handle) => FlowKind::Tcp(TcpFlow::new(TcpPhase::Open { handle }, true)),
             _ => FlowKind::Udp(UdpFlow {
                 replied: false,
                 dns: None,
@@ -80,9 +79,9 @@ impl Nat {
             }),
         };
         let id = self.flows.insert(key(board, gateway), peer, self.now, kind);
-        if protocol == Protocol::Tcp {
+        if let Some(handle) = handle {
             self.counters.tcp_inbound += 1;
-            self.egress_pending = true;
+            self.sockets.set_owner(handle, Some(id));
             self.mark_dirty(id);
         } else {
             self.counters.udp_inbound += 1;
@@ -96,7 +95,7 @@ impl Nat {
         &mut self,
         board: SocketAddr,
         gateway: SocketAddr,
-    ) -> Result<SocketHandle, InboundError> {
+    ) -> Result<SockId, InboundError> {
         // The board must answer the SYN within the connect timeout (kept armed by
         // `set_timeout` while the handshake is owed).
         let mut sock = self

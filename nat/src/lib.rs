@@ -138,6 +138,7 @@ mod ip;
 mod nat;
 mod policy;
 pub mod resolvers;
+mod sockets;
 mod tcp;
 mod udp;
 

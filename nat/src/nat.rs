@@ -8,9 +8,8 @@ use std::collections::VecDeque;
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use smoltcp::iface::{Config as IfaceConfig, Interface, SocketSet};
+use smoltcp::iface::{Config as IfaceConfig, Interface};
 use smoltcp::phy::{ChecksumCapabilities, DeviceCapabilities};
-use smoltcp::socket::tcp;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpProtocol, IpRepr, Ipv4Repr, Ipv6Repr};
 
@@ -19,6 +18,7 @@ use crate::device::{self, BoardQueue, SmolDevice};
 use crate::flow::{FlowInfo, FlowKind, FlowTable, Protocol, TcpPhase};
 use crate::icmp::IcmpError;
 use crate::ip::{IpPacket, Refused};
+use crate::sockets::{SockId, TcpSockets};
 use crate::{Counters, FlowId, NatConfig, NatError, NatEvent, OsEvent};
 
 /// How often the aging scan runs while UDP, ICMP or connecting TCP flows exist.
@@ -53,7 +53,7 @@ pub struct Nat {
     pub(crate) cfg: NatConfig,
     pub(crate) now: Instant,
     pub(crate) iface: Interface,
-    pub(crate) sockets: SocketSet<'static>,
+    pub(crate) sockets: TcpSockets,
     pub(crate) caps: DeviceCapabilities,
     pub(crate) csum: ChecksumCapabilities,
     pub(crate) queue: BoardQueue,
@@ -64,9 +64,9 @@ pub struct Nat {
     /// TCP flows whose socket may have changed state since the last `process_dirty`.
     pub(crate) dirty: Vec<FlowId>,
     /// Sockets of flows that are gone but still have a RST to send.
-    pub(crate) zombies: Vec<smoltcp::iface::SocketHandle>,
-    /// smoltcp may have something to send (ingress, data calls, OS events).
-    pub(crate) egress_pending: bool,
+    pub(crate) zombies: Vec<SockId>,
+    /// Flows whose socket egress or a timer touched (reused buffer, empty between calls).
+    pub(crate) touched: Vec<FlowId>,
     pub(crate) next_aging: Instant,
     pub(crate) ping_available: bool,
     /// Index in `cfg.dns_servers` of the resolver that answered last: new DNS flows start there.
@@ -129,7 +129,7 @@ impl Nat {
             cfg: config,
             now,
             iface,
-            sockets: SocketSet::new(Vec::new()),
+            sockets: TcpSockets::default(),
             caps,
             queue,
             flows: FlowTable::default(),
@@ -137,7 +137,7 @@ impl Nat {
             queued_datagram_bytes: 0,
             dirty: Vec::new(),
             zombies: Vec::new(),
-            egress_pending: false,
+            touched: Vec::new(),
             next_aging: now + AGING_INTERVAL,
             next_inbound_port: 0,
             dns_preferred: 0,
@@ -266,7 +266,7 @@ impl Nat {
     pub fn poll_ip_packet(&mut self, now: Instant, out: &mut [u8]) -> Option<usize> {
         self.now = now;
         loop {
-            if self.queue.len() == 0 && (self.egress_pending || self.queue.blocked) {
+            if self.queue.len() == 0 && (self.sockets.has_pending() || self.queue.blocked) {
                 self.run_egress();
             }
             match self.queue.pop_into(out)? {
@@ -325,10 +325,10 @@ impl Nat {
     #[must_use]
     pub fn poll_timeout(&mut self, now: Instant) -> Option<Instant> {
         self.now = now;
-        if self.egress_pending && self.queue.len() == 0 {
+        if self.sockets.has_pending() && !self.queue.is_full() {
             return Some(now);
         }
-        let mut t = self.iface.poll_at(now, &self.sockets).map(|t| t.max(now));
+        let mut t = self.sockets.next_deadline().map(|t| t.max(now));
         // While the board queue is full only draining it helps: `poll_ip_packet` runs egress.
         if self.queue.is_full() && t.is_some_and(|t| t <= now) {
             t = None;
@@ -345,15 +345,11 @@ impl Nat {
     /// Run timers: TCP retransmissions and timeouts, UDP/ICMP idle expiry, connect timeouts.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
-        if self.egress_pending
-            || self
-                .iface
-                .poll_at(now, &self.sockets)
-                .is_some_and(|t| t <= now)
-        {
+        self.sockets.due(now, &mut self.touched);
+        if self.sockets.has_pending() {
             self.run_egress();
-            self.mark_all_tcp_dirty();
         }
+        self.mark_touched_dirty();
         if now >= self.next_aging {
             self.next_aging = now + AGING_INTERVAL;
             self.age_flows();
@@ -391,11 +387,9 @@ impl Nat {
                         Protocol::Tcp,
                         match &t.phase {
                             TcpPhase::Connecting { .. } => "connecting".to_owned(),
-                            TcpPhase::Open { handle } => self
-                                .sockets
-                                .get::<tcp::Socket<'_>>(*handle)
-                                .state()
-                                .to_string(),
+                            TcpPhase::Open { handle } => {
+                                self.sockets.get(*handle).state().to_string()
+                            }
                             TcpPhase::Draining { .. } => "draining".to_owned(),
                         },
                     ),
@@ -424,36 +418,40 @@ impl Nat {
         v
     }
 
-    /// Run smoltcp's egress until it has nothing more to send or the board queue is full.
+    /// Run smoltcp's egress for the pending sockets until they have nothing more to send or the
+    /// board queue is full (see `sockets.rs`); the flows of the sockets it ran are looked at by
+    /// the next `process_dirty`.
     pub(crate) fn run_egress(&mut self) {
-        self.egress_pending = false;
         self.queue.blocked = false;
-        loop {
-            let before = self.queue.len();
-            let mut dev = SmolDevice {
-                rx: None,
-                queue: &mut self.queue,
-                caps: &self.caps,
-            };
-            self.iface
-                .poll_egress(self.now, &mut dev, &mut self.sockets);
-            if self.queue.len() == before || self.queue.is_full() {
-                break;
-            }
-        }
+        self.sockets.egress(
+            &mut self.iface,
+            self.now,
+            &mut self.queue,
+            &self.caps,
+            &mut self.touched,
+        );
+        self.mark_touched_dirty();
         self.reap_zombies();
     }
 
-    /// Hand one TCP packet to smoltcp without copying it.
-    pub(crate) fn smoltcp_ingress(&mut self, packet: &[u8]) {
+    fn mark_touched_dirty(&mut self) {
+        let mut touched = core::mem::take(&mut self.touched);
+        for id in touched.drain(..) {
+            self.mark_dirty(id);
+        }
+        self.touched = touched;
+    }
+
+    /// Hand one TCP packet to socket `to` without copying it (`None`: no socket takes it and
+    /// smoltcp answers with a RST).
+    pub(crate) fn smoltcp_ingress(&mut self, to: Option<SockId>, packet: &[u8]) {
         let mut dev = SmolDevice {
             rx: Some(packet),
             queue: &mut self.queue,
             caps: &self.caps,
         };
-        self.iface
-            .poll_ingress_single(self.now, &mut dev, &mut self.sockets);
-        self.egress_pending = true;
+        self.sockets
+            .ingress(to, &mut self.iface, self.now, &mut dev);
     }
 
     /// Queue an IPv4 or IPv6 packet for the board (`src` and `dst` of one version). `fill`
@@ -562,7 +560,7 @@ impl Nat {
                 match t.phase {
                     TcpPhase::Open { handle } => {
                         if reset_board {
-                            self.sockets.get_mut::<tcp::Socket<'_>>(handle).abort();
+                            self.sockets.get_mut(handle).abort();
                             self.counters.tcp_reset_to_board += 1;
                             self.park_zombie(handle);
                         } else {

@@ -20,8 +20,6 @@ use std::collections::VecDeque;
 
 use core::net::SocketAddr;
 
-use smoltcp::iface::SocketHandle;
-use smoltcp::socket::AnySocket as _;
 use smoltcp::socket::tcp::{self, State};
 use smoltcp::time::Duration;
 use tracing::Level;
@@ -34,6 +32,7 @@ use crate::icmp::{IcmpError, Quoted, Unreachable};
 use crate::ip::IpPacket;
 use crate::nat::{drop_at, drop_pkt, drop_warn};
 use crate::policy::{self, Deny};
+use crate::sockets::SockId;
 use crate::{ConnectError, FlowError, FlowId, MIN_TCP_BUFFER, Nat, NatEvent};
 
 impl Nat {
@@ -57,9 +56,11 @@ impl Nat {
             } else if seg.rst() {
                 self.counters.drop_tcp_no_flow += 1;
             } else {
-                // smoltcp answers a segment for no connection with a RST.
+                // smoltcp answers a segment for no connection with a RST (or the finished
+                // socket of this connection, still waiting to send its last packet, takes it).
                 drop_pkt!(self, drop_tcp_no_flow, %src, %dst, "nat: TCP segment for no flow");
-                self.smoltcp_ingress(ip.bytes);
+                let zombie = self.zombie_of(src, dst);
+                self.smoltcp_ingress(zombie, ip.bytes);
             }
             return;
         };
@@ -91,7 +92,8 @@ impl Nat {
                 }
                 // Anything else cannot be valid yet: the board has no SYN-ACK.
             }
-            TcpPhase::Open { .. } => {
+            TcpPhase::Open { handle } => {
+                let handle = *handle;
                 if t.inbound && !t.established && seg.syn() && !seg.ack() {
                     // A bare SYN to the port the core is dialling from: a simultaneous open,
                     // which no board does (smoltcp's handling of it breaks its window
@@ -102,7 +104,7 @@ impl Nat {
                     self.counters.tcp_reset_from_board += 1;
                 }
                 self.mark_dirty(id);
-                self.smoltcp_ingress(ip.bytes);
+                self.smoltcp_ingress(Some(handle), ip.bytes);
             }
             TcpPhase::Draining { .. } => {
                 if seg.rst() {
@@ -298,12 +300,13 @@ impl Nat {
             &dst,
             &self.csum,
         );
-        self.smoltcp_ingress(&buf);
-        if self.sockets.get::<tcp::Socket<'_>>(handle).state() != State::SynReceived {
+        self.smoltcp_ingress(Some(handle), &buf);
+        if self.sockets.get(handle).state() != State::SynReceived {
             self.sockets.remove(handle);
             return self.tcp_connect_failed(id, ConnectError::Other);
         }
         self.flows.set_tcp_phase(id, TcpPhase::Open { handle });
+        self.sockets.set_owner(handle, Some(id));
         self.counters.tcp_connected += 1;
         if let Some(f) = self.flows.get_mut(id) {
             f.last_active = self.now;
@@ -334,11 +337,16 @@ impl Nat {
 
     /// Bytes of receive and transmit buffer held by every TCP socket (flows and zombies).
     pub(crate) fn tcp_buffer_bytes(&self) -> usize {
-        self.sockets
-            .iter()
-            .filter_map(|(_, s)| tcp::Socket::downcast(s))
-            .map(|s| s.recv_capacity() + s.send_capacity())
-            .sum()
+        self.sockets.buffer_bytes()
+    }
+
+    /// The finished socket still waiting to send its last packet on this connection, if any.
+    fn zombie_of(&self, src: SocketAddr, dst: SocketAddr) -> Option<SockId> {
+        let (src, dst) = (IpEndpoint::from(src), IpEndpoint::from(dst));
+        self.zombies.iter().copied().find(|&z| {
+            let s = self.sockets.get(z);
+            s.remote_endpoint() == Some(src) && s.local_endpoint() == Some(dst)
+        })
     }
 
     /// Buffer sizes (receive, transmit) for one more socket within `tcp_buffer_budget`: the
@@ -376,20 +384,19 @@ impl Nat {
     /// flow, or the ACK of the board's FIN). At most one per board queue slot wait: beyond that
     /// the oldest is freed unsent (the board stopped reading; smoltcp answers its next segment
     /// for the flow with a RST anyway), so a board that never reads cannot pin sockets.
-    pub(crate) fn park_zombie(&mut self, handle: SocketHandle) {
+    pub(crate) fn park_zombie(&mut self, handle: SockId) {
         if self.zombies.len() >= self.cfg.max_queued_board_packets {
             self.free_oldest_zombie();
         }
+        self.sockets.set_owner(handle, None);
         self.zombies.push(handle);
-        self.egress_pending = true;
     }
 
     /// Free the oldest zombie without waiting for its last packet; returns its buffer bytes.
     fn free_oldest_zombie(&mut self) -> usize {
         let handle = self.zombies.remove(0);
         self.counters.tcp_freed_unsent += 1;
-        let sock = self.sockets.remove(handle);
-        tcp::Socket::downcast(&sock).map_or(0, |s| s.recv_capacity() + s.send_capacity())
+        self.sockets.remove(handle)
     }
 
     pub(crate) fn tcp_connect_failed(&mut self, id: FlowId, error: ConnectError) {
@@ -436,11 +443,10 @@ impl Nat {
         match self.tcp_phase(id) {
             Some(TcpPhase::Open { handle }) => {
                 let handle = *handle;
-                self.sockets.get_mut::<tcp::Socket<'_>>(handle).close();
+                self.sockets.get_mut(handle).close();
                 if let Some(FlowKind::Tcp(t)) = self.flows.get_mut(id).map(|f| &mut f.kind) {
                     t.os_eof = true;
                 }
-                self.egress_pending = true;
                 self.mark_dirty(id);
             }
             Some(TcpPhase::Draining { .. }) => {}
@@ -452,7 +458,7 @@ impl Nat {
         match self.tcp_phase(id) {
             Some(TcpPhase::Open { handle }) => {
                 let handle = *handle;
-                self.sockets.get_mut::<tcp::Socket<'_>>(handle).abort();
+                self.sockets.get_mut(handle).abort();
                 self.park_zombie(handle);
                 self.counters.tcp_reset_to_board += 1;
                 self.flows.remove(id);
@@ -481,12 +487,6 @@ impl Nat {
         }
     }
 
-    pub(crate) fn mark_all_tcp_dirty(&mut self) {
-        for id in self.flows.ids() {
-            self.mark_dirty(id);
-        }
-    }
-
     /// Free the sockets of finished flows once their last packet has left: the RST of a reset
     /// flow, or the ACK of the board's FIN for a flow in TIME-WAIT (called after egress; the
     /// TIME-WAIT state itself is not kept, a late retransmitted FIN gets a RST).
@@ -494,7 +494,7 @@ impl Nat {
         let sockets = &mut self.sockets;
         let egress_done = !self.queue.blocked;
         self.zombies.retain(|&h| {
-            let s = sockets.get::<tcp::Socket<'_>>(h);
+            let s = sockets.get(h);
             let done = match s.state() {
                 State::Closed => s.remote_endpoint().is_none(),
                 State::TimeWait => egress_done,
@@ -541,7 +541,9 @@ impl Nat {
                 }
                 TcpPhase::Open { handle } => *handle,
             };
-            let sock = self.sockets.get_mut::<tcp::Socket<'_>>(handle);
+            // Looking does not make the socket pending (egress hands its flow here after every
+            // turn); only a change below does.
+            let sock = self.sockets.get_mut_quiet(handle);
             let state = sock.state();
             if t.inbound && !t.established {
                 inbound_progress(t, state, id, &mut self.counters, &mut self.events);
@@ -597,7 +599,10 @@ impl Nat {
                 }
                 _ => {}
             }
-            set_timeout(sock, self.cfg.tcp_timeout);
+            if set_timeout(sock, self.cfg.tcp_timeout) {
+                self.sockets.mark_pending(handle);
+            }
+            let sock = self.sockets.get(handle);
             let recv_queue = sock.recv_queue();
             if recv_queue > 0 && t.readable_armed {
                 t.readable_armed = false;
@@ -660,7 +665,7 @@ impl Nat {
                 n
             }
             TcpPhase::Open { handle } => {
-                let sock = self.sockets.get_mut::<tcp::Socket<'_>>(*handle);
+                let sock = self.sockets.get_mut(*handle);
                 let n = sock
                     .recv(|data| {
                         let n = write(data).min(data.len());
@@ -669,9 +674,6 @@ impl Nat {
                     .unwrap_or(0);
                 if sock.recv_queue() == 0 {
                     t.readable_armed = true;
-                }
-                if n > 0 {
-                    self.egress_pending = true;
                 }
                 n
             }
@@ -717,7 +719,7 @@ impl Nat {
             }
             TcpPhase::Draining { .. } => return Err(FlowError::SendClosed(flow)),
             TcpPhase::Open { handle } => {
-                let sock = self.sockets.get_mut::<tcp::Socket<'_>>(*handle);
+                let sock = self.sockets.get_mut(*handle);
                 if !sock.may_send() {
                     if matches!(sock.state(), State::SynSent | State::SynReceived) {
                         t.writable_armed = true;
@@ -738,9 +740,6 @@ impl Nat {
                 if send_space(sock) < writable_mark(sock) {
                     t.writable_armed = true;
                 }
-                if n > 0 {
-                    self.egress_pending = true;
-                }
                 n
             }
         };
@@ -753,7 +752,7 @@ impl Nat {
     pub fn tcp_send_space(&self, flow: FlowId) -> usize {
         match self.tcp_phase(flow) {
             Some(TcpPhase::Open { handle }) => {
-                let s = self.sockets.get::<tcp::Socket<'_>>(*handle);
+                let s = self.sockets.get(*handle);
                 if s.may_send() { send_space(s) } else { 0 }
             }
             _ => 0,
@@ -801,11 +800,14 @@ fn copy_until_stalled(
 /// smoltcp's timeout also fires on a connection that is merely quiet, so it is armed only while
 /// the board owes us something: the handshake, or acknowledgements for queued data. An idle
 /// flow (an SSH session, a keep-alive pool) then lives as long as both ends keep it.
-fn set_timeout(s: &mut tcp::Socket<'_>, timeout: Duration) {
+/// Returns whether it changed the timeout.
+fn set_timeout(s: &mut tcp::Socket<'_>, timeout: Duration) -> bool {
     let owed = matches!(s.state(), State::SynSent | State::SynReceived) || s.send_queue() > 0;
-    if owed != s.timeout().is_some() {
+    let change = owed != s.timeout().is_some();
+    if change {
         s.set_timeout(owed.then_some(timeout));
     }
+    change
 }
 
 fn send_space(s: &tcp::Socket<'_>) -> usize {

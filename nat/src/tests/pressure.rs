@@ -29,7 +29,7 @@ fn never_reading_board(cfg: NatConfig) -> (usize, Counters) {
         // next SYN may evict it.
         h.advance(Duration::from_secs(11));
         h.events();
-        let (sockets, bytes) = (h.nat.sockets.iter().count(), h.nat.tcp_buffer_bytes());
+        let (sockets, bytes) = (h.nat.sockets.len(), h.nat.tcp_buffer_bytes());
         peak = peak.max(sockets);
         assert!(
             sockets <= bound && bytes <= budget,

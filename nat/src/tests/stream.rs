@@ -293,3 +293,65 @@ fn idle_established_flows_need_no_timer() {
     let n = board.sock(s).recv_slice(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"worldstill here");
 }
+
+/// The TCP buffer total that the budget checks is a running count: after every step of open /
+/// close both ways / board RST / OS reset / eviction churn (with full and shrunk buffers) it
+/// equals a recount of the sockets that exist.
+#[test]
+fn tcp_buffer_total_matches_a_recount_through_churn() {
+    let mut cfg = small_cfg();
+    cfg.max_flows = 4;
+    cfg.tcp_rx_buffer = 256 << 10;
+    cfg.tcp_tx_buffer = 256 << 10;
+    // Two flows get full buffers, later ones 64 KiB each way.
+    cfg.tcp_buffer_budget = 2 << 20;
+    let mut h = H::with(cfg);
+    let mut board = Board::new(h.now, 1500);
+    let recount = |h: &H| -> usize {
+        h.nat
+            .sockets
+            .iter()
+            .map(|s| s.recv_capacity() + s.send_capacity())
+            .sum()
+    };
+    for i in 0..40u16 {
+        // Past evict_min_idle: a full table evicts its longest-idle flow for the new one.
+        h.advance(Duration::from_secs(11));
+        let s = board.connect(43000 + i, ep(SERVER, 80), 64 * 1024);
+        let ev = board.exchange(&mut h);
+        let Some(flow) = ev.iter().find_map(|e| match e {
+            NatEvent::TcpConnect { flow, .. } => Some(*flow),
+            _ => None,
+        }) else {
+            panic!("step {i}: no connect in {ev:?}")
+        };
+        h.os(OsEvent::TcpConnected { flow });
+        board.exchange(&mut h);
+        assert_eq!(board.sock(s).state(), State::Established, "step {i}");
+        assert_eq!(h.nat.tcp_buffer_bytes(), recount(&h), "step {i}: open");
+        match i % 4 {
+            0 => {
+                board.sock(s).close();
+                board.exchange(&mut h);
+                h.os(OsEvent::TcpEof { flow });
+                board.exchange(&mut h);
+            }
+            1 => {
+                board.sock(s).abort();
+                board.exchange(&mut h);
+            }
+            2 => {
+                h.os(OsEvent::TcpReset { flow });
+                board.exchange(&mut h);
+            }
+            _ => {} // stays open until a later step evicts it
+        }
+        assert_eq!(h.nat.tcp_buffer_bytes(), recount(&h), "step {i}: churn");
+    }
+    let c = h.nat.counters();
+    assert!(
+        c.flows_evicted > 0 && c.tcp_buffers_shrunk > 0 && c.tcp_reset_from_board > 0,
+        "{c:?}"
+    );
+    assert_eq!(c.drop_tcp_buffer_budget, 0, "{c:?}");
+}

@@ -1,0 +1,311 @@
+//! The core's smoltcp TCP sockets, each in a `SocketSet` of its own.
+//!
+//! smoltcp walks every socket of the set it is given: `poll_ingress_single` looks for the socket
+//! that accepts a segment, `poll_egress` asks each one for a segment, `poll_at` asks each one for
+//! its next deadline and `SocketSet::add` looks for a free slot. With all flows in one set every
+//! board packet, every egress pass and every new connection cost O(open flows). Here a board
+//! segment goes to the set of its own flow (the flow table found it by key), egress visits only
+//! *pending* sockets (touched since their last egress: ingress, a data call, close/abort, a new
+//! socket, a timer that came due) and every socket's next deadline sits in a min-heap. Per packet
+//! and per connection the cost no longer depends on how many flows are open; an idle flow costs
+//! nothing until a packet, a call or its timer touches it.
+//!
+//! ```text
+//!  board segment ─▶ flow table (key) ─▶ ingress(id) ─▶ that socket's set ─▶ pending
+//!  tcp_send/recv, close, abort ─▶ get_mut(id) ─▶ pending
+//!  egress: pending sockets, one segment each per round (fair), until quiet or the queue is full
+//!          ─▶ settled: poll_at ─▶ timer heap (stale entries skipped by generation)
+//!  handle_timeout ─▶ due() ─▶ pending again (and their flows looked at)
+//! ```
+//!
+//! The pool also keeps the buffer bytes of all its sockets as a running total (the TCP buffer
+//! budget), updated in `add` and `remove`, the one place sockets are freed.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use smoltcp::iface::{Interface, SocketHandle, SocketSet};
+use smoltcp::phy::DeviceCapabilities;
+use smoltcp::socket::tcp;
+use smoltcp::time::Instant;
+
+use crate::FlowId;
+use crate::device::{BoardQueue, SmolDevice};
+
+/// A socket of the pool. Ids are reused after `remove`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct SockId(usize);
+
+struct Slot {
+    set: SocketSet<'static>,
+    handle: SocketHandle,
+    /// Receive + transmit capacity, as counted in `buffer_bytes`.
+    capacity: usize,
+    /// The flow it carries (`None` once it is a zombie waiting for its last packet).
+    owner: Option<FlowId>,
+    /// On the pending list.
+    pending: bool,
+    /// Generation of its live heap entry (entries with another generation are stale).
+    timer_gen: u64,
+}
+
+/// The sockets, the pending list and the timer heap.
+#[derive(Default)]
+pub(crate) struct TcpSockets {
+    slots: Vec<Option<Slot>>,
+    free: Vec<usize>,
+    live: usize,
+    buffer_bytes: usize,
+    pending: Vec<SockId>,
+    timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    next_gen: u64,
+    /// For segments of no flow: smoltcp answers them with a RST.
+    empty: Option<SocketSet<'static>>,
+}
+
+impl core::fmt::Debug for TcpSockets {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("TcpSockets")
+            .field("live", &self.live)
+            .field("buffer_bytes", &self.buffer_bytes)
+            .field("pending", &self.pending.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TcpSockets {
+    /// Add a socket (pending: a connecting socket has its SYN to send).
+    pub(crate) fn add(&mut self, sock: tcp::Socket<'static>) -> SockId {
+        let capacity = sock.recv_capacity() + sock.send_capacity();
+        let mut set = SocketSet::new(Vec::with_capacity(1));
+        let handle = set.add(sock);
+        let slot = Slot {
+            set,
+            handle,
+            capacity,
+            owner: None,
+            pending: false,
+            timer_gen: 0,
+        };
+        let id = if let Some(i) = self.free.pop() {
+            self.slots[i] = Some(slot);
+            SockId(i)
+        } else {
+            self.slots.push(Some(slot));
+            SockId(self.slots.len() - 1)
+        };
+        self.live += 1;
+        self.buffer_bytes += capacity;
+        self.mark_pending(id);
+        id
+    }
+
+    /// Free a socket; returns its buffer bytes. The only place a socket leaves the pool.
+    pub(crate) fn remove(&mut self, id: SockId) -> usize {
+        let Some(slot) = self.slots.get_mut(id.0).and_then(Option::take) else {
+            return 0;
+        };
+        self.free.push(id.0);
+        self.live -= 1;
+        self.buffer_bytes -= slot.capacity;
+        slot.capacity
+    }
+
+    /// Receive + transmit buffer bytes of every socket in the pool.
+    pub(crate) fn buffer_bytes(&self) -> usize {
+        self.buffer_bytes
+    }
+
+    /// Number of sockets.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.live
+    }
+
+    /// Record which flow a socket carries (`None`: a zombie).
+    pub(crate) fn set_owner(&mut self, id: SockId, owner: Option<FlowId>) {
+        if let Some(s) = self.slot_mut(id) {
+            s.owner = owner;
+        }
+    }
+
+    fn slot(&self, id: SockId) -> &Slot {
+        match self.slots.get(id.0) {
+            Some(Some(s)) => s,
+            // Ids come only from `add` and are dropped with their flow or zombie entry.
+            _ => unreachable!("TCP socket {id:?} is not in the pool"),
+        }
+    }
+
+    fn slot_mut(&mut self, id: SockId) -> Option<&mut Slot> {
+        self.slots.get_mut(id.0).and_then(Option::as_mut)
+    }
+
+    pub(crate) fn get(&self, id: SockId) -> &tcp::Socket<'static> {
+        let s = self.slot(id);
+        s.set.get::<tcp::Socket<'static>>(s.handle)
+    }
+
+    /// The socket, to change: it becomes pending (a change may give it something to send or
+    /// move its deadline).
+    pub(crate) fn get_mut(&mut self, id: SockId) -> &mut tcp::Socket<'static> {
+        self.mark_pending(id);
+        self.get_mut_quiet(id)
+    }
+
+    /// The socket, to look at or change without making it pending: the caller marks it
+    /// (`mark_pending`) if it changed anything egress or its deadline depends on.
+    pub(crate) fn get_mut_quiet(&mut self, id: SockId) -> &mut tcp::Socket<'static> {
+        match self.slots.get_mut(id.0) {
+            Some(Some(s)) => s.set.get_mut::<tcp::Socket<'static>>(s.handle),
+            _ => unreachable!("TCP socket {id:?} is not in the pool"),
+        }
+    }
+
+    pub(crate) fn mark_pending(&mut self, id: SockId) {
+        if let Some(s) = self.slot_mut(id)
+            && !s.pending
+        {
+            s.pending = true;
+            self.pending.push(id);
+        }
+    }
+
+    /// Something may be waiting to be sent.
+    pub(crate) fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Hand one board segment to socket `id` (`None`: no socket takes it, smoltcp answers a RST).
+    pub(crate) fn ingress(
+        &mut self,
+        id: Option<SockId>,
+        iface: &mut Interface,
+        now: Instant,
+        dev: &mut SmolDevice<'_>,
+    ) {
+        let set = match id {
+            Some(id) => {
+                self.mark_pending(id);
+                match self.slots.get_mut(id.0) {
+                    Some(Some(s)) => &mut s.set,
+                    _ => unreachable!("TCP socket {id:?} is not in the pool"),
+                }
+            }
+            None => self.empty.get_or_insert_with(|| SocketSet::new(Vec::new())),
+        };
+        iface.poll_ingress_single(now, dev, set);
+    }
+
+    /// Run egress for the pending sockets, one segment from each per round so that bulk flows
+    /// share the board queue, until none has more or the queue is full (the rest stay pending).
+    /// Every socket that finished its turn gets its next deadline on the heap and its flow
+    /// pushed to `touched` (its state may have moved: a timeout, TIME-WAIT over).
+    pub(crate) fn egress(
+        &mut self,
+        iface: &mut Interface,
+        now: Instant,
+        queue: &mut BoardQueue,
+        caps: &DeviceCapabilities,
+        touched: &mut Vec<FlowId>,
+    ) {
+        let mut round = core::mem::take(&mut self.pending);
+        let mut next = Vec::new();
+        while !round.is_empty() {
+            for (k, &id) in round.iter().enumerate() {
+                if queue.is_full() {
+                    queue.blocked = true;
+                    next.extend_from_slice(&round[k..]);
+                    break;
+                }
+                let Some(slot) = self.slots.get_mut(id.0).and_then(Option::as_mut) else {
+                    continue;
+                };
+                if !slot.pending {
+                    continue; // a duplicate of an id freed and reused meanwhile
+                }
+                let before = queue.len();
+                let mut dev = SmolDevice {
+                    rx: None,
+                    queue,
+                    caps,
+                };
+                iface.poll_egress(now, &mut dev, &mut slot.set);
+                if queue.len() > before {
+                    next.push(id);
+                    continue;
+                }
+                slot.pending = false;
+                touched.extend(slot.owner);
+                let at = iface.poll_at(now, &slot.set);
+                self.next_gen += 1;
+                slot.timer_gen = self.next_gen;
+                if let Some(t) = at {
+                    self.timers.push(Reverse((t, id.0, self.next_gen)));
+                }
+            }
+            if queue.is_full() {
+                break;
+            }
+            round = core::mem::take(&mut next);
+        }
+        // What is left stays pending (its flag is still set); new ones may have joined.
+        next.append(&mut self.pending);
+        self.pending = next;
+        self.compact_timers();
+    }
+
+    /// The earliest live deadline.
+    pub(crate) fn next_deadline(&mut self) -> Option<Instant> {
+        while let Some(&Reverse((t, i, g))) = self.timers.peek() {
+            if self.is_live(i, g) {
+                return Some(t);
+            }
+            self.timers.pop();
+        }
+        None
+    }
+
+    /// Sockets whose deadline has come become pending; their flows are pushed to `touched`.
+    pub(crate) fn due(&mut self, now: Instant, touched: &mut Vec<FlowId>) {
+        while let Some(&Reverse((t, i, g))) = self.timers.peek() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            if self.is_live(i, g) {
+                let id = SockId(i);
+                if let Some(s) = self.slot_mut(id) {
+                    s.timer_gen = 0;
+                    touched.extend(s.owner);
+                }
+                self.mark_pending(id);
+            }
+        }
+    }
+
+    fn is_live(&self, i: usize, generation: u64) -> bool {
+        matches!(self.slots.get(i), Some(Some(s)) if s.timer_gen == generation)
+    }
+
+    /// Every settle pushes a heap entry and leaves the previous one stale: rebuild the heap from
+    /// the live entries when stale ones outnumber them, so it stays O(sockets).
+    fn compact_timers(&mut self) {
+        if self.timers.len() <= 2 * self.live + 64 {
+            return;
+        }
+        let slots = &self.slots;
+        self.timers.retain(
+            |&Reverse((_, i, g))| matches!(slots.get(i), Some(Some(s)) if s.timer_gen == g),
+        );
+    }
+
+    /// The sockets in the pool, for tests that recount.
+    #[cfg(test)]
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &tcp::Socket<'static>> {
+        self.slots
+            .iter()
+            .flatten()
+            .map(|s| s.set.get::<tcp::Socket<'static>>(s.handle))
+    }
+}
