@@ -15,8 +15,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use qbkit_link::control::LinkStatus;
 use qbkit_link::{LinkEvent, LinkUp};
-use shared_frame::{Framing, Instant, LinkState};
+use shared_frame::{Framing, Instant};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
@@ -271,11 +272,9 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
                 Err(e) => tracing::warn!(error = %e, "TUN read failed"),
             },
             () = timer => pump.handle_timeout(now()),
-            Some((req, reply)) = ctl_rx.recv() => {
-                let text = serde_json::to_string(&status(&pump, &opts, start.elapsed()))
-                    .unwrap_or_default();
-                let _ = reply.send(text);
-                if req == Request::Teardown {
+            Some(control::Pending { request, stream }) = ctl_rx.recv() => {
+                qbkit_link::control::reply(stream, &status(&pump, &opts, start.elapsed()));
+                if request == Request::Teardown {
                     tracing::info!("teardown requested");
                     break;
                 }
@@ -325,7 +324,6 @@ async fn apply_config(
 
 fn status(pump: &Pump, opts: &RunOptions, uptime: Duration) -> Status {
     let s = pump.session();
-    let n = s.negotiated();
     let applied = pump.applied_link_config().map(|lc| opts.net.apply(lc));
     let mut counters = std::collections::BTreeMap::new();
     if let Ok(serde_json::Value::Object(m)) = serde_json::to_value(pump.counters()) {
@@ -340,32 +338,28 @@ fn status(pump: &Pump, opts: &RunOptions, uptime: Duration) -> Status {
     }
     // Stream-link handshakes (zero without a key).
     counters.extend(qbkit_link::auth::COUNTERS.named());
-    counters.insert(
-        "control_accept_errors".to_owned(),
-        control::ACCEPT_ERRORS.load(std::sync::atomic::Ordering::Relaxed),
-    );
+    counters.extend(qbkit_link::control::COUNTERS.named());
+    let framing = pump.framing();
     Status {
         version: env!("CARGO_PKG_VERSION").to_owned(),
-        link: opts.link.to_string(),
+        pid: std::process::id(),
+        uptime_s: uptime.as_secs_f64(),
+        transport: opts.link.to_string(),
+        link: LinkStatus {
+            connected: framing.is_some(),
+            description: framing.map(|t| match t {
+                Framing::Usb { max_packet_size } => {
+                    format!("usb (wMaxPacketSize {max_packet_size})")
+                }
+                Framing::Stream if opts.link_key.is_some() => "stream (authenticated)".to_owned(),
+                Framing::Stream => "stream".to_owned(),
+            }),
+            ..LinkStatus::of_session(s)
+        },
         tun: opts.tun.clone(),
-        session: match s.state() {
-            LinkState::Connecting => "connecting",
-            LinkState::Up => "up",
-            LinkState::Down => "down",
-        }
-        .to_owned(),
         carrier: pump.carrier(),
         refused: pump.link_config_refused().map(ToString::to_string),
-        transport: pump.framing().map(|t| match t {
-            Framing::Usb { max_packet_size } => format!("usb (wMaxPacketSize {max_packet_size})"),
-            Framing::Stream if opts.link_key.is_some() => "stream (authenticated)".to_owned(),
-            Framing::Stream => "stream".to_owned(),
-        }),
-        protocol_version: n.map(|n| n.version),
-        max_bundle: n.map(|n| n.max_bundle),
-        link_mtu: n.map(|n| n.max_mtu),
         mtu: applied.as_ref().map(|lc| lc.mtu),
-        peer: n.map(|n| n.peer.identity.clone()),
         address: applied
             .as_ref()
             .and_then(|lc| lc.ipv4)
@@ -377,10 +371,6 @@ fn status(pump: &Pump, opts: &RunOptions, uptime: Duration) -> Status {
         dns: applied
             .map(|lc| lc.dns.iter().map(ToString::to_string).collect())
             .unwrap_or_default(),
-        rtt_us: s
-            .rtt()
-            .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
-        uptime_s: uptime.as_secs(),
         counters,
     }
 }

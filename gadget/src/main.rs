@@ -306,25 +306,26 @@ mod linux {
                     print!("{reply}");
                 } else {
                     let s: control::Status = serde_json::from_str(&reply)?;
+                    let l = &s.link;
                     println!(
                         "link       {} ({})",
-                        s.link,
-                        qbkit_cli::printable(s.transport.as_deref().unwrap_or("detached"))
+                        s.transport,
+                        qbkit_cli::printable(l.description.as_deref().unwrap_or("detached"))
                     );
                     println!(
                         "session    {} carrier {}",
-                        s.session,
+                        l.session,
                         if s.carrier { "on" } else { "off" }
                     );
                     if let Some(r) = &s.refused {
                         println!("refused    link configuration from the host: {r}");
                     }
-                    if let Some(v) = s.protocol_version {
+                    if let Some(v) = l.protocol_version {
                         println!(
                             "peer       {} protocol v{v} mtu {} max bundle {}",
-                            qbkit_cli::printable(s.peer.as_deref().unwrap_or_default()),
+                            qbkit_cli::printable(l.peer.as_deref().unwrap_or_default()),
                             s.mtu.unwrap_or(0),
-                            s.max_bundle.unwrap_or(0)
+                            l.max_bundle.unwrap_or(0)
                         );
                     }
                     println!(

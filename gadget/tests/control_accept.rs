@@ -49,7 +49,9 @@ async fn accept_errors_back_off() {
     setrlimit(Resource::Nofile, old).unwrap();
     drop(client);
     let _ = std::fs::remove_dir_all(&dir);
-    let errors = control::ACCEPT_ERRORS.load(std::sync::atomic::Ordering::Relaxed);
+    let errors = qbkit_link::control::COUNTERS
+        .accept_errors
+        .load(std::sync::atomic::Ordering::Relaxed);
     // 10 ms doubling: about 7 tries in the second, each counted (status: control_accept_errors).
     assert!((1..=12).contains(&errors), "{errors} accept errors counted");
     assert!(

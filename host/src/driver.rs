@@ -64,6 +64,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use qbkit_link::control;
 use qbkit_nat::{NatConfig, NatError, Protocol};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Sleep;
@@ -72,7 +73,7 @@ use crate::core::{Core, CoreConfig};
 use crate::forward::{self, ForwardSpec, Forwards, Inbound, Owner};
 use crate::report::{self, LiveLine, Summary};
 use crate::sockets::{OsStream, ReadyQueue, Sockets};
-use crate::status::{self, ControlMsg, Reply, Request, Status};
+use crate::status::{self, ControlMsg, ForwardsData, Reply, Request, Status};
 use crate::transport::{LinkEvent, LinkUp};
 
 /// Received bundles handled per work pass before the core's output is drained (bounds latency
@@ -201,17 +202,12 @@ pub async fn run(
     }
     // Without a control socket the board is still served: only status, runtime forwards and
     // `connect` are missing.
-    let mut control = match &d.cfg.control_path {
-        Some(p) => match status::ControlServer::bind(p) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                tracing::warn!(path = %p.display(), error = %e, "no control socket: `status`, `forward` and `connect` will not reach this daemon");
-                None
-            }
-        },
-        None => None,
-    };
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlMsg>(16);
+    if let Some(p) = &d.cfg.control_path
+        && let Err(e) = status::serve(p, ctl_tx)
+    {
+        tracing::warn!(path = %p.display(), error = %e, "no control socket: `status`, `forward` and `connect` will not reach this daemon");
+    }
     tracing::info!(
         board = %d.cfg.nat.board_ipv4,
         gateway = %d.cfg.nat.gateway_ipv4,
@@ -270,11 +266,6 @@ pub async fn run(
             }
             _ = async { summary_tick.as_mut().expect("guarded").tick().await }, if summary_tick.is_some() => {
                 d.publish_summary();
-            }
-            conn = async { control.as_mut().expect("guarded").accept().await }, if control.is_some() => {
-                if let Some(stream) = conn {
-                    status::read_request(stream, ctl_tx.clone());
-                }
             }
             Some(msg) = ctl_rx.recv() => d.handle_control(msg),
             Ok(()) = async { dns_updates.as_mut().expect("guarded").changed().await }, if dns_updates.is_some() => {
@@ -590,13 +581,15 @@ impl Driver {
             Ok(()) => Reply {
                 ok: true,
                 error: None,
-                forwards: Some(d.forward_status()),
+                data: ForwardsData {
+                    forwards: Some(d.forward_status()),
+                },
             },
             Err(e) => Reply::error(e),
         };
         match request {
-            Request::Status => status::reply_json(stream, &self.status()),
-            Request::ForwardList => status::reply_json(stream, &forwards_reply(self, Ok(()))),
+            Request::Status => control::reply(stream, &self.status()),
+            Request::ForwardList => control::reply(stream, &forwards_reply(self, Ok(()))),
             Request::ForwardAdd { spec } => {
                 let r = ForwardSpec::parse(&spec)
                     .map_err(|e| e.to_string())
@@ -606,14 +599,14 @@ impl Driver {
                             .map_err(|e| format!("forward {s}: {e}"))
                     });
                 self.core.mark_changed();
-                status::reply_json(stream, &forwards_reply(self, r));
+                control::reply(stream, &forwards_reply(self, r));
             }
             Request::ForwardRemove { spec } => {
                 let r = ForwardSpec::parse(&spec)
                     .map_err(|e| e.to_string())
                     .and_then(|s| self.forwards.remove(&s).map_err(|e| e.to_string()));
                 self.core.mark_changed();
-                status::reply_json(stream, &forwards_reply(self, r));
+                control::reply(stream, &forwards_reply(self, r));
             }
             Request::Connect { target } => self.connect(stream, &target),
         }
@@ -623,11 +616,11 @@ impl Driver {
     fn connect(&mut self, stream: status::ControlStream, target: &str) {
         let port = match forward::connect_target(target, self.cfg.nat.board_ipv4) {
             Ok(p) => p,
-            Err(e) => return status::reply_json(stream, &Reply::error(e)),
+            Err(e) => return control::reply(stream, &Reply::error(e)),
         };
         if !self.core.is_up() {
             self.core.counters_mut().inbound_no_session += 1;
-            return status::reply_json(
+            return control::reply(
                 stream,
                 &Reply::error("no board is connected to this qbkit-host"),
             );
@@ -644,7 +637,7 @@ impl Driver {
                 self.forwards.opened(flow, Owner::Connect);
             }
             Err(e) => {
-                status::reply_json(stream, &Reply::error(format!("board port {port}: {e}")));
+                control::reply(stream, &Reply::error(format!("board port {port}: {e}")));
             }
         }
     }

@@ -364,7 +364,7 @@ fn forward(action: ForwardAction, control: Option<PathBuf>) -> anyhow::Result<()
     if let Some(e) = reply.error {
         anyhow::bail!(e);
     }
-    let forwards = reply.forwards.unwrap_or_default();
+    let forwards = reply.data.forwards.unwrap_or_default();
     if json {
         println!("{}", serde_json::to_string_pretty(&forwards)?);
     } else if matches!(request, status::Request::ForwardList) {

@@ -1,15 +1,15 @@
 //! `qbkit-host status`: the snapshot the running driver serves on its control socket, and the
 //! client that reads it.
 //!
-//! Protocol: a client connects to the control channel (a unix socket; a named pipe on Windows:
-//! [`crate::platform::ControlListener`]) and writes one request line, a JSON
-//! [`Request`] (`{"op":"status"}`, `{"op":"forward_add","spec":"2222:22"}`, …; a client that
-//! sends nothing and half-closes gets the status, as before requests existed). A small task reads
-//! the line (bounded in size and time) and hands it to the driver loop, which answers with one
-//! JSON document ([`Status`], or a [`Reply`]) written by another small task, so a slow client
-//! never stalls the NAT. `connect` is the exception: after its `{"ok":true}` line the same
-//! connection carries the raw bytes of a TCP connection to the board (see `sockets.rs`).
-//! `--json` prints a document as is; the default output is a human summary.
+//! Protocol: the shape both programs share, [`qbkit_link::control`], on a unix socket (a named
+//! pipe on Windows: [`crate::platform::control_listen`]): one request line, a JSON [`Request`]
+//! (`{"op":"status"}`, `{"op":"forward_add","spec":"2222:22"}`, …; a client that sends nothing
+//! and half-closes gets the status), read by a small task and handed to the driver loop, which
+//! answers with one JSON document ([`Status`], or a [`Reply`]) written by another small task, so
+//! a slow client never stalls the NAT. `connect` is the exception: after its `{"ok":true}` line
+//! the same connection carries the raw bytes of a TCP connection to the board (see
+//! `sockets.rs`). `--json` prints a document as is; the default output is a human summary.
+//! [`LinkStatus`] (under `link`) has the same fields in `qbkit-gadget status`.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -17,24 +17,24 @@ use std::path::Path;
 use std::time::Duration;
 
 use qbkit_cli::printable;
+pub use qbkit_link::control::LinkStatus;
+use qbkit_link::control::{self, Incoming};
 use qbkit_nat::{FlowInfo, Nat, Protocol};
 use serde::{Deserialize, Serialize};
-use shared_frame::{LinkState, Session, Stats};
+use shared_frame::{Session, Stats};
 
 use crate::core::CoreCounters;
 use crate::forward::ForwardStatus;
 use crate::platform;
 use crate::sockets::SocketCounters;
 
-/// The longest request line a client may send.
-const MAX_REQUEST: usize = 4096;
-
 /// A control-socket request (one JSON line).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Request {
     /// The [`Status`] document.
+    #[default]
     Status,
     /// Add a forward (`SPEC` as `--forward` takes it).
     ForwardAdd {
@@ -56,28 +56,14 @@ pub enum Request {
 }
 
 /// The answer to every request but `status` (and `connect` once it succeeded: then `ok` only).
+pub type Reply = control::Reply<ForwardsData>;
+
+/// What a forward request returns.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Reply {
-    /// The request was carried out.
-    #[serde(default)]
-    pub ok: bool,
-    /// Why not.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// The forwards after the request (forward requests).
+pub struct ForwardsData {
+    /// The forwards after the request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forwards: Option<Vec<ForwardStatus>>,
-}
-
-impl Reply {
-    /// A failure.
-    pub fn error(msg: impl Into<String>) -> Self {
-        Self {
-            ok: false,
-            error: Some(msg.into()),
-            forwards: None,
-        }
-    }
 }
 
 /// Everything `status` shows.
@@ -160,31 +146,6 @@ pub struct DnsStatus {
     pub changes: u64,
     /// Re-reads that failed or found no resolver.
     pub reread_errors: u64,
-}
-
-/// The link part of [`Status`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LinkStatus {
-    /// A transport link is attached (stream connected, USB device claimed).
-    pub connected: bool,
-    /// Which (peer address, path, USB port).
-    pub description: Option<String>,
-    /// Session state: `connecting`, `up`, `down`.
-    pub session: String,
-    /// Negotiated protocol version (the same name as in `qbkit-gadget status`).
-    pub protocol_version: Option<u8>,
-    /// Negotiated MTU (largest IP packet to the board).
-    pub mtu: Option<u32>,
-    /// Negotiated largest bundle to the board.
-    pub max_bundle: Option<usize>,
-    /// The board's identity from its Hello.
-    pub peer: Option<String>,
-    /// Last keepalive round trip in microseconds.
-    pub rtt_us: Option<u64>,
-    /// Why the link was last lost or could not be established (a refused dial, a transport
-    /// command's exit status), kept after the link came back.
-    #[serde(default)]
-    pub last_error: Option<String>,
 }
 
 /// One flow in [`Status`].
@@ -290,25 +251,13 @@ fn counter_map<T: Serialize>(c: &T) -> BTreeMap<String, u64> {
 
 impl Status {
     pub(crate) fn collect(s: &Sources<'_>) -> Self {
-        let neg = s.session.negotiated();
+        let of_session = LinkStatus::of_session(s.session);
         let link = LinkStatus {
             connected: s.link.is_some(),
             description: s.link.map(str::to_owned),
-            session: match s.session.state() {
-                LinkState::Connecting => "connecting",
-                LinkState::Up => "up",
-                LinkState::Down => "down",
-            }
-            .to_owned(),
-            protocol_version: neg.map(|n| n.version),
-            mtu: neg.map(|n| n.max_mtu.min(s.nat.config().mtu as u32)),
-            max_bundle: neg.map(|n| n.max_bundle),
-            peer: neg.map(|n| n.peer.identity.clone()),
-            rtt_us: s
-                .session
-                .rtt()
-                .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+            mtu: of_session.mtu.map(|m| m.min(s.nat.config().mtu as u32)),
             last_error: s.last_link_error.map(str::to_owned),
+            ..of_session
         };
         let mut session: BTreeMap<String, u64> = s
             .session
@@ -367,7 +316,11 @@ impl Status {
                 .collect(),
             session,
             sockets: counter_map(s.sockets),
-            driver: counter_map(s.driver),
+            driver: {
+                let mut m = counter_map(s.driver);
+                m.extend(control::COUNTERS.named());
+                m
+            },
             peer_stats,
             flows,
             forwards: s.forwards.clone(),
@@ -504,107 +457,19 @@ impl Status {
     }
 }
 
-/// The daemon side of the control channel (a unix socket, or a named pipe on Windows:
-/// [`crate::platform::ControlListener`]).
-#[derive(Debug)]
-pub(crate) struct ControlServer {
-    listener: platform::ControlListener,
-}
-
-/// A connected status client.
+/// A connected control client.
 pub(crate) type ControlStream = platform::ControlStream;
 
-impl ControlServer {
-    /// Binds the control channel at `path`.
-    pub(crate) fn bind(path: &Path) -> io::Result<Self> {
-        platform::ControlListener::bind(path).map(|listener| Self { listener })
-    }
-
-    /// The next client (`None` on a transient accept error, which is logged).
-    pub(crate) async fn accept(&mut self) -> Option<ControlStream> {
-        match self.listener.accept().await {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(error = %e, "control socket accept failed");
-                None
-            }
-        }
-    }
-}
-
 /// A request read from a control client, with the client to answer.
-#[derive(Debug)]
-pub(crate) struct ControlMsg {
-    pub(crate) request: Request,
-    pub(crate) stream: ControlStream,
-}
+pub(crate) type ControlMsg = Incoming<Request, ControlStream>;
 
-/// Reads one line (without its newline) of at most [`MAX_REQUEST`] bytes, byte by byte: nothing
-/// after the newline may be consumed (`connect` turns the rest of the connection into raw data).
-/// EOF ends the line too.
-async fn read_line<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> io::Result<Vec<u8>> {
-    use tokio::io::AsyncReadExt as _;
-    let mut line = Vec::new();
-    let mut b = [0u8; 1];
-    while line.len() < MAX_REQUEST {
-        if r.read(&mut b).await? == 0 || b[0] == b'\n' {
-            break;
-        }
-        line.push(b[0]);
-    }
-    Ok(line)
-}
-
-/// Reads one request line from a new client in a small task and hands it to the driver.
-/// A client that half-closes without a request gets the status; a bad request gets an error
-/// reply at once, without the driver.
-pub(crate) fn read_request(stream: ControlStream, tx: tokio::sync::mpsc::Sender<ControlMsg>) {
-    tokio::spawn(async move {
-        let mut stream = stream;
-        let line = match tokio::time::timeout(Duration::from_secs(5), read_line(&mut stream)).await
-        {
-            Ok(Ok(line)) => line,
-            Ok(Err(e)) => return tracing::debug!(error = %e, "control client went away"),
-            Err(_) => return tracing::debug!("control client sent no request in 5 s"),
-        };
-        let request = if line.iter().all(u8::is_ascii_whitespace) {
-            Ok(Request::Status)
-        } else {
-            serde_json::from_slice::<Request>(&line)
-        };
-        match request {
-            Ok(request) => {
-                let _ = tx.send(ControlMsg { request, stream }).await;
-            }
-            Err(e) => reply_json(
-                stream,
-                &Reply::error(format!(
-                    "bad request (is this qbkit-host {} ?): {e}",
-                    env!("CARGO_PKG_VERSION")
-                )),
-            ),
-        }
-    });
-}
-
-/// Writes one JSON document to a client from a small task, then closes (the loop never waits
-/// for a client).
-pub(crate) fn reply_json<T: Serialize>(stream: ControlStream, doc: &T) {
-    use tokio::io::AsyncWriteExt as _;
-    let Ok(mut doc) = serde_json::to_vec(doc) else {
-        return;
-    };
-    doc.push(b'\n');
-    let mut stream = stream;
-    tokio::spawn(async move {
-        let w = async {
-            stream.write_all(&doc).await?;
-            stream.shutdown().await
-        };
-        if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(5), w).await {
-            tracing::debug!(error = %e, "control client went away");
-        }
-    });
+/// Binds the control channel at `path` and serves it into `to_driver` (until that closes).
+pub(crate) fn serve(
+    path: &Path,
+    to_driver: tokio::sync::mpsc::Sender<ControlMsg>,
+) -> io::Result<()> {
+    control::serve(platform::control_listen(path)?, to_driver);
+    Ok(())
 }
 
 /// A current-thread runtime for the client commands (`status`, `forward`, `connect`).
@@ -616,25 +481,11 @@ fn client_runtime() -> io::Result<tokio::runtime::Runtime> {
 
 /// Client: sends `request` and returns the daemon's JSON answer (within 5 s).
 pub fn request(path: &Path, request: &Request) -> io::Result<String> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut line = serde_json::to_vec(request).map_err(io::Error::other)?;
-    line.push(b'\n');
-    let exchange = async {
-        let mut s = platform::control_connect(path).await?;
-        s.write_all(&line).await?;
-        let mut doc = String::new();
-        s.read_to_string(&mut doc).await?;
-        Ok(doc)
-    };
     client_runtime()?.block_on(async {
-        tokio::time::timeout(Duration::from_secs(5), exchange)
+        let s = tokio::time::timeout(control::CLIENT_TIMEOUT, platform::control_connect(path))
             .await
-            .unwrap_or_else(|_| {
-                Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the daemon did not answer within 5 s",
-                ))
-            })
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the daemon did not answer"))??;
+        control::exchange(s, request).await
     })
 }
 
@@ -655,7 +506,7 @@ pub async fn connect_stream(path: &Path, target: &str) -> io::Result<platform::C
     line.push(b'\n');
     s.write_all(&line).await?;
     // The board answers within a round trip; a silent one within the NAT's connect timeout.
-    let reply = tokio::time::timeout(Duration::from_secs(90), read_line(&mut s))
+    let reply = tokio::time::timeout(Duration::from_secs(90), control::read_line(&mut s))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer from the daemon"))??;
     let reply: Reply = serde_json::from_slice(&reply).map_err(|_| {
@@ -753,7 +604,7 @@ fn render_flows(flows: &[FlowStatus]) -> String {
     o
 }
 
-/// Forwards as a table (`status`, `forward list`).
+/// ForwardsData as a table (`status`, `forward list`).
 pub fn render_forwards(forwards: &[ForwardStatus]) -> String {
     use std::fmt::Write as _;
     let mut o = String::new();

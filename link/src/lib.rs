@@ -20,9 +20,13 @@
 //! silent or wrong peer never holds the accept slot. Loopback TCP and unix sockets stay keyless
 //! unless a key is given (file permissions protect unix sockets). Bundles after the handshake are
 //! not encrypted: for untrusted networks run the link over SSH or qrexec.
+//!
+//! Both programs' local control channel (`status` and the other client commands) has one shape
+//! too: [`control`].
 
 pub mod auth;
 pub mod backoff;
+pub mod control;
 pub mod task;
 
 use std::fmt;

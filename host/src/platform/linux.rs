@@ -10,8 +10,8 @@ use std::io;
 use std::net::SocketAddr;
 
 pub use super::unix::{
-    ControlClient, ControlListener, ControlStream, control_connect, control_shutdown_write,
-    default_control_path, host_addrs, ping_socket, raise_fd_limit,
+    ControlClient, ControlListener, ControlStream, control_connect, control_listen,
+    control_shutdown_write, default_control_path, host_addrs, ping_socket, raise_fd_limit,
 };
 
 /// Upstream resolvers from /etc/resolv.conf; when it names the systemd-resolved stub

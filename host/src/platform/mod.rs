@@ -6,8 +6,8 @@
 //! [`ping_socket`] (an unprivileged ICMP echo socket, or the error that makes the NAT fall back
 //! to answering the gateway only), [`tune_allocator`] (once at start-up), [`rss_bytes`] (for
 //! `status`), [`raise_fd_limit`] (one socket per flow), and the control channel that `qbkit-host
-//! status`, `forward` and `connect` talk to: [`default_control_path`], [`ControlListener`] (the
-//! daemon's side), [`control_connect`] (the client's), [`ControlStream`] (one client connection,
+//! status`, `forward` and `connect` talk to: [`default_control_path`], [`control_listen`] (the
+//! daemon's side, a [`qbkit_link::control::Listener`]), [`control_connect`] (the client's), [`ControlStream`] (one client connection,
 //! with [`control_shutdown_write`]). On Unix it is a unix socket, on Windows a named pipe.
 //!
 //! Pure helpers used by several backends (packet builders) live here, so they are unit-tested on
@@ -20,22 +20,25 @@ use std::net::{IpAddr, SocketAddr};
 mod unix;
 
 #[cfg(target_os = "linux")]
-#[path = "linux.rs"]
-mod imp;
+mod linux;
+#[cfg(target_os = "linux")]
+use linux as imp;
 
 // macOS, and the other Unix systems (BSDs), which need nothing different.
 #[cfg(all(unix, not(target_os = "linux")))]
-#[path = "macos.rs"]
-mod imp;
+mod macos;
+#[cfg(all(unix, not(target_os = "linux")))]
+use macos as imp;
 
 #[cfg(windows)]
-#[path = "windows.rs"]
-mod imp;
+mod windows;
+#[cfg(windows)]
+use windows as imp;
 
 pub use imp::{
-    ControlClient, ControlListener, ControlStream, control_connect, control_shutdown_write,
-    default_control_path, dns_servers, host_addrs, ping_socket, raise_fd_limit, rss_bytes,
-    tune_allocator,
+    ControlClient, ControlListener, ControlStream, control_connect, control_listen,
+    control_shutdown_write, default_control_path, dns_servers, host_addrs, ping_socket,
+    raise_fd_limit, rss_bytes, tune_allocator,
 };
 
 pub use qbkit_nat::resolvers::{RESOLVED_STUB, parse_nameservers};

@@ -47,51 +47,15 @@ pub fn default_control_path() -> PathBuf {
 }
 
 /// The daemon side of the control channel: a unix socket at a path, removed again on drop.
-#[derive(Debug)]
-pub struct ControlListener {
-    listener: tokio::net::UnixListener,
-    path: PathBuf,
-}
+pub type ControlListener = qbkit_link::control::UnixControlListener;
 
-impl ControlListener {
-    /// Binds the socket (replacing a stale one; a missing directory is created with mode 0700).
-    /// `AddrInUse` when another daemon answers on it.
-    pub fn bind(path: &Path) -> io::Result<Self> {
-        use std::os::unix::fs::PermissionsExt as _;
-        if let Some(dir) = path.parent()
-            && !dir.exists()
-        {
-            std::fs::create_dir_all(dir)?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-        }
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(io::Error::new(
-                io::ErrorKind::AddrInUse,
-                "another qbkit-host is serving this control socket (use --control)",
-            ));
-        }
-        match std::fs::remove_file(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-        let listener = tokio::net::UnixListener::bind(path)?;
-        Ok(Self {
-            listener,
-            path: path.to_owned(),
-        })
-    }
-
-    /// The next client.
-    pub async fn accept(&mut self) -> io::Result<ControlStream> {
-        self.listener.accept().await.map(|(s, _)| s)
-    }
-}
-
-impl Drop for ControlListener {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
+/// Binds the control socket (replacing a stale one; a missing directory is created with mode
+/// 0700). `AddrInUse` when another daemon answers on it.
+pub fn control_listen(path: &Path) -> io::Result<ControlListener> {
+    ControlListener::bind(
+        path,
+        "another qbkit-host is serving this control socket (use --control)",
+    )
 }
 
 /// Connects a client to the daemon's control socket.

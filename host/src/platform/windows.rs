@@ -239,10 +239,19 @@ impl ControlListener {
             })?;
         Ok(Self { name, next })
     }
+}
+
+/// Creates the control pipe (see [`ControlListener::bind`]).
+pub fn control_listen(path: &Path) -> io::Result<ControlListener> {
+    ControlListener::bind(path)
+}
+
+impl qbkit_link::control::Listener for ControlListener {
+    type Stream = ControlStream;
 
     /// The next client: waits for one to connect to the waiting instance, and creates the next
     /// instance before handing the connected one over (so the name never disappears).
-    pub async fn accept(&mut self) -> io::Result<ControlStream> {
+    async fn accept(&mut self) -> io::Result<ControlStream> {
         self.next.connect().await?;
         let next = ServerOptions::new()
             .reject_remote_clients(true)
