@@ -7,7 +7,9 @@
 //! ```text
 //!  link task ──LinkEvent──▶ Core::handle_link_up / handle_bundle / handle_link_down
 //!  Core::poll_nat_event ──▶ Sockets::handle_event (open, send, shut down, close OS sockets)
-//!  OS sockets ──ready──▶ Sockets::service_ready ─▶ tcp_send_with / handle_os_event ─▶ Core's NAT
+//!  OS sockets ──ready──▶ Sockets::service_ready ─▶ tcp_send_with / tcp_recv_with (data only)
+//!  Sockets::poll_event (connected, refused, EOF, reset, datagram, echo reply) ──▶
+//!    Core::handle_os_event
 //!  link task ◀──bundle── Core::poll_transmit (when the link has a free slot)
 //! ```
 //!
@@ -322,9 +324,10 @@ impl Driver {
                 // Dropping the sender ends the link: the transport re-accepts or redials.
                 self.link = None;
             }
-            let now = self.clock.nat();
-            let mut progress = self.sockets.service_ready(self.core.nat_mut(), now);
+            let mut progress = self.sockets.service_ready(self.core.nat_mut());
+            progress |= self.feed_os_events();
             progress |= self.drain_nat_events();
+            progress |= self.feed_os_events();
             for c in self.sockets.take_closed() {
                 self.forwards
                     .closed(c.flow, c.to_board, c.from_board, c.refused);
@@ -387,13 +390,23 @@ impl Driver {
         }
     }
 
-    /// Carries out every pending NAT event. Returns true when there were any.
+    /// Carries out every pending NAT event on the sockets. Returns true when there were any.
     fn drain_nat_events(&mut self) -> bool {
         let mut any = false;
         while let Some(ev) = self.core.poll_nat_event() {
             any = true;
-            self.sockets
-                .handle_event(self.core.nat_mut(), self.clock.nat(), ev);
+            self.sockets.handle_event(ev);
+        }
+        any
+    }
+
+    /// Feeds what the OS sockets did into the core. Returns true when there was anything.
+    fn feed_os_events(&mut self) -> bool {
+        let now = self.clock.micros();
+        let mut any = false;
+        while let Some(ev) = self.sockets.poll_event() {
+            any = true;
+            self.core.handle_os_event(now, ev);
         }
         any
     }

@@ -1,5 +1,17 @@
 //! The OS side of the NAT: carries out [`NatEvent`]s on real non-blocking sockets and reports
-//! what the sockets did back as [`OsEvent`]s.
+//! what the sockets did back as [`OsEvent`]s, which the driver feeds into the NAT.
+//!
+//! # NAT and sockets talk by events
+//!
+//! [`Sockets::handle_event`] never calls the NAT: it opens, writes, shuts down or closes sockets,
+//! and what the OS answered (connected, refused, a datagram, an echo reply, an error) is queued.
+//! The driver takes the queue with [`Sockets::poll_event`] and hands each event to the core's
+//! `handle_os_event`. The only direct calls are the zero-copy TCP data calls of a socket service
+//! ([`TcpData`]: the OS `read` into the flow's board-bound buffer, the OS `write` from its
+//! board-sent bytes), made by [`Sockets::service_ready`]. A flow that the NAT says has data or
+//! room (`TcpReadable`, `TcpWritable`), or whose connect completed, is scheduled for that service
+//! instead of being serviced at once. Datagram payloads wait in one buffer until polled; a service
+//! pass stops early (the rest of its flows wait for the next pass) once [`MAX_QUEUED_BYTES`] wait.
 //!
 //! # Theory of operation
 //!
@@ -39,14 +51,15 @@
 //! flow; a flow with more to do is put on the `again` list and serviced on the next pass, after
 //! the driver has drained the core's output to the link.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
-use qbkit_nat::{ConnectError, DatagramError, FlowError, FlowId, Instant, Nat, NatEvent, OsEvent};
+use qbkit_nat::{ConnectError, DatagramError, FlowError, FlowId, Nat, NatEvent, OsEvent};
 use serde::Serialize;
 use socket2::{Domain, SockRef, Socket, Type};
 use tokio::net::{TcpStream, UdpSocket};
@@ -59,6 +72,8 @@ pub const TCP_BUDGET: usize = 1 << 20;
 pub const DGRAM_BUDGET: usize = 64;
 /// Receive scratch for one datagram (the largest UDP payload).
 const DGRAM_BUF: usize = 65536;
+/// Datagram bytes queued for the NAT after which a service pass stops (see the module docs).
+pub const MAX_QUEUED_BYTES: usize = 1 << 20;
 
 /// Which readiness a token stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -350,6 +365,7 @@ pub struct Sockets {
     buf: Vec<u8>,
     counters: SocketCounters,
     closed: Vec<ClosedInbound>,
+    out: Outbox,
 }
 
 impl std::fmt::Debug for Sockets {
@@ -377,6 +393,7 @@ impl Sockets {
             buf: vec![0; DGRAM_BUF],
             counters: SocketCounters::default(),
             closed: Vec::new(),
+            out: Outbox::default(),
         }
     }
 
@@ -400,21 +417,28 @@ impl Sockets {
         &self.counters
     }
 
-    /// True when some flow ran out of budget and wants another pass without waiting.
+    /// True when some flow ran out of budget, or is scheduled, and wants another pass without
+    /// waiting.
     pub fn has_more(&self) -> bool {
         !self.again.is_empty()
     }
 
-    /// Carries out one request of the core. May call back into the core (`handle_os_event`,
-    /// `tcp_recv_with`, `tcp_send_with`); the caller drains `poll_event` again afterwards.
-    pub fn handle_event(&mut self, nat: &mut Nat, now: Instant, ev: NatEvent) {
+    /// The next thing an OS socket did, for the NAT's `handle_os_event`, in the order it
+    /// happened.
+    pub fn poll_event(&mut self) -> Option<OsEvent<'_>> {
+        self.out.poll()
+    }
+
+    /// Carries out one request of the core; what the OS answered is queued for
+    /// [`poll_event`](Self::poll_event).
+    pub fn handle_event(&mut self, ev: NatEvent) {
         match ev {
-            NatEvent::TcpConnect { flow, src, dst } => self.tcp_connect(nat, now, flow, src, dst),
-            NatEvent::TcpEstablished { flow } => self.tcp_established(nat, now, flow),
+            NatEvent::TcpConnect { flow, src, dst } => self.tcp_connect(flow, src, dst),
+            NatEvent::TcpEstablished { flow } => self.tcp_established(flow),
             NatEvent::TcpReadable { flow } => {
                 if let Some(OsFlow::Tcp(t)) = self.flows.get_mut(&flow) {
                     t.board_data = true;
-                    self.service(nat, now, flow, Dir::Write);
+                    self.again.push(token(flow, Dir::Write));
                 } else {
                     self.counters.drop_unknown_flow += 1;
                 }
@@ -422,7 +446,7 @@ impl Sockets {
             NatEvent::TcpWritable { flow } => {
                 if let Some(OsFlow::Tcp(t)) = self.flows.get_mut(&flow) {
                     t.paused = false;
-                    self.service(nat, now, flow, Dir::Read);
+                    self.again.push(token(flow, Dir::Read));
                 } else {
                     self.counters.drop_unknown_flow += 1;
                 }
@@ -452,57 +476,68 @@ impl Sockets {
                 }
                 self.remove(flow);
             }
-            NatEvent::UdpOpen { flow, dst, .. } => self.udp_open(nat, now, flow, dst),
-            NatEvent::UdpSend { flow, payload } => self.udp_send(nat, now, flow, &payload),
+            NatEvent::UdpOpen { flow, dst, .. } => self.udp_open(flow, dst),
+            NatEvent::UdpSend { flow, payload } => self.udp_send(flow, &payload),
             NatEvent::UdpClose { flow } | NatEvent::IcmpClose { flow } => self.remove(flow),
             NatEvent::IcmpEchoRequest {
                 flow,
                 dst,
                 seq,
                 payload,
-            } => self.icmp_echo(nat, now, flow, dst, seq, &payload),
+            } => self.icmp_echo(flow, dst, seq, &payload),
             other => tracing::debug!(?other, "unhandled NAT event"),
         }
     }
 
-    /// Services every socket that became ready (and those left over from the last pass).
-    /// Returns true when anything was serviced.
-    pub fn service_ready(&mut self, nat: &mut Nat, now: Instant) -> bool {
+    /// Services every socket that became ready (and those scheduled or left over from the
+    /// last pass), moving TCP bytes with the NAT's data calls. Returns true when anything was
+    /// serviced.
+    pub fn service_ready(&mut self, nat: &mut Nat) -> bool {
         let mut tokens = std::mem::take(&mut self.scratch_tokens);
         self.queue.take(&mut tokens);
         tokens.append(&mut self.again);
         let any = !tokens.is_empty();
-        for t in tokens.drain(..) {
+        let mut tokens_left = tokens.drain(..);
+        for t in tokens_left.by_ref() {
             let (flow, dir) = untoken(t);
-            self.service(nat, now, flow, dir);
+            self.service(TcpData(nat), flow, dir);
+            if self.out.bytes.len() >= MAX_QUEUED_BYTES {
+                break;
+            }
         }
+        self.again.extend(tokens_left);
         self.scratch_tokens = tokens;
         any
     }
 
-    fn service(&mut self, nat: &mut Nat, now: Instant, flow: FlowId, dir: Dir) {
+    fn service(&mut self, nat: TcpData<'_>, flow: FlowId, dir: Dir) {
         let Some(f) = self.flows.get_mut(&flow) else {
             return; // a stale wake-up of a closed socket
         };
+        let mut cx = FlowCx {
+            flow,
+            nat,
+            out: &mut self.out,
+            counters: &mut self.counters,
+        };
         let outcome = match f {
-            OsFlow::Tcp(t) if t.connecting => tcp_check_connect(t, nat, now, flow),
+            OsFlow::Tcp(t) if t.connecting => cx.tcp_check_connect(t),
             OsFlow::Tcp(t) => match dir {
-                Dir::Read => tcp_os_to_board(t, nat, now, flow, &mut self.counters),
-                Dir::Write => tcp_board_to_os(t, nat, now, flow, &mut self.counters),
+                Dir::Read => cx.tcp_os_to_board(t),
+                Dir::Write => cx.tcp_board_to_os(t),
             },
-            OsFlow::Udp(d) => udp_recv(d, nat, now, flow, &mut self.buf, &mut self.counters),
-            OsFlow::Icmp(Some(d)) => {
-                icmp_recv(d, nat, now, flow, &mut self.buf, &mut self.counters)
-            }
+            OsFlow::Udp(d) => cx.udp_recv(d, &mut self.buf),
+            OsFlow::Icmp(Some(d)) => cx.icmp_recv(d, &mut self.buf),
             OsFlow::Icmp(None) | OsFlow::UdpPeer { .. } => Outcome::Idle,
         };
         match outcome {
             Outcome::Idle => {}
             Outcome::Again => self.again.push(token(flow, dir)),
             Outcome::Connected => {
-                // The server may have spoken first, and the board may already have data.
-                self.service(nat, now, flow, Dir::Read);
-                self.service(nat, now, flow, Dir::Write);
+                // The server may have spoken first, and the board may already have data: both
+                // directions once the NAT has taken `TcpConnected`.
+                self.again.push(token(flow, Dir::Read));
+                self.again.push(token(flow, Dir::Write));
             }
             Outcome::Gone => self.remove(flow),
         }
@@ -580,7 +615,7 @@ impl Sockets {
         }
     }
 
-    fn tcp_established(&mut self, nat: &mut Nat, now: Instant, flow: FlowId) {
+    fn tcp_established(&mut self, flow: FlowId) {
         let Some(OsFlow::Tcp(t)) = self.flows.get_mut(&flow) else {
             self.counters.drop_unknown_flow += 1;
             return;
@@ -590,7 +625,7 @@ impl Sockets {
             t.greeting = false;
             if !reply_line(&t.stream, r#"{"ok":true}"#) {
                 tracing::debug!(%flow, "connect client went away before the board answered");
-                nat.handle_os_event(now, OsEvent::TcpReset { flow });
+                self.out.push(OsEvent::TcpReset { flow });
                 self.remove(flow);
                 return;
             }
@@ -598,32 +633,25 @@ impl Sockets {
         tracing::debug!(%flow, "the board accepted an inbound connection");
     }
 
-    fn tcp_connect(
-        &mut self,
-        nat: &mut Nat,
-        now: Instant,
-        flow: FlowId,
-        src: SocketAddr,
-        dst: SocketAddr,
-    ) {
+    fn tcp_connect(&mut self, flow: FlowId, src: SocketAddr, dst: SocketAddr) {
         self.counters.tcp_connects += 1;
         match start_connect(dst) {
             Ok(stream) => {
                 tracing::trace!(%flow, %src, %dst, "tcp connect");
                 let t = TcpFlow::new(flow, &self.queue, OsStream::Tcp(stream), false, false);
                 self.flows.insert(flow, OsFlow::Tcp(t));
-                self.service(nat, now, flow, Dir::Write);
+                self.again.push(token(flow, Dir::Write));
             }
             Err(e) => {
                 self.counters.tcp_connect_failures += 1;
                 tracing::debug!(%flow, %dst, error = %e, "tcp connect failed at once");
                 let error = connect_error(&e);
-                nat.handle_os_event(now, OsEvent::TcpConnectFailed { flow, error });
+                self.out.push(OsEvent::TcpConnectFailed { flow, error });
             }
         }
     }
 
-    fn udp_open(&mut self, nat: &mut Nat, now: Instant, flow: FlowId, dst: SocketAddr) {
+    fn udp_open(&mut self, flow: FlowId, dst: SocketAddr) {
         match open_udp(dst) {
             Ok(sock) => {
                 self.counters.udp_opens += 1;
@@ -632,29 +660,26 @@ impl Sockets {
                     wakers: Wakers::new(flow, &self.queue),
                 };
                 self.flows.insert(flow, OsFlow::Udp(d));
-                self.service(nat, now, flow, Dir::Read);
+                self.again.push(token(flow, Dir::Read));
             }
             Err(e) => {
                 self.counters.udp_open_failures += 1;
                 tracing::debug!(%flow, %dst, error = %e, "udp socket failed");
                 let error = datagram_error(&e);
-                nat.handle_os_event(now, OsEvent::UdpError { flow, error });
+                self.out.push(OsEvent::UdpError { flow, error });
                 if error == DatagramError::Failed {
                     return;
                 }
                 // A connect that reports unreachable leaves no usable socket either.
-                nat.handle_os_event(
-                    now,
-                    OsEvent::UdpError {
-                        flow,
-                        error: DatagramError::Failed,
-                    },
-                );
+                self.out.push(OsEvent::UdpError {
+                    flow,
+                    error: DatagramError::Failed,
+                });
             }
         }
     }
 
-    fn udp_send(&mut self, nat: &mut Nat, now: Instant, flow: FlowId, payload: &[u8]) {
+    fn udp_send(&mut self, flow: FlowId, payload: &[u8]) {
         let d = match self.flows.get_mut(&flow) {
             Some(OsFlow::Udp(d)) => d,
             Some(OsFlow::UdpPeer {
@@ -686,7 +711,7 @@ impl Sockets {
             Err(e) => {
                 self.counters.drop_udp_send_error += 1;
                 let error = datagram_error(&e);
-                nat.handle_os_event(now, OsEvent::UdpError { flow, error });
+                self.out.push(OsEvent::UdpError { flow, error });
                 if error == DatagramError::Failed {
                     self.flows.remove(&flow);
                 }
@@ -694,15 +719,7 @@ impl Sockets {
         }
     }
 
-    fn icmp_echo(
-        &mut self,
-        nat: &mut Nat,
-        now: Instant,
-        flow: FlowId,
-        dst: IpAddr,
-        seq: u16,
-        payload: &[u8],
-    ) {
+    fn icmp_echo(&mut self, flow: FlowId, dst: IpAddr, seq: u16, payload: &[u8]) {
         let slot = self.flows.entry(flow).or_insert(OsFlow::Icmp(None));
         let OsFlow::Icmp(slot) = slot else {
             self.counters.drop_unknown_flow += 1;
@@ -726,7 +743,7 @@ impl Sockets {
                     {
                         self.counters.icmp_unavailable += 1;
                         tracing::info!(error = %e, "ping sockets unavailable; only the gateway answers pings");
-                        nat.handle_os_event(now, OsEvent::IcmpUnavailable { flow });
+                        self.out.push(OsEvent::IcmpUnavailable { flow });
                     } else {
                         self.counters.drop_icmp_send += 1;
                         tracing::debug!(%flow, %dst, error = %e, "ping socket failed");
@@ -741,7 +758,7 @@ impl Sockets {
             self.counters.drop_icmp_send += 1;
             tracing::debug!(%flow, %dst, error = %e, "echo request not sent");
         }
-        self.service(nat, now, flow, Dir::Read);
+        self.again.push(token(flow, Dir::Read));
     }
 }
 
@@ -822,153 +839,312 @@ fn datagram_error(e: &io::Error) -> DatagramError {
     }
 }
 
-/// Completes a non-blocking connect: write readiness, then `SO_ERROR`.
-fn tcp_check_connect(t: &mut TcpFlow, nat: &mut Nat, now: Instant, flow: FlowId) -> Outcome {
-    let mut cx = Context::from_waker(&t.wakers.write);
-    let Some(stream) = t.stream.tcp() else {
+/// The NAT's zero-copy TCP data calls, the only ones the socket layer makes directly.
+struct TcpData<'a>(&'a mut Nat);
+
+impl TcpData<'_> {
+    /// `Nat::tcp_send_with`: the OS `read` fills the flow's board-bound buffer.
+    fn send_with(
+        &mut self,
+        flow: FlowId,
+        read: impl FnOnce(&mut [u8]) -> usize,
+    ) -> Result<usize, FlowError> {
+        self.0.tcp_send_with(flow, read)
+    }
+
+    /// `Nat::tcp_recv_with`: the OS `write` takes the board's bytes.
+    fn recv_with(
+        &mut self,
+        flow: FlowId,
+        write: impl FnOnce(&[u8]) -> usize,
+    ) -> Result<usize, FlowError> {
+        self.0.tcp_recv_with(flow, write)
+    }
+}
+
+/// What the OS did, waiting for the driver (see [`Sockets::poll_event`]). Datagram payloads
+/// wait in `bytes`, emptied once every event was taken.
+#[derive(Debug, Default)]
+struct Outbox {
+    events: VecDeque<Queued>,
+    bytes: Vec<u8>,
+}
+
+#[derive(Debug)]
+enum Queued {
+    /// An event without a payload.
+    Event(OsEvent<'static>),
+    /// `OsEvent::UdpReceived` with its payload in `Outbox::bytes`.
+    Udp { flow: FlowId, payload: Range<usize> },
+    /// `OsEvent::IcmpEchoReply` with its payload in `Outbox::bytes`.
+    EchoReply {
+        flow: FlowId,
+        seq: u16,
+        payload: Range<usize>,
+    },
+}
+
+impl Outbox {
+    fn push(&mut self, ev: OsEvent<'static>) {
+        self.events.push_back(Queued::Event(ev));
+    }
+
+    fn keep(&mut self, payload: &[u8]) -> Range<usize> {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(payload);
+        start..self.bytes.len()
+    }
+
+    fn poll(&mut self) -> Option<OsEvent<'_>> {
+        let Some(q) = self.events.pop_front() else {
+            self.bytes.clear();
+            return None;
+        };
+        Some(match q {
+            Queued::Event(ev) => ev,
+            Queued::Udp { flow, payload } => OsEvent::UdpReceived {
+                flow,
+                payload: &self.bytes[payload],
+            },
+            Queued::EchoReply { flow, seq, payload } => OsEvent::IcmpEchoReply {
+                flow,
+                seq,
+                payload: &self.bytes[payload],
+            },
+        })
+    }
+}
+
+/// One flow's socket service: the flow, the NAT's data calls, and where its events and counters
+/// go.
+struct FlowCx<'a> {
+    flow: FlowId,
+    nat: TcpData<'a>,
+    out: &'a mut Outbox,
+    counters: &'a mut SocketCounters,
+}
+
+impl FlowCx<'_> {
+    /// Completes a non-blocking connect: write readiness, then `SO_ERROR`.
+    fn tcp_check_connect(&mut self, t: &mut TcpFlow) -> Outcome {
+        let flow = self.flow;
+        let mut cx = Context::from_waker(&t.wakers.write);
+        let Some(stream) = t.stream.tcp() else {
+            t.connecting = false;
+            return Outcome::Connected;
+        };
+        let err = match stream.poll_write_ready(&mut cx) {
+            Poll::Pending => return Outcome::Idle,
+            Poll::Ready(Err(e)) => Some(e),
+            Poll::Ready(Ok(())) => match stream.take_error() {
+                Ok(None) => match stream.peer_addr() {
+                    Ok(_) => None,
+                    // Writable without an error but not connected: a spurious wake-up.
+                    Err(e) if e.kind() == io::ErrorKind::NotConnected => return Outcome::Idle,
+                    Err(e) => Some(e),
+                },
+                Ok(Some(e)) | Err(e) => Some(e),
+            },
+        };
+        if let Some(e) = err {
+            tracing::debug!(%flow, error = %e, "tcp connect failed");
+            let error = connect_error(&e);
+            self.out.push(OsEvent::TcpConnectFailed { flow, error });
+            return Outcome::Gone;
+        }
         t.connecting = false;
-        return Outcome::Connected;
-    };
-    let err = match stream.poll_write_ready(&mut cx) {
-        Poll::Pending => return Outcome::Idle,
-        Poll::Ready(Err(e)) => Some(e),
-        Poll::Ready(Ok(())) => match stream.take_error() {
-            Ok(None) => match stream.peer_addr() {
-                Ok(_) => None,
-                // Writable without an error but not connected: a spurious wake-up.
-                Err(e) if e.kind() == io::ErrorKind::NotConnected => return Outcome::Idle,
-                Err(e) => Some(e),
-            },
-            Ok(Some(e)) | Err(e) => Some(e),
-        },
-    };
-    if let Some(e) = err {
-        tracing::debug!(%flow, error = %e, "tcp connect failed");
-        let error = connect_error(&e);
-        nat.handle_os_event(now, OsEvent::TcpConnectFailed { flow, error });
-        return Outcome::Gone;
+        self.out.push(OsEvent::TcpConnected { flow });
+        Outcome::Connected
     }
-    t.connecting = false;
-    nat.handle_os_event(now, OsEvent::TcpConnected { flow });
-    Outcome::Connected
-}
 
-/// OS socket → core (→ board), only into the space the core offers.
-fn tcp_os_to_board(
-    t: &mut TcpFlow,
-    nat: &mut Nat,
-    now: Instant,
-    flow: FlowId,
-    counters: &mut SocketCounters,
-) -> Outcome {
-    if t.paused || t.read_closed {
-        return Outcome::Idle;
-    }
-    let mut cx = Context::from_waker(&t.wakers.read);
-    let mut moved = 0;
-    loop {
-        if moved >= TCP_BUDGET {
-            return Outcome::Again;
-        }
-        if let Some(stop) = unready(t.stream.poll_read_ready(&mut cx), nat, now, flow, counters) {
-            return stop;
-        }
-        let mut res: Option<io::Result<usize>> = None;
-        let taken = nat.tcp_send_with(flow, |buf| keep(&mut res, t.stream.try_read(buf)));
-        match taken {
-            Ok(_) => {}
-            // The board side is gone or closed: stop reading; the core ends the flow.
-            Err(FlowError::SendClosed(_)) => {
-                t.read_closed = true;
-                return Outcome::Idle;
-            }
-            Err(_) => return Outcome::Idle,
-        }
-        match res {
-            // No room in the core: wait for `TcpWritable`.
-            None => {
-                t.paused = true;
-                return Outcome::Idle;
-            }
-            Some(Ok(0)) => {
-                t.read_closed = true;
-                nat.handle_os_event(now, OsEvent::TcpEof { flow });
-                return Outcome::Idle;
-            }
-            Some(r) => match bytes_moved(r, nat, now, flow, counters) {
-                Ok(n) => {
-                    moved += n;
-                    t.to_board += n as u64;
-                    counters.tcp_bytes_from_os += n as u64;
-                }
-                Err(gone) => return gone,
-            },
-        }
-    }
-}
-
-/// Core (board data) → OS socket, only what the OS accepts.
-fn tcp_board_to_os(
-    t: &mut TcpFlow,
-    nat: &mut Nat,
-    now: Instant,
-    flow: FlowId,
-    counters: &mut SocketCounters,
-) -> Outcome {
-    if !t.board_data {
-        return Outcome::Idle;
-    }
-    let mut cx = Context::from_waker(&t.wakers.write);
-    let mut moved = 0;
-    loop {
-        if moved >= TCP_BUDGET {
-            return Outcome::Again;
-        }
-        if let Some(stop) = unready(t.stream.poll_write_ready(&mut cx), nat, now, flow, counters) {
-            return stop;
-        }
-        let mut res: Option<io::Result<usize>> = None;
-        let taken = nat.tcp_recv_with(flow, |data| {
-            if data.is_empty() {
-                return 0;
-            }
-            keep(&mut res, t.stream.try_write(data))
-        });
-        if taken.is_err() {
-            t.board_data = false;
+    /// OS socket → core (→ board), only into the space the core offers.
+    fn tcp_os_to_board(&mut self, t: &mut TcpFlow) -> Outcome {
+        if t.paused || t.read_closed {
             return Outcome::Idle;
         }
-        match res {
-            // Nothing buffered: done until the next `TcpReadable`.
-            None => {
+        let mut cx = Context::from_waker(&t.wakers.read);
+        let mut moved = 0;
+        loop {
+            if moved >= TCP_BUDGET {
+                return Outcome::Again;
+            }
+            if let Some(stop) = self.unready(t.stream.poll_read_ready(&mut cx)) {
+                return stop;
+            }
+            let mut res: Option<io::Result<usize>> = None;
+            let taken = self
+                .nat
+                .send_with(self.flow, |buf| keep(&mut res, t.stream.try_read(buf)));
+            match taken {
+                Ok(_) => {}
+                // The board side is gone or closed: stop reading; the core ends the flow.
+                Err(FlowError::SendClosed(_)) => {
+                    t.read_closed = true;
+                    return Outcome::Idle;
+                }
+                Err(_) => return Outcome::Idle,
+            }
+            match res {
+                // No room in the core: wait for `TcpWritable`.
+                None => {
+                    t.paused = true;
+                    return Outcome::Idle;
+                }
+                Some(Ok(0)) => {
+                    t.read_closed = true;
+                    self.out.push(OsEvent::TcpEof { flow: self.flow });
+                    return Outcome::Idle;
+                }
+                Some(r) => match self.bytes_moved(r) {
+                    Ok(n) => {
+                        moved += n;
+                        t.to_board += n as u64;
+                        self.counters.tcp_bytes_from_os += n as u64;
+                    }
+                    Err(gone) => return gone,
+                },
+            }
+        }
+    }
+
+    /// Core (board data) → OS socket, only what the OS accepts.
+    fn tcp_board_to_os(&mut self, t: &mut TcpFlow) -> Outcome {
+        if !t.board_data {
+            return Outcome::Idle;
+        }
+        let mut cx = Context::from_waker(&t.wakers.write);
+        let mut moved = 0;
+        loop {
+            if moved >= TCP_BUDGET {
+                return Outcome::Again;
+            }
+            if let Some(stop) = self.unready(t.stream.poll_write_ready(&mut cx)) {
+                return stop;
+            }
+            let mut res: Option<io::Result<usize>> = None;
+            let taken = self.nat.recv_with(self.flow, |data| {
+                if data.is_empty() {
+                    return 0;
+                }
+                keep(&mut res, t.stream.try_write(data))
+            });
+            if taken.is_err() {
                 t.board_data = false;
                 return Outcome::Idle;
             }
-            Some(r) => match bytes_moved(r, nat, now, flow, counters) {
-                Ok(n) => {
-                    moved += n;
-                    t.from_board += n as u64;
-                    counters.tcp_bytes_to_os += n as u64;
+            match res {
+                // Nothing buffered: done until the next `TcpReadable`.
+                None => {
+                    t.board_data = false;
+                    return Outcome::Idle;
                 }
-                Err(gone) => return gone,
-            },
+                Some(r) => match self.bytes_moved(r) {
+                    Ok(n) => {
+                        moved += n;
+                        t.from_board += n as u64;
+                        self.counters.tcp_bytes_to_os += n as u64;
+                    }
+                    Err(gone) => return gone,
+                },
+            }
         }
     }
-}
 
-/// `None` when a TCP socket is ready; else what to return: `Idle` while it is not, the flow's end
-/// after an error (the board's connection is reset).
-fn unready(
-    poll: Poll<io::Result<()>>,
-    nat: &mut Nat,
-    now: Instant,
-    flow: FlowId,
-    counters: &mut SocketCounters,
-) -> Option<Outcome> {
-    match poll {
-        Poll::Pending => Some(Outcome::Idle),
-        Poll::Ready(Ok(())) => None,
-        Poll::Ready(Err(e)) => Some(tcp_failed(nat, now, flow, &e, counters)),
+    /// `None` when a TCP socket is ready; else what to return: `Idle` while it is not, the
+    /// flow's end after an error (the board's connection is reset).
+    fn unready(&mut self, poll: Poll<io::Result<()>>) -> Option<Outcome> {
+        match poll {
+            Poll::Pending => Some(Outcome::Idle),
+            Poll::Ready(Ok(())) => None,
+            Poll::Ready(Err(e)) => Some(self.tcp_failed(&e)),
+        }
+    }
+
+    /// The bytes a TCP socket read or write moved (0 when it would block or was interrupted),
+    /// or, after a real error, the flow's end (the board's connection is reset).
+    fn bytes_moved(&mut self, r: io::Result<usize>) -> Result<usize, Outcome> {
+        match r {
+            Ok(n) => Ok(n),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                Ok(0)
+            }
+            Err(e) => Err(self.tcp_failed(&e)),
+        }
+    }
+
+    fn tcp_failed(&mut self, e: &io::Error) -> Outcome {
+        let flow = self.flow;
+        self.counters.tcp_resets_from_os += 1;
+        tracing::debug!(%flow, error = %e, "tcp socket failed; resetting the board's connection");
+        self.out.push(OsEvent::TcpReset { flow });
+        Outcome::Gone
+    }
+
+    fn udp_recv(&mut self, d: &mut DgramFlow, buf: &mut [u8]) -> Outcome {
+        let flow = self.flow;
+        let mut cx = Context::from_waker(&d.wakers.read);
+        for _ in 0..DGRAM_BUDGET {
+            match d.sock.poll_recv_ready(&mut cx) {
+                Poll::Pending => return Outcome::Idle,
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => {
+                    self.out.push(OsEvent::UdpError {
+                        flow,
+                        error: DatagramError::Failed,
+                    });
+                    return Outcome::Gone;
+                }
+            }
+            match d.sock.try_recv(buf) {
+                Ok(n) => {
+                    self.counters.udp_datagrams_from_os += 1;
+                    let payload = self.out.keep(&buf[..n]);
+                    self.out.events.push_back(Queued::Udp { flow, payload });
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let error = datagram_error(&e);
+                    self.out.push(OsEvent::UdpError { flow, error });
+                    if error == DatagramError::Failed {
+                        return Outcome::Gone;
+                    }
+                }
+            }
+        }
+        Outcome::Again
+    }
+
+    fn icmp_recv(&mut self, d: &mut DgramFlow, buf: &mut [u8]) -> Outcome {
+        let flow = self.flow;
+        let mut cx = Context::from_waker(&d.wakers.read);
+        for _ in 0..DGRAM_BUDGET {
+            match d.sock.poll_recv_ready(&mut cx) {
+                Poll::Pending => return Outcome::Idle,
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return Outcome::Gone,
+            }
+            match d.sock.try_recv(buf) {
+                Ok(n) => match platform::parse_icmp_echo_reply(&buf[..n]) {
+                    Some((seq, payload)) => {
+                        let payload = self.out.keep(payload);
+                        self.out
+                            .events
+                            .push_back(Queued::EchoReply { flow, seq, payload });
+                    }
+                    None => self.counters.drop_icmp_not_reply += 1,
+                },
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // Errors queued on the socket (an ICMP error for an earlier request): no reply.
+                Err(_) => self.counters.drop_icmp_not_reply += 1,
+            }
+        }
+        Outcome::Again
     }
 }
 
@@ -978,121 +1154,6 @@ fn keep(res: &mut Option<io::Result<usize>>, r: io::Result<usize>) -> usize {
     let n = *r.as_ref().unwrap_or(&0);
     *res = Some(r);
     n
-}
-
-/// The bytes a TCP socket read or write moved (0 when it would block or was interrupted), or,
-/// after a real error, the flow's end (the board's connection is reset).
-fn bytes_moved(
-    r: io::Result<usize>,
-    nat: &mut Nat,
-    now: Instant,
-    flow: FlowId,
-    counters: &mut SocketCounters,
-) -> Result<usize, Outcome> {
-    match r {
-        Ok(n) => Ok(n),
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-            ) =>
-        {
-            Ok(0)
-        }
-        Err(e) => Err(tcp_failed(nat, now, flow, &e, counters)),
-    }
-}
-
-fn tcp_failed(
-    nat: &mut Nat,
-    now: Instant,
-    flow: FlowId,
-    e: &io::Error,
-    counters: &mut SocketCounters,
-) -> Outcome {
-    counters.tcp_resets_from_os += 1;
-    tracing::debug!(%flow, error = %e, "tcp socket failed; resetting the board's connection");
-    nat.handle_os_event(now, OsEvent::TcpReset { flow });
-    Outcome::Gone
-}
-
-fn udp_recv(
-    d: &mut DgramFlow,
-    nat: &mut Nat,
-    now: Instant,
-    flow: FlowId,
-    buf: &mut [u8],
-    counters: &mut SocketCounters,
-) -> Outcome {
-    let mut cx = Context::from_waker(&d.wakers.read);
-    for _ in 0..DGRAM_BUDGET {
-        match d.sock.poll_recv_ready(&mut cx) {
-            Poll::Pending => return Outcome::Idle,
-            Poll::Ready(Ok(())) => {}
-            Poll::Ready(Err(_)) => {
-                nat.handle_os_event(
-                    now,
-                    OsEvent::UdpError {
-                        flow,
-                        error: DatagramError::Failed,
-                    },
-                );
-                return Outcome::Gone;
-            }
-        }
-        match d.sock.try_recv(buf) {
-            Ok(n) => {
-                counters.udp_datagrams_from_os += 1;
-                nat.handle_os_event(
-                    now,
-                    OsEvent::UdpReceived {
-                        flow,
-                        payload: &buf[..n],
-                    },
-                );
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                let error = datagram_error(&e);
-                nat.handle_os_event(now, OsEvent::UdpError { flow, error });
-                if error == DatagramError::Failed {
-                    return Outcome::Gone;
-                }
-            }
-        }
-    }
-    Outcome::Again
-}
-
-fn icmp_recv(
-    d: &mut DgramFlow,
-    nat: &mut Nat,
-    now: Instant,
-    flow: FlowId,
-    buf: &mut [u8],
-    counters: &mut SocketCounters,
-) -> Outcome {
-    let mut cx = Context::from_waker(&d.wakers.read);
-    for _ in 0..DGRAM_BUDGET {
-        match d.sock.poll_recv_ready(&mut cx) {
-            Poll::Pending => return Outcome::Idle,
-            Poll::Ready(Ok(())) => {}
-            Poll::Ready(Err(_)) => return Outcome::Gone,
-        }
-        match d.sock.try_recv(buf) {
-            Ok(n) => match platform::parse_icmp_echo_reply(&buf[..n]) {
-                Some((seq, payload)) => {
-                    nat.handle_os_event(now, OsEvent::IcmpEchoReply { flow, seq, payload });
-                }
-                None => counters.drop_icmp_not_reply += 1,
-            },
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            // Errors queued on the socket (an ICMP error for an earlier request): no reply.
-            Err(_) => counters.drop_icmp_not_reply += 1,
-        }
-    }
-    Outcome::Again
 }
 
 /// Writes one reply line to a `connect` client (a fresh socket: it fits its buffer). Returns

@@ -1,10 +1,35 @@
 //! Counters for every packet, flow and drop reason, and a rate limiter for drop logs.
 //!
 //! Every place in the core that drops something increments exactly one `drop_*` counter and
-//! calls [`LogLimiter::allow`] before logging, so a flood of bad packets costs a counter
-//! increment and at most `log_rate_per_sec` log lines per second.
+//! calls [`LogLimiter::allow`] before logging (the `drop_pkt!`/`drop_warn!` macros here do both),
+//! so a flood of bad packets costs a counter increment and at most `log_rate_per_sec` log lines
+//! per second.
 
 use smoltcp::time::{Duration, Instant};
+
+/// Increment a drop counter and log at `$level`, at the rate limit.
+macro_rules! drop_at {
+    ($level:expr, $nat:expr, $counter:ident, $($arg:tt)+) => {{
+        $nat.counters.$counter += 1;
+        if $nat.log.allow($nat.now, &mut $nat.counters) {
+            tracing::event!($level, reason = stringify!($counter), $($arg)+);
+        }
+    }};
+}
+pub(crate) use drop_at;
+
+/// Increment a drop counter and log at debug level, at the rate limit.
+macro_rules! drop_pkt {
+    ($($arg:tt)+) => { $crate::counters::drop_at!(tracing::Level::DEBUG, $($arg)+) };
+}
+pub(crate) use drop_pkt;
+
+/// Like `drop_pkt!`, for drops that mean the core is under pressure (SYN flood, full table):
+/// logged at warn level, still rate-limited.
+macro_rules! drop_warn {
+    ($($arg:tt)+) => { $crate::counters::drop_at!(tracing::Level::WARN, $($arg)+) };
+}
+pub(crate) use drop_warn;
 
 macro_rules! counters {
     ($( $(#[doc = $doc:literal])* $name:ident, )*) => {

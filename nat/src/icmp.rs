@@ -19,9 +19,9 @@ use smoltcp::wire::{
     Icmpv6Packet, Icmpv6Repr, Icmpv6TimeExceeded, IpProtocol, IpRepr,
 };
 
+use crate::counters::drop_pkt;
 use crate::flow::{FlowKey, FlowKind};
 use crate::ip::IpPacket;
-use crate::nat::drop_pkt;
 use crate::policy;
 use crate::{FlowId, Nat, NatEvent};
 

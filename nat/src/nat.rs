@@ -13,7 +13,7 @@ use smoltcp::phy::{ChecksumCapabilities, DeviceCapabilities};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpProtocol, IpRepr, Ipv4Repr, Ipv6Repr};
 
-use crate::counters::LogLimiter;
+use crate::counters::{LogLimiter, drop_pkt};
 use crate::device::{self, BoardQueue, SmolDevice};
 use crate::flow::{FlowInfo, FlowKind, FlowTable, Protocol, TcpPhase};
 use crate::icmp::IcmpError;
@@ -23,30 +23,6 @@ use crate::{Counters, FlowId, NatConfig, NatError, NatEvent, OsEvent};
 
 /// How often the aging scan runs while UDP, ICMP or connecting TCP flows exist.
 const AGING_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Increment a drop counter and log at `$level`, at the rate limit.
-macro_rules! drop_at {
-    ($level:expr, $nat:expr, $counter:ident, $($arg:tt)+) => {{
-        $nat.counters.$counter += 1;
-        if $nat.log.allow($nat.now, &mut $nat.counters) {
-            tracing::event!($level, reason = stringify!($counter), $($arg)+);
-        }
-    }};
-}
-pub(crate) use drop_at;
-
-/// Increment a drop counter and log at debug level, at the rate limit.
-macro_rules! drop_pkt {
-    ($($arg:tt)+) => { $crate::nat::drop_at!(tracing::Level::DEBUG, $($arg)+) };
-}
-pub(crate) use drop_pkt;
-
-/// Like `drop_pkt!`, for drops that mean the core is under pressure (SYN flood, full table):
-/// logged at warn level, still rate-limited.
-macro_rules! drop_warn {
-    ($($arg:tt)+) => { $crate::nat::drop_at!(tracing::Level::WARN, $($arg)+) };
-}
-pub(crate) use drop_warn;
 
 /// The userspace NAT core. See the crate docs for the theory of operation and the driver loop.
 pub struct Nat {

@@ -21,16 +21,16 @@ use std::collections::VecDeque;
 use core::net::SocketAddr;
 
 use smoltcp::socket::tcp::{self, State};
-use smoltcp::time::Duration;
+use smoltcp::time::{Duration, Instant};
 use tracing::Level;
 
 use smoltcp::wire::{IpEndpoint, IpProtocol, IpRepr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber};
 
+use crate::counters::{drop_at, drop_pkt, drop_warn};
 use crate::dns::Failover;
-use crate::flow::{FlowKey, FlowKind, SynCopy, TcpFlow, TcpPhase};
+use crate::flow::{Flow, FlowKey, FlowKind, FlowTable, SynCopy, TcpFlow, TcpPhase};
 use crate::icmp::{IcmpError, Quoted, Unreachable};
 use crate::ip::IpPacket;
-use crate::nat::{drop_at, drop_pkt, drop_warn};
 use crate::policy::{self, Deny};
 use crate::sockets::SockId;
 use crate::{ConnectError, FlowError, FlowId, MIN_TCP_BUFFER, Nat, NatEvent};
@@ -648,12 +648,11 @@ impl Nat {
         flow: FlowId,
         write: impl FnOnce(&[u8]) -> usize,
     ) -> Result<usize, FlowError> {
-        let Some(f) = self.flows.get_mut(flow) else {
-            return Err(FlowError::UnknownFlow(flow));
-        };
-        let FlowKind::Tcp(t) = &mut f.kind else {
-            return Err(FlowError::NotTcp(flow));
-        };
+        let TcpEntry {
+            tcp: t,
+            last_active,
+            ..
+        } = tcp_entry(&mut self.flows, flow)?;
         let n = match &mut t.phase {
             TcpPhase::Connecting { .. } => 0,
             TcpPhase::Draining { tail } => {
@@ -678,7 +677,7 @@ impl Nat {
                 n
             }
         };
-        f.last_active = self.now;
+        *last_active = self.now;
         self.mark_dirty(flow);
         self.process_dirty();
         Ok(n)
@@ -706,12 +705,11 @@ impl Nat {
         flow: FlowId,
         read: impl FnOnce(&mut [u8]) -> usize,
     ) -> Result<usize, FlowError> {
-        let Some(f) = self.flows.get_mut(flow) else {
-            return Err(FlowError::UnknownFlow(flow));
-        };
-        let FlowKind::Tcp(t) = &mut f.kind else {
-            return Err(FlowError::NotTcp(flow));
-        };
+        let TcpEntry {
+            tcp: t,
+            last_active,
+            bytes_to_board,
+        } = tcp_entry(&mut self.flows, flow)?;
         let n = match &mut t.phase {
             TcpPhase::Connecting { .. } => {
                 t.writable_armed = true;
@@ -743,8 +741,8 @@ impl Nat {
                 n
             }
         };
-        f.bytes_to_board += n as u64;
-        f.last_active = self.now;
+        *bytes_to_board += n as u64;
+        *last_active = self.now;
         Ok(n)
     }
 
@@ -757,6 +755,32 @@ impl Nat {
             }
             _ => 0,
         }
+    }
+}
+
+/// A TCP flow's parts the data calls (`tcp_recv_with`, `tcp_send_with`) change.
+struct TcpEntry<'a> {
+    tcp: &'a mut TcpFlow,
+    last_active: &'a mut Instant,
+    bytes_to_board: &'a mut u64,
+}
+
+/// `flow` for a data call: `UnknownFlow` when there is none (any more), `NotTcp` when it is not
+/// a TCP flow.
+fn tcp_entry(flows: &mut FlowTable, flow: FlowId) -> Result<TcpEntry<'_>, FlowError> {
+    match flows.get_mut(flow) {
+        None => Err(FlowError::UnknownFlow(flow)),
+        Some(Flow {
+            kind: FlowKind::Tcp(tcp),
+            last_active,
+            bytes_to_board,
+            ..
+        }) => Ok(TcpEntry {
+            tcp,
+            last_active,
+            bytes_to_board,
+        }),
+        Some(_) => Err(FlowError::NotTcp(flow)),
     }
 }
 

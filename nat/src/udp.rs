@@ -11,11 +11,11 @@ use core::net::SocketAddr;
 
 use smoltcp::wire::{IpProtocol, UdpPacket, UdpRepr};
 
+use crate::counters::drop_pkt;
 use crate::dns::Failover;
 use crate::flow::{FlowKey, FlowKind, UdpFlow};
 use crate::icmp::{IcmpError, Quoted, Unreachable};
 use crate::ip::IpPacket;
-use crate::nat::drop_pkt;
 use crate::policy;
 use crate::{DatagramError, FlowId, Nat, NatEvent};
 
