@@ -522,12 +522,9 @@ impl Sockets {
         };
         let outcome = match f {
             OsFlow::Tcp(t) if t.connecting => cx.tcp_check_connect(t),
-            OsFlow::Tcp(t) => match dir {
-                Dir::Read => cx.tcp_os_to_board(t),
-                Dir::Write => cx.tcp_board_to_os(t),
-            },
-            OsFlow::Udp(d) => cx.udp_recv(d, &mut self.buf),
-            OsFlow::Icmp(Some(d)) => cx.icmp_recv(d, &mut self.buf),
+            OsFlow::Tcp(t) => cx.tcp_move(t, dir),
+            OsFlow::Udp(d) => cx.dgram_recv(d, &mut self.buf, false),
+            OsFlow::Icmp(Some(d)) => cx.dgram_recv(d, &mut self.buf, true),
             OsFlow::Icmp(None) | OsFlow::UdpPeer { .. } => Outcome::Idle,
         };
         match outcome {
@@ -957,97 +954,82 @@ impl FlowCx<'_> {
         Outcome::Connected
     }
 
-    /// OS socket → core (→ board), only into the space the core offers.
-    fn tcp_os_to_board(&mut self, t: &mut TcpFlow) -> Outcome {
-        if t.paused || t.read_closed {
+    /// Moves a TCP flow's bytes one way, `Read`: OS socket → core (→ board), only into the
+    /// space the core offers; `Write`: core (board data) → OS socket, only what the OS accepts.
+    fn tcp_move(&mut self, t: &mut TcpFlow, dir: Dir) -> Outcome {
+        let (idle, waker) = match dir {
+            Dir::Read => (t.paused || t.read_closed, &t.wakers.read),
+            Dir::Write => (!t.board_data, &t.wakers.write),
+        };
+        if idle {
             return Outcome::Idle;
         }
-        let mut cx = Context::from_waker(&t.wakers.read);
+        let mut cx = Context::from_waker(waker);
         let mut moved = 0;
-        loop {
-            if moved >= TCP_BUDGET {
-                return Outcome::Again;
-            }
-            if let Some(stop) = self.unready(t.stream.poll_read_ready(&mut cx)) {
+        while moved < TCP_BUDGET {
+            let stream = &t.stream;
+            let ready = match dir {
+                Dir::Read => stream.poll_read_ready(&mut cx),
+                Dir::Write => stream.poll_write_ready(&mut cx),
+            };
+            if let Some(stop) = self.unready(ready) {
                 return stop;
             }
             let mut res: Option<io::Result<usize>> = None;
-            let taken = self
-                .nat
-                .send_with(self.flow, |buf| keep(&mut res, t.stream.try_read(buf)));
-            match taken {
-                Ok(_) => {}
+            let taken = match dir {
+                Dir::Read => self
+                    .nat
+                    .send_with(self.flow, |buf| keep(&mut res, stream.try_read(buf))),
+                Dir::Write => self.nat.recv_with(self.flow, |data| {
+                    if data.is_empty() {
+                        return 0;
+                    }
+                    keep(&mut res, stream.try_write(data))
+                }),
+            };
+            match (dir, taken, res) {
                 // The board side is gone or closed: stop reading; the core ends the flow.
-                Err(FlowError::SendClosed(_)) => {
+                (Dir::Read, Err(FlowError::SendClosed(_)), _) => {
                     t.read_closed = true;
                     return Outcome::Idle;
                 }
-                Err(_) => return Outcome::Idle,
-            }
-            match res {
+                (Dir::Read, Err(_), _) => return Outcome::Idle,
                 // No room in the core: wait for `TcpWritable`.
-                None => {
+                (Dir::Read, Ok(_), None) => {
                     t.paused = true;
                     return Outcome::Idle;
                 }
-                Some(Ok(0)) => {
+                (Dir::Read, Ok(_), Some(Ok(0))) => {
                     t.read_closed = true;
                     self.out.push(OsEvent::TcpEof { flow: self.flow });
                     return Outcome::Idle;
                 }
-                Some(r) => match self.bytes_moved(r) {
-                    Ok(n) => {
-                        moved += n;
-                        t.to_board += n as u64;
-                        self.counters.tcp_bytes_from_os += n as u64;
-                    }
-                    Err(gone) => return gone,
-                },
-            }
-        }
-    }
-
-    /// Core (board data) → OS socket, only what the OS accepts.
-    fn tcp_board_to_os(&mut self, t: &mut TcpFlow) -> Outcome {
-        if !t.board_data {
-            return Outcome::Idle;
-        }
-        let mut cx = Context::from_waker(&t.wakers.write);
-        let mut moved = 0;
-        loop {
-            if moved >= TCP_BUDGET {
-                return Outcome::Again;
-            }
-            if let Some(stop) = self.unready(t.stream.poll_write_ready(&mut cx)) {
-                return stop;
-            }
-            let mut res: Option<io::Result<usize>> = None;
-            let taken = self.nat.recv_with(self.flow, |data| {
-                if data.is_empty() {
-                    return 0;
-                }
-                keep(&mut res, t.stream.try_write(data))
-            });
-            if taken.is_err() {
-                t.board_data = false;
-                return Outcome::Idle;
-            }
-            match res {
-                // Nothing buffered: done until the next `TcpReadable`.
-                None => {
+                // Nothing buffered (or the flow is gone): done until the next `TcpReadable`.
+                (Dir::Write, Err(_), _) | (Dir::Write, Ok(_), None) => {
                     t.board_data = false;
                     return Outcome::Idle;
                 }
-                Some(r) => match self.bytes_moved(r) {
-                    Ok(n) => {
-                        moved += n;
-                        t.from_board += n as u64;
-                        self.counters.tcp_bytes_to_os += n as u64;
+                (_, Ok(_), Some(r)) => {
+                    let n = match self.bytes_moved(r) {
+                        Ok(n) => n,
+                        Err(gone) => return gone,
+                    };
+                    moved += n;
+                    let n = n as u64;
+                    match dir {
+                        Dir::Read => {
+                            t.to_board += n;
+                            self.counters.tcp_bytes_from_os += n;
+                        }
+                        Dir::Write => {
+                            t.from_board += n;
+                            self.counters.tcp_bytes_to_os += n;
+                        }
                     }
-                    Err(gone) => return gone,
-                },
+                }
             }
         }
+        Outcome::Again
     }
 
     /// `None` when a TCP socket is ready; else what to return: `Idle` while it is not, the
@@ -1085,7 +1067,9 @@ impl FlowCx<'_> {
         Outcome::Gone
     }
 
-    fn udp_recv(&mut self, d: &mut DgramFlow, buf: &mut [u8]) -> Outcome {
+    /// Receives up to [`DGRAM_BUDGET`] datagrams of a UDP flow, or echo replies of a ping
+    /// socket (`icmp`), for the NAT.
+    fn dgram_recv(&mut self, d: &mut DgramFlow, buf: &mut [u8], icmp: bool) -> Outcome {
         let flow = self.flow;
         let mut cx = Context::from_waker(&d.wakers.read);
         for _ in 0..DGRAM_BUDGET {
@@ -1093,44 +1077,27 @@ impl FlowCx<'_> {
                 Poll::Pending => return Outcome::Idle,
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(_)) => {
-                    self.out.push(OsEvent::UdpError {
-                        flow,
-                        error: DatagramError::Failed,
-                    });
+                    if !icmp {
+                        self.out.push(OsEvent::UdpError {
+                            flow,
+                            error: DatagramError::Failed,
+                        });
+                    }
                     return Outcome::Gone;
                 }
             }
-            match d.sock.try_recv(buf) {
-                Ok(n) => {
+            match (d.sock.try_recv(buf), icmp) {
+                (Err(e), _)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) => {}
+                (Ok(n), false) => {
                     self.counters.udp_datagrams_from_os += 1;
                     let payload = self.out.keep(&buf[..n]);
                     self.out.events.push_back(Queued::Udp { flow, payload });
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    let error = datagram_error(&e);
-                    self.out.push(OsEvent::UdpError { flow, error });
-                    if error == DatagramError::Failed {
-                        return Outcome::Gone;
-                    }
-                }
-            }
-        }
-        Outcome::Again
-    }
-
-    fn icmp_recv(&mut self, d: &mut DgramFlow, buf: &mut [u8]) -> Outcome {
-        let flow = self.flow;
-        let mut cx = Context::from_waker(&d.wakers.read);
-        for _ in 0..DGRAM_BUDGET {
-            match d.sock.poll_recv_ready(&mut cx) {
-                Poll::Pending => return Outcome::Idle,
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(_)) => return Outcome::Gone,
-            }
-            match d.sock.try_recv(buf) {
-                Ok(n) => match platform::parse_icmp_echo_reply(&buf[..n]) {
+                (Ok(n), true) => match platform::parse_icmp_echo_reply(&buf[..n]) {
                     Some((seq, payload)) => {
                         let payload = self.out.keep(payload);
                         self.out
@@ -1139,9 +1106,15 @@ impl FlowCx<'_> {
                     }
                     None => self.counters.drop_icmp_not_reply += 1,
                 },
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                // Errors queued on the socket (an ICMP error for an earlier request): no reply.
-                Err(_) => self.counters.drop_icmp_not_reply += 1,
+                // Errors queued on a ping socket (an ICMP error for an earlier request): no reply.
+                (Err(_), true) => self.counters.drop_icmp_not_reply += 1,
+                (Err(e), false) => {
+                    let error = datagram_error(&e);
+                    self.out.push(OsEvent::UdpError { flow, error });
+                    if error == DatagramError::Failed {
+                        return Outcome::Gone;
+                    }
+                }
             }
         }
         Outcome::Again

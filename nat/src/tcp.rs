@@ -36,6 +36,17 @@ use crate::sockets::SockId;
 use crate::{ConnectError, FlowError, FlowId, MIN_TCP_BUFFER, Nat, NatEvent};
 
 impl Nat {
+    /// A RST from the board ends a flow that has no smoltcp socket (connecting or draining):
+    /// counted, and the driver closes the OS socket with a RST.
+    fn board_reset_closes(&mut self, id: FlowId) {
+        self.counters.tcp_reset_from_board += 1;
+        self.flows.remove(id);
+        self.events.push_back(NatEvent::TcpClose {
+            flow: id,
+            reset: true,
+        });
+    }
+
     pub(crate) fn tcp_ingress(&mut self, ip: &IpPacket<'_>) {
         let Ok(seg) = TcpPacket::new_checked(ip.payload()) else {
             return drop_pkt!(self, drop_malformed, "nat: bad TCP header");
@@ -77,12 +88,7 @@ impl Nat {
             TcpPhase::Connecting { syn } => {
                 if seg.rst() {
                     // The board gave up before the OS connect finished.
-                    self.counters.tcp_reset_from_board += 1;
-                    self.flows.remove(id);
-                    self.events.push_back(NatEvent::TcpClose {
-                        flow: id,
-                        reset: true,
-                    });
+                    self.board_reset_closes(id);
                 } else if seg.syn() && !seg.ack() {
                     self.counters.tcp_dup_syn += 1;
                     if let Ok(r) = TcpRepr::parse(&seg, &src_ip.into(), &dst_ip.into(), &self.csum)
@@ -108,12 +114,7 @@ impl Nat {
             }
             TcpPhase::Draining { .. } => {
                 if seg.rst() {
-                    self.counters.tcp_reset_from_board += 1;
-                    self.flows.remove(id);
-                    self.events.push_back(NatEvent::TcpClose {
-                        flow: id,
-                        reset: true,
-                    });
+                    self.board_reset_closes(id);
                 }
                 // Retransmitted FIN/ACKs of a finished connection are ignored.
             }
