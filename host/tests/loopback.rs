@@ -18,7 +18,7 @@ use smoltcp::time::Instant as SmolInstant;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
 use tokio::sync::mpsc;
 
-#[path = "support/queue_device.rs"]
+#[path = "../examples/stream_board/queue_device.rs"]
 mod queue_device;
 use queue_device::{MTU, QueueDevice};
 

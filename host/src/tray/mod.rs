@@ -19,14 +19,17 @@ pub mod desktop;
 pub mod icons;
 
 #[cfg(target_os = "linux")]
-#[path = "linux.rs"]
-mod backend;
+mod linux;
+#[cfg(target_os = "linux")]
+use linux as backend;
 #[cfg(any(target_os = "macos", target_os = "windows"))]
-#[path = "native.rs"]
-mod backend;
+mod native;
+#[cfg(any(target_os = "macos", target_os = "windows"))]
+use native as backend;
 #[cfg(not(any(target_os = "linux", target_os = "macos", target_os = "windows")))]
-#[path = "other.rs"]
-mod backend;
+mod other;
+#[cfg(not(any(target_os = "linux", target_os = "macos", target_os = "windows")))]
+use other as backend;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;

@@ -32,7 +32,6 @@ use smoltcp::socket::{icmp, tcp, udp};
 use smoltcp::time::Instant as SmolInstant;
 use smoltcp::wire::{HardwareAddress, Icmpv4Packet, Icmpv4Repr, IpAddress, IpCidr};
 
-#[path = "../tests/support/queue_device.rs"]
 mod queue_device;
 use queue_device::{MTU, QueueDevice};
 

@@ -1,5 +1,5 @@
 //! A queue-backed smoltcp IP device: the "TUN" of the in-process boards of the host's tests
-//! (`tests/loopback.rs`) and of `examples/stream_board.rs` (included by `#[path]`).
+//! (`tests/loopback.rs`, which includes this file by `#[path]`) and of this example.
 //! Packets to the board are pushed to `rx`; packets the board sends come out of `tx`, and
 //! [`QueueDevice::next_bundle`] packs them with the session's control messages for the host.
 
