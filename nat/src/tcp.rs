@@ -40,6 +40,11 @@ impl Nat {
     /// counted, and the driver closes the OS socket with a RST.
     fn board_reset_closes(&mut self, id: FlowId) {
         self.counters.tcp_reset_from_board += 1;
+        self.remove_tcp_flow_reset(id);
+    }
+
+    /// Forgets a TCP flow and has the driver close its OS socket with a RST.
+    fn remove_tcp_flow_reset(&mut self, id: FlowId) {
         self.flows.remove(id);
         self.events.push_back(NatEvent::TcpClose {
             flow: id,
@@ -263,12 +268,8 @@ impl Nat {
         let Some(mut sock) = self.new_tcp_socket(self.cfg.tcp_timeout) else {
             // Over the buffer budget: refuse the board (RST) and have the driver close the OS
             // socket it just connected.
-            self.flows.remove(id);
             self.send_tcp_rst_for_syn(&syn);
-            self.events.push_back(NatEvent::TcpClose {
-                flow: id,
-                reset: true,
-            });
+            self.remove_tcp_flow_reset(id);
             return;
         };
         let handle = match sock.listen(IpEndpoint::new(syn.dst.ip().into(), syn.dst.port())) {
@@ -559,11 +560,7 @@ impl Nat {
                 // A board RST in SYN-RECEIVED puts a listening socket back to LISTEN.
                 State::Listen => {
                     self.sockets.remove(handle);
-                    self.flows.remove(id);
-                    self.events.push_back(NatEvent::TcpClose {
-                        flow: id,
-                        reset: true,
-                    });
+                    self.remove_tcp_flow_reset(id);
                     continue;
                 }
                 State::Closed if !(t.board_fin && t.os_eof) => {
@@ -573,11 +570,7 @@ impl Nat {
                     } else {
                         self.sockets.remove(handle);
                     }
-                    self.flows.remove(id);
-                    self.events.push_back(NatEvent::TcpClose {
-                        flow: id,
-                        reset: true,
-                    });
+                    self.remove_tcp_flow_reset(id);
                     continue;
                 }
                 State::TimeWait | State::Closed => {
