@@ -8,7 +8,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures_util::TryStreamExt;
-use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
 use rtnetlink::packet_route::link::LinkMessage;
 use rtnetlink::packet_route::route::RouteMessage;
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
@@ -146,13 +146,15 @@ impl NetConfig {
             self.del_addr(ip, prefix).await;
         }
         for &(ip, prefix) in &want {
-            self.handle
-                .address()
-                .add(self.index, ip, prefix)
-                .replace()
-                .execute()
-                .await
-                .map_err(self.err("add address"))?;
+            let mut req = self.handle.address().add(self.index, ip, prefix).replace();
+            if ip.is_ipv6() {
+                // No duplicate address detection (the host's NAT is the only other end of this
+                // link): the address is usable at once instead of tentative for a second.
+                req.message_mut()
+                    .attributes
+                    .push(AddressAttribute::Flags(AddressFlags::Nodad));
+            }
+            req.execute().await.map_err(self.err("add address"))?;
         }
         self.addrs = want;
 

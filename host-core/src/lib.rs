@@ -508,7 +508,10 @@ impl Outgoing<'_> {
     }
 }
 
-/// The LinkConfig offered to the board: its address, the gateway as router and DNS, the MTU.
+/// The LinkConfig offered to the board: its IPv4 and IPv6 addresses, the gateway of each as
+/// router and DNS server, the MTU. The board gets IPv6 even when the laptop has none: the core
+/// answers its IPv6 connects with ICMPv6 "no route" at once, so dual-stack clients fall back to
+/// IPv4 without waiting.
 pub fn link_config(nat: &NatConfig, mtu: usize) -> LinkConfig {
     LinkConfig {
         ipv4: Some(Cidr {
@@ -516,10 +519,12 @@ pub fn link_config(nat: &NatConfig, mtu: usize) -> LinkConfig {
             prefix: nat.prefix_len,
         }),
         gateway_v4: Some(nat.gateway_ipv4),
-        // IPv6 is kept in the types; the core forwards IPv4 only until the IPv6 issue.
-        ipv6: None,
-        gateway_v6: None,
-        dns: vec![IpAddr::V4(nat.gateway_ipv4)],
+        ipv6: Some(Cidr {
+            addr: nat.board_ipv6,
+            prefix: nat.prefix_len_ipv6,
+        }),
+        gateway_v6: Some(nat.gateway_ipv6),
+        dns: vec![IpAddr::V4(nat.gateway_ipv4), IpAddr::V6(nat.gateway_ipv6)],
         mtu: u32::try_from(mtu).unwrap_or(u32::MAX),
     }
 }
@@ -697,6 +702,11 @@ mod tests {
             lc,
             link_config(&NatConfig::default(), 16384),
             "board MTU 16384 wins"
+        );
+        assert_eq!(
+            lc,
+            shared_frame::testing::link_config_dual_stack(),
+            "both versions, as docs/protocol.md shows the default LinkConfig"
         );
         assert!(p.core.take_changed(), "front ends are told");
         assert_eq!(p.core.counters().link_ups, 1);
