@@ -1,23 +1,26 @@
 //! Fuzz target: the NAT core (qbkit-nat) driven by an arbitrary script of board packets (raw bytes,
 //! or well-formed TCP/UDP/ICMP packets with arbitrary fields so the fuzzer reaches flow state),
 //! driver events for the flows it has seen, flows the laptop opens towards the board (forwards,
-//! `connect`), TCP data calls and clock jumps. Nothing may panic, and
-//! every packet the core sends to the board must be a valid IPv4 packet addressed to the board.
+//! `connect`), TCP data calls and clock jumps. Packets go over IPv4 or IPv6 (each well-formed op
+//! picks), to destinations of every policy class of both. Nothing may panic, and every packet the
+//! core sends to the board must be a valid IPv4 or IPv6 packet addressed to the board.
 #![no_main]
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use qbkit_nat::{Duration, FlowId, Instant, Nat, NatConfig, NatEvent, Protocol};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    Icmpv4Packet, Icmpv4Repr, IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr,
-    TcpSeqNumber, UdpPacket, UdpRepr,
+    Icmpv4Packet, Icmpv4Repr, Icmpv6Packet, Icmpv6Repr, IpProtocol, Ipv4Packet, Ipv6Packet,
+    TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
 };
 
 const BOARD: Ipv4Addr = Ipv4Addr::new(10, 47, 0, 2);
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 47, 0, 1);
+const BOARD6: Ipv6Addr = Ipv6Addr::new(0xfd47, 0, 0, 0, 0, 0, 0, 2);
+const GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfd47, 0, 0, 0, 0, 0, 0, 1);
 
 #[derive(Arbitrary, Debug)]
 enum Op {
@@ -25,6 +28,8 @@ enum Op {
     Raw(Vec<u8>),
     /// A valid TCP segment from the board (flags: bit 0 SYN, 1 FIN, 2 RST, 3 has ACK).
     Tcp {
+        /// Over IPv6 instead of IPv4.
+        v6: bool,
         sport: u8,
         dst: u8,
         dport: u8,
@@ -35,6 +40,8 @@ enum Op {
     },
     /// A valid UDP datagram from the board.
     Udp {
+        /// Over IPv6 instead of IPv4.
+        v6: bool,
         sport: u8,
         dst: u8,
         dport: u8,
@@ -42,6 +49,8 @@ enum Op {
     },
     /// A valid echo request from the board.
     Echo {
+        /// Over IPv6 instead of IPv4.
+        v6: bool,
         dst: u8,
         ident: u8,
         seq: u16,
@@ -76,9 +85,24 @@ enum Op {
     },
 }
 
-/// A handful of destinations covering every policy class.
-fn dst_ip(sel: u8) -> Ipv4Addr {
-    match sel % 8 {
+/// A handful of destinations covering every policy class of both versions.
+fn dst_ip(v6: bool, sel: u8) -> IpAddr {
+    if v6 {
+        let a = match sel % 10 {
+            0 => GATEWAY6,
+            1 => Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 7),
+            2 => Ipv6Addr::LOCALHOST,
+            3 => Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1),
+            4 => Ipv6Addr::new(0xfd47, 0, 0, 0, 0, 0, 0, 9),
+            5 => Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1),
+            6 => Ipv4Addr::LOCALHOST.to_ipv6_mapped(),
+            7 => Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1),
+            8 => Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0x7f00, 1),
+            _ => Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 8),
+        };
+        return a.into();
+    }
+    let a = match sel % 8 {
         0 => GATEWAY,
         1 => Ipv4Addr::new(198, 51, 100, 7),
         2 => Ipv4Addr::LOCALHOST,
@@ -87,22 +111,22 @@ fn dst_ip(sel: u8) -> Ipv4Addr {
         5 => Ipv4Addr::new(224, 0, 0, 1),
         6 => Ipv4Addr::new(198, 51, 100, 8),
         _ => Ipv4Addr::new(169, 254, 1, 1),
+    };
+    a.into()
+}
+
+/// The board's address of `dst`'s version.
+fn board_for(dst: IpAddr) -> IpAddr {
+    if dst.is_ipv6() {
+        BOARD6.into()
+    } else {
+        BOARD.into()
     }
 }
 
-fn ipv4(dst: Ipv4Addr, proto: IpProtocol, len: usize, fill: impl FnOnce(&mut [u8])) -> Vec<u8> {
-    let repr = Ipv4Repr {
-        src_addr: BOARD,
-        dst_addr: dst,
-        next_header: proto,
-        payload_len: len,
-        hop_limit: 64,
-    };
-    let mut buf = vec![0; repr.buffer_len() + len];
-    let mut p = Ipv4Packet::new_unchecked(&mut buf[..]);
-    repr.emit(&mut p, &ChecksumCapabilities::default());
-    fill(p.payload_mut());
-    buf
+/// A packet from the board (of `dst`'s version) to `dst`.
+fn packet(dst: IpAddr, proto: IpProtocol, len: usize, fill: impl FnOnce(&mut [u8])) -> Vec<u8> {
+    qbkit_nat::testing::ip(board_for(dst), dst, proto, 64, len, fill)
 }
 
 fn port(p: u8) -> u16 {
@@ -132,6 +156,7 @@ fuzz_target!(|ops: Vec<Op>| {
         match op {
             Op::Raw(bytes) => nat.handle_ip_packet(now, &bytes),
             Op::Tcp {
+                v6,
                 sport,
                 dst,
                 dport,
@@ -140,7 +165,7 @@ fuzz_target!(|ops: Vec<Op>| {
                 ack,
                 payload,
             } => {
-                let d = dst_ip(dst);
+                let d = dst_ip(v6, dst);
                 let control = match flags & 7 {
                     1 => TcpControl::Syn,
                     2 => TcpControl::Fin,
@@ -161,10 +186,10 @@ fuzz_target!(|ops: Vec<Op>| {
                     timestamp: None,
                     payload: &payload[..payload.len().min(1400)],
                 };
-                let pkt = ipv4(d, IpProtocol::Tcp, repr.buffer_len(), |b| {
+                let pkt = packet(d, IpProtocol::Tcp, repr.buffer_len(), |b| {
                     repr.emit(
                         &mut TcpPacket::new_unchecked(b),
-                        &BOARD.into(),
+                        &board_for(d).into(),
                         &d.into(),
                         &csum,
                     );
@@ -172,21 +197,22 @@ fuzz_target!(|ops: Vec<Op>| {
                 nat.handle_ip_packet(now, &pkt);
             }
             Op::Udp {
+                v6,
                 sport,
                 dst,
                 dport,
                 payload,
             } => {
-                let d = dst_ip(dst);
+                let d = dst_ip(v6, dst);
                 let payload = &payload[..payload.len().min(1400)];
                 let repr = UdpRepr {
                     src_port: 2000 + u16::from(sport % 8),
                     dst_port: port(dport),
                 };
-                let pkt = ipv4(d, IpProtocol::Udp, 8 + payload.len(), |b| {
+                let pkt = packet(d, IpProtocol::Udp, 8 + payload.len(), |b| {
                     repr.emit(
                         &mut UdpPacket::new_unchecked(b),
-                        &BOARD.into(),
+                        &board_for(d).into(),
                         &d.into(),
                         payload.len(),
                         |p| p.copy_from_slice(payload),
@@ -196,20 +222,36 @@ fuzz_target!(|ops: Vec<Op>| {
                 nat.handle_ip_packet(now, &pkt);
             }
             Op::Echo {
+                v6,
                 dst,
                 ident,
                 seq,
                 data,
             } => {
-                let d = dst_ip(dst);
-                let repr = Icmpv4Repr::EchoRequest {
-                    ident: u16::from(ident % 4),
-                    seq_no: seq,
-                    data: &data[..data.len().min(1400)],
+                let (ident, data) = (u16::from(ident % 4), &data[..data.len().min(1400)]);
+                let pkt = match dst_ip(v6, dst) {
+                    IpAddr::V6(d) => {
+                        let repr = Icmpv6Repr::EchoRequest {
+                            ident,
+                            seq_no: seq,
+                            data,
+                        };
+                        packet(d.into(), IpProtocol::Icmpv6, repr.buffer_len(), |b| {
+                            let mut p = Icmpv6Packet::new_unchecked(b);
+                            repr.emit(&BOARD6, &d, &mut p, &csum);
+                        })
+                    }
+                    d => {
+                        let repr = Icmpv4Repr::EchoRequest {
+                            ident,
+                            seq_no: seq,
+                            data,
+                        };
+                        packet(d, IpProtocol::Icmp, repr.buffer_len(), |b| {
+                            repr.emit(&mut Icmpv4Packet::new_unchecked(b), &csum);
+                        })
+                    }
                 };
-                let pkt = ipv4(d, IpProtocol::Icmp, repr.buffer_len(), |b| {
-                    repr.emit(&mut Icmpv4Packet::new_unchecked(b), &csum);
-                });
                 nat.handle_ip_packet(now, &pkt);
             }
             Op::Os { flow, kind, data } => {
@@ -250,14 +292,7 @@ fuzz_target!(|ops: Vec<Op>| {
             Op::Drain { small } => {
                 let len = if small { 40 } else { out.len() };
                 while let Some(n) = nat.poll_ip_packet(now, &mut out[..len]) {
-                    let p = Ipv4Packet::new_checked(&out[..n])
-                        .expect("core emitted a truncated packet");
-                    assert!(p.verify_checksum(), "core emitted a bad IPv4 checksum");
-                    assert_eq!(
-                        p.dst_addr(),
-                        BOARD,
-                        "core emitted a packet not for the board"
-                    );
+                    check_for_board(&out[..n]);
                 }
             }
         }
@@ -276,3 +311,30 @@ fuzz_target!(|ops: Vec<Op>| {
         }
     }
 });
+
+/// A packet the core sends must be a whole IPv4 (valid header checksum) or IPv6 packet for the
+/// board.
+fn check_for_board(pkt: &[u8]) {
+    if pkt.first().is_some_and(|b| b >> 4 == 6) {
+        let p = Ipv6Packet::new_checked(pkt).expect("core emitted a truncated IPv6 packet");
+        assert_eq!(
+            40 + usize::from(p.payload_len()),
+            pkt.len(),
+            "IPv6 payload length"
+        );
+        assert_eq!(
+            p.dst_addr(),
+            BOARD6,
+            "core emitted a packet not for the board"
+        );
+        assert!(pkt.len() <= 1500, "larger than the MTU");
+    } else {
+        let p = Ipv4Packet::new_checked(pkt).expect("core emitted a truncated packet");
+        assert!(p.verify_checksum(), "core emitted a bad IPv4 checksum");
+        assert_eq!(
+            p.dst_addr(),
+            BOARD,
+            "core emitted a packet not for the board"
+        );
+    }
+}
