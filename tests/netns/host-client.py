@@ -11,7 +11,7 @@ import socket
 import sys
 import time
 
-from netclient import TIMEOUT, connect, read_all, refused, reset, timed_connect  # noqa: F401
+from netclient import TIMEOUT, connect, family, read_all, refused, reset, timed_connect  # noqa: F401
 
 
 PATTERN = bytes(range(256)) * 4096  # 1 MiB, as the servers send it
@@ -32,6 +32,16 @@ def prohibited(host, port):
     """Denied by the NAT's policy: ICMP administratively prohibited, EHOSTUNREACH at once (a closed
     port would say ECONNREFUSED instead)."""
     return denied(host, port, (errno.EHOSTUNREACH,))
+
+
+def refused_fast(host, port):
+    """A closed port: ECONNREFUSED (the NAT's RST) within the 2 s bound, not a timeout."""
+    return denied(host, port, (errno.ECONNREFUSED,))
+
+
+def unreachable(host, port):
+    """No route on the laptop's side: ENETUNREACH at once (ICMP(v6) unreachable from the NAT)."""
+    return denied(host, port, (errno.ENETUNREACH,))
 
 
 def one_echo(host, port, i):
@@ -116,7 +126,7 @@ def slow_reader(host, port, pid, stall_s, max_growth_mib):
 
 
 def udp(host, port):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(family(host), socket.SOCK_DGRAM)
     s.settimeout(2)
     s.connect((host, port))
     ok = 0
@@ -151,7 +161,8 @@ def hold(host, port, n, ready_file, secs):
 
 
 CMDS = {
-    "refused": refused, "denied": denied, "prohibited": prohibited, "parallel": parallel, "halfclose": half_close,
+    "refused": refused, "refusedfast": refused_fast, "unreachable": unreachable, "denied": denied,
+    "prohibited": prohibited, "parallel": parallel, "halfclose": half_close,
     "serverclose": server_close, "reset": reset, "slow": slow_reader, "udp": udp, "hold": hold,
 }
 

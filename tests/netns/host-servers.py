@@ -9,7 +9,8 @@
 #   9003 send 64 KiB, then RST
 #
 # usage: python3 host-servers.py ADDR STATEDIR [LOOPBACK_PORT]
-# LOOPBACK_PORT: also serve echo on 127.0.0.1 (to prove the board cannot reach it).
+# LOOPBACK_PORT: also serve echo on 127.0.0.1 (::1 when ADDR is IPv6), to prove the board cannot
+# reach it.
 import asyncio
 import hashlib
 import os
@@ -100,7 +101,8 @@ async def main():
     servers = [await asyncio.start_server(h, ADDR, port, backlog=1024, reuse_address=True)
                for port, h in handlers.items()]
     if LOOP_PORT:
-        servers.append(await asyncio.start_server(echo, "127.0.0.1", LOOP_PORT, reuse_address=True))
+        lo = "::1" if ":" in ADDR else "127.0.0.1"
+        servers.append(await asyncio.start_server(echo, lo, LOOP_PORT, reuse_address=True))
     loop = asyncio.get_running_loop()
     await loop.create_datagram_endpoint(UdpEcho, local_addr=(ADDR, 9007))
     with open(os.path.join(STATE, "servers.ready"), "w") as f:

@@ -7,6 +7,11 @@ import time
 TIMEOUT = 20
 
 
+def family(host):
+    """AF_INET6 for an IPv6 literal, AF_INET otherwise."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 def connect(host, port, timeout=TIMEOUT):
     return socket.create_connection((host, port), timeout=timeout)
 
@@ -42,7 +47,7 @@ def reset(host, port):
 
 def timed_connect(host, port):
     """Connects with a 5 s timeout: the OSError (None when it connected) and the time in ms."""
-    s = socket.socket()
+    s = socket.socket(family(host))
     s.settimeout(5)
     t = time.monotonic()
     try:
