@@ -57,9 +57,15 @@
 //!
 //! With [`DriverConfig::summary`] set, the loop publishes a small [`Summary`] (link, session,
 //! peer, byte counters, flows, handshake error) on a `watch` channel after every link or session
-//! change and once a second; `qbkit-host tray` renders it. Publishing never waits. What is shown
-//! (the summary, the live line) is computed in [`crate::report`] from the core, which owns the
-//! counters; the `status` snapshot in [`crate::status`].
+//! change and once a second; `qbkit-host tray` renders it, and `run`'s live line adds up every
+//! board's. Publishing never waits. The summary is computed in [`crate::report`] from the core,
+//! which owns the counters; the `status` snapshot in [`crate::status`].
+//!
+//! # One driver per board
+//!
+//! A driver serves one board. `qbkit-host run` starts one per board ([`run_board`], by
+//! [`crate::boards`], which owns the control socket and the DNS watcher and routes requests to
+//! the board they name as [`BoardMsg`]s); the tray runs one with its own ([`run`]).
 
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -73,7 +79,7 @@ use tokio::time::Sleep;
 
 use crate::core::{Core, CoreConfig};
 use crate::forward::{self, ForwardSpec, Forwards, Inbound, Owner};
-use crate::report::{self, LiveLine, Summary};
+use crate::report::{self, Summary};
 use crate::sockets::{OsStream, ReadyQueue, Sockets};
 use crate::status::{self, ControlMsg, ForwardsData, Reply, Request, Status};
 use crate::transport::{LinkEvent, LinkUp};
@@ -125,8 +131,9 @@ pub struct DriverConfig {
     pub transport: String,
     /// Where to serve `qbkit-host status` (`None`: no control socket).
     pub control_path: Option<PathBuf>,
-    /// Redraw a one-line summary (link, rates, flows) on stdout every second (set when stdout
-    /// is a terminal; logs then clear the line before they print, see `main.rs`).
+    /// Redraw a one-line summary (boards, rates, flows) on stdout every second (set when stdout
+    /// is a terminal; logs then clear the line before they print, see `main.rs`). Drawn by
+    /// [`crate::boards`] from every board's [`Summary`], not by a board's driver.
     pub live_status: bool,
     /// Publish a [`Summary`] here (front ends such as the tray; `None`: nothing is published).
     pub summary: Option<watch::Sender<Summary>>,
@@ -183,15 +190,55 @@ struct Driver {
     last_link_error: Option<String>,
     /// A bundle buffer that came back unused.
     spare: Option<Vec<u8>>,
-    /// The live status line's last counters.
-    live: LiveLine,
     forwards: Forwards,
 }
 
-/// Runs the driver until `shutdown` completes or the transport's event channel closes.
+/// Runs the driver of one board with its own control socket and DNS watcher until `shutdown`
+/// completes or the transport's event channel closes (`qbkit-host tray`; `run` serves boards
+/// through [`crate::boards`], which shares those between the boards' drivers).
 pub async fn run(
     cfg: DriverConfig,
+    link_events: mpsc::Receiver<LinkEvent>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    // Without a control socket the board is still served: only status, runtime forwards and
+    // `connect` are missing.
+    let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlMsg>(16);
+    if let Some(p) = &cfg.control_path
+        && let Err(e) = status::serve(p, ctl_tx)
+    {
+        tracing::warn!(path = %p.display(), error = %e, "no control socket: `status`, `forward` and `connect` will not reach this daemon");
+    }
+    let (board_tx, board_rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        while let Some(m) = ctl_rx.recv().await {
+            if board_tx.send(BoardMsg::Control(m)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let dns = cfg
+        .follow_os_dns
+        .then(|| crate::dns_watch::spawn(cfg.nat.dns_servers.clone()));
+    run_board(cfg, link_events, board_rx, dns, shutdown).await
+}
+
+/// What the host's board supervisor ([`crate::boards`]) asks of one board's driver.
+#[derive(Debug)]
+pub(crate) enum BoardMsg {
+    /// A control-socket request routed to this board.
+    Control(ControlMsg),
+    /// This board's `status` snapshot, for the host's document.
+    Status(tokio::sync::oneshot::Sender<Status>),
+}
+
+/// Runs the driver of one board until `shutdown` completes or the transport's event channel
+/// closes: requests come on `control`, the system's resolvers (when followed) on `dns`.
+pub(crate) async fn run_board(
+    cfg: DriverConfig,
     mut link_events: mpsc::Receiver<LinkEvent>,
+    mut control: mpsc::Receiver<BoardMsg>,
+    mut dns_updates: Option<watch::Receiver<Vec<std::net::SocketAddr>>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     let clock = Clock(std::time::Instant::now());
@@ -201,14 +248,6 @@ pub async fn run(
         d.forwards
             .add(spec)
             .map_err(|source| Error::Forward { spec, source })?;
-    }
-    // Without a control socket the board is still served: only status, runtime forwards and
-    // `connect` are missing.
-    let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlMsg>(16);
-    if let Some(p) = &d.cfg.control_path
-        && let Err(e) = status::serve(p, ctl_tx)
-    {
-        tracing::warn!(path = %p.display(), error = %e, "no control socket: `status`, `forward` and `connect` will not reach this daemon");
     }
     tracing::info!(
         board = %d.cfg.nat.board_ipv4,
@@ -220,19 +259,11 @@ pub async fn run(
     let mut shutdown = std::pin::pin!(shutdown);
     let mut sleep: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep(Duration::from_hours(1)));
     let ready = Arc::clone(&d.ready);
-    let mut live = d
-        .cfg
-        .live_status
-        .then(|| tokio::time::interval(Duration::from_secs(1)));
     let mut summary_tick = d
         .cfg
         .summary
         .is_some()
         .then(|| tokio::time::interval(SUMMARY_PERIOD));
-    let mut dns_updates = d
-        .cfg
-        .follow_os_dns
-        .then(|| crate::dns_watch::spawn(d.cfg.nat.dns_servers.clone()));
     loop {
         let deadline = d.work();
         if d.core.take_changed() {
@@ -263,13 +294,15 @@ pub async fn run(
                 drop(permit);
             }
             () = &mut sleep => {}
-            _ = async { live.as_mut().expect("guarded").tick().await }, if live.is_some() => {
-                d.print_live();
-            }
             _ = async { summary_tick.as_mut().expect("guarded").tick().await }, if summary_tick.is_some() => {
                 d.publish_summary();
             }
-            Some(msg) = ctl_rx.recv() => d.handle_control(msg),
+            Some(msg) = control.recv() => match msg {
+                BoardMsg::Control(msg) => d.handle_control(msg),
+                BoardMsg::Status(reply) => {
+                    let _ = reply.send(d.status());
+                }
+            },
             Ok(()) = async { dns_updates.as_mut().expect("guarded").changed().await }, if dns_updates.is_some() => {
                 let servers = dns_updates.as_mut().expect("guarded").borrow_and_update().clone();
                 d.core.nat_mut().set_dns_servers(d.clock.nat(), servers);
@@ -309,7 +342,6 @@ impl Driver {
             link_description: None,
             last_link_error: None,
             spare: None,
-            live: LiveLine::default(),
             forwards: Forwards::new(inbound),
         })
     }
@@ -441,20 +473,6 @@ impl Driver {
             .map(|_| self.link_description.as_deref().unwrap_or(""))
     }
 
-    /// Redraws the live status line.
-    fn print_live(&mut self) {
-        use std::io::Write as _;
-        let now = self.clock.micros();
-        let label = self
-            .link
-            .as_ref()
-            .map(|_| self.link_description.as_deref().unwrap_or(""));
-        let text = self.live.render(now, &self.core, label);
-        let mut out = std::io::stdout().lock();
-        let _ = out.write_all(text.as_bytes());
-        let _ = out.flush();
-    }
-
     /// Publishes the current [`Summary`] when it differs from the last one (no wake-up for an
     /// idle link).
     fn publish_summary(&mut self) {
@@ -470,9 +488,6 @@ impl Driver {
 
     /// Sends a Bye if a link is up and waits briefly for it to leave.
     async fn goodbye(&mut self) {
-        if self.cfg.live_status {
-            println!();
-        }
         self.core.close("qbkit-host is stopping");
         if let Some(link) = &self.link {
             let mut buf = Vec::new();
@@ -601,9 +616,9 @@ impl Driver {
             Err(e) => Reply::error(e),
         };
         match request {
-            Request::Status => control::reply(stream, &self.status()),
-            Request::ForwardList => control::reply(stream, &forwards_reply(self, Ok(()))),
-            Request::ForwardAdd { spec } => {
+            Request::Status { .. } => control::reply(stream, &self.status()),
+            Request::ForwardList { .. } => control::reply(stream, &forwards_reply(self, Ok(()))),
+            Request::ForwardAdd { spec, .. } => {
                 let r = ForwardSpec::parse(&spec)
                     .map_err(|e| e.to_string())
                     .and_then(|s| {
@@ -614,14 +629,14 @@ impl Driver {
                 self.core.mark_changed();
                 control::reply(stream, &forwards_reply(self, r));
             }
-            Request::ForwardRemove { spec } => {
+            Request::ForwardRemove { spec, .. } => {
                 let r = ForwardSpec::parse(&spec)
                     .map_err(|e| e.to_string())
                     .and_then(|s| self.forwards.remove(&s).map_err(|e| e.to_string()));
                 self.core.mark_changed();
                 control::reply(stream, &forwards_reply(self, r));
             }
-            Request::Connect { target } => self.connect(stream, &target),
+            Request::Connect { target, .. } => self.connect(stream, &target),
         }
     }
 

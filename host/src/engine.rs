@@ -1,14 +1,16 @@
-//! The engine that `qbkit-host run` and `qbkit-host tray` both run: one transport task (USB or a
-//! stream link) feeding [`driver::run`] through one [`LinkEvent`] channel.
+//! The engine that `qbkit-host run` and `qbkit-host tray` both run: transport tasks (USB or a
+//! stream link) feeding drivers through [`LinkEvent`] channels.
 //!
 //! ```text
-//!  Engine::spawn_transport ──LinkEvent──▶ driver::run ◀──▶ NAT + OS sockets
+//!  Engine::spawn_transport ──LinkEvent──▶ driver::run ◀──▶ NAT + OS sockets        (tray)
 //!  (usb::run | run_stream)                    └──▶ Summary (tray) / control socket (status)
+//!  Engine::run ──▶ boards::run: a driver per board, one control socket             (run)
 //! ```
 //!
-//! `main.rs` builds an [`Engine`] from the command line once; `run` calls [`Engine::run`], the tray
-//! (`tray::app`) drives the driver itself so it can stop and start the transport task from the
-//! menu without ever stopping the driver (flows survive a reconnect).
+//! `main.rs` builds an [`Engine`] from the command line once; `run` calls [`Engine::run`], which
+//! serves every board the transport brings ([`crate::boards`]); the tray (`tray::app`) drives one
+//! board's driver itself so it can stop and start the transport task from the menu without ever
+//! stopping the driver (flows survive a reconnect).
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -90,10 +92,9 @@ impl Engine {
             .urbs(self.usb.in_depth, self.usb.out_depth)
     }
 
-    /// Runs the transport and the driver until `shutdown` completes or the transport ends.
+    /// Serves every board the transport brings ([`crate::boards`]) until `shutdown` completes or
+    /// the transport ends.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), driver::Error> {
-        let (tx, rx) = mpsc::channel(transport::EVENT_QUEUE);
-        self.spawn_transport(self.usb_filter.clone(), tx);
-        driver::run(self.driver, rx, shutdown).await
+        crate::boards::run(self, shutdown).await
     }
 }

@@ -10,6 +10,7 @@
 //!                                      └──▶ sockets (OS TCP/UDP/ping sockets) ◀──▶ platform
 //! ```
 
+pub mod boards;
 pub mod config;
 /// The sans-IO core, a crate of its own (`host-core/`) so the fuzz targets reach it without the
 /// host's I/O dependencies.

@@ -51,11 +51,15 @@ enum Command {
     Run(RunArgs),
     /// Like `run`, with a tray icon: link state, rates, boards, connect/disconnect, start at login.
     Tray(RunArgs),
-    /// Show the running daemon's link, flows, traffic and drop counters.
+    /// Show the running daemon's boards (links, flows, traffic and drop counters: the totals and
+    /// one line per board when it serves several).
     Status {
         /// Print the machine-readable JSON document.
         #[arg(long)]
         json: bool,
+        /// Only this board (its name as `status` lists it: the USB serial, or board-N).
+        #[arg(long, value_name = "NAME")]
+        board: Option<String>,
         /// The daemon's control socket (default: $XDG_RUNTIME_DIR/qbkit-host.sock; without
         /// XDG_RUNTIME_DIR, /run/qbkit-host/control.sock for root, else /tmp/qbkit-host-UID/control.sock;
         /// on Windows the named pipe \\.\pipe\qbkit-host-USERNAME).
@@ -76,8 +80,9 @@ enum Command {
         /// usbip-listen://…` instead (asked through its control socket).
         #[arg(long)]
         exported: bool,
-        /// The running daemon's control socket, for --exported (default as for `status`).
-        #[arg(long, requires = "exported")]
+        /// The running daemon's control socket (default as for `status`): asked which boards it
+        /// serves (the SERVED column), or for --exported.
+        #[arg(long)]
         control: Option<PathBuf>,
         #[command(flatten)]
         usb: UsbArgs,
@@ -96,6 +101,9 @@ enum Command {
         /// The daemon's control socket (default: as for `status`).
         #[arg(long, global = true)]
         control: Option<PathBuf>,
+        /// The board (its name as `status` lists it); needed when the daemon serves several.
+        #[arg(long, global = true, value_name = "NAME")]
+        board: Option<String>,
     },
     /// Connect standard input/output to a TCP port of the board through the running daemon,
     /// opening no port on this machine: `ssh -o ProxyCommand='qbkit-host connect %p' root@qbkit`.
@@ -106,6 +114,9 @@ enum Command {
         /// The daemon's control socket (default: as for `status`).
         #[arg(long)]
         control: Option<PathBuf>,
+        /// The board (its name as `status` lists it); needed when the daemon serves several.
+        #[arg(long, value_name = "NAME")]
+        board: Option<String>,
     },
     /// Write a new pre-shared key for stream links to FILE (mode 0600; an existing file is never
     /// replaced). Give the same file to `run --key` here and to `qbkit-gadget run --key` (or its
@@ -288,9 +299,22 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run(args),
         Command::Tray(args) => run_tray(args),
-        Command::Status { json, control } => {
+        Command::Status {
+            json,
+            board,
+            control,
+        } => {
             let path = control_path(control);
-            let doc = status::query(&path).with_context(|| unreachable_daemon(&path))?;
+            let doc = status::request(&path, &status::Request::Status { board })
+                .with_context(|| unreachable_daemon(&path))?;
+            if let Ok(status::Reply {
+                error: Some(e),
+                ok: false,
+                ..
+            }) = serde_json::from_str(&doc)
+            {
+                anyhow::bail!(e);
+            }
             if json {
                 print!("{doc}");
             } else {
@@ -312,10 +336,20 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             control,
             ..
         } => list_exported(json, control),
-        Command::List { json, usb, .. } => list(json, &usb),
+        Command::List {
+            json, usb, control, ..
+        } => list(json, &usb, control),
         Command::Relay { usb } => relay(&usb),
-        Command::Forward { action, control } => forward(action, control),
-        Command::Connect { target, control } => connect(&target, control),
+        Command::Forward {
+            action,
+            control,
+            board,
+        } => forward(action, control, board),
+        Command::Connect {
+            target,
+            control,
+            board,
+        } => connect(&target, control, board.as_deref()),
         Command::Keygen { file } => {
             eprintln!("{}", qbkit_link::auth::keygen(&file).context("keygen")?);
             Ok(())
@@ -341,22 +375,28 @@ fn unreachable_daemon(path: &std::path::Path) -> String {
 }
 
 /// `forward add|remove|list`.
-fn forward(action: ForwardAction, control: Option<PathBuf>) -> anyhow::Result<()> {
+fn forward(
+    action: ForwardAction,
+    control: Option<PathBuf>,
+    board: Option<String>,
+) -> anyhow::Result<()> {
     let path = control_path(control);
     let (request, json) = match action {
         ForwardAction::Add { spec } => (
             status::Request::ForwardAdd {
                 spec: spec.to_string(),
+                board,
             },
             false,
         ),
         ForwardAction::Remove { spec } => (
             status::Request::ForwardRemove {
                 spec: spec.to_string(),
+                board,
             },
             false,
         ),
-        ForwardAction::List { json } => (status::Request::ForwardList, json),
+        ForwardAction::List { json } => (status::Request::ForwardList { board }, json),
     };
     let doc = status::request(&path, &request).with_context(|| unreachable_daemon(&path))?;
     let reply: status::Reply = serde_json::from_str(&doc)
@@ -367,7 +407,7 @@ fn forward(action: ForwardAction, control: Option<PathBuf>) -> anyhow::Result<()
     let forwards = reply.data.forwards.unwrap_or_default();
     if json {
         println!("{}", serde_json::to_string_pretty(&forwards)?);
-    } else if matches!(request, status::Request::ForwardList) {
+    } else if matches!(request, status::Request::ForwardList { .. }) {
         if forwards.is_empty() {
             println!("no forwards");
         } else {
@@ -378,9 +418,15 @@ fn forward(action: ForwardAction, control: Option<PathBuf>) -> anyhow::Result<()
 }
 
 /// `connect PORT`: stdin/stdout ⇄ the board's port through the daemon.
-fn connect(target: &str, control: Option<PathBuf>) -> anyhow::Result<()> {
+fn connect(target: &str, control: Option<PathBuf>, board: Option<&str>) -> anyhow::Result<()> {
     let path = control_path(control);
-    match status::connect(&path, target, tokio::io::stdin(), tokio::io::stdout()) {
+    match status::connect(
+        &path,
+        target,
+        board,
+        tokio::io::stdin(),
+        tokio::io::stdout(),
+    ) {
         Ok(()) => Ok(()),
         Err(e)
             if matches!(
@@ -394,12 +440,40 @@ fn connect(target: &str, control: Option<PathBuf>) -> anyhow::Result<()> {
     }
 }
 
-fn list(json: bool, args: &UsbArgs) -> anyhow::Result<()> {
+/// The serials of the boards the running daemon at `control` serves over USB now (none when no
+/// daemon answers).
+fn served_serials(control: Option<PathBuf>) -> Vec<String> {
+    let Ok(doc) = status::query(&control_path(control)) else {
+        return Vec::new();
+    };
+    let Ok(s) = serde_json::from_str::<status::Status>(&doc) else {
+        return Vec::new();
+    };
+    s.boards
+        .into_iter()
+        .filter(|b| b.link.connected)
+        .map(|b| b.name)
+        .collect()
+}
+
+fn list(json: bool, args: &UsbArgs, control: Option<PathBuf>) -> anyhow::Result<()> {
     init_logging(false);
     let boards = runtime()?.block_on(usb::list_boards(&args.filter(), true))?;
     let infos: Vec<&usb::BoardInfo> = boards.iter().map(usb::Board::info).collect();
+    let served = served_serials(control);
+    let is_served = |i: &usb::BoardInfo| i.serial.as_ref().is_some_and(|s| served.contains(s));
     if json {
-        println!("{}", serde_json::to_string_pretty(&infos)?);
+        let rows: Vec<serde_json::Value> = infos
+            .iter()
+            .map(|i| {
+                let mut v = serde_json::to_value(i)?;
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("served".into(), is_served(i).into());
+                }
+                Ok(v)
+            })
+            .collect::<serde_json::Result<_>>()?;
+        println!("{}", serde_json::to_string_pretty(&rows)?);
     } else if infos.is_empty() {
         eprintln!(
             "no qbkit board found (USB {:04x}:{:04x}); is it plugged in and running qbkit-gadget?",
@@ -408,17 +482,18 @@ fn list(json: bool, args: &UsbArgs) -> anyhow::Result<()> {
         );
     } else {
         println!(
-            "{:<20} {:<10} {:<12} {:<14} VID:PID",
-            "SERIAL", "SPEED", "BUS-PATH", "STATE"
+            "{:<20} {:<10} {:<12} {:<14} {:<7} VID:PID",
+            "SERIAL", "SPEED", "BUS-PATH", "STATE", "SERVED"
         );
         for i in &infos {
             let state = serde_json::to_value(i.state)?;
             println!(
-                "{:<20} {:<10} {:<12} {:<14} {:04x}:{:04x}",
+                "{:<20} {:<10} {:<12} {:<14} {:<7} {:04x}:{:04x}",
                 printable(i.serial.as_deref().unwrap_or("-")),
                 i.speed.unwrap_or("?"),
                 i.bus_path,
                 state.as_str().unwrap_or("?"),
+                if is_served(i) { "yes" } else { "-" },
                 i.vid,
                 i.pid
             );
@@ -785,6 +860,7 @@ mod tests {
             cli.command,
             Command::Status {
                 json: true,
+                board: None,
                 control: None
             }
         ));

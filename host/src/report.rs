@@ -3,8 +3,9 @@
 //! Pure functions; the driver decides when to print and publish. The `status` snapshot for the
 //! control socket is built in [`crate::status`] from the same sources.
 //!
-//! - [`LiveLine`]: the one-line summary `run` redraws on a terminal every second (link, rates
-//!   both ways since the last line, flows).
+//! - [`HostLine`]: the one-line summary `run` redraws on a terminal every second from the boards'
+//!   summaries (the board's state, or how many boards are up; rates both ways since the last
+//!   line; flows).
 //! - [`Summary`]: what front ends (the tray) show, published on a `watch` channel only when it
 //!   changed ([`publish`]).
 
@@ -39,31 +40,41 @@ pub struct Summary {
     pub forwards: Vec<String>,
 }
 
-/// Session byte counters (rx, tx) and time (µs) at the last live status line.
+/// Session byte totals (rx, tx) and time (µs) at the host's last live line.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct LiveLine {
+pub struct HostLine {
     prev: (u64, u64, u64),
 }
 
-impl LiveLine {
-    /// The line at `now` (µs): `\r`, clear to the end of the line, then the summary.
+impl HostLine {
+    /// The host's line at `now` (µs) from its boards' summaries: the board's state (with one
+    /// board) or how many boards have a session, rates both ways since the last line (totals),
+    /// flows.
     #[allow(clippy::cast_precision_loss, reason = "display only")]
-    pub fn render(&mut self, now: u64, core: &Core, link: Option<&str>) -> String {
-        let c = core.session().counters();
+    pub fn render(&mut self, now: u64, boards: &[Summary]) -> String {
+        let rx: u64 = boards.iter().map(|b| b.rx_bytes).sum();
+        let tx: u64 = boards.iter().map(|b| b.tx_bytes).sum();
+        let flows: usize = boards.iter().map(|b| b.flows).sum();
         let (rx0, tx0, t0) = self.prev;
-        self.prev = (c.rx_bytes, c.tx_bytes, now);
+        self.prev = (rx, tx, now);
         let secs = now.saturating_sub(t0).max(1) as f64 / 1e6;
         let mbit = |b: u64| b as f64 * 8.0 / secs / 1e6;
-        let state = match link {
-            Some(d) if core.is_up() => d,
-            Some(_) => "link up, no session yet",
-            None => "waiting for the board",
+        let state = match boards {
+            [one] => match &one.link {
+                Some(d) if one.session_up => d.clone(),
+                Some(_) => "link up, no session yet".to_owned(),
+                None => "waiting for the board".to_owned(),
+            },
+            _ => format!(
+                "{} boards, {} up",
+                boards.len(),
+                boards.iter().filter(|b| b.session_up).count()
+            ),
         };
         format!(
-            "\r\x1b[K{state} | board→net {:.1} Mbit/s | net→board {:.1} Mbit/s | {} flows",
-            mbit(c.rx_bytes.saturating_sub(rx0)),
-            mbit(c.tx_bytes.saturating_sub(tx0)),
-            core.nat().flow_count()
+            "\r\x1b[K{state} | board→net {:.1} Mbit/s | net→board {:.1} Mbit/s | {flows} flows",
+            mbit(rx.saturating_sub(rx0)),
+            mbit(tx.saturating_sub(tx0)),
         )
     }
 }
@@ -120,18 +131,33 @@ mod tests {
     }
 
     #[test]
-    fn live_line_says_what_the_link_is_doing() {
+    fn live_line_says_what_the_boards_are_doing() {
         let mut c = core();
-        let mut prev = LiveLine::default();
-        let line = prev.render(1_000_000, &c, None);
+        let mut prev = HostLine::default();
+        let waiting = summary(&c, None, Ipv4Addr::new(10, 47, 0, 2), vec![]);
+        let line = prev.render(1_000_000, std::slice::from_ref(&waiting));
         assert!(
             line.starts_with("\r\x1b[Kwaiting for the board |"),
             "{line:?}"
         );
         assert!(line.ends_with("| 0 flows"), "{line:?}");
         c.handle_link_up(1_000_000, Framing::Stream);
-        let line = prev.render(2_000_000, &c, Some("tcp 127.0.0.1:1"));
+        let linked = summary(
+            &c,
+            Some("tcp 127.0.0.1:1"),
+            Ipv4Addr::new(10, 47, 0, 2),
+            vec![],
+        );
+        let line = prev.render(2_000_000, std::slice::from_ref(&linked));
         assert!(line.contains("link up, no session yet"), "{line:?}");
+        let mut up = linked.clone();
+        up.session_up = true;
+        up.rx_bytes = 1_000_000;
+        let line = prev.render(3_000_000, &[waiting, up]);
+        assert!(
+            line.contains("2 boards, 1 up | board→net 8.0 Mbit/s"),
+            "{line:?}"
+        );
     }
 
     #[test]

@@ -28,31 +28,68 @@ use crate::forward::ForwardStatus;
 use crate::platform;
 use crate::sockets::SocketCounters;
 
-/// A control-socket request (one JSON line).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// A control-socket request (one JSON line). `board` names the board it is for (its name in
+/// `status`); it may be left out while the host serves one board.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Request {
-    /// The [`Status`] document.
-    #[default]
-    Status,
+    /// The [`Status`] document: the host's (every board and the totals), or one board's.
+    Status {
+        /// Only this board.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        board: Option<String>,
+    },
     /// Add a forward (`SPEC` as `--forward` takes it).
     ForwardAdd {
         /// The spec.
         spec: String,
+        /// The board.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        board: Option<String>,
     },
     /// Remove a forward.
     ForwardRemove {
         /// The spec.
         spec: String,
+        /// The board.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        board: Option<String>,
     },
     /// List the forwards.
-    ForwardList,
+    ForwardList {
+        /// The board.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        board: Option<String>,
+    },
     /// Turn this connection into a TCP connection to the board: `PORT` or `BOARD_ADDR:PORT`.
     Connect {
         /// The target.
         target: String,
+        /// The board.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        board: Option<String>,
     },
+}
+
+impl Default for Request {
+    /// What a client that sends nothing gets: the status.
+    fn default() -> Self {
+        Self::Status { board: None }
+    }
+}
+
+impl Request {
+    /// The board the request names, if any.
+    pub fn board(&self) -> Option<&str> {
+        match self {
+            Self::Status { board }
+            | Self::ForwardAdd { board, .. }
+            | Self::ForwardRemove { board, .. }
+            | Self::ForwardList { board }
+            | Self::Connect { board, .. } => board.as_deref(),
+        }
+    }
 }
 
 /// The answer to every request but `status` (and `connect` once it succeeded: then `ok` only).
@@ -103,6 +140,28 @@ pub struct Status {
     /// The gateway's upstream DNS resolvers.
     #[serde(default)]
     pub dns: DnsStatus,
+    /// Every board this host serves (one entry per board; the fields above are that board's,
+    /// or with several boards their totals).
+    #[serde(default)]
+    pub boards: Vec<BoardStatus>,
+}
+
+/// One board in the host's [`Status`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BoardStatus {
+    /// Its name, what `--board` takes: the USB serial, or `board-N` (the N-th board a stream
+    /// listener served at once).
+    pub name: String,
+    /// Its link and session.
+    pub link: LinkStatus,
+    /// Session bytes from the board.
+    pub rx_bytes: u64,
+    /// Session bytes to the board.
+    pub tx_bytes: u64,
+    /// Open flows.
+    pub flows: usize,
+    /// Its port forwards.
+    pub forwards: usize,
 }
 
 impl DnsStatus {
@@ -325,6 +384,7 @@ impl Status {
             flows,
             forwards: s.forwards.clone(),
             dns: dns_status(s.nat),
+            boards: Vec::new(),
         }
     }
 
@@ -446,6 +506,9 @@ impl Status {
         if !normal.is_empty() {
             let _ = writeln!(o, "normal     {} (not faults)", normal.join(", "));
         }
+        if self.boards.len() > 1 {
+            o.push_str(&render_boards(&self.boards));
+        }
         if !self.forwards.is_empty() {
             let _ = writeln!(o, "\nforwards");
             o.push_str(&render_forwards(&self.forwards));
@@ -454,6 +517,92 @@ impl Status {
             o.push_str(&render_flows(&self.flows));
         }
         o
+    }
+}
+
+/// The boards as a table (`status` of a host serving several).
+fn render_boards(boards: &[BoardStatus]) -> String {
+    use std::fmt::Write as _;
+    let mut o = format!(
+        "\n{:<20} {:<10} {:<20} {:>12} {:>12} {:>6}  LINK\n",
+        "BOARD", "SESSION", "PEER", "FROM BOARD", "TO BOARD", "FLOWS"
+    );
+    for b in boards {
+        let _ = writeln!(
+            o,
+            "{:<20} {:<10} {:<20} {:>12} {:>12} {:>6}  {}",
+            printable(&b.name),
+            b.link.session,
+            printable(b.link.peer.as_deref().unwrap_or("-")),
+            b.rx_bytes,
+            b.tx_bytes,
+            b.flows,
+            printable(b.link.description.as_deref().unwrap_or("no link"))
+        );
+    }
+    o
+}
+
+/// Adds `from`'s counters to `into`'s.
+fn add_counters(into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) {
+    for (k, v) in from {
+        let e = into.entry(k.clone()).or_insert(0);
+        *e = e.saturating_add(*v);
+    }
+}
+
+impl Status {
+    /// This board's line in the host's document.
+    fn board(&self, name: &str) -> BoardStatus {
+        let get = |k: &str| self.session.get(k).copied().unwrap_or(0);
+        BoardStatus {
+            name: name.to_owned(),
+            link: self.link.clone(),
+            rx_bytes: get("rx_bytes"),
+            tx_bytes: get("tx_bytes"),
+            flows: self.flows.len(),
+            forwards: self.forwards.len(),
+        }
+    }
+
+    /// The host's document from its boards' (in order, at least one): one board's as it is, with
+    /// its `boards` entry; several boards' counters, flows and forwards added up, the link
+    /// `connected` while any is and its session `up` only when all are.
+    pub(crate) fn host(transport: &str, mut boards: Vec<(String, Self)>) -> Option<Self> {
+        let list: Vec<BoardStatus> = boards.iter().map(|(n, s)| s.board(n)).collect();
+        let several = boards.len() > 1;
+        let mut rest = boards.split_off(1.min(boards.len()));
+        let (_, mut total) = boards.pop()?;
+        if several {
+            let all_up = list.iter().all(|b| b.link.session == "up");
+            total.link = LinkStatus {
+                connected: list.iter().any(|b| b.link.connected),
+                description: Some(format!("{} boards", list.len())),
+                session: if all_up { "up" } else { "partly up" }.to_owned(),
+                ..LinkStatus::default()
+            };
+        }
+        for (_, s) in &mut rest {
+            for (into, from) in [
+                (&mut total.flow_counts, &s.flow_counts),
+                (&mut total.nat, &s.nat),
+                (&mut total.session, &s.session),
+                (&mut total.sockets, &s.sockets),
+                (&mut total.driver, &s.driver),
+                (&mut total.peer_stats, &s.peer_stats),
+            ] {
+                add_counters(into, from);
+            }
+            total.os_sockets += s.os_sockets;
+            total.flows.append(&mut s.flows);
+            total.forwards.append(&mut s.forwards);
+        }
+        // Process-wide counters are in every board's snapshot: once, not summed.
+        total.session.extend(qbkit_link::auth::COUNTERS.named());
+        total.driver.extend(control::COUNTERS.named());
+        transport.clone_into(&mut total.transport);
+        total.boards = list;
+        Some(total)
     }
 }
 
@@ -491,16 +640,22 @@ pub fn request(path: &Path, request: &Request) -> io::Result<String> {
 
 /// Client: reads the daemon's status document from `path`.
 pub fn query(path: &Path) -> io::Result<String> {
-    request(path, &Request::Status)
+    request(path, &Request::default())
 }
 
 /// Client of `qbkit-host connect`: asks the daemon for a connection to the board's port and
 /// waits until the board accepted. The returned stream then carries that connection's bytes.
-pub async fn connect_stream(path: &Path, target: &str) -> io::Result<platform::ControlClient> {
+/// `board` names the board when the daemon serves several.
+pub async fn connect_stream(
+    path: &Path,
+    target: &str,
+    board: Option<&str>,
+) -> io::Result<platform::ControlClient> {
     use tokio::io::AsyncWriteExt as _;
     let mut s = platform::control_connect(path).await?;
     let mut line = serde_json::to_vec(&Request::Connect {
         target: target.to_owned(),
+        board: board.map(str::to_owned),
     })
     .map_err(io::Error::other)?;
     line.push(b'\n');
@@ -532,12 +687,13 @@ pub async fn connect_stream(path: &Path, target: &str) -> io::Result<platform::C
 pub fn connect(
     path: &Path,
     target: &str,
+    board: Option<&str>,
     input: impl tokio::io::AsyncRead + Unpin,
     output: impl tokio::io::AsyncWrite + Unpin,
 ) -> io::Result<()> {
     let rt = client_runtime()?;
     let r = rt.block_on(async {
-        let s = connect_stream(path, target).await?;
+        let s = connect_stream(path, target, board).await?;
         copy_both_ways(s, input, output).await
     });
     // A blocking stdin read may still be pending: do not wait for it.
@@ -626,6 +782,55 @@ pub fn render_forwards(forwards: &[ForwardStatus]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn board_doc(connected: bool, rx: u64, drops: u64) -> Status {
+        serde_json::from_value(serde_json::json!({
+            "version": "0", "pid": 1, "uptime_s": 1.0, "rss_bytes": null, "transport": "-",
+            "link": {"connected": connected, "description": "unix-listen:///l", "session":
+                     if connected { "up" } else { "connecting" }, "peer": "b"},
+            "flow_counts": {"tcp": 1}, "os_sockets": 1,
+            "nat": {"drop_board_queue_full": drops}, "session": {"rx_bytes": rx, "tx_bytes": 7},
+            "sockets": {}, "driver": {}, "peer_stats": {},
+            "flows": [{"id": 1, "protocol": "tcp", "src": "10.47.0.2:1", "dst": "192.0.2.1:80",
+                       "os_dst": "192.0.2.1:80", "state": "established", "bytes_from_board": 0,
+                       "bytes_to_board": 0, "idle_ms": 0, "direction": "out"}],
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn host_status_is_one_boards_or_every_boards_totals() {
+        let one = Status::host(
+            "unix-listen:///l",
+            vec![("board-1".into(), board_doc(true, 5, 0))],
+        )
+        .unwrap();
+        assert_eq!(one.link.description.as_deref(), Some("unix-listen:///l"));
+        assert_eq!(one.boards.len(), 1);
+        assert_eq!(
+            (one.boards[0].name.as_str(), one.boards[0].rx_bytes),
+            ("board-1", 5)
+        );
+        let boards = vec![
+            ("board-1".into(), board_doc(true, 5, 1)),
+            ("board-2".into(), board_doc(false, 10, 2)),
+        ];
+        let all = Status::host("unix-listen:///l", boards).unwrap();
+        assert!(all.link.connected, "one board has a link");
+        assert_eq!(all.link.session, "partly up");
+        assert_eq!(all.nat["drop_board_queue_full"], 3);
+        assert_eq!(all.session["rx_bytes"], 15);
+        assert_eq!(
+            (all.flow_counts["tcp"], all.flows.len(), all.os_sockets),
+            (2, 2, 2)
+        );
+        let names: Vec<_> = all.boards.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(names, ["board-1", "board-2"]);
+        let text = all.render();
+        assert!(text.contains("\nBOARD "), "{text}");
+        assert!(text.contains("board-2              connecting"), "{text}");
+        assert!(Status::host("x", Vec::new()).is_none());
+    }
 
     #[test]
     fn late_segments_are_not_shown_as_faults() {

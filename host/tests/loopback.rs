@@ -506,7 +506,7 @@ async fn laptop_reaches_the_board_through_a_forward_and_connect() {
         let via_connect = tokio::spawn({
             let control = control.clone();
             async move {
-                let s = qbkit_host::status::connect_stream(&control, "10.47.0.2:22").await;
+                let s = qbkit_host::status::connect_stream(&control, "10.47.0.2:22", None).await;
                 echo_client_async(s.unwrap()).await
             }
         });
@@ -517,7 +517,7 @@ async fn laptop_reaches_the_board_through_a_forward_and_connect() {
         let connect_refused = tokio::spawn({
             let control = control.clone();
             async move {
-                qbkit_host::status::connect_stream(&control, "23")
+                qbkit_host::status::connect_stream(&control, "23", None)
                     .await
                     .map(|_| ())
                     .unwrap_err()

@@ -47,7 +47,7 @@ use tokio::task::JoinSet;
 
 use crate::auth::{AuthError, AuthRole, LinkKey};
 pub use crate::backoff::Backoff;
-pub use crate::task::{LinkEvent, LinkUp, STREAM_TX_DEPTH, run_stream};
+pub use crate::task::{LinkEvent, LinkUp, STREAM_TX_DEPTH, run_listener, run_stream};
 
 /// Handshakes a listener runs at once; a connection beyond them is closed at once (counted in
 /// [`auth::AuthCounters::busy`]).

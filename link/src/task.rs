@@ -114,25 +114,8 @@ pub async fn run_stream(
         });
     };
     while let Some(stream) = conn.connect_retrying(failed).await {
-        let (tx, rx) = mpsc::channel::<Vec<u8>>(STREAM_TX_DEPTH);
-        let program_side = tx.downgrade();
-        let up = LinkUp {
-            framing: Framing::Stream,
-            tx,
-            // The real port of a port-0 listener, the peer and whether it proved the key.
-            description: conn.describe(),
-        };
-        if events.send(LinkEvent::Up(up)).await.is_err() {
+        let Some(res) = serve_stream(stream, conn.describe(), max_bundle, &events).await else {
             return;
-        }
-        let res = crate::pump(stream, max_bundle, rx, &events, |b| {
-            LinkEvent::Bundle(b.to_vec())
-        })
-        .await;
-        // The program dropped the link's sender: the peer's session timed out (it went silent).
-        let res = match res {
-            Ok(()) if program_side.upgrade().is_none() => Err(LinkError::PeerSilent),
-            r => r,
         };
         let framing_error = matches!(res, Err(LinkError::Frame(_)));
         let reason = conn.ended(&res).await;
@@ -146,5 +129,85 @@ pub async fn run_stream(
         {
             return;
         }
+    }
+}
+
+/// Runs one connected stream: `Up` with a sender of depth [`STREAM_TX_DEPTH`], then bundles both
+/// ways until it ends. Returns how it ended (`PeerSilent` when the program dropped the link's
+/// sender: the peer's session timed out), or `None` when `events` is closed.
+async fn serve_stream(
+    stream: (crate::LinkRead, crate::LinkWrite),
+    description: String,
+    max_bundle: usize,
+    events: &mpsc::Sender<LinkEvent>,
+) -> Option<Result<(), LinkError>> {
+    let (tx, rx) = mpsc::channel::<Vec<u8>>(STREAM_TX_DEPTH);
+    let program_side = tx.downgrade();
+    let up = LinkUp {
+        framing: Framing::Stream,
+        tx,
+        description,
+    };
+    events.send(LinkEvent::Up(up)).await.ok()?;
+    let res = crate::pump(stream, max_bundle, rx, events, |b| {
+        LinkEvent::Bundle(b.to_vec())
+    })
+    .await;
+    Some(match res {
+        Ok(()) if program_side.upgrade().is_none() => Err(LinkError::PeerSilent),
+        r => r,
+    })
+}
+
+/// Serves every peer of a listening link at once (`tcp-listen://`, `unix-listen://` on a host
+/// that serves several boards): bind (reporting the bound URL to `listening`), then accept (and,
+/// with `key`, authenticate) peers one after another, with backoff after accept errors; each
+/// accepted stream runs in a task of its own on the event channel `attach` gives it: `Up`, bundles
+/// both ways, `Down` when it ends, then the guard `attach` returned with the channel is dropped
+/// (it marks the channel's owner free for the next peer). Ends when the listener cannot bind or
+/// `attach` returns `None` (the program is stopping).
+pub async fn run_listener<A, F, G>(
+    url: LinkUrl,
+    key: Option<LinkKey>,
+    max_bundle: usize,
+    listening: impl FnOnce(String),
+    mut attach: A,
+) where
+    A: FnMut() -> F,
+    F: Future<Output = Option<(mpsc::Sender<LinkEvent>, G)>>,
+    G: Send + 'static,
+{
+    let Ok(mut conn) = Connector::with_key(url, key)
+        .inspect_err(|e| tracing::error!(error = %e, "stream link cannot start"))
+    else {
+        return;
+    };
+    if let Err(e) = conn.bind().await {
+        tracing::error!(error = %e, "stream link cannot listen");
+        return;
+    }
+    listening(conn.bound_url().to_string());
+    while let Some(stream) = conn.connect_retrying(|_| ()).await {
+        let description = conn.describe();
+        let Some((events, guard)) = attach().await else {
+            return;
+        };
+        tokio::spawn(async move {
+            let Some(res) = serve_stream(stream, description.clone(), max_bundle, &events).await
+            else {
+                return;
+            };
+            let reason = match &res {
+                Ok(()) => "closed by the peer".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            tracing::info!(link = %description, %reason, "stream link down");
+            let down = LinkEvent::Down {
+                reason,
+                framing_error: matches!(res, Err(LinkError::Frame(_))),
+            };
+            let _ = events.send(down).await;
+            drop(guard);
+        });
     }
 }

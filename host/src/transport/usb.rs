@@ -127,6 +127,45 @@ pub async fn run(filter: DeviceFilter, cfg: UsbConfig, events: mpsc::Sender<Link
     }
 }
 
+/// Reports each matching board once by name (its USB serial, or `usb-BUSPATH` without one) with
+/// the filter that narrows to it, for a [`run`] of its own (`qbkit-host run` serving every board;
+/// boards that share a serial are one name: tell them apart with `--bus-path`). Runs until
+/// `found` is closed.
+pub async fn discover(filter: DeviceFilter, found: mpsc::Sender<(String, DeviceFilter)>) {
+    let mut watch = BoardWatch::new(filter.clone());
+    let mut seen = std::collections::HashSet::new();
+    loop {
+        let board = tokio::select! {
+            ev = watch.next_with_source() => ev,
+            () = found.closed() => return,
+        };
+        match board {
+            Ok((BoardEvent::Arrived(b), _)) => {
+                let i = b.info();
+                let (name, narrow) = match &i.serial {
+                    Some(s) => {
+                        let mut f = filter.clone();
+                        f.serial = Some(s.clone());
+                        (s.clone(), f)
+                    }
+                    None => (
+                        format!("usb-{}", i.bus_path),
+                        filter.clone().with_bus_path(Some(i.bus_path.clone())),
+                    ),
+                };
+                if seen.insert(name.clone()) && found.send((name, narrow)).await.is_err() {
+                    return;
+                }
+            }
+            Ok((BoardEvent::Left { .. }, _)) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot enumerate USB devices");
+                tokio::time::sleep(OPEN_SLOW_DELAY).await;
+            }
+        }
+    }
+}
+
 /// Opens a board, retrying briefly while the OS is still setting it up after an arrival.
 async fn open(board: &Board, cfg: UsbConfig) -> Result<UsbLink, UsbError> {
     let mut tries = 0;

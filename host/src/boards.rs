@@ -1,0 +1,344 @@
+//! Several boards on one `qbkit-host run`: one driver per board, side by side, behind one control
+//! socket.
+//!
+//! # Theory of operation
+//!
+//! ```text
+//!  usb: transport::usb::discover ──(name, filter)──▶ supervisor ──▶ driver + usb::run for that board
+//!  tcp-listen / unix-listen: qbkit_link::run_listener ──attach──▶ supervisor ──▶ a driver with no
+//!    peer (or a new one); the peer's link task feeds it directly
+//!  other transports (tcp://, unix://, stdio, exec:, usbip) ──▶ the one board's driver
+//!  control socket ──Request──▶ supervisor ──by `board`──▶ that driver's BoardMsg channel
+//!  status without a board ──▶ every driver's snapshot ──▶ Status::host (each board + totals)
+//! ```
+//!
+//! A board's driver ([`driver::run_board`]) is the whole per-board unit: its core (session and
+//! NAT: every board sees the same addresses behind its own gateway, and flows are never shared),
+//! OS sockets, forwards and counters, on a task of its own. A flood or stall on one board never
+//! waits for another: each driver's work pass is capped (received bundles per pass, bytes and
+//! datagrams per flow) and then yields to the runtime, and link events come on a channel per
+//! board. Shared: the control socket, the DNS watcher (one `watch` every driver follows) and the
+//! live line (the totals of the drivers' [`Summary`]s).
+//!
+//! Naming (what `--board` takes, and `status` shows): on USB the board's serial (`usb-BUSPATH`
+//! without one); a stream listener's boards are `board-1`, `board-2`, … in the order it first
+//! needed that many at once; a connecting transport has one board, `board-1`.
+//!
+//! Board lifetime: the first board's driver starts at once and gets `--forward`'s forwards (so
+//! they listen before any board is there, as with one board). On USB each board name keeps its
+//! driver across replugs (its flows survive a quick replug); a stream listener hands each new
+//! peer to a driver that has none (the first such, so a single board that reconnects keeps its
+//! flows), or starts another. Limits are per board (`max_flows`, the TCP buffer budget of
+//! `--tcp-buffer-budget` for each board's NAT).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use qbkit_link::control;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+
+use crate::driver::{self, BoardMsg};
+use crate::engine::Engine;
+use crate::report::{self, Summary};
+use crate::status::{self, ControlMsg, Reply, Request, Status};
+use crate::transport::{self, LinkEvent, TransportSpec};
+use crate::usb::DeviceFilter;
+
+/// How long the host's `status` waits for each board's snapshot.
+const STATUS_WAIT: Duration = Duration::from_secs(2);
+
+/// A peer of a stream listener is being served by a board's driver while this lives.
+#[derive(Debug)]
+pub struct Claim(Arc<AtomicBool>);
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// One board's driver, as the supervisor sees it.
+struct Board {
+    name: String,
+    /// Its link event channel; `None` for the one board of a connecting transport (whose end,
+    /// closing the channel, ends the driver and the host).
+    links: Option<mpsc::Sender<LinkEvent>>,
+    control: mpsc::Sender<BoardMsg>,
+    /// A link task serves it (a stream peer now, or on USB its board's `usb::run`).
+    attached: Arc<AtomicBool>,
+    summary: watch::Receiver<Summary>,
+}
+
+/// The supervisor's state.
+struct Host {
+    engine: Engine,
+    boards: Vec<Board>,
+    tasks: JoinSet<Result<(), driver::Error>>,
+    dns: Option<watch::Receiver<Vec<std::net::SocketAddr>>>,
+    stop: watch::Sender<bool>,
+    /// The transport for `status` (a listener's bound URL once bound).
+    transport: watch::Receiver<String>,
+}
+
+/// Runs the boards of `engine`'s transport until `shutdown` completes, a driver fails, or (one
+/// board on a connecting transport) the transport ends.
+pub async fn run(engine: Engine, shutdown: impl Future<Output = ()>) -> Result<(), driver::Error> {
+    let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlMsg>(16);
+    if let Some(p) = &engine.driver.control_path
+        && let Err(e) = status::serve(p, ctl_tx)
+    {
+        tracing::warn!(path = %p.display(), error = %e, "no control socket: `status`, `forward` and `connect` will not reach this daemon");
+    }
+    let dns = engine
+        .driver
+        .follow_os_dns
+        .then(|| crate::dns_watch::spawn(engine.driver.nat.dns_servers.clone()));
+    let (transport_tx, transport_rx) = watch::channel(engine.driver.transport.clone());
+    let mut host = Host {
+        engine,
+        boards: Vec::new(),
+        tasks: JoinSet::new(),
+        dns,
+        stop: watch::channel(false).0,
+        transport: transport_rx,
+    };
+    let (attach_tx, mut attach_rx) = mpsc::channel::<oneshot::Sender<Attached>>(4);
+    let (usb_tx, mut usb_rx) = mpsc::channel::<(String, DeviceFilter)>(4);
+    match host.engine.transport.clone() {
+        TransportSpec::Usb => {
+            host.spawn_board(true);
+            tokio::spawn(transport::usb::discover(
+                host.engine.usb_filter.clone(),
+                usb_tx,
+            ));
+        }
+        TransportSpec::Stream(url) if url.is_listener() => {
+            host.spawn_board(true);
+            tokio::spawn(qbkit_link::run_listener(
+                url,
+                host.engine.link_key.clone(),
+                host.engine.driver.max_bundle,
+                move |bound| {
+                    let _ = transport_tx.send(bound);
+                },
+                move || {
+                    let attach_tx = attach_tx.clone();
+                    async move {
+                        let (tx, rx) = oneshot::channel();
+                        attach_tx.send(tx).await.ok()?;
+                        rx.await.ok()
+                    }
+                },
+            ));
+        }
+        _ => {
+            let links = host.spawn_board(false);
+            host.engine
+                .spawn_transport(host.engine.usb_filter.clone(), links);
+        }
+    }
+    let mut live = host
+        .engine
+        .driver
+        .live_status
+        .then(|| tokio::time::interval(Duration::from_secs(1)));
+    let mut host_line = report::HostLine::default();
+    let started = std::time::Instant::now();
+    let mut shutdown = std::pin::pin!(shutdown);
+    let result = loop {
+        tokio::select! {
+            () = &mut shutdown => break Ok(()),
+            Some(msg) = ctl_rx.recv() => host.route(msg),
+            Some(reply) = attach_rx.recv() => {
+                let _ = reply.send(host.attach());
+            }
+            Some((name, filter)) = usb_rx.recv() => host.usb_board(name, filter),
+            done = host.tasks.join_next() => match done {
+                Some(Ok(Ok(()))) if !host.tasks.is_empty() => {}
+                Some(Ok(Err(e))) => break Err(e),
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, "a board's driver task failed");
+                }
+                // The one board's transport ended, or no driver is left.
+                _ => break Ok(()),
+            },
+            _ = async { live.as_mut().expect("guarded").tick().await }, if live.is_some() => {
+                let now = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                let summaries: Vec<Summary> =
+                    host.boards.iter().map(|b| b.summary.borrow().clone()).collect();
+                print_line(&host_line.render(now, &summaries));
+            }
+        }
+    };
+    // Every driver says Bye to its board.
+    let _ = host.stop.send(true);
+    while host.tasks.join_next().await.is_some() {}
+    if live.is_some() {
+        println!();
+    }
+    result
+}
+
+fn print_line(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}
+
+/// What a stream listener's peer is attached to: its board's link channel and the claim on it.
+type Attached = (mpsc::Sender<LinkEvent>, Claim);
+
+impl Host {
+    /// Starts the next board's driver (the first gets `--forward`'s forwards); returns its link
+    /// channel, which the supervisor keeps too when `keep_links`.
+    fn spawn_board(&mut self, keep_links: bool) -> mpsc::Sender<LinkEvent> {
+        let mut cfg = self.engine.driver.clone();
+        if !self.boards.is_empty() {
+            cfg.forwards.clear();
+        }
+        cfg.live_status = false;
+        cfg.control_path = None;
+        cfg.transport.clone_from(&self.transport.borrow());
+        let (summary_tx, summary) = watch::channel(Summary::default());
+        cfg.summary = Some(summary_tx);
+        let (links, link_rx) = mpsc::channel(transport::EVENT_QUEUE);
+        let (control, control_rx) = mpsc::channel(16);
+        let mut stop = self.stop.subscribe();
+        let shutdown = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        self.tasks.spawn(driver::run_board(
+            cfg,
+            link_rx,
+            control_rx,
+            self.dns.clone(),
+            shutdown,
+        ));
+        let name = format!("board-{}", self.boards.len() + 1);
+        tracing::info!(board = %name, "board driver started");
+        self.boards.push(Board {
+            name,
+            links: keep_links.then(|| links.clone()),
+            control,
+            attached: Arc::new(AtomicBool::new(false)),
+            summary,
+        });
+        links
+    }
+
+    /// A new stream peer: the first board without one, or a new board.
+    fn attach(&mut self) -> Attached {
+        let free = self.boards.iter().position(|b| {
+            b.links.is_some()
+                && b.attached
+                    .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+        });
+        let i = free.unwrap_or_else(|| {
+            self.spawn_board(true);
+            let i = self.boards.len() - 1;
+            self.boards[i].attached.store(true, Ordering::Release);
+            i
+        });
+        let b = &self.boards[i];
+        tracing::info!(board = %b.name, "stream peer attached");
+        let links = b.links.clone().unwrap_or_else(|| mpsc::channel(1).0);
+        (links, Claim(Arc::clone(&b.attached)))
+    }
+
+    /// A USB board seen for the first time: it takes the first board that has no USB board yet
+    /// (the one started at once) or a new one, named after it, and its own `usb::run`.
+    fn usb_board(&mut self, name: String, filter: DeviceFilter) {
+        let free = self
+            .boards
+            .iter()
+            .position(|b| !b.attached.load(Ordering::Acquire));
+        let i = free.unwrap_or_else(|| {
+            self.spawn_board(true);
+            self.boards.len() - 1
+        });
+        let b = &mut self.boards[i];
+        b.attached.store(true, Ordering::Release);
+        tracing::info!(board = %name, "serving USB board");
+        b.name = name;
+        if let Some(links) = b.links.clone() {
+            tokio::spawn(transport::usb::run(filter, self.engine.usb, links));
+        }
+    }
+
+    /// The board a request names; without a name, the only board.
+    fn find(&self, name: Option<&str>) -> Result<&Board, String> {
+        let names = || {
+            self.boards
+                .iter()
+                .map(|b| b.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match name {
+            Some(n) => self.boards.iter().find(|b| b.name == n).ok_or_else(|| {
+                format!("no board named {n:?}; this qbkit-host serves: {}", names())
+            }),
+            None if self.boards.len() == 1 => Ok(&self.boards[0]),
+            None if self.boards.is_empty() => {
+                Err("no board is connected to this qbkit-host".to_owned())
+            }
+            None => Err(format!(
+                "this qbkit-host serves {} boards ({}): name one with --board NAME",
+                self.boards.len(),
+                names()
+            )),
+        }
+    }
+
+    /// A control-socket request: the host's status here, the rest to the board it names.
+    fn route(&self, msg: ControlMsg) {
+        if matches!(msg.request, Request::Status { board: None }) {
+            return self.host_status(msg.stream);
+        }
+        match self.find(msg.request.board()) {
+            Ok(b) => {
+                let tx = b.control.clone();
+                tokio::spawn(async move {
+                    let _ = tx.send(BoardMsg::Control(msg)).await;
+                });
+            }
+            Err(e) => control::reply(msg.stream, &Reply::error(e)),
+        }
+    }
+
+    /// Every board's snapshot, then the host's document, in a small task (a busy board delays
+    /// only this answer).
+    fn host_status(&self, stream: status::ControlStream) {
+        let asks: Vec<_> = self
+            .boards
+            .iter()
+            .map(|b| {
+                let (tx, rx) = oneshot::channel();
+                (b.name.clone(), b.control.clone(), tx, rx)
+            })
+            .collect();
+        let transport = self.transport.borrow().clone();
+        tokio::spawn(async move {
+            let mut got = Vec::new();
+            for (name, control, tx, rx) in asks {
+                if control.send(BoardMsg::Status(tx)).await.is_err() {
+                    continue;
+                }
+                if let Ok(Ok(s)) = tokio::time::timeout(STATUS_WAIT, rx).await {
+                    got.push((name, s));
+                }
+            }
+            match Status::host(&transport, got) {
+                Some(s) => control::reply(stream, &s),
+                None => control::reply(
+                    stream,
+                    &Reply::error("no board's driver answered (is qbkit-host stopping?)"),
+                ),
+            }
+        });
+    }
+}
