@@ -86,15 +86,9 @@ pub async fn run_stream(
     max_bundle: usize,
     events: mpsc::Sender<LinkEvent>,
 ) {
-    let Ok(mut conn) = Connector::with_key(url, key)
-        .inspect_err(|e| tracing::error!(error = %e, "stream link cannot start"))
-    else {
+    let Some(mut conn) = bound_connector(url, key).await else {
         return;
     };
-    if let Err(e) = conn.bind().await {
-        tracing::error!(error = %e, "stream link cannot listen");
-        return;
-    }
     let bound = conn.bound_url();
     if bound.is_listener()
         && events
@@ -130,6 +124,18 @@ pub async fn run_stream(
             return;
         }
     }
+}
+
+/// A connector for `url`, its listener bound; `None` (logged) when it cannot start or listen.
+async fn bound_connector(url: LinkUrl, key: Option<LinkKey>) -> Option<Connector> {
+    let mut conn = Connector::with_key(url, key)
+        .inspect_err(|e| tracing::error!(error = %e, "stream link cannot start"))
+        .ok()?;
+    if let Err(e) = conn.bind().await {
+        tracing::error!(error = %e, "stream link cannot listen");
+        return None;
+    }
+    Some(conn)
 }
 
 /// Runs one connected stream: `Up` with a sender of depth [`STREAM_TX_DEPTH`], then bundles both
@@ -177,15 +183,9 @@ pub async fn run_listener<A, F, G>(
     F: Future<Output = Option<(mpsc::Sender<LinkEvent>, G)>>,
     G: Send + 'static,
 {
-    let Ok(mut conn) = Connector::with_key(url, key)
-        .inspect_err(|e| tracing::error!(error = %e, "stream link cannot start"))
-    else {
+    let Some(mut conn) = bound_connector(url, key).await else {
         return;
     };
-    if let Err(e) = conn.bind().await {
-        tracing::error!(error = %e, "stream link cannot listen");
-        return;
-    }
     listening(conn.bound_url().to_string());
     while let Some(stream) = conn.connect_retrying(|_| ()).await {
         let description = conn.describe();
