@@ -28,8 +28,13 @@
 //! they listen before any board is there, as with one board). On USB each board name keeps its
 //! driver across replugs (its flows survive a quick replug); a stream listener hands each new
 //! peer to a driver that has none (the first such, so a single board that reconnects keeps its
-//! flows), or starts another. Limits are per board (`max_flows`, the TCP buffer budget of
-//! `--tcp-buffer-budget` for each board's NAT).
+//! flows), or starts another.
+//!
+//! Limits: each board's NAT has its own (`max_flows`, `--tcp-buffer-budget`), and all boards'
+//! TCP buffers together stay within `--tcp-buffer-budget` too: one [`qbkit_nat::SharedBudget`]
+//! every NAT counts its sockets into (an atomic counter, by the same half-full / small / refused
+//! rule). Shared rather than split: boards come and go, a split needs their number in advance and
+//! leaves an idle board's share unused, while one host with one board keeps the whole budget.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -80,6 +85,8 @@ struct Host {
     stop: watch::Sender<bool>,
     /// The transport for `status` (a listener's bound URL once bound).
     transport: watch::Receiver<String>,
+    /// The TCP buffer budget all boards' NATs share.
+    budget: Arc<qbkit_nat::SharedBudget>,
 }
 
 /// Runs the boards of `engine`'s transport until `shutdown` completes, a driver fails, or (one
@@ -96,6 +103,7 @@ pub async fn run(engine: Engine, shutdown: impl Future<Output = ()>) -> Result<(
         .follow_os_dns
         .then(|| crate::dns_watch::spawn(engine.driver.nat.dns_servers.clone()));
     let (transport_tx, transport_rx) = watch::channel(engine.driver.transport.clone());
+    let engine_budget = engine.driver.nat.tcp_buffer_budget;
     let mut host = Host {
         engine,
         boards: Vec::new(),
@@ -103,6 +111,7 @@ pub async fn run(engine: Engine, shutdown: impl Future<Output = ()>) -> Result<(
         dns,
         stop: watch::channel(false).0,
         transport: transport_rx,
+        budget: Arc::new(qbkit_nat::SharedBudget::new(engine_budget)),
     };
     let (attach_tx, mut attach_rx) = mpsc::channel::<oneshot::Sender<Attached>>(4);
     let (usb_tx, mut usb_rx) = mpsc::channel::<(String, DeviceFilter)>(4);
@@ -202,6 +211,7 @@ impl Host {
         cfg.live_status = false;
         cfg.control_path = None;
         cfg.transport.clone_from(&self.transport.borrow());
+        cfg.nat.shared_tcp_budget = Some(Arc::clone(&self.budget));
         let (summary_tx, summary) = watch::channel(Summary::default());
         cfg.summary = Some(summary_tx);
         let (links, link_rx) = mpsc::channel(transport::EVENT_QUEUE);

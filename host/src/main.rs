@@ -232,9 +232,10 @@ struct RunArgs {
     /// 16384). A board that takes smaller bundles gets a smaller MTU.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1280..=MAX_MTU))]
     mtu: Option<u32>,
-    /// Memory for all TCP connections' buffers together, in MiB (default 4096). Past half of it
-    /// new connections get smaller windows; past all of it they are refused, so a board that opens
-    /// connections and never reads cannot exhaust this machine's memory.
+    /// Memory for all TCP connections' buffers together, in MiB (default 4096): of each board,
+    /// and of all boards together. Past half of it new connections get smaller windows; past all
+    /// of it they are refused, so boards that open connections and never read cannot exhaust
+    /// this machine's memory.
     #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u32).range(1..=65536))]
     tcp_buffer_budget: Option<u32>,
     /// Upstream DNS resolver(s) for the gateway's DNS forwarding, IP or IP:PORT; pins them

@@ -73,6 +73,9 @@ pub struct NatConfig {
     /// not fit the whole budget a new flow is refused with a RST (`drop_tcp_buffer_budget`). This bounds what a board
     /// can pin by opening connections and never reading.
     pub tcp_buffer_budget: usize,
+    /// A budget this NAT shares with others (the NATs of every board one host serves): its
+    /// sockets' buffers count into it too, and a new flow must fit both (default `None`).
+    pub shared_tcp_budget: Option<std::sync::Arc<SharedBudget>>,
     /// Abort a TCP flow whose board side stops acknowledging queued data or the handshake for
     /// this long (default 120 s). Quiet flows with nothing in flight never time out.
     pub tcp_timeout: Duration,
@@ -129,6 +132,7 @@ impl Default for NatConfig {
             tcp_rx_buffer: 1 << 20,
             tcp_tx_buffer: 1 << 20,
             tcp_buffer_budget: DEFAULT_TCP_BUFFER_BUDGET,
+            shared_tcp_budget: None,
             tcp_timeout: Duration::from_secs(120),
             tcp_connect_timeout: Duration::from_secs(75),
             udp_timeout: Duration::from_secs(30),
@@ -144,6 +148,55 @@ impl Default for NatConfig {
         }
     }
 }
+
+/// TCP buffer bytes several [`Nat`](crate::Nat)s share ([`NatConfig::shared_tcp_budget`]): each
+/// adds its sockets' buffers as it creates them and takes them back as it frees them (also when
+/// it is dropped), so together they stay within `limit` by the same rule as one NAT's own budget
+/// (full buffers within half of it, the smallest ones up to all of it, refused beyond).
+#[derive(Debug)]
+pub struct SharedBudget {
+    limit: usize,
+    used: core::sync::atomic::AtomicUsize,
+}
+
+impl SharedBudget {
+    /// A budget of `limit` bytes, nothing used.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            used: core::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// The limit in bytes.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Bytes the sharing NATs' sockets hold now.
+    pub fn used(&self) -> usize {
+        self.used.load(core::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn add(&self, bytes: usize) {
+        self.used
+            .fetch_add(bytes, core::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn sub(&self, bytes: usize) {
+        self.used
+            .fetch_sub(bytes, core::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Two configurations share a budget only when it is the same one.
+impl PartialEq for SharedBudget {
+    fn eq(&self, other: &Self) -> bool {
+        core::ptr::eq(self, other)
+    }
+}
+
+impl Eq for SharedBudget {}
 
 /// Default of [`NatConfig::tcp_buffer_budget`] (4 GiB, or all of a 32-bit address space): 1024
 /// flows with full 1 MiB buffers both ways in the first half, then [`MIN_TCP_BUFFER`] ones up to

@@ -30,7 +30,8 @@
 //! buffer (`tcp_rx_buffer`/`tcp_tx_buffer`, 1 MiB each, window scaling on) allocated zeroed, so
 //! the OS commits pages only as data passes (an idle flow costs a few KiB), and all TCP buffers
 //! together within `tcp_buffer_budget` (4 GiB): past half of it new flows get 64 KiB buffers each
-//! way (a smaller window), past all of it they are refused with a RST. A flow the core
+//! way (a smaller window), past all of it they are refused with a RST; the same rule holds for a
+//! [`SharedBudget`] several NATs count into (`shared_tcp_budget`: one host's boards). A flow the core
 //! ends (eviction, timeout, reset) frees its socket once its RST has been queued, or at once when
 //! more such sockets wait than the board queue has slots (a board that stopped reading); at most
 //! `max_queued_board_packets` packets (64) for the board and `max_queued_datagram_bytes` (4 MiB)
@@ -142,7 +143,9 @@ mod sockets;
 mod tcp;
 mod udp;
 
-pub use config::{DEFAULT_TCP_BUFFER_BUDGET, MAX_MTU, MIN_MTU, MIN_TCP_BUFFER, NatConfig};
+pub use config::{
+    DEFAULT_TCP_BUFFER_BUDGET, MAX_MTU, MIN_MTU, MIN_TCP_BUFFER, NatConfig, SharedBudget,
+};
 pub use counters::Counters;
 pub use event::{ConnectError, DatagramError, FlowId, NatEvent, OsEvent};
 pub use flow::{FlowInfo, Protocol};

@@ -19,7 +19,8 @@
 //! ```
 //!
 //! The pool also keeps the buffer bytes of all its sockets as a running total (the TCP buffer
-//! budget), updated in `add` and `remove`, the one place sockets are freed.
+//! budget), updated in `add` and `remove`, the one place sockets are freed, and adds them to the
+//! budget it shares with other NATs, if any (taken back when the pool is dropped).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -61,6 +62,16 @@ pub(crate) struct TcpSockets {
     next_gen: u64,
     /// For segments of no flow: smoltcp answers them with a RST.
     empty: Option<SocketSet<'static>>,
+    /// The budget shared with other NATs (`NatConfig::shared_tcp_budget`).
+    shared: Option<std::sync::Arc<crate::config::SharedBudget>>,
+}
+
+impl Drop for TcpSockets {
+    fn drop(&mut self) {
+        if let Some(b) = &self.shared {
+            b.sub(self.buffer_bytes);
+        }
+    }
 }
 
 impl core::fmt::Debug for TcpSockets {
@@ -74,6 +85,18 @@ impl core::fmt::Debug for TcpSockets {
 }
 
 impl TcpSockets {
+    /// An empty pool that counts its buffers into `shared` too.
+    pub(crate) fn new(shared: Option<std::sync::Arc<crate::config::SharedBudget>>) -> Self {
+        let mut pool = Self::default();
+        pool.shared = shared;
+        pool
+    }
+
+    /// The budget shared with other NATs, if any.
+    pub(crate) fn shared(&self) -> Option<&crate::config::SharedBudget> {
+        self.shared.as_deref()
+    }
+
     /// Add a socket (pending: a connecting socket has its SYN to send).
     pub(crate) fn add(&mut self, sock: tcp::Socket<'static>) -> SockId {
         let capacity = sock.recv_capacity() + sock.send_capacity();
@@ -96,6 +119,9 @@ impl TcpSockets {
         };
         self.live += 1;
         self.buffer_bytes += capacity;
+        if let Some(b) = &self.shared {
+            b.add(capacity);
+        }
         self.mark_pending(id);
         id
     }
@@ -108,6 +134,9 @@ impl TcpSockets {
         self.free.push(id.0);
         self.live -= 1;
         self.buffer_bytes -= slot.capacity;
+        if let Some(b) = &self.shared {
+            b.sub(slot.capacity);
+        }
         slot.capacity
     }
 

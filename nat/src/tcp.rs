@@ -359,21 +359,36 @@ impl Nat {
     fn tcp_buffer_sizes(&mut self) -> Option<(usize, usize)> {
         let (rx, tx) = (self.cfg.tcp_rx_buffer, self.cfg.tcp_tx_buffer);
         let (small_rx, small_tx) = (rx.min(MIN_TCP_BUFFER), tx.min(MIN_TCP_BUFFER));
-        let budget = self.cfg.tcp_buffer_budget;
-        let mut used = self.tcp_buffer_bytes();
+        // This NAT's budget and the one it shares with other boards' NATs, if any: (used, limit).
+        let budgets = |nat: &Self| {
+            let shared = nat.sockets.shared().map(|b| (b.used(), b.limit()));
+            [
+                Some((nat.tcp_buffer_bytes(), nat.cfg.tcp_buffer_budget)),
+                shared,
+            ]
+        };
+        let fit = |nat: &Self, need: usize, part: fn(usize) -> usize| {
+            budgets(nat)
+                .into_iter()
+                .flatten()
+                .all(|(used, limit)| used + need <= part(limit))
+        };
         // Finished sockets still waiting to send their RST make room for live flows first.
-        while used + small_rx + small_tx > budget && !self.zombies.is_empty() {
-            used -= self.free_oldest_zombie();
+        while !fit(self, small_rx + small_tx, |l| l) && !self.zombies.is_empty() {
+            self.free_oldest_zombie();
         }
-        if used + rx + tx <= budget / 2 {
+        if fit(self, rx + tx, |l| l / 2) {
             return Some((rx, tx));
         }
-        if used + small_rx + small_tx > budget {
+        if !fit(self, small_rx + small_tx, |l| l) {
+            let (used, budget) = (self.tcp_buffer_bytes(), self.cfg.tcp_buffer_budget);
+            let shared_used = self.sockets.shared().map_or(0, crate::SharedBudget::used);
             drop_warn!(
                 self,
                 drop_tcp_buffer_budget,
                 used,
                 budget,
+                shared_used,
                 "nat: TCP buffer budget used up, new connection refused (a board not reading?)"
             );
             return None;

@@ -118,3 +118,43 @@ fn the_default_budget_opens_max_flows_connections() {
     assert_eq!(h.nat.flow_count(), max);
     assert_eq!(h.nat.counters().drop_tcp_buffer_budget, 0);
 }
+
+/// Opens one flow on `h` from board port `port`; true when the board got a SYN-ACK (false: a
+/// RST, the budget is used up).
+fn open_flow(h: &mut H, port: u16) -> bool {
+    h.send(&syn(ep(BOARD, port), ep(SERVER, 80), 1000));
+    let [NatEvent::TcpConnect { flow, .. }] = h.events()[..] else {
+        panic!("no connect")
+    };
+    h.os(OsEvent::TcpConnected { flow });
+    let seg = seg_of(&h.recv_one());
+    h.events();
+    seg.syn && !seg.rst
+}
+
+#[test]
+fn boards_sharing_a_budget_stay_within_it_together() {
+    // Each board's own budget holds ten flows (two full, eight small); together they share one
+    // of the same size, so two boards cannot hold twice that.
+    let shared = std::sync::Arc::new(crate::SharedBudget::new(2 << 20));
+    let mut cfg = NatConfig::default();
+    cfg.tcp_rx_buffer = 256 << 10;
+    cfg.tcp_tx_buffer = 256 << 10;
+    cfg.tcp_buffer_budget = 2 << 20;
+    cfg.shared_tcp_budget = Some(std::sync::Arc::clone(&shared));
+    let mut a = H::with(cfg.clone());
+    let mut b = H::with(cfg);
+    assert!((1..=6u16).all(|p| open_flow(&mut a, p)), "board A: 6 flows");
+    assert!((1..=4u16).all(|p| open_flow(&mut b, p)), "board B: 4 flows");
+    assert_eq!(shared.used(), 2 << 20);
+    assert_eq!(
+        shared.used(),
+        a.nat.tcp_buffer_bytes() + b.nat.tcp_buffer_bytes()
+    );
+    assert!(!open_flow(&mut b, 5), "the shared budget is used up");
+    assert_eq!(b.nat.counters().drop_tcp_buffer_budget, 1);
+    // A board that goes away gives its share back.
+    drop(a);
+    assert_eq!(shared.used(), b.nat.tcp_buffer_bytes());
+    assert!(open_flow(&mut b, 6), "room again");
+}
