@@ -44,6 +44,11 @@ pub enum ConfigError {
         /// What is wrong, with line and column.
         source: toml::de::Error,
     },
+    /// The `[usb]` gadget name cannot be a ConfigFS directory and FunctionFS instance.
+    #[error(
+        "name = {0:?} in [usb] must be 1 to 32 letters, digits, '-' or '_' (the ConfigFS gadget directory)"
+    )]
+    BadName(String),
     /// The `[network]` MTU is outside what the board accepts on a link.
     #[error(
         "mtu = {0} in [network] is outside {min}..={max} (IPv6's minimum up to what one 64 KiB bundle carries)",
@@ -65,6 +70,9 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct UsbSection {
+    /// The ConfigFS gadget directory name (default `qbkit`); a second gadget on a board with
+    /// two UDCs needs another one.
+    pub name: Option<String>,
     /// idVendor.
     pub vendor_id: Option<u16>,
     /// idProduct.
@@ -164,17 +172,28 @@ impl ConfigFile {
 
     /// Parses config text (`path` is for messages only).
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|source| ConfigError::Parse {
+        let cfg: Self = toml::from_str(text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
             source,
-        })
+        })?;
+        let bad_name = |n: &str| {
+            !(1..=32).contains(&n.len())
+                || n.chars()
+                    .any(|c| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        };
+        if let Some(n) = &cfg.usb.name
+            && bad_name(n)
+        {
+            return Err(ConfigError::BadName(n.clone()));
+        }
+        Ok(cfg)
     }
 
     /// The gadget spec with defaults filled in; `machine_id` feeds the default serial.
     pub fn gadget_spec(&self, machine_id: Option<&str>) -> GadgetSpec {
         let u = &self.usb;
         GadgetSpec {
-            name: GADGET_NAME.to_owned(),
+            name: u.name.clone().unwrap_or_else(|| GADGET_NAME.to_owned()),
             vendor_id: u.vendor_id.unwrap_or(usb_id::VID),
             product_id: u.product_id.unwrap_or(usb_id::PID),
             device_release: u.device_release.unwrap_or(usb_id::BCD_DEVICE),
@@ -355,6 +374,17 @@ mod tests {
         assert!(!"0123456789abcdef".contains(&a.to_lowercase()));
         assert_ne!(a, serial_from_machine_id(Some("ffff")));
         assert_eq!(serial_from_machine_id(None), "000000000000");
+    }
+
+    #[test]
+    fn gadget_name_is_configurable_and_checked() {
+        let cfg = ConfigFile::parse("[usb]\nname = \"qbkit-b2\"\n", Path::new("t")).unwrap();
+        assert_eq!(cfg.gadget_spec(None).name, "qbkit-b2");
+        for bad in ["", "a/b", "..", &"x".repeat(33)] {
+            let text = format!("[usb]\nname = {bad:?}\n");
+            let e = ConfigFile::parse(&text, Path::new("t")).unwrap_err();
+            assert!(matches!(e, ConfigError::BadName(_)), "{bad:?}: {e}");
+        }
     }
 
     #[test]
