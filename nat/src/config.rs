@@ -200,10 +200,10 @@ impl Eq for SharedBudget {}
 
 /// Default of [`NatConfig::tcp_buffer_budget`] (4 GiB, or all of a 32-bit address space): 1024
 /// flows with full 1 MiB buffers both ways in the first half, then [`MIN_TCP_BUFFER`] ones up to
-/// the default `max_flows` (4096). Full buffers come zeroed from the OS and cost memory only as
-/// data passes; small ones come from the heap and are committed at once, so the default keeps
-/// an ordinary board's connections (hundreds, idle) on full buffers and bounds a board that
-/// pins them by never reading.
+/// the default `max_flows` (4096). Buffers come zeroed from the OS (with the driver's mmap
+/// threshold at [`MIN_TCP_BUFFER`], see the crate docs) and cost memory only as data passes, so
+/// the default keeps an ordinary board's connections (hundreds, idle) on full buffers and bounds
+/// a board that pins them by never reading.
 pub const DEFAULT_TCP_BUFFER_BUDGET: usize = (1usize << 30).saturating_mul(4);
 /// Under budget pressure a flow's buffers shrink to no less than this each way (or the configured
 /// size, if smaller): about one large segment, so the flow still moves.

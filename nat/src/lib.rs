@@ -23,6 +23,11 @@
 //! ECONNREFUSED within one round trip, like slirp), and an ICMP unreachable for one that
 //! could not be reached.
 //!
+//! Each smoltcp socket lives in a socket set of its own (`sockets.rs`): a board segment goes to
+//! the socket of the flow the table found by key, egress runs only for sockets touched since
+//! their last turn, and their deadlines sit in a heap, so per packet and per connection the cost
+//! does not grow with the number of open flows (smoltcp itself walks every socket of a set).
+//!
 //! ## Limits
 //!
 //! Every resource is bounded by [`NatConfig`]: `max_flows` flows (4096), of which
@@ -120,10 +125,13 @@
 //! may call it again later to resume. Batching many `handle_ip_packet` calls before draining is
 //! cheaper (one ACK per flow per batch).
 //!
-//! Memory note for the driver: with glibc, fix `M_MMAP_THRESHOLD` (e.g. `mallopt(M_MMAP_THRESHOLD,
-//! 128 KiB)`) at start-up. Otherwise glibc raises the threshold after the first large free and
-//! later TCP buffers come from the heap, where `calloc` must zero (commit) them in full and
-//! freed memory is not returned: RSS then grows with churn.
+//! Memory note for the driver: with glibc, fix `M_MMAP_THRESHOLD` at no more than
+//! [`MIN_TCP_BUFFER`] (`mallopt(M_MMAP_THRESHOLD, 64 KiB)`) at start-up, so every TCP buffer,
+//! the shrunk ones included, is a fresh mmap that commits pages only as data passes and goes
+//! back to the OS when freed. Otherwise glibc raises the threshold after the first large free
+//! and later TCP buffers come from the heap, where `calloc` must zero (commit) them in full and
+//! freed memory is not returned: RSS then grows with churn (a 64 KiB buffer each way committed
+//! in full is 128 KiB per idle flow).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -22,16 +22,21 @@ pub fn dns_servers() -> io::Result<Vec<SocketAddr>> {
     Ok(super::pick_dns_servers(&main, resolved.as_deref()))
 }
 
-/// Pins glibc's mmap threshold at 128 KiB so per-flow TCP buffers (1 MiB) are always fresh
-/// mmaps: their pages are committed only as data passes and returned when the flow ends. Without
-/// it glibc raises the threshold after the first large free and RSS grows with churn (see the
+/// Pins glibc's mmap threshold at `qbkit_nat::MIN_TCP_BUFFER` (64 KiB) so per-flow TCP buffers
+/// (1 MiB, or 64 KiB once half the buffer budget is used) are always fresh mmaps: their pages
+/// are committed only as data passes and returned when the flow ends. Without it glibc raises
+/// the threshold after the first large free and RSS grows with churn; at 128 KiB the 64 KiB
+/// buffers came from the heap committed in full, 128 KiB per idle flow past the 1024th (see the
 /// qbkit-nat crate docs).
 pub fn tune_allocator() {
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only changes allocator parameters; it is called once at start-up before
     // other threads allocate, with a documented option and a positive value.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::mallopt(
+            libc::M_MMAP_THRESHOLD,
+            i32::try_from(qbkit_nat::MIN_TCP_BUFFER).unwrap_or(i32::MAX),
+        );
     }
 }
 
