@@ -1,11 +1,11 @@
 //! The flow table: one entry per TCP connection, UDP 2-tuple pair or ICMP echo identifier.
 //!
 //! Entries are found by [`FlowKey`] (from board packets) and by [`FlowId`] (from driver calls).
-//! The table is bounded by `NatConfig::max_flows`; `needs_aging` counts the entries that the
-//! once-a-second aging scan must look at (UDP, ICMP, TCP still connecting), so a table of only
-//! established TCP flows never wakes the driver.
+//! The table is bounded by `NatConfig::max_flows`; `aging` holds the entries that the
+//! once-a-second aging scan must look at (UDP, ICMP, TCP still connecting), so the scan never
+//! walks established TCP flows and a table of only those never wakes the driver.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use core::net::{IpAddr, SocketAddr};
 
@@ -166,7 +166,8 @@ pub(crate) struct FlowTable {
     by_id: HashMap<FlowId, Flow>,
     by_key: HashMap<FlowKey, FlowId>,
     next_id: u64,
-    pub(crate) needs_aging: usize,
+    /// The flows whose `needs_aging` holds.
+    aging: HashSet<FlowId>,
     pub(crate) connecting: usize,
 }
 
@@ -191,6 +192,16 @@ impl FlowTable {
         self.by_id.values()
     }
 
+    /// Whether any flow needs the aging scan.
+    pub(crate) fn needs_aging(&self) -> bool {
+        !self.aging.is_empty()
+    }
+
+    /// The flows the aging scan looks at.
+    pub(crate) fn aging(&self) -> impl Iterator<Item = &Flow> {
+        self.aging.iter().filter_map(|id| self.by_id.get(id))
+    }
+
     pub(crate) fn insert(
         &mut self,
         key: FlowKey,
@@ -211,7 +222,7 @@ impl FlowTable {
             kind,
         };
         if flow.needs_aging() {
-            self.needs_aging += 1;
+            self.aging.insert(id);
         }
         if is_connecting(&flow) {
             self.connecting += 1;
@@ -224,9 +235,7 @@ impl FlowTable {
     pub(crate) fn remove(&mut self, id: FlowId) -> Option<Flow> {
         let flow = self.by_id.remove(&id)?;
         self.by_key.remove(&flow.key);
-        if flow.needs_aging() {
-            self.needs_aging -= 1;
-        }
+        self.aging.remove(&id);
         if is_connecting(&flow) {
             self.connecting -= 1;
         }
@@ -252,12 +261,16 @@ impl FlowTable {
         let Some(flow) = self.by_id.get_mut(&id) else {
             return;
         };
-        let (aged, conn) = (flow.needs_aging(), is_connecting(flow));
+        let conn = is_connecting(flow);
         if let FlowKind::Tcp(t) = &mut flow.kind {
             t.phase = phase;
         }
-        let (aged2, conn2) = (flow.needs_aging(), is_connecting(flow));
-        self.needs_aging = self.needs_aging + usize::from(aged2) - usize::from(aged);
+        let conn2 = is_connecting(flow);
+        if flow.needs_aging() {
+            self.aging.insert(id);
+        } else {
+            self.aging.remove(&id);
+        }
         self.connecting = self.connecting + usize::from(conn2) - usize::from(conn);
     }
 

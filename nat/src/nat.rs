@@ -309,7 +309,7 @@ impl Nat {
         if self.queue.is_full() && t.is_some_and(|t| t <= now) {
             t = None;
         }
-        if self.flows.needs_aging > 0 {
+        if self.flows.needs_aging() {
             t = Some(t.map_or(self.next_aging, |t| t.min(self.next_aging)));
         }
         if let Some(d) = self.dns_timer {
@@ -559,12 +559,12 @@ impl Nat {
     }
 
     fn age_flows(&mut self) {
-        if self.flows.needs_aging == 0 {
+        if !self.flows.needs_aging() {
             return;
         }
         let now = self.now;
         let mut expired = Vec::new();
-        for f in self.flows.iter() {
+        for f in self.flows.aging() {
             let idle = now - f.last_active;
             let limit = match &f.kind {
                 FlowKind::Tcp(t) if matches!(t.phase, TcpPhase::Connecting { .. }) => {

@@ -64,6 +64,9 @@ pub(crate) struct TcpSockets {
     empty: Option<SocketSet<'static>>,
     /// The budget shared with other NATs (`NatConfig::shared_tcp_budget`).
     shared: Option<std::sync::Arc<crate::config::SharedBudget>>,
+    /// Sockets smoltcp was asked about (ingress, egress turns, deadlines), for tests.
+    #[cfg(test)]
+    pub(crate) visits: usize,
 }
 
 impl Drop for TcpSockets {
@@ -223,6 +226,10 @@ impl TcpSockets {
             }
             None => self.empty.get_or_insert_with(|| SocketSet::new(Vec::new())),
         };
+        #[cfg(test)]
+        {
+            self.visits += 1;
+        }
         iface.poll_ingress_single(now, dev, set);
     }
 
@@ -252,6 +259,10 @@ impl TcpSockets {
                 };
                 if !slot.pending {
                     continue; // a duplicate of an id freed and reused meanwhile
+                }
+                #[cfg(test)]
+                {
+                    self.visits += 1;
                 }
                 let before = queue.len();
                 let mut dev = SmolDevice {

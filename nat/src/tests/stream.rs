@@ -355,3 +355,43 @@ fn tcp_buffer_total_matches_a_recount_through_churn() {
     );
     assert_eq!(c.drop_tcp_buffer_budget, 0, "{c:?}");
 }
+
+/// With 300 idle flows open, what one packet, one data call, one timer or one new connection
+/// makes the core ask smoltcp about is a few sockets, not every open one (smoltcp walks every
+/// socket of a set: each flow has a set of its own).
+#[test]
+fn idle_flows_are_not_visited_per_packet() {
+    let mut h = H::with(small_cfg());
+    let mut board = Board::new(h.now, 1500);
+    let flows: Vec<_> = (0..300)
+        .map(|i| open(&mut h, &mut board, 44000 + i, 64 * 1024))
+        .collect();
+    h.advance(Duration::from_secs(1));
+    board.exchange(&mut h);
+    let visits = |h: &H| h.nat.sockets.visits;
+
+    let before = visits(&h);
+    let (s, flow) = flows[150];
+    board.sock(s).send_slice(b"ping").unwrap();
+    board.exchange(&mut h);
+    assert_eq!(drain(&mut h, flow), b"ping");
+    assert_eq!(h.nat.tcp_send(flow, b"pong").unwrap(), 4);
+    board.exchange(&mut h);
+    h.advance(Duration::from_secs(1));
+    board.exchange(&mut h);
+    let mut buf = [0; 8];
+    assert_eq!(board.sock(s).recv_slice(&mut buf).unwrap(), 4);
+    let one_flow = visits(&h) - before;
+    assert!(
+        one_flow < 30,
+        "a round trip on one flow visited {one_flow} sockets"
+    );
+
+    let before = visits(&h);
+    open(&mut h, &mut board, 45000, 64 * 1024);
+    let new_flow = visits(&h) - before;
+    assert!(
+        new_flow < 30,
+        "opening one more flow visited {new_flow} sockets"
+    );
+}
