@@ -264,20 +264,31 @@ fn full_transfer_multi_mib_with_checksum() {
     }
 }
 
+/// A core (`small_cfg`) with `n` established flows from board ports `first_port..`.
+fn with_open_flows(n: u16, first_port: u16) -> (H, Board, Vec<(SocketHandle, FlowId)>) {
+    let mut h = H::with(small_cfg());
+    let mut board = Board::new(h.now, 1500);
+    let flows = (0..n)
+        .map(|i| open(&mut h, &mut board, first_port + i, 64 * 1024))
+        .collect();
+    (h, board, flows)
+}
+
+/// The board sends `up` (the driver takes it), the driver sends `down` towards the board.
+fn round_trip(h: &mut H, board: &mut Board, s: SocketHandle, flow: FlowId, up: &[u8], down: &[u8]) {
+    board.sock(s).send_slice(up).unwrap();
+    board.exchange(h);
+    assert_eq!(drain(h, flow), up);
+    assert_eq!(h.nat.tcp_send(flow, down).unwrap(), down.len());
+    board.exchange(h);
+}
+
 /// Established flows with nothing in flight ask for no timer, so 1000 idle flows cost no wakeups.
 #[test]
 fn idle_established_flows_need_no_timer() {
-    let mut h = H::with(small_cfg());
-    let mut board = Board::new(h.now, 1500);
-    let flows: Vec<_> = (0..20)
-        .map(|i| open(&mut h, &mut board, 42000 + i, 64 * 1024))
-        .collect();
+    let (mut h, mut board, flows) = with_open_flows(20, 42000);
     for &(s, flow) in &flows {
-        board.sock(s).send_slice(b"hello").unwrap();
-        board.exchange(&mut h);
-        assert_eq!(drain(&mut h, flow), b"hello");
-        assert_eq!(h.nat.tcp_send(flow, b"world").unwrap(), 5);
-        board.exchange(&mut h);
+        round_trip(&mut h, &mut board, s, flow, b"hello", b"world");
     }
     h.advance(Duration::from_secs(1));
     board.exchange(&mut h);
@@ -361,22 +372,14 @@ fn tcp_buffer_total_matches_a_recount_through_churn() {
 /// socket of a set: each flow has a set of its own).
 #[test]
 fn idle_flows_are_not_visited_per_packet() {
-    let mut h = H::with(small_cfg());
-    let mut board = Board::new(h.now, 1500);
-    let flows: Vec<_> = (0..300)
-        .map(|i| open(&mut h, &mut board, 44000 + i, 64 * 1024))
-        .collect();
+    let (mut h, mut board, flows) = with_open_flows(300, 44000);
     h.advance(Duration::from_secs(1));
     board.exchange(&mut h);
     let visits = |h: &H| h.nat.sockets.visits;
 
     let before = visits(&h);
     let (s, flow) = flows[150];
-    board.sock(s).send_slice(b"ping").unwrap();
-    board.exchange(&mut h);
-    assert_eq!(drain(&mut h, flow), b"ping");
-    assert_eq!(h.nat.tcp_send(flow, b"pong").unwrap(), 4);
-    board.exchange(&mut h);
+    round_trip(&mut h, &mut board, s, flow, b"ping", b"pong");
     h.advance(Duration::from_secs(1));
     board.exchange(&mut h);
     let mut buf = [0; 8];
