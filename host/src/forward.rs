@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -59,7 +59,8 @@ impl fmt::Display for Proto {
 pub struct ForwardSpec {
     /// TCP or UDP.
     pub proto: Proto,
-    /// Where the laptop listens (default 127.0.0.1).
+    /// Where the laptop listens (default 127.0.0.1; a forward on 127.0.0.1 listens on [::1] as
+    /// well, when the laptop has it).
     pub bind: IpAddr,
     /// First laptop port.
     pub laptop_port: u16,
@@ -319,9 +320,8 @@ impl Forwards {
         }
         let id = self.next_id;
         let dropped = Arc::<AtomicU64>::default();
-        let mut tasks = Vec::new();
-        for (addr, board_port) in spec.ports() {
-            let task = match spec.proto {
+        let listen = |addr: SocketAddr, board_port: u16| -> io::Result<JoinHandle<()>> {
+            Ok(match spec.proto {
                 Proto::Tcp => {
                     let l = bind_tcp(addr)?;
                     tokio::spawn(accept_loop(l, id, board_port, self.tx.clone()))
@@ -336,8 +336,22 @@ impl Forwards {
                         Arc::clone(&dropped),
                     ))
                 }
-            };
-            tasks.push(task);
+            })
+        };
+        let mut tasks = Vec::new();
+        for (addr, board_port) in spec.ports() {
+            tasks.push(listen(addr, board_port)?);
+            // A forward on 127.0.0.1 (the default) listens on [::1] too, where `localhost`
+            // often resolves first; a laptop without IPv6 loopback keeps the IPv4 listener.
+            if addr.ip() == IpAddr::V4(Ipv4Addr::LOCALHOST) {
+                let v6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), addr.port());
+                match listen(v6, board_port) {
+                    Ok(t) => tasks.push(t),
+                    Err(e) => {
+                        tracing::debug!(%v6, error = %e, "forward: no IPv6 loopback listener");
+                    }
+                }
+            }
         }
         self.next_id += 1;
         if spec.is_public() {
@@ -572,6 +586,36 @@ pub fn connect_target(s: &str, board: Ipv4Addr) -> Result<u16, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A default (127.0.0.1) forward takes connections on [::1] too, for the same board port.
+    #[tokio::test]
+    async fn loopback_forwards_listen_on_both_loopbacks() {
+        if std::net::TcpListener::bind("[::1]:0").is_err() {
+            eprintln!("SKIP: this machine has no IPv6 loopback");
+            return;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let (tx, mut rx) = mpsc::channel(4);
+        let mut fwd = Forwards::new(tx);
+        fwd.add(ForwardSpec::parse(&format!("{port}:22")).unwrap())
+            .unwrap();
+        for host in ["127.0.0.1", "[::1]"] {
+            let _client = TcpStream::connect(format!("{host}:{port}")).await.unwrap();
+            let Some(Inbound::Tcp {
+                board_port, peer, ..
+            }) = rx.recv().await
+            else {
+                panic!("no connection from {host}")
+            };
+            assert_eq!(board_port, 22);
+            assert_eq!(peer.is_ipv6(), host.starts_with('['), "{host}");
+        }
+        // Two listeners for the one port: 127.0.0.1 and [::1].
+        assert_eq!(fwd.entries[0].tasks.len(), 2, "one listener per loopback");
+    }
 
     #[test]
     fn specs_parse_and_print_canonically() {
