@@ -300,10 +300,9 @@ fuzz_target!(|ops: Vec<Op>| {
             if let NatEvent::TcpConnect { flow, .. }
             | NatEvent::UdpOpen { flow, .. }
             | NatEvent::IcmpEchoRequest { flow, .. } = ev
+                && !flows.contains(&flow)
             {
-                if !flows.contains(&flow) {
-                    flows.push(flow);
-                }
+                flows.push(flow);
             }
         }
         if let Some(t) = nat.poll_timeout(now) {
