@@ -3,9 +3,12 @@
 //! Entries are found by [`FlowKey`] (from board packets) and by [`FlowId`] (from driver calls).
 //! The table is bounded by `NatConfig::max_flows`; `aging` holds the entries that the
 //! once-a-second aging scan must look at (UDP, ICMP, TCP still connecting), so the scan never
-//! walks established TCP flows and a table of only those never wakes the driver.
+//! walks established TCP flows and a table of only those never wakes the driver. Eviction finds
+//! the longest-idle flow through a lazy min-heap per class (see `FlowTable::idle_order`), not by
+//! walking the table for every new flow once it is full.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 
 use core::net::{IpAddr, SocketAddr};
 
@@ -168,6 +171,12 @@ pub(crate) struct FlowTable {
     next_id: u64,
     /// The flows whose `needs_aging` holds.
     aging: HashSet<FlowId>,
+    /// Eviction order, UDP/ICMP flows (0) and TCP flows (1): (`last_active` when pushed, id).
+    /// Lazy: `last_active` only grows, so every live flow has an entry no later than its
+    /// `last_active`, and a top entry that still matches its flow is the longest idle of its
+    /// class; entries of flows that were active since are pushed again with the new time,
+    /// entries of removed flows dropped, when they reach the top.
+    idle_order: [BinaryHeap<Reverse<(Instant, FlowId)>>; 2],
     pub(crate) connecting: usize,
 }
 
@@ -227,6 +236,7 @@ impl FlowTable {
         if is_connecting(&flow) {
             self.connecting += 1;
         }
+        self.idle_order[idle_class(&flow)].push(Reverse((now, id)));
         self.by_key.insert(key, id);
         self.by_id.insert(id, flow);
         id
@@ -276,13 +286,55 @@ impl FlowTable {
 
     /// The flow idle longest, if it has been idle at least `min_idle`. UDP and ICMP flows go
     /// before TCP flows (they are cheap to re-create).
-    pub(crate) fn eviction_candidate(&self, now: Instant, min_idle: Duration) -> Option<FlowId> {
-        self.by_id
-            .values()
-            .filter(|f| now - f.last_active >= min_idle || now < f.last_active)
-            .min_by_key(|f| (matches!(f.kind, FlowKind::Tcp(_)), f.last_active))
-            .map(|f| f.id)
+    pub(crate) fn eviction_candidate(
+        &mut self,
+        now: Instant,
+        min_idle: Duration,
+    ) -> Option<FlowId> {
+        if self.idle_order.iter().map(BinaryHeap::len).sum::<usize>() > 2 * self.by_id.len() + 64 {
+            self.rebuild_idle_order();
+        }
+        (0..2).find_map(|class| {
+            let f = self.longest_idle(class)?;
+            (now - f.last_active >= min_idle || now < f.last_active).then_some(f.id)
+        })
     }
+
+    /// The longest idle flow of a class (see `idle_order`).
+    fn longest_idle(&mut self, class: usize) -> Option<&Flow> {
+        let heap = &mut self.idle_order[class];
+        loop {
+            let Reverse((at, id)) = *heap.peek()?;
+            match self.by_id.get(&id) {
+                Some(f) if f.last_active == at => break,
+                Some(f) => {
+                    let newer = f.last_active;
+                    heap.pop();
+                    heap.push(Reverse((newer, id)));
+                }
+                None => {
+                    heap.pop();
+                }
+            }
+        }
+        let Reverse((_, id)) = *heap.peek()?;
+        self.by_id.get(&id)
+    }
+
+    /// One entry per live flow again (entries of removed flows pile up while nothing is evicted).
+    fn rebuild_idle_order(&mut self) {
+        for heap in &mut self.idle_order {
+            heap.clear();
+        }
+        for f in self.by_id.values() {
+            self.idle_order[idle_class(f)].push(Reverse((f.last_active, f.id)));
+        }
+    }
+}
+
+/// Eviction class: UDP and ICMP flows (0) go before TCP flows (1).
+fn idle_class(flow: &Flow) -> usize {
+    usize::from(matches!(flow.kind, FlowKind::Tcp(_)))
 }
 
 fn is_connecting(flow: &Flow) -> bool {

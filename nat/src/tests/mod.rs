@@ -6,6 +6,7 @@
 #![allow(clippy::field_reassign_with_default)]
 
 mod dns;
+mod evict;
 mod harness;
 mod inbound;
 mod ipv6;
