@@ -92,16 +92,7 @@ struct Host {
 /// Runs the boards of `engine`'s transport until `shutdown` completes, a driver fails, or (one
 /// board on a connecting transport) the transport ends.
 pub async fn run(engine: Engine, shutdown: impl Future<Output = ()>) -> Result<(), driver::Error> {
-    let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlMsg>(16);
-    if let Some(p) = &engine.driver.control_path
-        && let Err(e) = status::serve(p, ctl_tx)
-    {
-        tracing::warn!(path = %p.display(), error = %e, "no control socket: `status`, `forward` and `connect` will not reach this daemon");
-    }
-    let dns = engine
-        .driver
-        .follow_os_dns
-        .then(|| crate::dns_watch::spawn(engine.driver.nat.dns_servers.clone()));
+    let (mut ctl_rx, dns) = driver::host_services(&engine.driver);
     let (transport_tx, transport_rx) = watch::channel(engine.driver.transport.clone());
     let engine_budget = engine.driver.nat.tcp_buffer_budget;
     let mut host = Host {

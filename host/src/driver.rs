@@ -201,14 +201,7 @@ pub async fn run(
     link_events: mpsc::Receiver<LinkEvent>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
-    // Without a control socket the board is still served: only status, runtime forwards and
-    // `connect` are missing.
-    let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlMsg>(16);
-    if let Some(p) = &cfg.control_path
-        && let Err(e) = status::serve(p, ctl_tx)
-    {
-        tracing::warn!(path = %p.display(), error = %e, "no control socket: `status`, `forward` and `connect` will not reach this daemon");
-    }
+    let (mut ctl_rx, dns) = host_services(&cfg);
     let (board_tx, board_rx) = mpsc::channel(16);
     tokio::spawn(async move {
         while let Some(m) = ctl_rx.recv().await {
@@ -217,10 +210,29 @@ pub async fn run(
             }
         }
     });
+    run_board(cfg, link_events, board_rx, dns, shutdown).await
+}
+
+/// What one host process serves once, whatever the number of boards: the control socket (its
+/// requests on the returned channel) and, when the system's resolvers are followed, the DNS
+/// watcher. Without a control socket the boards are still served: only status, runtime forwards
+/// and `connect` are missing.
+pub(crate) fn host_services(
+    cfg: &DriverConfig,
+) -> (
+    mpsc::Receiver<ControlMsg>,
+    Option<watch::Receiver<Vec<std::net::SocketAddr>>>,
+) {
+    let (ctl_tx, ctl_rx) = mpsc::channel::<ControlMsg>(16);
+    if let Some(p) = &cfg.control_path
+        && let Err(e) = status::serve(p, ctl_tx)
+    {
+        tracing::warn!(path = %p.display(), error = %e, "no control socket: `status`, `forward` and `connect` will not reach this daemon");
+    }
     let dns = cfg
         .follow_os_dns
         .then(|| crate::dns_watch::spawn(cfg.nat.dns_servers.clone()));
-    run_board(cfg, link_events, board_rx, dns, shutdown).await
+    (ctl_rx, dns)
 }
 
 /// What the host's board supervisor ([`crate::boards`]) asks of one board's driver.
