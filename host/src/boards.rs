@@ -20,15 +20,20 @@
 //! board. Shared: the control socket, the DNS watcher (one `watch` every driver follows) and the
 //! live line (the totals of the drivers' [`Summary`]s).
 //!
-//! Naming (what `--board` takes, and `status` shows): on USB the board's serial (`usb-BUSPATH`
-//! without one); a stream listener's boards are `board-1`, `board-2`, … in the order it first
-//! needed that many at once; a connecting transport has one board, `board-1`.
+//! Naming (what `--board` takes, and `status` shows): on USB the name the host's config file
+//! gives the board's serial ([`crate::config::HostFile`]), else the serial (`usb-BUSPATH` without
+//! one); `--board` takes the serial of a named board too. A stream listener's boards are
+//! `board-1`, `board-2`, … in the order it first needed that many at once; a connecting transport
+//! has one board, `board-1`.
 //!
-//! Board lifetime: the first board's driver starts at once and gets `--forward`'s forwards (so
-//! they listen before any board is there, as with one board). On USB each board name keeps its
-//! driver across replugs (its flows survive a quick replug); a stream listener hands each new
-//! peer to a driver that has none (the first such, so a single board that reconnects keeps its
-//! flows), or starts another.
+//! Board lifetime: on USB every board the config file names has its driver from the start, with
+//! the file's forwards for it (they listen before the board is plugged in; its serial is
+//! reserved for it); without named boards the first driver starts at once. The first driver also
+//! gets `--forward`'s forwards (so they listen before any board is there, as with one board). On
+//! USB each board name keeps its driver across replugs (its flows survive a quick replug); an
+//! unnamed board takes the unreserved driver started at once or a new one. A stream listener
+//! hands each new peer to a driver that has none (the first such, so a single board that
+//! reconnects keeps its flows), or starts another.
 //!
 //! Limits: each board's NAT has its own (`max_flows`, `--tcp-buffer-budget`), and all boards'
 //! TCP buffers together stay within `--tcp-buffer-budget` too: one [`qbkit_nat::SharedBudget`]
@@ -67,6 +72,9 @@ impl Drop for Claim {
 /// One board's driver, as the supervisor sees it.
 struct Board {
     name: String,
+    /// Its USB serial: reserved for it from the start when the config file names it, else once a
+    /// board with one is attached.
+    serial: Option<String>,
     /// Its link event channel; `None` for the one board of a connecting transport (whose end,
     /// closing the channel, ends the driver and the host).
     links: Option<mpsc::Sender<LinkEvent>>,
@@ -108,14 +116,20 @@ pub async fn run(engine: Engine, shutdown: impl Future<Output = ()>) -> Result<(
     let (usb_tx, mut usb_rx) = mpsc::channel::<(String, DeviceFilter)>(4);
     match host.engine.transport.clone() {
         TransportSpec::Usb => {
-            host.spawn_board(true);
+            let named = host.engine.named_boards.boards.clone();
+            for b in &named {
+                host.spawn_board(true, Some(b));
+            }
+            if named.is_empty() {
+                host.spawn_board(true, None);
+            }
             tokio::spawn(transport::usb::discover(
                 host.engine.usb_filter.clone(),
                 usb_tx,
             ));
         }
         TransportSpec::Stream(url) if url.is_listener() => {
-            host.spawn_board(true);
+            host.spawn_board(true, None);
             tokio::spawn(qbkit_link::run_listener(
                 url,
                 host.engine.link_key.clone(),
@@ -134,7 +148,7 @@ pub async fn run(engine: Engine, shutdown: impl Future<Output = ()>) -> Result<(
             ));
         }
         _ => {
-            let links = host.spawn_board(false);
+            let links = host.spawn_board(false, None);
             host.engine
                 .spawn_transport(host.engine.usb_filter.clone(), links);
         }
@@ -192,12 +206,20 @@ fn print_line(text: &str) {
 type Attached = (mpsc::Sender<LinkEvent>, Claim);
 
 impl Host {
-    /// Starts the next board's driver (the first gets `--forward`'s forwards); returns its link
-    /// channel, which the supervisor keeps too when `keep_links`.
-    fn spawn_board(&mut self, keep_links: bool) -> mpsc::Sender<LinkEvent> {
+    /// Starts the next board's driver (the first gets `--forward`'s forwards, a board named in
+    /// the config file its forwards from there); returns its link channel, which the supervisor
+    /// keeps too when `keep_links`.
+    fn spawn_board(
+        &mut self,
+        keep_links: bool,
+        named: Option<&crate::config::NamedBoard>,
+    ) -> mpsc::Sender<LinkEvent> {
         let mut cfg = self.engine.driver.clone();
         if !self.boards.is_empty() {
             cfg.forwards.clear();
+        }
+        if let Some(n) = named {
+            cfg.forwards.extend(n.forwards.iter().copied());
         }
         cfg.live_status = false;
         cfg.control_path = None;
@@ -218,10 +240,14 @@ impl Host {
             self.dns.clone(),
             shutdown,
         ));
-        let name = format!("board-{}", self.boards.len() + 1);
+        let name = named.map_or_else(
+            || format!("board-{}", self.boards.len() + 1),
+            |n| n.name.clone(),
+        );
         tracing::info!(board = %name, "board driver started");
         self.boards.push(Board {
             name,
+            serial: named.map(|n| n.serial.clone()),
             links: keep_links.then(|| links.clone()),
             control,
             attached: Arc::new(AtomicBool::new(false)),
@@ -239,7 +265,7 @@ impl Host {
                     .is_ok()
         });
         let i = free.unwrap_or_else(|| {
-            self.spawn_board(true);
+            self.spawn_board(true, None);
             let i = self.boards.len() - 1;
             self.boards[i].attached.store(true, Ordering::Release);
             i
@@ -250,21 +276,32 @@ impl Host {
         (links, Claim(Arc::clone(&b.attached)))
     }
 
-    /// A USB board seen for the first time: it takes the first board that has no USB board yet
-    /// (the one started at once) or a new one, named after it, and its own `usb::run`.
+    /// A USB board seen for the first time: the driver the config file reserved for its serial,
+    /// else the first that has no USB board and no reserved serial (the one started at once) or
+    /// a new one, named after it, and its own `usb::run`.
     fn usb_board(&mut self, name: String, filter: DeviceFilter) {
-        let free = self
-            .boards
-            .iter()
-            .position(|b| !b.attached.load(Ordering::Acquire));
+        let serial = filter.serial.clone();
+        let reserved = serial.as_ref().and_then(|s| {
+            self.boards
+                .iter()
+                .position(|b| b.serial.as_ref() == Some(s))
+        });
+        let free = reserved.or_else(|| {
+            self.boards
+                .iter()
+                .position(|b| b.serial.is_none() && !b.attached.load(Ordering::Acquire))
+        });
         let i = free.unwrap_or_else(|| {
-            self.spawn_board(true);
+            self.spawn_board(true, None);
             self.boards.len() - 1
         });
         let b = &mut self.boards[i];
         b.attached.store(true, Ordering::Release);
-        tracing::info!(board = %name, "serving USB board");
-        b.name = name;
+        if reserved.is_none() {
+            b.name = name;
+            b.serial = serial;
+        }
+        tracing::info!(board = %b.name, serial = b.serial.as_deref().unwrap_or("-"), "serving USB board");
         if let Some(links) = b.links.clone() {
             tokio::spawn(transport::usb::run(filter, self.engine.usb, links));
         }
@@ -280,9 +317,13 @@ impl Host {
                 .join(", ")
         };
         match name {
-            Some(n) => self.boards.iter().find(|b| b.name == n).ok_or_else(|| {
-                format!("no board named {n:?}; this qbkit-host serves: {}", names())
-            }),
+            Some(n) => self
+                .boards
+                .iter()
+                .find(|b| b.name == n || b.serial.as_deref() == Some(n))
+                .ok_or_else(|| {
+                    format!("no board named {n:?}; this qbkit-host serves: {}", names())
+                }),
             None if self.boards.len() == 1 => Ok(&self.boards[0]),
             None if self.boards.is_empty() => {
                 Err("no board is connected to this qbkit-host".to_owned())
@@ -319,18 +360,22 @@ impl Host {
             .iter()
             .map(|b| {
                 let (tx, rx) = oneshot::channel();
-                (b.name.clone(), b.control.clone(), tx, rx)
+                let id = status::BoardId {
+                    name: b.name.clone(),
+                    serial: b.serial.clone(),
+                };
+                (id, b.control.clone(), tx, rx)
             })
             .collect();
         let transport = self.transport.borrow().clone();
         tokio::spawn(async move {
             let mut got = Vec::new();
-            for (name, control, tx, rx) in asks {
+            for (id, control, tx, rx) in asks {
                 if control.send(BoardMsg::Status(tx)).await.is_err() {
                     continue;
                 }
                 if let Ok(Ok(s)) = tokio::time::timeout(STATUS_WAIT, rx).await {
-                    got.push((name, s));
+                    got.push((id, s));
                 }
             }
             match Status::host(&transport, got) {

@@ -33,6 +33,8 @@ pub struct Engine {
     pub usb: UsbConfig,
     /// Pre-shared key that authenticates stream links (`--key`).
     pub link_key: Option<qbkit_link::auth::LinkKey>,
+    /// Boards the host's config file names (USB serials, each with its forwards).
+    pub named_boards: crate::config::HostFile,
 }
 
 impl Engine {
@@ -50,6 +52,7 @@ impl Engine {
             usb_filter,
             usb,
             link_key: None,
+            named_boards: crate::config::HostFile::default(),
         }
     }
 

@@ -264,6 +264,13 @@ struct RunArgs {
     /// optional on loopback, unix sockets and exec:/stdio. The traffic itself is not encrypted.
     #[arg(long, value_name = "FILE")]
     key: Option<PathBuf>,
+    /// The host's config file, naming USB boards by serial with forwards for each:
+    /// `[boards.NAME]` tables with `serial = "…"` and `forwards = ["2201:22", …]` (default:
+    /// $XDG_CONFIG_HOME/qbkit/host.toml, ~/.config/qbkit/host.toml; on macOS ~/Library/Application
+    /// Support/qbkit/host.toml; on Windows %APPDATA%\qbkit\host.toml; a missing default file is
+    /// no configuration).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 fn parse_dns(s: &str) -> Result<SocketAddr, String> {
@@ -441,19 +448,19 @@ fn connect(target: &str, control: Option<PathBuf>, board: Option<&str>) -> anyho
     }
 }
 
-/// The serials of the boards the running daemon at `control` serves over USB now (none when no
-/// daemon answers).
-fn served_serials(control: Option<PathBuf>) -> Vec<String> {
+/// The boards the running daemon at `control` serves over USB now, by serial, with the names
+/// it gives them (its config file's, else the serial; none when no daemon answers).
+fn served_boards(control: Option<PathBuf>) -> std::collections::HashMap<String, String> {
     let Ok(doc) = status::query(&control_path(control)) else {
-        return Vec::new();
+        return std::collections::HashMap::new();
     };
     let Ok(s) = serde_json::from_str::<status::Status>(&doc) else {
-        return Vec::new();
+        return std::collections::HashMap::new();
     };
     s.boards
         .into_iter()
         .filter(|b| b.link.connected)
-        .map(|b| b.name)
+        .map(|b| (b.serial.unwrap_or_else(|| b.name.clone()), b.name))
         .collect()
 }
 
@@ -461,15 +468,18 @@ fn list(json: bool, args: &UsbArgs, control: Option<PathBuf>) -> anyhow::Result<
     init_logging(false);
     let boards = runtime()?.block_on(usb::list_boards(&args.filter(), true))?;
     let infos: Vec<&usb::BoardInfo> = boards.iter().map(usb::Board::info).collect();
-    let served = served_serials(control);
-    let is_served = |i: &usb::BoardInfo| i.serial.as_ref().is_some_and(|s| served.contains(s));
+    let served = served_boards(control);
+    let served_as = |i: &usb::BoardInfo| i.serial.as_ref().and_then(|s| served.get(s));
     if json {
         let rows: Vec<serde_json::Value> = infos
             .iter()
             .map(|i| {
                 let mut v = serde_json::to_value(i)?;
                 if let Some(o) = v.as_object_mut() {
-                    o.insert("served".into(), is_served(i).into());
+                    o.insert("served".into(), served_as(i).is_some().into());
+                    if let Some(name) = served_as(i) {
+                        o.insert("name".into(), name.clone().into());
+                    }
                 }
                 Ok(v)
             })
@@ -483,18 +493,18 @@ fn list(json: bool, args: &UsbArgs, control: Option<PathBuf>) -> anyhow::Result<
         );
     } else {
         println!(
-            "{:<20} {:<10} {:<12} {:<14} {:<7} VID:PID",
-            "SERIAL", "SPEED", "BUS-PATH", "STATE", "SERVED"
+            "{:<20} {:<10} {:<12} {:<14} {:<12} VID:PID",
+            "SERIAL", "SPEED", "BUS-PATH", "STATE", "SERVED AS"
         );
         for i in &infos {
             let state = serde_json::to_value(i.state)?;
             println!(
-                "{:<20} {:<10} {:<12} {:<14} {:<7} {:04x}:{:04x}",
+                "{:<20} {:<10} {:<12} {:<14} {:<12} {:04x}:{:04x}",
                 printable(i.serial.as_deref().unwrap_or("-")),
                 i.speed.unwrap_or("?"),
                 i.bus_path,
                 state.as_str().unwrap_or("?"),
-                if is_served(i) { "yes" } else { "-" },
+                printable(served_as(i).map_or("-", String::as_str)),
                 i.vid,
                 i.pid
             );
@@ -702,6 +712,13 @@ fn engine(args: RunArgs, live: bool) -> anyhow::Result<Engine> {
         );
     }
     let spec = TransportSpec::parse(&args.transport)?;
+    let named_boards = config::HostFile::load(
+        args.config.as_deref().unwrap_or(&config::default_path()),
+        args.config.is_some(),
+    )?;
+    if !named_boards.boards.is_empty() && !matches!(spec, TransportSpec::Usb) {
+        tracing::warn!(transport = %spec, "the config file's [boards] name USB boards by serial; ignored on this transport");
+    }
     let link_key = args
         .key
         .as_deref()
@@ -752,6 +769,7 @@ fn engine(args: RunArgs, live: bool) -> anyhow::Result<Engine> {
     cfg.follow_os_dns = follow_os_dns;
     let mut engine = Engine::new(cfg, spec, args.usb.filter());
     engine.link_key = link_key;
+    engine.named_boards = named_boards;
     Ok(engine)
 }
 

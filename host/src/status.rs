@@ -149,9 +149,12 @@ pub struct Status {
 /// One board in the host's [`Status`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BoardStatus {
-    /// Its name, what `--board` takes: the USB serial, or `board-N` (the N-th board a stream
-    /// listener served at once).
+    /// Its name, what `--board` takes: the name the host's config file gives its serial, the USB
+    /// serial, or `board-N` (the N-th board a stream listener served at once).
     pub name: String,
+    /// Its USB serial (`--board` takes it too), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
     /// Its link and session.
     pub link: LinkStatus,
     /// Session bytes from the board.
@@ -528,10 +531,14 @@ fn render_boards(boards: &[BoardStatus]) -> String {
         "BOARD", "SESSION", "PEER", "FROM BOARD", "TO BOARD", "FLOWS"
     );
     for b in boards {
+        let name = match &b.serial {
+            Some(s) if *s != b.name => format!("{} ({s})", b.name),
+            _ => b.name.clone(),
+        };
         let _ = writeln!(
             o,
             "{:<20} {:<10} {:<20} {:>12} {:>12} {:>6}  {}",
-            printable(&b.name),
+            printable(&name),
             b.link.session,
             printable(b.link.peer.as_deref().unwrap_or("-")),
             b.rx_bytes,
@@ -541,6 +548,15 @@ fn render_boards(boards: &[BoardStatus]) -> String {
         );
     }
     o
+}
+
+/// A board as the host names it: its name, and its USB serial when known.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct BoardId {
+    /// What `status` and `--board` call it.
+    pub name: String,
+    /// Its USB serial.
+    pub serial: Option<String>,
 }
 
 /// Adds `from`'s counters to `into`'s.
@@ -553,10 +569,11 @@ fn add_counters(into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) 
 
 impl Status {
     /// This board's line in the host's document.
-    fn board(&self, name: &str) -> BoardStatus {
+    fn board(&self, id: &BoardId) -> BoardStatus {
         let get = |k: &str| self.session.get(k).copied().unwrap_or(0);
         BoardStatus {
-            name: name.to_owned(),
+            name: id.name.clone(),
+            serial: id.serial.clone(),
             link: self.link.clone(),
             rx_bytes: get("rx_bytes"),
             tx_bytes: get("tx_bytes"),
@@ -568,7 +585,7 @@ impl Status {
     /// The host's document from its boards' (in order, at least one): one board's as it is, with
     /// its `boards` entry; several boards' counters, flows and forwards added up, the link
     /// `connected` while any is and its session `up` only when all are.
-    pub(crate) fn host(transport: &str, mut boards: Vec<(String, Self)>) -> Option<Self> {
+    pub(crate) fn host(transport: &str, mut boards: Vec<(BoardId, Self)>) -> Option<Self> {
         let list: Vec<BoardStatus> = boards.iter().map(|(n, s)| s.board(n)).collect();
         let several = boards.len() > 1;
         let mut rest = boards.split_off(1.min(boards.len()));
@@ -798,11 +815,18 @@ mod tests {
         .unwrap()
     }
 
+    fn id(name: &str, serial: Option<&str>) -> BoardId {
+        BoardId {
+            name: name.into(),
+            serial: serial.map(Into::into),
+        }
+    }
+
     #[test]
     fn host_status_is_one_boards_or_every_boards_totals() {
         let one = Status::host(
             "unix-listen:///l",
-            vec![("board-1".into(), board_doc(true, 5, 0))],
+            vec![(id("board-1", None), board_doc(true, 5, 0))],
         )
         .unwrap();
         assert_eq!(one.link.description.as_deref(), Some("unix-listen:///l"));
@@ -812,8 +836,8 @@ mod tests {
             ("board-1", 5)
         );
         let boards = vec![
-            ("board-1".into(), board_doc(true, 5, 1)),
-            ("board-2".into(), board_doc(false, 10, 2)),
+            (id("board-1", None), board_doc(true, 5, 1)),
+            (id("lab-b", Some("MB-2")), board_doc(false, 10, 2)),
         ];
         let all = Status::host("unix-listen:///l", boards).unwrap();
         assert!(all.link.connected, "one board has a link");
@@ -825,10 +849,11 @@ mod tests {
             (2, 2, 2)
         );
         let names: Vec<_> = all.boards.iter().map(|b| b.name.as_str()).collect();
-        assert_eq!(names, ["board-1", "board-2"]);
+        assert_eq!(names, ["board-1", "lab-b"]);
+        assert_eq!(all.boards[1].serial.as_deref(), Some("MB-2"));
         let text = all.render();
         assert!(text.contains("\nBOARD "), "{text}");
-        assert!(text.contains("board-2              connecting"), "{text}");
+        assert!(text.contains("lab-b (MB-2)         connecting"), "{text}");
         assert!(Status::host("x", Vec::new()).is_none());
     }
 
