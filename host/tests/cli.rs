@@ -107,6 +107,39 @@ fn bad_transports_name_every_form_in_one_line() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
+#[test]
+fn a_bad_config_file_stops_run_with_its_line() {
+    let d = tmp("config");
+    let cfg = d.join("host.toml");
+    std::fs::write(
+        &cfg,
+        "[boards.lab-a]\nserial = \"MB-1\"\n\n[boards.lab-b]\nserial = \"MB-1\"\n",
+    )
+    .unwrap();
+    let run = |config: &std::path::Path| {
+        Command::new(BIN)
+            .args(["run", "--dns", "127.0.0.1", "--config"])
+            .arg(config)
+            .arg("--control")
+            .arg(d.join("c.sock"))
+            .output()
+            .unwrap()
+    };
+    let out = run(&cfg);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("host.toml") && err.contains("line 5") && err.contains("\"lab-a\""),
+        "{err}"
+    );
+    // A config file given on the command line must exist.
+    let out = run(&d.join("missing.toml"));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("missing.toml"), "{err}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
 /// `qbkit-host run --transport TRANSPORT` with its control socket in `d`, stderr piped.
 fn run_host(d: &std::path::Path, transport: &str) -> std::process::Child {
     Command::new(BIN)
