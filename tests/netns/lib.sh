@@ -16,6 +16,8 @@
 #   qbk_check DESC CMD...         run one check, print ok/FAIL, count failures in QBK_FAILS
 #   qbk_finish                    print the summary and exit non-zero if any check failed
 #   qbk_wan_servers NS SRV MIB    the servers side of the host e2e tests in NS (see below)
+#   qbk_boards_up WAN N [ARGS...] one qbkit-host on a unix-listen:// link in WAN with N boards
+#   qbk_boards_down               stop what qbk_boards_up started (see below)
 
 QBK_LIB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 QBK_PIDS=()
@@ -156,4 +158,46 @@ qbk_wan_servers() {
   qbk_bg "$ns" servers.log python3 "$QBK_LIB_DIR/host-servers.py" "$srv" "$QBK_TMP" 9008
   qbk_wait "servers" 10 test -f "$QBK_TMP/servers.ready" || return 1
   qbk_wait "HTTP server" 10 ip netns exec "$ns" curl -sf "http://$srv:8080/index.html"
+}
+
+# Several boards on one qbkit-host (issue 20; multi-board-e2e, bench/multi/run): `qbkit-host run
+# --transport unix-listen://$QBK_TMP/link.sock --control $QBK_TMP/host.sock ARGS...` in namespace
+# $1 (WAN), then boards 1..$2 (N), each a namespace b<i> (made on first use, kept for a later call)
+# running `qbkit-gadget run --link unix://… --serial qbk-b<i> --tun qbk0`. Returns once every board
+# has 10.47.0.2 and its default route on qbk0 (the logs of the host and a late board printed when
+# not). Needs $BIN (the release binaries). Sets QBK_HOST_PID, QBK_BOARDS (namespaces, board i at
+# index i-1) and QBK_GADGETS (pids); logs host.log, gadget<i>.log.
+QBK_BOARDS=()
+qbk_boards_up() {
+  local wan=$1 n=$2 i bns
+  shift 2
+  rm -f "$QBK_TMP/link.sock" "$QBK_TMP/host.sock"
+  qbk_bg "$wan" host.log env RUST_LOG=info "$BIN/qbkit-host" run \
+    --transport "unix-listen://$QBK_TMP/link.sock" --control "$QBK_TMP/host.sock" "$@"
+  QBK_HOST_PID=$QBK_PID
+  qbk_wait "qbkit-host control socket" 10 test -S "$QBK_TMP/host.sock" || { cat "$QBK_TMP/host.log"; return 1; }
+  QBK_GADGETS=()
+  for i in $(seq "$n"); do
+    if [ "${#QBK_BOARDS[@]}" -lt "$i" ]; then
+      qbk_ns_add bns "b$i"
+      QBK_BOARDS+=("$bns")
+    fi
+    qbk_bg "${QBK_BOARDS[i - 1]}" "gadget$i.log" env RUST_LOG=info "$BIN/qbkit-gadget" run \
+      --link "unix://$QBK_TMP/link.sock" --serial "qbk-b$i" --tun qbk0 --dns off \
+      --control-socket "$QBK_TMP/gadget$i.sock"
+    QBK_GADGETS+=("$QBK_PID")
+  done
+  for i in $(seq "$n"); do
+    bns=${QBK_BOARDS[i - 1]}
+    qbk_wait "board $i address and default route" 20 \
+      sh -c "ip -n $bns route show default | grep -q qbk0 && ip -n $bns addr show qbk0 | grep -q 10.47.0.2" \
+      || { cat "$QBK_TMP/host.log" "$QBK_TMP/gadget$i.log"; return 1; }
+  done
+}
+
+qbk_boards_down() {
+  local pid
+  for pid in "${QBK_GADGETS[@]}"; do qbk_stop "$pid"; done
+  qbk_stop "$QBK_HOST_PID"
+  QBK_GADGETS=()
 }
