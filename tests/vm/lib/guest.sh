@@ -139,19 +139,21 @@ bin() { [ -x "$QBKIT_BIN_DIR/$1" ] || fail "missing $QBKIT_BIN_DIR/$1 (build it 
 tool() { [ -x "$QBKIT_TOOLS_DIR/$1" ] || fail "missing $QBKIT_TOOLS_DIR/$1 (tests/vm/build-tools.sh)"; echo "$QBKIT_TOOLS_DIR/$1"; }
 
 # ------------------------------------------------------------------ USB
-# usb_load: dummy_hcd at $SPEED (high: 480M, super: 5000M, bulk mps 1024: pitfall 11) and the
-# gadget (libcomposite, usb_f_fs, usb_f_ncm) and host (cdc_ncm) modules. Sets UDC.
+# usb_load [N]: dummy_hcd with N (default 1) UDC/host pairs at $SPEED (high: 480M, super: 5000M,
+# bulk mps 1024: pitfall 11) and the gadget (libcomposite, usb_f_fs, usb_f_ncm) and host (cdc_ncm)
+# modules. Sets UDC (the last one) and UDCS (all, in order).
 usb_load() {
+    local num=(${1:+num=$1})
     case $SPEED in
-        high) modprobe dummy_hcd || fail "modprobe dummy_hcd" ;;
-        super) modprobe dummy_hcd is_super_speed=Y || fail "modprobe dummy_hcd is_super_speed=Y" ;;
+        high) modprobe dummy_hcd "${num[@]}" || fail "modprobe dummy_hcd ${num[*]}" ;;
+        super) modprobe dummy_hcd "${num[@]}" is_super_speed=Y || fail "modprobe dummy_hcd ${num[*]} is_super_speed=Y" ;;
         *) fail "SPEED must be high or super, got $SPEED" ;;
     esac
     modprobe -a libcomposite usb_f_fs usb_f_ncm cdc_ncm tun || fail "modprobe gadget/host modules"
     mountpoint -q /sys/kernel/config || mount -t configfs none /sys/kernel/config
-    UDC=
+    UDC= UDCS=()
     local u
-    for u in /sys/class/udc/*; do [ -e "$u" ] && UDC=${u##*/}; done
+    for u in /sys/class/udc/*; do [ -e "$u" ] && UDC=${u##*/} && UDCS+=("$UDC"); done
     [ -n "$UDC" ] || fail "no UDC after loading dummy_hcd"
     say "usb: $UDC speed=$SPEED"
 }
@@ -256,20 +258,21 @@ wan_up() {
 
 # iperf_mbit NS [iperf3 client args...]: one iperf3 run from NS to the wan server; prints the
 # receiver's Mbit/s (-R for server->client)
-# sshd_board DIR: the board's sshd (tests/lib/ssh-board.sh made DIR) in namespace `board`;
-# sets SSHD_PID once it listens on :22. The guest runs the build machine's userland, root's
+# sshd_board DIR [NS]: the board's sshd (tests/lib/ssh-board.sh made DIR) in namespace NS (default
+# `board`; its log is sshd.log, or sshd-NS.log); sets SSHD_PID once it listens on :22. The guest runs the build machine's userland, root's
 # ~/.bashrc included, and Debian's bash sources it for every command sshd runs; a pyenv init there
 # costs seconds of process starts under TCG. So sshd gets its own mount namespace with an empty
 # file over it: nothing else in the guest sees that.
 sshd_board() {
-    local dir=$1 rc
+    local dir=$1 ns=${2:-board} rc log=sshd
+    [ "$ns" = board ] || log=sshd-$ns
     : > "$dir/empty-bashrc"
     rc=$(getent passwd root | cut -d: -f6)/.bashrc
-    bg_ns board sshd unshare --mount --propagation private -- sh -c \
+    bg_ns "$ns" "$log" unshare --mount --propagation private -- sh -c \
         '[ ! -e "$1" ] || mount --bind "$2" "$1" || exit 1; exec /usr/sbin/sshd -D -e -f "$3"' \
         sh "$rc" "$dir/empty-bashrc" "$dir/sshd_config"
     SSHD_PID=$BG_PID
-    wait_listen "$SSHD_PID" tcp 22 60 || fail "sshd not listening in board: $(tail -5 "$QVM_RUN/sshd.log")"
+    wait_listen "$SSHD_PID" tcp 22 60 || fail "sshd not listening in $ns: $(tail -5 "$QVM_RUN/$log.log")"
 }
 
 iperf_mbit() {
