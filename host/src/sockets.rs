@@ -74,6 +74,8 @@ pub const DGRAM_BUDGET: usize = 64;
 const DGRAM_BUF: usize = 65536;
 /// Datagram bytes queued for the NAT after which a service pass stops (see the module docs).
 pub const MAX_QUEUED_BYTES: usize = 1 << 20;
+/// Closed flows after which the allocator may be trimmed (see `Sockets::note_closed`).
+const TRIM_AFTER_CLOSED: usize = 64;
 
 /// Which readiness a token stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,6 +193,8 @@ pub struct SocketCounters {
     pub inbound_adopted: u64,
     /// Dropped: a board reply on a UDP forward the OS would not send to the peer.
     pub drop_udp_forward_send: u64,
+    /// Times the allocator was asked to give freed memory back after many flows closed.
+    pub allocator_trims: u64,
 }
 
 /// A stream socket of a flow: an OS TCP connection, or a `qbkit-host connect` client.
@@ -366,6 +370,8 @@ pub struct Sockets {
     counters: SocketCounters,
     closed: Vec<ClosedInbound>,
     out: Outbox,
+    /// Flows closed since the allocator was last trimmed (see `note_closed`).
+    closed_since_trim: usize,
 }
 
 impl std::fmt::Debug for Sockets {
@@ -394,6 +400,7 @@ impl Sockets {
             counters: SocketCounters::default(),
             closed: Vec::new(),
             out: Outbox::default(),
+            closed_since_trim: 0,
         }
     }
 
@@ -542,18 +549,22 @@ impl Sockets {
 
     /// Drops a flow's socket; an inbound flow is reported in [`take_closed`](Self::take_closed).
     fn remove(&mut self, flow: FlowId) {
-        let closed = match self.flows.remove(&flow) {
-            Some(OsFlow::Tcp(t)) if t.inbound => ClosedInbound {
+        let Some(gone) = self.flows.remove(&flow) else {
+            return;
+        };
+        self.note_closed();
+        let closed = match gone {
+            OsFlow::Tcp(t) if t.inbound => ClosedInbound {
                 flow,
                 to_board: t.to_board,
                 from_board: t.from_board,
                 refused: !t.established,
             },
-            Some(OsFlow::UdpPeer {
+            OsFlow::UdpPeer {
                 to_board,
                 from_board,
                 ..
-            }) => ClosedInbound {
+            } => ClosedInbound {
                 flow,
                 to_board,
                 from_board,
@@ -562,6 +573,24 @@ impl Sockets {
             _ => return,
         };
         self.closed.push(closed);
+    }
+
+    /// Counts a closed flow; after many closed, shrinks the table and has the allocator give
+    /// the memory of the closed flows (here and in the NAT) back to the OS. A trim comes once
+    /// at least [`TRIM_AFTER_CLOSED`] flows, and at least as many as are still open, closed
+    /// since the last one: at most one per halving of the table, so its cost (a walk of the
+    /// allocator's free lists) stays small beside the closes it follows.
+    fn note_closed(&mut self) {
+        self.closed_since_trim += 1;
+        if self.closed_since_trim < TRIM_AFTER_CLOSED.max(self.flows.len()) {
+            return;
+        }
+        self.closed_since_trim = 0;
+        if self.flows.capacity() > 4 * self.flows.len() + 256 {
+            self.flows.shrink_to(2 * self.flows.len());
+        }
+        platform::trim_allocator();
+        self.counters.allocator_trims += 1;
     }
 
     /// Inbound flows that ended since the last call.

@@ -30,6 +30,9 @@ pub fn dns_servers() -> io::Result<Vec<SocketAddr>> {
 /// Nothing to tune: the system allocator returns large blocks to the OS by itself.
 pub fn tune_allocator() {}
 
+/// Nothing to trim: the system allocator returns freed memory by itself.
+pub fn trim_allocator() {}
+
 /// Resident set size of this process (macOS: `task_info`'s resident size).
 #[cfg(target_os = "macos")]
 pub fn rss_bytes() -> Option<u64> {

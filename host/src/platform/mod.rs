@@ -4,7 +4,7 @@
 //! The API: [`dns_servers`] (the OS's upstream resolvers, for the gateway's DNS forwarding),
 //! [`host_addrs`] (the laptop's own interface addresses, denied under `--deny-lan`),
 //! [`ping_socket`] (an unprivileged ICMP echo socket, or the error that makes the NAT fall back
-//! to answering the gateway only), [`tune_allocator`] (once at start-up), [`rss_bytes`] (for
+//! to answering the gateway only), [`tune_allocator`] (once at start-up), [`trim_allocator`] (after many flows closed), [`rss_bytes`] (for
 //! `status`), [`raise_fd_limit`] (one socket per flow), and the control channel that `qbkit-host
 //! status`, `forward` and `connect` talk to: [`default_control_path`], [`control_listen`] (the
 //! daemon's side, a [`qbkit_link::control::Listener`]), [`control_connect`] (the client's), [`ControlStream`] (one client connection,
@@ -38,7 +38,7 @@ use windows as imp;
 pub use imp::{
     ControlClient, ControlListener, ControlStream, control_connect, control_listen,
     control_shutdown_write, default_control_path, dns_servers, host_addrs, ping_socket,
-    raise_fd_limit, rss_bytes, tune_allocator,
+    raise_fd_limit, rss_bytes, trim_allocator, tune_allocator,
 };
 
 pub use qbkit_nat::resolvers::{RESOLVED_STUB, parse_nameservers};

@@ -78,6 +78,9 @@ pub fn host_addrs() -> io::Result<Vec<IpAddr>> {
 /// Nothing to tune.
 pub fn tune_allocator() {}
 
+/// Nothing to trim.
+pub fn trim_allocator() {}
+
 /// Windows has no per-process socket limit to raise.
 pub fn raise_fd_limit() {}
 
