@@ -1178,6 +1178,36 @@ mod tests {
         }
     }
 
+    /// Closing flows trims the allocator once per halving of the table (and once at least
+    /// `TRIM_AFTER_CLOSED` closed), not per close, and shrinks the table as it empties.
+    #[tokio::test]
+    async fn closing_many_flows_trims_once_per_halving() {
+        let mut s = Sockets::new();
+        let dst = SocketAddr::from(([127, 0, 0, 1], 9));
+        let src = SocketAddr::from(([10, 47, 0, 2], 5000));
+        for id in 1..=300 {
+            let flow = FlowId(id);
+            s.handle_event(NatEvent::UdpOpen { flow, src, dst });
+        }
+        assert_eq!(s.len(), 300, "{:?}", s.counters());
+        let full = s.flows.capacity();
+        let mut trims_at = Vec::new();
+        for id in 1..=300 {
+            s.handle_event(NatEvent::UdpClose { flow: FlowId(id) });
+            if s.counters().allocator_trims > trims_at.len() as u64 {
+                trims_at.push(s.len());
+            }
+        }
+        // 150 closed with 150 open, 75 with 75, then 64 more (11 left); the last 11 not.
+        assert_eq!(trims_at, [150, 75, 11]);
+        assert!(s.is_empty());
+        assert!(
+            s.flows.capacity() < full,
+            "{} of {full}",
+            s.flows.capacity()
+        );
+    }
+
     #[test]
     fn connect_errors_map_to_what_the_board_should_see() {
         use io::ErrorKind as K;
