@@ -1,6 +1,7 @@
 //! Flows the laptop opens towards the board: port forwards and `qbkit-host connect`.
 //!
-//! The board is reached from the gateway address, as from a router on its link: a TCP
+//! The board is reached from the gateway address of the same IP version as the board address
+//! dialled (10.47.0.1 for 10.47.0.2, fd47::1 for fd47::2), as from a router on its link: a TCP
 //! connection from the laptop becomes a smoltcp socket that *connects* from
 //! `gateway:EPHEMERAL` to `board:PORT`; a UDP peer of a forward becomes a flow whose datagrams
 //! leave from `gateway:EPHEMERAL`. Both live in the same flow table, under the same key shape
@@ -8,7 +9,7 @@
 //! they find outbound flows, and they share every limit, counter, timeout and eviction rule.
 //!
 //! ```text
-//!  laptop client ─▶ OS socket (driver) ─▶ open_inbound(Tcp) ─▶ smoltcp SYN gateway:e → board:p
+//!  laptop client ─▶ OS socket (driver) ─▶ open_inbound[_to](Tcp) ─▶ smoltcp SYN gateway:e → board:p
 //!  board SYN-ACK ─▶ TcpEstablished ─▶ data both ways as for outbound flows (tcp_send/tcp_recv)
 //!  board RST / no answer ─▶ TcpClose { reset: true } ─▶ the laptop client is reset at once
 //!  laptop datagram ─▶ open_inbound(Udp) (once per peer) + OsEvent::UdpReceived ─▶ board:p
@@ -18,7 +19,7 @@
 //! Gateway ports come from the dynamic range (49152–65535), handed out in rotation so a port is
 //! not reused while the board may still hold the previous connection in TIME-WAIT.
 
-use core::net::SocketAddr;
+use core::net::{IpAddr, SocketAddr};
 
 use smoltcp::wire::IpEndpoint;
 
@@ -41,7 +42,8 @@ impl Nat {
     ///   the peer's datagrams with `OsEvent::UdpReceived`; the board's replies come as `UdpSend`
     ///   for this flow; `UdpClose` when it ages out like any UDP flow.
     ///
-    /// Drain `poll_ip_packet` and `poll_event` afterwards.
+    /// Drain `poll_ip_packet` and `poll_event` afterwards. The board is dialled at its IPv4
+    /// address; [`Nat::open_inbound_to`] picks the address.
     pub fn open_inbound(
         &mut self,
         now: Instant,
@@ -49,8 +51,26 @@ impl Nat {
         port: u16,
         peer: SocketAddr,
     ) -> Result<FlowId, InboundError> {
+        let board = SocketAddr::new(self.cfg.board_ipv4.into(), port);
+        self.open_inbound_to(now, protocol, board, peer)
+    }
+
+    /// [`Nat::open_inbound`] to `board`, one of the board's addresses (`board_ipv4` or
+    /// `board_ipv6`) with its port; the flow leaves from the gateway address of that version.
+    pub fn open_inbound_to(
+        &mut self,
+        now: Instant,
+        protocol: Protocol,
+        board: SocketAddr,
+        peer: SocketAddr,
+    ) -> Result<FlowId, InboundError> {
         self.now = now;
-        if port == 0 {
+        let gateway_ip: IpAddr = match board.ip() {
+            IpAddr::V4(ip) if ip == self.cfg.board_ipv4 => self.cfg.gateway_ipv4.into(),
+            IpAddr::V6(ip) if ip == self.cfg.board_ipv6 => self.cfg.gateway_ipv6.into(),
+            ip => return Err(InboundError::NotTheBoard(ip)),
+        };
+        if board.port() == 0 {
             return Err(InboundError::PortZero);
         }
         let key: fn(SocketAddr, SocketAddr) -> FlowKey = match protocol {
@@ -62,9 +82,8 @@ impl Nat {
             self.counters.drop_inbound_no_room += 1;
             return Err(InboundError::NoRoom);
         }
-        let board = SocketAddr::new(self.cfg.board_ipv4.into(), port);
         let gateway = self
-            .free_gateway_port(|g| key(board, g))
+            .free_gateway_port(gateway_ip, |g| key(board, g))
             .ok_or(InboundError::NoRoom)?;
         let handle = match protocol {
             Protocol::Tcp => Some(self.inbound_socket(board, gateway)?),
@@ -111,12 +130,16 @@ impl Nat {
     }
 
     /// The next gateway port in rotation whose flow key is free.
-    fn free_gateway_port(&mut self, key: impl Fn(SocketAddr) -> FlowKey) -> Option<SocketAddr> {
+    fn free_gateway_port(
+        &mut self,
+        ip: IpAddr,
+        key: impl Fn(SocketAddr) -> FlowKey,
+    ) -> Option<SocketAddr> {
         let span = u32::from(u16::MAX - FIRST_PORT) + 1;
         for _ in 0..span {
             let p = self.next_inbound_port.max(FIRST_PORT);
             self.next_inbound_port = p.checked_add(1).unwrap_or(FIRST_PORT);
-            let gateway = SocketAddr::new(self.cfg.gateway_ipv4.into(), p);
+            let gateway = SocketAddr::new(ip, p);
             if self.flows.id_of(&key(gateway)).is_none() {
                 return Some(gateway);
             }

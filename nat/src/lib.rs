@@ -224,6 +224,9 @@ pub enum InboundError {
     /// The protocol has no ports to forward (ICMP).
     #[error("only TCP and UDP can be opened towards the board")]
     NoPorts,
+    /// The address dialled is not one of the board's (`board_ipv4`, `board_ipv6`).
+    #[error("{0} is not one of the board's addresses")]
+    NotTheBoard(core::net::IpAddr),
 }
 
 #[doc(hidden)]

@@ -1,8 +1,9 @@
 //! Flows the laptop opens towards the board (forwards, `connect`): the core dials a smoltcp
 //! "board kernel" from the gateway; accept, refusal, silence, data and close both ways,
-//! resets both ways, UDP peers, limits.
+//! resets both ways, UDP peers, limits. The TCP cases run over both IP versions: the board
+//! dialled at fd47::2 is reached from fd47::1 the way 10.47.0.2 is from 10.47.0.1.
 
-use core::net::{IpAddr, Ipv4Addr, SocketAddr};
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp::State;
@@ -15,6 +16,14 @@ fn peer(port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
 }
 
+/// The board's address of each version with `port`, and the gateway address it is dialled from.
+fn versions(port: u16) -> [(SocketAddr, IpAddr); 2] {
+    [
+        (SocketAddr::new(BOARD.into(), port), GATEWAY.into()),
+        (SocketAddr::new(BOARD6.into(), port), GATEWAY6.into()),
+    ]
+}
+
 fn cfg() -> NatConfig {
     let mut cfg = NatConfig::default();
     cfg.tcp_rx_buffer = 64 * 1024;
@@ -25,10 +34,15 @@ fn cfg() -> NatConfig {
 
 /// The laptop dials board port 22, the board accepts: returns (board socket, flow).
 fn accepted(h: &mut H, board: &mut Board) -> (SocketHandle, FlowId) {
-    let s = board.listen(22, 64 * 1024);
+    accepted_at(h, board, SocketAddr::new(BOARD.into(), 22))
+}
+
+/// The laptop dials `to` (a board address and port), the board accepts.
+fn accepted_at(h: &mut H, board: &mut Board, to: SocketAddr) -> (SocketHandle, FlowId) {
+    let s = board.listen(to.port(), 64 * 1024);
     let flow = h
         .nat
-        .open_inbound(h.now, Protocol::Tcp, 22, peer(50000))
+        .open_inbound_to(h.now, Protocol::Tcp, to, peer(50000))
         .unwrap();
     // Nothing may be read from the laptop before the board accepted.
     assert_eq!(h.nat.tcp_send(flow, b"early").unwrap(), 0);
@@ -46,15 +60,21 @@ fn accepted(h: &mut H, board: &mut Board) -> (SocketHandle, FlowId) {
 
 #[test]
 fn board_accepts_data_both_ways_and_half_close_keeps_every_byte() {
+    for (to, gateway) in versions(22) {
+        accepted_half_close(to, gateway);
+    }
+}
+
+fn accepted_half_close(to: SocketAddr, gateway: IpAddr) {
     let mut h = H::with(cfg());
     let mut board = Board::new(h.now, 1500);
-    let (s, flow) = accepted(&mut h, &mut board);
+    let (s, flow) = accepted_at(&mut h, &mut board, to);
     let remote = board.sock(s).remote_endpoint().unwrap();
-    assert_eq!(remote.addr, smoltcp::wire::IpAddress::Ipv4(GATEWAY));
+    assert_eq!(remote.addr, gateway.into(), "{to}");
     assert!(remote.port >= 49152, "gateway port {}", remote.port);
     let info = &h.nat.flows(h.now)[0];
     assert!(info.inbound);
-    assert_eq!(info.src, SocketAddr::from(ep(BOARD, 22)));
+    assert_eq!(info.src, to);
     assert_eq!(info.os_dst, peer(50000));
 
     // Laptop → board, then the laptop half-closes: the board reads everything, then EOF.
@@ -89,71 +109,129 @@ fn board_accepts_data_both_ways_and_half_close_keeps_every_byte() {
 
 #[test]
 fn closed_board_port_resets_the_laptop_connection_at_once() {
+    for (to, _) in versions(2399) {
+        let mut h = H::with(cfg());
+        let mut board = Board::new(h.now, 1500);
+        let flow = h
+            .nat
+            .open_inbound_to(h.now, Protocol::Tcp, to, peer(50001))
+            .unwrap();
+        // The board's stack answers the SYN with a RST; no time passes.
+        let ev = board.exchange(&mut h);
+        assert_eq!(ev, vec![NatEvent::TcpClose { flow, reset: true }], "{to}");
+        assert_eq!(h.nat.counters().tcp_inbound_refused, 1);
+        assert_eq!(h.nat.flow_count(), 0);
+        assert_eq!(
+            h.nat.tcp_send(flow, b"x"),
+            Err(crate::FlowError::UnknownFlow(flow))
+        );
+    }
+}
+
+#[test]
+fn only_the_boards_own_addresses_can_be_dialled() {
     let mut h = H::with(cfg());
-    let mut board = Board::new(h.now, 1500);
-    let flow = h
-        .nat
-        .open_inbound(h.now, Protocol::Tcp, 2399, peer(50001))
-        .unwrap();
-    // The board's stack answers the SYN with a RST; no time passes.
-    let ev = board.exchange(&mut h);
-    assert_eq!(ev, vec![NatEvent::TcpClose { flow, reset: true }]);
-    assert_eq!(h.nat.counters().tcp_inbound_refused, 1);
-    assert_eq!(h.nat.flow_count(), 0);
+    for ip in [
+        IpAddr::V4(Ipv4Addr::new(10, 47, 0, 9)),
+        IpAddr::V4(GATEWAY),
+        IpAddr::V6(GATEWAY6),
+        IpAddr::V6(Ipv6Addr::new(0xfd47, 0, 0, 0, 0, 0, 0, 9)),
+        IpAddr::V6(Ipv4Addr::new(10, 47, 0, 2).to_ipv6_mapped()),
+    ] {
+        assert_eq!(
+            h.nat
+                .open_inbound_to(h.now, Protocol::Tcp, SocketAddr::new(ip, 22), peer(50004)),
+            Err(InboundError::NotTheBoard(ip))
+        );
+    }
     assert_eq!(
-        h.nat.tcp_send(flow, b"x"),
-        Err(crate::FlowError::UnknownFlow(flow))
+        h.nat.open_inbound_to(
+            h.now,
+            Protocol::Tcp,
+            SocketAddr::new(BOARD6.into(), 0),
+            peer(50004)
+        ),
+        Err(InboundError::PortZero)
     );
+    assert_eq!(h.nat.flow_count(), 0);
+    assert!(h.recv().is_empty(), "nothing sent to the board");
 }
 
 #[test]
 fn silent_board_times_out_with_a_reset() {
-    let mut c = cfg();
-    c.tcp_connect_timeout = Duration::from_secs(5);
-    let mut h = H::with(c);
-    let flow = h
-        .nat
-        .open_inbound(h.now, Protocol::Tcp, 22, peer(50002))
-        .unwrap();
-    let syns = h.recv();
-    assert_eq!(syns.len(), 1);
-    let seg = seg_of(&syns[0]);
-    assert!(seg.syn && seg.ack.is_none(), "{seg:?}");
-    assert_eq!(ip_of(&syns[0]).src_addr, GATEWAY);
-    // The board never answers: retransmissions, then the flow ends with a reset.
-    let mut closed = false;
-    for _ in 0..100 {
-        h.advance(Duration::from_millis(200));
-        h.recv();
-        if h.events()
-            .contains(&NatEvent::TcpClose { flow, reset: true })
-        {
-            closed = true;
-            break;
+    for (to, gateway) in versions(22) {
+        let mut c = cfg();
+        c.tcp_connect_timeout = Duration::from_secs(5);
+        let mut h = H::with(c);
+        let flow = h
+            .nat
+            .open_inbound_to(h.now, Protocol::Tcp, to, peer(50002))
+            .unwrap();
+        let syns = h.recv();
+        assert_eq!(syns.len(), 1);
+        let (src, dst, syn_only) = tcp_ends(&syns[0]);
+        assert!(syn_only, "{to}: not a bare SYN");
+        assert_eq!((src.ip(), dst), (gateway, to));
+        // The board never answers: retransmissions, then the flow ends with a reset.
+        let mut closed = false;
+        for _ in 0..100 {
+            h.advance(Duration::from_millis(200));
+            h.recv();
+            if h.events()
+                .contains(&NatEvent::TcpClose { flow, reset: true })
+            {
+                closed = true;
+                break;
+            }
         }
+        assert!(closed, "no close after the connect timeout ({to})");
+        assert_eq!(h.nat.counters().tcp_inbound_refused, 1);
     }
-    assert!(closed, "no close after the connect timeout");
-    assert_eq!(h.nat.counters().tcp_inbound_refused, 1);
+}
+
+/// Source, destination and "bare SYN" of a TCP segment to the board, IPv4 or IPv6.
+fn tcp_ends(pkt: &[u8]) -> (SocketAddr, SocketAddr, bool) {
+    use smoltcp::wire::{IpProtocol, Ipv4Packet, Ipv6Packet, TcpPacket};
+    let (src, dst, payload): (IpAddr, IpAddr, &[u8]) = if pkt[0] >> 4 == 6 {
+        let p = Ipv6Packet::new_checked(pkt).expect("IPv6");
+        assert_eq!(p.next_header(), IpProtocol::Tcp);
+        (p.src_addr().into(), p.dst_addr().into(), &pkt[40..])
+    } else {
+        let p = Ipv4Packet::new_checked(pkt).expect("IPv4");
+        assert_eq!(p.next_header(), IpProtocol::Tcp);
+        let hl = usize::from(p.header_len());
+        (p.src_addr().into(), p.dst_addr().into(), &pkt[hl..])
+    };
+    let t = TcpPacket::new_checked(payload).expect("TCP");
+    assert!(t.verify_checksum(&src.into(), &dst.into()), "TCP checksum");
+    (
+        SocketAddr::new(src, t.src_port()),
+        SocketAddr::new(dst, t.dst_port()),
+        t.syn() && !t.ack(),
+    )
 }
 
 #[test]
 fn resets_propagate_both_ways() {
-    let mut h = H::with(cfg());
-    let mut board = Board::new(h.now, 1500);
-    let (s, flow) = accepted(&mut h, &mut board);
-    board.sock(s).abort();
-    let ev = board.exchange(&mut h);
-    assert_eq!(ev, vec![NatEvent::TcpClose { flow, reset: true }]);
+    for (to, _) in versions(22) {
+        let mut h = H::with(cfg());
+        let mut board = Board::new(h.now, 1500);
+        let (s, flow) = accepted_at(&mut h, &mut board, to);
+        board.sock(s).abort();
+        let ev = board.exchange(&mut h);
+        assert_eq!(ev, vec![NatEvent::TcpClose { flow, reset: true }], "{to}");
 
-    let (s, flow) = accepted(&mut h, &mut board);
-    h.os(OsEvent::TcpReset { flow });
-    board.exchange(&mut h);
-    assert_eq!(
-        board.sock(s).state(),
-        State::Closed,
-        "the board saw the RST"
-    );
-    assert_eq!(h.nat.flow_count(), 0);
+        let (s, flow) = accepted_at(&mut h, &mut board, to);
+        h.os(OsEvent::TcpReset { flow });
+        board.exchange(&mut h);
+        assert_eq!(
+            board.sock(s).state(),
+            State::Closed,
+            "the board saw the RST ({to})"
+        );
+        assert_eq!(h.nat.flow_count(), 0);
+        assert_eq!(h.nat.counters().tcp_reset_from_board, 1);
+    }
 }
 
 #[test]
