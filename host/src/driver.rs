@@ -654,8 +654,9 @@ impl Driver {
 
     /// `qbkit-host connect`: the control connection becomes a TCP connection to the board.
     fn connect(&mut self, stream: status::ControlStream, target: &str) {
-        let port = match forward::connect_target(target, self.cfg.nat.board_ipv4) {
-            Ok(p) => p,
+        let board = (self.cfg.nat.board_ipv4, self.cfg.nat.board_ipv6);
+        let to = match forward::connect_target(target, board) {
+            Ok(to) => to,
             Err(e) => return control::reply(stream, &Reply::error(e)),
         };
         if !self.core.is_up() {
@@ -669,7 +670,7 @@ impl Driver {
         match self
             .core
             .nat_mut()
-            .open_inbound(self.clock.nat(), Protocol::Tcp, port, peer)
+            .open_inbound_to(self.clock.nat(), Protocol::Tcp, to, peer)
         {
             Ok(flow) => {
                 self.sockets
@@ -677,7 +678,7 @@ impl Driver {
                 self.forwards.opened(flow, Owner::Connect);
             }
             Err(e) => {
-                control::reply(stream, &Reply::error(format!("board port {port}: {e}")));
+                control::reply(stream, &Reply::error(format!("board {to}: {e}")));
             }
         }
     }

@@ -562,8 +562,9 @@ async fn recv_loop(
     }
 }
 
-/// Parses `connect`'s target: `PORT` or `BOARD_ADDR:PORT` (the address must be the board's).
-pub fn connect_target(s: &str, board: Ipv4Addr) -> Result<u16, String> {
+/// Parses `connect`'s target: `PORT` (the board's IPv4 address), `BOARD_IPV4:PORT` or
+/// `[BOARD_IPV6]:PORT`; the address must be one of the board's (`board`: IPv4, IPv6).
+pub fn connect_target(s: &str, board: (Ipv4Addr, Ipv6Addr)) -> Result<SocketAddr, String> {
     let (addr, port) = match s.rsplit_once(':') {
         Some((a, p)) => (Some(a), p),
         None => (None, s),
@@ -572,15 +573,27 @@ pub fn connect_target(s: &str, board: Ipv4Addr) -> Result<u16, String> {
         Ok(p) if p > 0 => p,
         _ => return Err(format!("{port:?} is not a port number (1-65535)")),
     };
-    if let Some(a) = addr {
-        let a = a.trim_start_matches('[').trim_end_matches(']');
-        match a.parse::<IpAddr>() {
-            Ok(IpAddr::V4(ip)) if ip == board => {}
-            Ok(ip) => return Err(format!("{ip} is not the board's address ({board})")),
-            Err(_) => return Err(format!("{a:?} is not an IP address")),
+    let Some(a) = addr else {
+        return Ok(SocketAddr::new(board.0.into(), port));
+    };
+    let ip = match a.strip_prefix('[') {
+        Some(inner) => inner
+            .strip_suffix(']')
+            .and_then(|a6| a6.parse::<Ipv6Addr>().ok())
+            .map(IpAddr::V6),
+        None if a.contains(':') => {
+            return Err(format!("an IPv6 address needs brackets: [{a}]:{port}"));
         }
+        None => a.parse::<Ipv4Addr>().ok().map(IpAddr::V4),
     }
-    Ok(port)
+    .ok_or_else(|| format!("{a:?} is not an IP address"))?;
+    if ip != IpAddr::V4(board.0) && ip != IpAddr::V6(board.1) {
+        return Err(format!(
+            "{ip} is not the board's address ({} or [{}])",
+            board.0, board.1
+        ));
+    }
+    Ok(SocketAddr::new(ip, port))
 }
 
 #[cfg(test)]
@@ -667,15 +680,31 @@ mod tests {
 
     #[test]
     fn connect_targets() {
-        let board = Ipv4Addr::new(10, 47, 0, 2);
-        assert_eq!(connect_target("22", board), Ok(22));
-        assert_eq!(connect_target("10.47.0.2:22", board), Ok(22));
-        assert!(
-            connect_target("10.47.0.9:22", board)
-                .unwrap_err()
-                .contains("not the board")
+        let board = (Ipv4Addr::new(10, 47, 0, 2), "fd47::2".parse().unwrap());
+        let at = |s: &str| Ok(s.parse::<SocketAddr>().unwrap());
+        assert_eq!(connect_target("22", board), at("10.47.0.2:22"));
+        assert_eq!(connect_target("10.47.0.2:22", board), at("10.47.0.2:22"));
+        assert_eq!(connect_target("[fd47::2]:22", board), at("[fd47::2]:22"));
+        assert_eq!(
+            connect_target("[fd47:0::2]:2222", board),
+            at("[fd47::2]:2222")
         );
-        assert!(connect_target("0", board).is_err());
-        assert!(connect_target("ssh", board).is_err());
+        for (bad, why) in [
+            (
+                "10.47.0.9:22",
+                "not the board's address (10.47.0.2 or [fd47::2])",
+            ),
+            ("[fd47::1]:22", "not the board's address"),
+            ("[::ffff:10.47.0.2]:22", "not the board's address"),
+            ("fd47::2:22", "needs brackets: [fd47::2]:22"),
+            ("[fd47::2:22", "is not an IP address"),
+            ("board:22", "is not an IP address"),
+            ("0", "not a port number"),
+            ("ssh", "not a port number"),
+            ("[fd47::2]:", "not a port number"),
+        ] {
+            let e = connect_target(bad, board).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
     }
 }

@@ -108,7 +108,7 @@ enum Command {
     /// Connect standard input/output to a TCP port of the board through the running daemon,
     /// opening no port on this machine: `ssh -o ProxyCommand='qbkit-host connect %p' root@qbkit`.
     Connect {
-        /// The board's port, or BOARD_ADDR:PORT.
+        /// The board's port (at its IPv4 address), or BOARD_ADDR:PORT: 10.47.0.2:22, [fd47::2]:22.
         #[arg(value_name = "PORT")]
         target: String,
         /// The daemon's control socket (default: as for `status`).

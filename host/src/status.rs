@@ -62,7 +62,8 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         board: Option<String>,
     },
-    /// Turn this connection into a TCP connection to the board: `PORT` or `BOARD_ADDR:PORT`.
+    /// Turn this connection into a TCP connection to the board: `PORT`, `BOARD_IPV4:PORT`
+    /// or `[BOARD_IPV6]:PORT`.
     Connect {
         /// The target.
         target: String,

@@ -1,6 +1,7 @@
 # Servers for tests/netns/forward-e2e, run in the `board` namespace (not executable on purpose:
 # run-all runs every executable file). One asyncio process, every behaviour on its own port, all
-# on 0.0.0.0 of the board namespace, which the laptop reaches only through qbkit-host's forwards:
+# on 0.0.0.0 (or BIND, e.g. :: for tests/netns/ipv6-e2e) of the board namespace, which the laptop
+# reaches only through qbkit-host's forwards and `connect`:
 #
 #   7000 half-close echo: read to EOF, then send everything back and close
 #   7001 whoami: send "LOCAL_PORT PEER_IP:PEER_PORT\n" and close (range mapping, source address)
@@ -11,7 +12,7 @@
 #   5353 UDP echo: reply PAYLOAD + b"|PEER_IP:PEER_PORT" (each laptop peer needs its own flow)
 #
 # Writes STATEDIR/servers.ready when every socket is bound.
-# usage: python3 forward-servers.py STATEDIR
+# usage: python3 forward-servers.py STATEDIR [BIND]
 import asyncio
 import hashlib
 import os
@@ -20,6 +21,7 @@ import struct
 import sys
 
 STATE = sys.argv[1]
+BIND = sys.argv[2] if len(sys.argv) > 2 else "0.0.0.0"
 PATTERN = bytes(range(256)) * 4096  # 1 MiB
 
 
@@ -80,14 +82,14 @@ class UdpEcho(asyncio.DatagramProtocol):
 
 async def main():
     servers = [
-        await asyncio.start_server(half_close_echo, "0.0.0.0", 7000, reuse_address=True),
-        await asyncio.start_server(whoami, "0.0.0.0", 7001, reuse_address=True),
-        await asyncio.start_server(whoami, "0.0.0.0", 7002, reuse_address=True),
-        await asyncio.start_server(board_first, "0.0.0.0", 7003, reuse_address=True),
-        await asyncio.start_server(rst, "0.0.0.0", 7004, reuse_address=True),
+        await asyncio.start_server(half_close_echo, BIND, 7000, reuse_address=True),
+        await asyncio.start_server(whoami, BIND, 7001, reuse_address=True),
+        await asyncio.start_server(whoami, BIND, 7002, reuse_address=True),
+        await asyncio.start_server(board_first, BIND, 7003, reuse_address=True),
+        await asyncio.start_server(rst, BIND, 7004, reuse_address=True),
     ]
     loop = asyncio.get_running_loop()
-    await loop.create_datagram_endpoint(UdpEcho, local_addr=("0.0.0.0", 5353))
+    await loop.create_datagram_endpoint(UdpEcho, local_addr=(BIND, 5353))
     with open(os.path.join(STATE, "servers.ready"), "w") as f:
         f.write("ready\n")
     await asyncio.gather(*(s.serve_forever() for s in servers))
