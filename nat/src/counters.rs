@@ -111,6 +111,11 @@ counters! {
     /// Dropped: IPv4 fragment or IPv6 fragment header (policy: not reassembled; the link MTU
     /// makes them rare).
     drop_fragment,
+    /// Dropped: an IPv6 extension header the core does not pass: a routing header with segments
+    /// left, an option whose type asks for a discard, AH, ESP, "no next header", a hop-by-hop
+    /// header after the first, more than 8 headers or 1024 bytes of them. (Skippable ones are
+    /// walked to the upper layer; bad lengths count as `drop_malformed`.)
+    drop_ipv6_extension_header,
     /// Dropped: IPv6 multicast from the board (its kernel's router solicitations and MLD
     /// reports: nothing on this point-to-point link answers them).
     drop_ipv6_multicast,
@@ -118,7 +123,7 @@ counters! {
     drop_too_big_from_board,
     /// Dropped: TTL 0 or 1 (an ICMP time exceeded is sent back, rate-limited).
     drop_ttl_expired,
-    /// Dropped: protocol other than TCP, UDP, ICMP (ICMPv6), or an IPv6 extension header.
+    /// Dropped: protocol other than TCP, UDP, ICMP (ICMPv6).
     drop_unknown_protocol,
     /// Dropped: source is not the board's address.
     drop_bad_source,

@@ -78,12 +78,15 @@ pub(crate) struct Quoted {
 }
 
 impl Quoted {
+    /// The header of `ip` as it arrived (IPv6: its first next header, so the quoted bytes that
+    /// follow start with any extension headers, as `send_icmp_error_from` quotes them).
     pub(crate) fn of(ip: &IpPacket<'_>) -> Self {
+        let (protocol, after) = ip.after_ip_header();
         Self {
             src: ip.src,
             dst: ip.dst,
-            protocol: ip.protocol,
-            payload_len: ip.payload().len(),
+            protocol,
+            payload_len: after.len(),
             hop_limit: ip.hop_limit,
         }
     }
@@ -261,8 +264,9 @@ impl Nat {
     }
 
     /// `send_icmp_error` from a chosen address (port unreachable comes from the destination).
+    /// IPv6 quotes the packet as it came, extension headers included.
     pub(crate) fn send_icmp_error_from(&mut self, ip: &IpPacket<'_>, err: IcmpError, from: IpAddr) {
-        let payload = ip.payload();
+        let (_, payload) = ip.after_ip_header();
         let quote = if ip.is_v6() {
             payload
         } else {

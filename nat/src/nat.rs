@@ -182,7 +182,7 @@ impl Nat {
                 );
             }
             Err(Refused::ExtensionHeader(h)) => {
-                return drop_pkt!(self, drop_unknown_protocol, header = %h, "nat: IPv6 extension header dropped");
+                return drop_pkt!(self, drop_ipv6_extension_header, header = %h, "nat: IPv6 extension header dropped");
             }
         };
         if ip.is_v6() {

@@ -76,7 +76,7 @@ impl Nat {
                 // socket of this connection, still waiting to send its last packet, takes it).
                 drop_pkt!(self, drop_tcp_no_flow, %src, %dst, "nat: TCP segment for no flow");
                 let zombie = self.zombie_of(src, dst);
-                self.smoltcp_ingress(zombie, ip.bytes);
+                self.smoltcp_ingress(zombie, &ip.without_extensions());
             }
             return;
         };
@@ -115,7 +115,7 @@ impl Nat {
                     self.counters.tcp_reset_from_board += 1;
                 }
                 self.mark_dirty(id);
-                self.smoltcp_ingress(Some(handle), ip.bytes);
+                self.smoltcp_ingress(Some(handle), &ip.without_extensions());
             }
             TcpPhase::Draining { .. } => {
                 if seg.rst() {

@@ -56,6 +56,34 @@ pub fn ipv6(
     buf
 }
 
+/// The IPv6 packet `pkt` with extension headers inserted after its fixed header: each is
+/// (type, body after the next-header and length bytes; 6, 14, 22... bytes long). The transport
+/// checksum stays valid (the pseudo-header has no extension headers).
+pub fn with_ipv6_extensions(pkt: &[u8], exts: &[(IpProtocol, &[u8])]) -> Vec<u8> {
+    let mut out = pkt[..40].to_vec();
+    let mut next = Ipv6Packet::new_unchecked(pkt).next_header();
+    for (ty, body) in exts.iter().rev() {
+        assert!(
+            (body.len() + 2) % 8 == 0,
+            "extension body of {} bytes",
+            body.len()
+        );
+        let mut h = vec![
+            u8::from(next),
+            u8::try_from((body.len() + 2) / 8 - 1).expect("length"),
+        ];
+        h.extend_from_slice(body);
+        out.splice(40..40, h);
+        next = *ty;
+    }
+    out.extend_from_slice(&pkt[40..]);
+    let len = u16::try_from(out.len() - 40).expect("payload length");
+    let mut ip = Ipv6Packet::new_unchecked(&mut out[..]);
+    ip.set_next_header(next);
+    ip.set_payload_len(len);
+    out
+}
+
 /// An IPv4 or IPv6 packet (by the addresses' version, which must agree).
 pub fn ip(
     src: IpAddr,

@@ -12,7 +12,7 @@ use smoltcp::wire::{
 };
 
 use super::*;
-use crate::testing::{ip_payload, ipv6};
+use crate::testing::{ip_payload, ipv6, with_ipv6_extensions};
 use crate::{ConnectError, DatagramError, FlowId, NatConfig, NatEvent, OsEvent};
 
 fn sa6(ip: Ipv6Addr, port: u16) -> SocketAddr {
@@ -346,10 +346,15 @@ fn hop_limit_packet_too_big_multicast_and_bad_sources() {
     // Unicast from another source, and a fragment header: dropped and counted.
     h.send(&udp(sa6(fe80, 1), sa6(SERVER6, 7), b"x"));
     h.send(&ipv6(BOARD6, SERVER6, IpProtocol::Ipv6Frag, 64, 16, |_| {}));
+    // (destination options of Pad1s whose next header is a hop-by-hop one, which must be first)
     h.send(&ipv6(BOARD6, SERVER6, IpProtocol::Ipv6Opts, 64, 16, |_| {}));
     let c = h.nat.counters();
     assert_eq!(
-        (c.drop_bad_source, c.drop_fragment, c.drop_unknown_protocol),
+        (
+            c.drop_bad_source,
+            c.drop_fragment,
+            c.drop_ipv6_extension_header
+        ),
         (1, 1, 1)
     );
     assert!(h.recv().is_empty() && h.events().is_empty());
@@ -372,4 +377,120 @@ fn ipv6_segments_for_no_flow_get_a_rst_from_smoltcp() {
     let t = TcpPacket::new_checked(payload).unwrap();
     assert!(t.rst());
     assert_eq!(h.nat.counters().drop_tcp_no_flow, 1);
+}
+
+/// Hop-by-hop (router alert) and destination options (PadN) headers, both skippable.
+const EXTS: [(IpProtocol, &[u8]); 2] = [
+    (IpProtocol::HopByHop, &[5, 2, 0, 0, 1, 0]),
+    (IpProtocol::Ipv6Opts, &[1, 4, 0, 0, 0, 0]),
+];
+
+#[test]
+fn extension_headers_are_skipped_for_tcp_udp_and_echo() {
+    let mut h = H::new();
+    // TCP: the SYN and a data segment carry extension headers; smoltcp sees them without.
+    let (b, s) = (sa6(BOARD6, 40300), sa6(SERVER6, 443));
+    h.send(&with_ipv6_extensions(&syn(b, s, 7), &EXTS));
+    let flow = expect_connect(&mut h, s);
+    h.os(OsEvent::TcpConnected { flow });
+    let synack = h.recv_one();
+    let (_, payload) = ip_payload(&synack);
+    let isn = TcpPacket::new_checked(payload)
+        .unwrap()
+        .seq_number()
+        .0
+        .cast_unsigned();
+    let data = tcp(
+        b,
+        s,
+        TcpControl::None,
+        8,
+        Some(isn.wrapping_add(1)),
+        b"hello",
+    );
+    h.send(&with_ipv6_extensions(&data, &EXTS));
+    assert!(h.events().contains(&NatEvent::TcpReadable { flow }));
+    let mut buf = [0u8; 16];
+    assert_eq!(h.nat.tcp_recv(flow, &mut buf).unwrap(), 5);
+    assert_eq!(&buf[..5], b"hello");
+    // UDP and an echo request to the gateway
+    let (b, s) = (sa6(BOARD6, 5001), sa6(SERVER6, 7));
+    h.send(&with_ipv6_extensions(&udp(b, s, b"dgram"), &EXTS));
+    assert!(
+        matches!(h.events().as_slice(), [NatEvent::UdpOpen { .. }, NatEvent::UdpSend { payload, .. }] if payload == b"dgram")
+    );
+    h.send(&with_ipv6_extensions(
+        &echo6(BOARD6, GATEWAY6, 3, 1, b"e"),
+        &EXTS,
+    ));
+    let pkts = h.recv(); // (with the ACK of the TCP data)
+    let reply = pkts.iter().find(|p| p[6] == 58).expect("an echo reply");
+    let (from, _, ty, _, _) = icmp6_of(reply);
+    assert_eq!((from, ty), (GATEWAY6, 129));
+    let c = h.nat.counters();
+    assert_eq!(
+        (
+            c.drop_ipv6_extension_header,
+            c.drop_malformed,
+            c.drop_unknown_protocol
+        ),
+        (0, 0, 0)
+    );
+}
+
+#[test]
+fn icmpv6_errors_quote_the_extension_headers_as_they_came() {
+    let mut h = H::new();
+    // A denied destination ([::1]): unreachable, quoting the whole packet, headers included.
+    let pkt = with_ipv6_extensions(
+        &udp(sa6(BOARD6, 5002), sa6(Ipv6Addr::LOCALHOST, 53), b"q"),
+        &EXTS,
+    );
+    h.send(&pkt);
+    let (_, to, ty, code, body) = icmp6_of(&h.recv_one());
+    assert_eq!((to, ty, code), (BOARD6, 1, 1));
+    assert_eq!(&body[4..], &pkt[..], "the packet as the board sent it");
+    // Hop limit 1 to the wan: time exceeded, quoting the same way.
+    let mut pkt = with_ipv6_extensions(&udp(sa6(BOARD6, 5003), sa6(SERVER6, 7), b"t"), &EXTS);
+    pkt[7] = 1;
+    h.send(&pkt);
+    let (_, _, ty, _, body) = icmp6_of(&h.recv_one());
+    assert_eq!(ty, 3);
+    assert_eq!(&body[4..], &pkt[..]);
+}
+
+#[test]
+fn extension_headers_that_do_not_pass_are_counted_drops() {
+    let mut h = H::new();
+    let u = udp(sa6(BOARD6, 5004), sa6(SERVER6, 7), b"x");
+    // source routing (segments left 1), a discard option, AH
+    h.send(&with_ipv6_extensions(
+        &u,
+        &[(IpProtocol::Ipv6Route, &[0, 1, 0, 0, 0, 0])],
+    ));
+    h.send(&with_ipv6_extensions(
+        &u,
+        &[(IpProtocol::Ipv6Opts, &[0x82, 4, 0, 0, 0, 0])],
+    ));
+    h.send(&with_ipv6_extensions(&u, &[(IpProtocol::IpSecAh, &[0; 6])]));
+    // a fragment header behind a skippable one, and a TLV running past its header
+    h.send(&with_ipv6_extensions(
+        &u,
+        &[EXTS[0], (IpProtocol::Ipv6Frag, &[0; 6])],
+    ));
+    h.send(&with_ipv6_extensions(
+        &u,
+        &[(IpProtocol::Ipv6Opts, &[1, 9, 0, 0, 0, 0])],
+    ));
+    assert!(h.recv().is_empty() && h.events().is_empty());
+    let c = h.nat.counters();
+    assert_eq!(
+        (
+            c.drop_ipv6_extension_header,
+            c.drop_fragment,
+            c.drop_malformed
+        ),
+        (3, 1, 1)
+    );
+    assert_eq!(h.nat.flow_count(), 0);
 }
