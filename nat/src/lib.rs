@@ -44,7 +44,10 @@
 //! accepting (`tcp_send` returns less) when buffers are full; UDP and ICMP drop and count.
 //! Fragments are dropped and counted (`drop_fragment`): the link MTU is large and the board's
 //! stack does path MTU discovery, so they only come from oversized UDP, and reassembly would be
-//! an unbounded buffer; IPv6 fragment and other extension headers likewise. An IPv6 packet
+//! an unbounded buffer; an IPv6 fragment header likewise. Other IPv6 extension headers
+//! (hop-by-hop, destination options, routing with no segments left) are walked to the upper
+//! layer, bounded in count and length (`ip.rs`); those that ask for more than skipping are dropped
+//! and counted (`drop_ipv6_extension_header`). An IPv6 packet
 //! larger than the MTU is answered with ICMPv6 "packet too big" (the minimum MTU, 1280, is
 //! enforced by [`NatConfig`]); the core never fragments.
 //!
