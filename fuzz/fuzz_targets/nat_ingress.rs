@@ -2,8 +2,10 @@
 //! or well-formed TCP/UDP/ICMP packets with arbitrary fields so the fuzzer reaches flow state),
 //! driver events for the flows it has seen, flows the laptop opens towards the board (forwards,
 //! `connect`), TCP data calls and clock jumps. Packets go over IPv4 or IPv6 (each well-formed op
-//! picks), to destinations of every policy class of both. Nothing may panic, and every packet the
-//! core sends to the board must be a valid IPv4 or IPv6 packet addressed to the board.
+//! picks), to destinations of every policy class of both; IPv6 ones may carry extension headers
+//! (skippable chains, refused ones, a fragment header behind them); inbound flows dial either of
+//! the board's addresses. Nothing may panic, and every packet the core sends to the board must be
+//! a valid IPv4 or IPv6 packet addressed to the board.
 #![no_main]
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -30,6 +32,8 @@ enum Op {
     Tcp {
         /// Over IPv6 instead of IPv4.
         v6: bool,
+        /// IPv6 extension headers before the upper layer (`ext_chain`).
+        exts: u8,
         sport: u8,
         dst: u8,
         dport: u8,
@@ -42,6 +46,8 @@ enum Op {
     Udp {
         /// Over IPv6 instead of IPv4.
         v6: bool,
+        /// IPv6 extension headers before the upper layer (`ext_chain`).
+        exts: u8,
         sport: u8,
         dst: u8,
         dport: u8,
@@ -51,6 +57,8 @@ enum Op {
     Echo {
         /// Over IPv6 instead of IPv4.
         v6: bool,
+        /// IPv6 extension headers before the upper layer (`ext_chain`).
+        exts: u8,
         dst: u8,
         ident: u8,
         seq: u16,
@@ -73,6 +81,8 @@ enum Op {
     },
     /// The laptop opens a flow towards board port 1000 + port % 8 (a forward or `connect`).
     Inbound {
+        /// To the board's IPv6 address (from the IPv6 gateway).
+        v6: bool,
         udp: bool,
         port: u8,
         peer: u16,
@@ -124,9 +134,46 @@ fn board_for(dst: IpAddr) -> IpAddr {
     }
 }
 
-/// A packet from the board (of `dst`'s version) to `dst`.
-fn packet(dst: IpAddr, proto: IpProtocol, len: usize, fill: impl FnOnce(&mut [u8])) -> Vec<u8> {
-    qbkit_nat::testing::ip(board_for(dst), dst, proto, 64, len, fill)
+/// A packet from the board (of `dst`'s version) to `dst`; IPv6 with the extension headers of
+/// `ext_chain(exts)`.
+fn packet(
+    dst: IpAddr,
+    proto: IpProtocol,
+    len: usize,
+    exts: u8,
+    fill: impl FnOnce(&mut [u8]),
+) -> Vec<u8> {
+    let pkt = qbkit_nat::testing::ip(board_for(dst), dst, proto, 64, len, fill);
+    match ext_chain(exts) {
+        [] => pkt,
+        chain if dst.is_ipv6() => qbkit_nat::testing::with_ipv6_extensions(&pkt, chain),
+        _ => pkt,
+    }
+}
+
+const PAD_N: &[u8] = &[1, 4, 0, 0, 0, 0];
+const ROUTER_ALERT: &[u8] = &[5, 2, 0, 0, 1, 0];
+const ROUTE_DONE: &[u8] = &[0, 0, 0, 0, 0, 0];
+const ROUTE_LEFT: &[u8] = &[0, 1, 0, 0, 0, 0];
+const DISCARD_OPT: &[u8] = &[0x82, 4, 0, 0, 0, 0];
+const BAD_TLV: &[u8] = &[1, 9, 0, 0, 0, 0];
+
+/// IPv6 extension headers for a well-formed op: skippable chains, ones the core refuses, a
+/// fragment header behind a skippable one; none for most values.
+fn ext_chain(sel: u8) -> &'static [(IpProtocol, &'static [u8])] {
+    use IpProtocol::{HopByHop as Hbh, Ipv6Frag as Frag, Ipv6Opts as Opts, Ipv6Route as Route};
+    match sel % 16 {
+        1 => &[(Hbh, ROUTER_ALERT)],
+        2 => &[(Opts, PAD_N)],
+        3 => &[(Hbh, PAD_N), (Opts, PAD_N), (Route, ROUTE_DONE)],
+        4 => &[(Route, ROUTE_LEFT)],
+        5 => &[(Opts, DISCARD_OPT)],
+        6 => &[(Hbh, PAD_N), (Frag, ROUTE_DONE)],
+        7 => &[(Opts, PAD_N), (Hbh, PAD_N)],
+        8 => &[(Opts, BAD_TLV)],
+        9 => &[(Opts, PAD_N); 9],
+        _ => &[],
+    }
 }
 
 fn port(p: u8) -> u16 {
@@ -164,6 +211,7 @@ fuzz_target!(|ops: Vec<Op>| {
                 seq,
                 ack,
                 payload,
+                exts,
             } => {
                 let d = dst_ip(v6, dst);
                 let control = match flags & 7 {
@@ -186,7 +234,7 @@ fuzz_target!(|ops: Vec<Op>| {
                     timestamp: None,
                     payload: &payload[..payload.len().min(1400)],
                 };
-                let pkt = packet(d, IpProtocol::Tcp, repr.buffer_len(), |b| {
+                let pkt = packet(d, IpProtocol::Tcp, repr.buffer_len(), exts, |b| {
                     repr.emit(
                         &mut TcpPacket::new_unchecked(b),
                         &board_for(d).into(),
@@ -202,6 +250,7 @@ fuzz_target!(|ops: Vec<Op>| {
                 dst,
                 dport,
                 payload,
+                exts,
             } => {
                 let d = dst_ip(v6, dst);
                 let payload = &payload[..payload.len().min(1400)];
@@ -209,7 +258,7 @@ fuzz_target!(|ops: Vec<Op>| {
                     src_port: 2000 + u16::from(sport % 8),
                     dst_port: port(dport),
                 };
-                let pkt = packet(d, IpProtocol::Udp, 8 + payload.len(), |b| {
+                let pkt = packet(d, IpProtocol::Udp, 8 + payload.len(), exts, |b| {
                     repr.emit(
                         &mut UdpPacket::new_unchecked(b),
                         &board_for(d).into(),
@@ -227,6 +276,7 @@ fuzz_target!(|ops: Vec<Op>| {
                 ident,
                 seq,
                 data,
+                exts,
             } => {
                 let (ident, data) = (u16::from(ident % 4), &data[..data.len().min(1400)]);
                 let pkt = match dst_ip(v6, dst) {
@@ -236,7 +286,7 @@ fuzz_target!(|ops: Vec<Op>| {
                             seq_no: seq,
                             data,
                         };
-                        packet(d.into(), IpProtocol::Icmpv6, repr.buffer_len(), |b| {
+                        packet(d.into(), IpProtocol::Icmpv6, repr.buffer_len(), exts, |b| {
                             let mut p = Icmpv6Packet::new_unchecked(b);
                             repr.emit(&BOARD6, &d, &mut p, &csum);
                         })
@@ -247,7 +297,7 @@ fuzz_target!(|ops: Vec<Op>| {
                             seq_no: seq,
                             data,
                         };
-                        packet(d, IpProtocol::Icmp, repr.buffer_len(), |b| {
+                        packet(d, IpProtocol::Icmp, repr.buffer_len(), exts, |b| {
                             repr.emit(&mut Icmpv4Packet::new_unchecked(b), &csum);
                         })
                     }
@@ -273,14 +323,12 @@ fuzz_target!(|ops: Vec<Op>| {
                     let _ = nat.tcp_send(f, &data);
                 }
             }
-            Op::Inbound { udp, port, peer } => {
-                let port = 1000 + u16::from(port % 8);
+            Op::Inbound { v6, udp, port, peer } => {
+                let board = if v6 { IpAddr::V6(BOARD6) } else { BOARD.into() };
+                let board = SocketAddr::new(board, 1000 + u16::from(port % 8));
                 let peer = SocketAddr::from(([127, 0, 0, 1], peer));
-                let r = if udp {
-                    nat.open_inbound(now, Protocol::Udp, port, peer)
-                } else {
-                    nat.open_inbound(now, Protocol::Tcp, port, peer)
-                };
+                let proto = if udp { Protocol::Udp } else { Protocol::Tcp };
+                let r = nat.open_inbound_to(now, proto, board, peer);
                 if let Ok(f) = r {
                     flows.push(f);
                 }
