@@ -7,7 +7,8 @@
 #
 # The caller sets, before sourcing: OUT (run directory), WAN (wan namespace name), BOARD_PREFIX
 # (board namespaces are BOARD_PREFIX<stack>), SRV (server address in wan), STACKS, BIN, MAXRUN,
-# and defines stack_check STACK (run after a stack is up; non-zero = unusable). Optional arrays
+# and defines stack_check STACK (run after a stack is up; non-zero = unusable). Optional: SRV6 (the
+# servers' IPv6 address: wan gets IPv6 too and slirp4netns runs with --enable-ipv6). Optional arrays
 # with extra arguments per stack: SLIRP_EXTRA, PASTA_PORTS (default: no forwards), QBKIT_EXTRA.
 # After `harness_init`: S (state dir), RES (results.jsonl), GADGET, HOSTBIN.
 
@@ -75,8 +76,10 @@ install_missing() {
 }
 
 # wan_up: the `wan` namespace: veth pair with BOTH ends inside it, wan0 198.51.100.1/25 (default route
-# via .126, which does not exist) and wan1 $SRV/25; nftables counts and drops any output that is not
-# loopback or 198.51.100.0/24; no other interface may exist in it.
+# via .126, which does not exist) and wan1 $SRV/25; with SRV6 also wan0 2001:db8:1::1/64 (default
+# route via 2001:db8:1::fe, which does not exist) and wan1 $SRV6/64 (documentation prefix, no DAD);
+# nftables counts and drops any output that is not loopback, 198.51.100.0/24 or 2001:db8::/32 (and
+# link-local/all-nodes IPv6); no other interface may exist in it.
 wan_up() {
   del_namespaces   # leftovers of an earlier run of the same script
   ip netns add "$WAN"
@@ -89,6 +92,11 @@ wan_up() {
   ip -n "$WAN" link set wan0 up
   ip -n "$WAN" link set wan1 up
   ip -n "$WAN" route add default via 198.51.100.126 dev wan0   # pasta copies the default-route interface
+  if [ -n "${SRV6:-}" ]; then
+    ip -n "$WAN" addr add 2001:db8:1::1/64 dev wan0 nodad
+    ip -n "$WAN" addr add "$SRV6/64" dev wan1 nodad
+    ip -n "$WAN" -6 route add default via 2001:db8:1::fe dev wan0   # pasta copies this one for IPv6
+  fi
   ip netns exec "$WAN" sysctl -qw net.ipv4.ping_group_range="0 2147483647"
   ip netns exec "$WAN" nft -f - <<'NFT' || return 1
 table inet qbk_bench_guard {
@@ -96,6 +104,7 @@ table inet qbk_bench_guard {
     type filter hook output priority 0; policy accept;
     oif lo accept
     ip daddr 198.51.100.0/24 accept
+    ip6 daddr 2001:db8::/32 accept
     ip6 daddr { fe80::/10, ff02::/16 } accept
     counter drop
   }
@@ -147,7 +156,8 @@ stack_up() {
   case $st in
   slirp4netns)
     h=$(holder "$b")
-    ip netns exec "$WAN" slirp4netns --configure --mtu="$mtu" --disable-host-loopback "${SLIRP_EXTRA[@]}" "$h" tap0 \
+    local v6=(); [ -n "${SRV6:-}" ] && v6=(--enable-ipv6)   # the board takes fd00::/64 from its RA
+    ip netns exec "$WAN" slirp4netns --configure --mtu="$mtu" --disable-host-loopback "${v6[@]}" "${SLIRP_EXTRA[@]}" "$h" tap0 \
       >"$S/slirp4netns.$mtu.log" 2>&1 & w=$!; track $w
     wait_until 10 board_has "$b" 'inet 10.0.2.100' || { log "slirp4netns did not come up"; return 1; }
     echo "B=$b; PIDS=$w; EXTRA=; HOLDER=$h; MTU=$mtu" > "$S/$st.env"

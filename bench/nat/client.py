@@ -3,6 +3,7 @@
 
 Every subcommand prints one JSON object on stdout; errors are reported in it, never hang:
 every loop is bounded by its count and by MAXSEC (env, default 60 s), every socket has a timeout.
+HOST is an IPv4 or IPv6 literal.
 
   seqconn HOST PORT N        N sequential HTTP-like connections: connect, send a request, read the
                              whole 71-byte response (Content-Length, like wrk), close; times from
@@ -19,6 +20,11 @@ import json, os, socket, statistics, sys, time
 
 MAXSEC = float(os.environ.get("MAXSEC", "60"))
 REQ = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+
+
+def family(host):
+    """AF_INET6 for an IPv6 literal (bench/nat/run's IPv6 phase), else AF_INET."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
 def pct(v, p):
@@ -47,7 +53,7 @@ def seqconn(host, port, n):
         if time.perf_counter() - t_start > MAXSEC:
             break
         t0 = time.perf_counter_ns()
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s = socket.socket(family(host), socket.SOCK_STREAM)
         try:
             s.settimeout(5)
             s.connect((host, port))
@@ -80,7 +86,7 @@ def seqconn(host, port, n):
 
 def tcppp(host, port, n, size):
     port, n, size = int(port), int(n), int(size)
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s = socket.socket(family(host), socket.SOCK_STREAM)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     s.settimeout(5)
     s.connect((host, port))
@@ -117,7 +123,7 @@ def hold(host, port, n, secs):
     for _ in range(n):
         if time.perf_counter() - t0 > MAXSEC:
             break
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s = socket.socket(family(host), socket.SOCK_STREAM)
         try:
             s.settimeout(3)
             s.connect((host, port))

@@ -72,6 +72,8 @@ def cpu_per_gib(row, idx=0):
 
 
 METRICS = []
+# phases in the per-phase notes (retransmits, CPU use): name, how the notes call its MTU
+NOTE_PHASES = (("big", "65520"), ("1500", "1500"), ("v6", "65520 over IPv6"))
 
 
 def metric(name, unit, hib, desc, phase, test, fn):
@@ -83,6 +85,10 @@ for ph, mtu in (("big", "65520"), ("1500", "1500")):
         metric(f"tcp_{d}_gbps_mtu{mtu}", "Gbit/s", True,
                f"iperf3 TCP {'board→wan (upload)' if d == 'up' else 'wan→board (download)'}, MTU {mtu}",
                ph, f"tcp_{d}", lambda r: (r["res"] or {}).get("gbps"))
+for d in ("up", "down"):
+    metric(f"tcp_{d}_gbps_v6", "Gbit/s", True,
+           f"iperf3 TCP {'board→wan (upload)' if d == 'up' else 'wan→board (download)'} over IPv6, big-phase MTU",
+           "v6", f"tcp_{d}", lambda r: (r["res"] or {}).get("gbps"))
 for ph, mtu in (("big", "65520"), ("1500", "1500")):
     for d in ("up", "down"):
         metric(f"cpu_s_per_gib_{d}_mtu{mtu}", "CPU s/GiB", False,
@@ -346,7 +352,8 @@ def section(rows, meta, vals, out):
              f"(in `wan`); the board daemon `qbkit-gadget` (board side, unix-socket link) is reported separately |")
     L.append(f"| qbkit link MTU | {info.get('mtu_big', '?')} in the \"65520\" phase (its own link MTU), "
              f"{info.get('mtu_1500', '?')} in the 1500 phase |")
-    L.append(f"| slirp4netns | {meta.get('slirp4netns', '?')} (`--configure --disable-host-loopback`) |")
+    L.append(f"| slirp4netns | {meta.get('slirp4netns', '?')} (`--configure --disable-host-loopback`, "
+             "`--enable-ipv6` with the IPv6 phase) |")
     L.append(f"| pasta | passt {meta.get('passt', '?')} (`--config-net -t none -u none -T none -U none --no-map-gw`, "
              "so all traffic takes the tap path) |")
     L.append(f"| tools | {meta.get('iperf3', '?')}, wrk {meta.get('wrk', '?')}, {meta.get('python', '?')} |")
@@ -355,7 +362,10 @@ def section(rows, meta, vals, out):
     L.append("Topology: each stack gets its own board namespace `qbk-bench-b-<stack>` whose only route out is "
              "the stack; the stack's process runs in namespace `qbk-bench-wan` together with the servers "
              "(198.51.100.130 on a veth pair whose two ends are both inside `wan`; nftables there drops "
-             "anything else). slirp4netns and pasta attach to a holder process of the board namespace.")
+             "anything else). slirp4netns and pasta attach to a holder process of the board namespace. "
+             "IPv6 phase (`tcp_*_v6`): the same stacks, right after the big phase, to the server's "
+             "2001:db8:2::130; the board's IPv6 is fd00::/64 by SLAAC from slirp4netns' RA, a copy of "
+             "wan0's 2001:db8:1::1/64 for pasta, fd47::2/64 via fd47::1 for qbkit.")
     L.append("")
     L.append("Reading the numbers: qbkit's path has one more user-space hop than the others. A packet goes "
              "board TCP → TUN `qbkit0` → `qbkit-gadget` → unix-socket stream link (bundles) → `qbkit-host` "
@@ -390,7 +400,7 @@ def section(rows, meta, vals, out):
             v = info.get(f"gadget_cpu_{ph}_tcp_{d}")
             if v:
                 notes.append(f"qbkit-gadget CPU s/GiB, TCP {d} MTU {mtu}: {fmt(med(v))} (not included in the NAT numbers).")
-    for ph, mtu in (("big", "65520"), ("1500", "1500")):
+    for ph, mtu in NOTE_PHASES:
         for d in ("up", "down"):
             parts = []
             for st in STACKS:
@@ -399,7 +409,7 @@ def section(rows, meta, vals, out):
                     parts.append(f"{st} {fmt(med(v))}")
             if parts:
                 notes.append(f"iperf3 sender retransmits (median), TCP {d} MTU {mtu}: " + ", ".join(parts) + ".")
-    for ph, mtu in (("big", "65520"), ("1500", "1500")):
+    for ph, mtu in NOTE_PHASES:
         for d in ("up", "down"):
             parts = [f"{st} {' '.join(info[k])}" for st in STACKS
                      if (k := f"util_{ph}_tcp_{d}_{st}") in info]

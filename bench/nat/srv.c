@@ -1,8 +1,8 @@
 /* srv.c -- the benchmark's servers in the `wan` namespace (single-threaded epoll, no deps).
  *
- *   srv ADDR            e.g.  srv 198.51.100.130
+ *   srv ADDR            e.g.  srv 198.51.100.130   or   srv 2001:db8:2::130
  *
- * Listens on ADDR:
+ * Listens on ADDR (IPv4 or IPv6):
  *   TCP :8080  "http-close": reads one request, answers a fixed 71-byte HTTP/1.1 response with
  *              "Connection: close" and closes first (like an HTTP/1.0 server). Used for conn/s.
  *   TCP :9000  echo with TCP_NODELAY. Used for request/response latency and for holding
@@ -37,12 +37,19 @@ static void add(int fd, int kind) {
 }
 
 static int listen_on(const char *addr, int port) {
-  struct sockaddr_in s = {.sin_family = AF_INET, .sin_port = htons(port)};
-  if (inet_pton(AF_INET, addr, &s.sin_addr) != 1) { fprintf(stderr, "bad addr %s\n", addr); exit(1); }
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  struct sockaddr_storage ss = {0};
+  struct sockaddr_in *s4 = (void *)&ss;
+  struct sockaddr_in6 *s6 = (void *)&ss;
+  socklen_t len;
+  if (inet_pton(AF_INET, addr, &s4->sin_addr) == 1) {
+    s4->sin_family = AF_INET, s4->sin_port = htons(port), len = sizeof *s4;
+  } else if (inet_pton(AF_INET6, addr, &s6->sin6_addr) == 1) {
+    s6->sin6_family = AF_INET6, s6->sin6_port = htons(port), len = sizeof *s6;
+  } else { fprintf(stderr, "bad addr %s\n", addr); exit(1); }
+  int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   int one = 1;
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  if (bind(fd, (void *)&s, sizeof s) < 0) { fprintf(stderr, "bind %s:%d: %s\n", addr, port, strerror(errno)); exit(1); }
+  if (bind(fd, (void *)&ss, len) < 0) { fprintf(stderr, "bind %s:%d: %s\n", addr, port, strerror(errno)); exit(1); }
   if (listen(fd, 4096) < 0) { perror("listen"); exit(1); }
   return fd;
 }
