@@ -35,6 +35,13 @@
 //! hands each new peer to a driver that has none (the first such, so a single board that
 //! reconnects keeps its flows), or starts another.
 //!
+//! The tray (`qbkit-host tray`, [`Ui`]): the same supervisor publishes every board's
+//! [`BoardView`] (name, [`Summary`], whether it is wanted) and takes [`BoardAction`]s: Disconnect
+//! a board stops its link task (USB, a connecting transport) or drops its stream peer, and tells
+//! its driver the link is down (its flows and forwards stay); its driver takes no new peer until
+//! Connect, which starts the link task again. Disconnect without a board does that to every board
+//! and refuses new ones (a stream listener closes new peers at once) until Connect.
+//!
 //! Limits: each board's NAT has its own (`max_flows`, `--tcp-buffer-budget`), and all boards'
 //! TCP buffers together stay within `--tcp-buffer-budget` too: one [`qbkit_nat::SharedBudget`]
 //! every NAT counts its sockets into (an atomic counter, by the same half-full / small / refused
@@ -69,6 +76,47 @@ impl Drop for Claim {
     }
 }
 
+/// One board as the tray sees it ([`Ui`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoardView {
+    /// Its name (as `status` shows it).
+    pub name: String,
+    /// Its driver's latest summary.
+    pub summary: Summary,
+    /// Not disconnected from the menu.
+    pub wanted: bool,
+}
+
+/// A menu choice for the supervisor: one board by name, or (`None`) every board.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BoardAction {
+    /// Serve it (again).
+    Connect(Option<String>),
+    /// Stop serving it; its driver keeps its flows and forwards.
+    Disconnect(Option<String>),
+}
+
+/// The tray's window on the supervisor.
+#[derive(Debug)]
+pub struct Ui {
+    /// Every board's view, republished when one changes.
+    pub views: watch::Sender<Vec<BoardView>>,
+    /// The menu's choices.
+    pub actions: mpsc::UnboundedReceiver<BoardAction>,
+}
+
+/// How often the tray's views are refreshed from the drivers' summaries.
+const UI_REFRESH: Duration = Duration::from_millis(250);
+
+/// How a board's link task is started again after a Disconnect.
+#[derive(Debug, Clone)]
+enum Relink {
+    /// `transport::usb::run` for this board.
+    Usb(DeviceFilter),
+    /// The engine's connecting transport.
+    Engine,
+}
+
 /// One board's driver, as the supervisor sees it.
 struct Board {
     name: String,
@@ -82,6 +130,12 @@ struct Board {
     /// A link task serves it (a stream peer now, or on USB its board's `usb::run`).
     attached: Arc<AtomicBool>,
     summary: watch::Receiver<Summary>,
+    /// Not disconnected from the tray menu.
+    wanted: bool,
+    /// Its link task, when the supervisor started it (USB, a connecting transport).
+    link_task: Option<tokio::task::JoinHandle<()>>,
+    /// How to start that task again.
+    relink: Option<Relink>,
 }
 
 /// The supervisor's state.
@@ -95,11 +149,18 @@ struct Host {
     transport: watch::Receiver<String>,
     /// The TCP buffer budget all boards' NATs share.
     budget: Arc<qbkit_nat::SharedBudget>,
+    /// New boards are served (false after the tray's Disconnect of every board).
+    accepting: bool,
 }
 
 /// Runs the boards of `engine`'s transport until `shutdown` completes, a driver fails, or (one
-/// board on a connecting transport) the transport ends.
-pub async fn run(engine: Engine, shutdown: impl Future<Output = ()>) -> Result<(), driver::Error> {
+/// board on a connecting transport, without a `ui`) the transport ends. With `ui` (the tray) the
+/// boards' views are published and the menu's actions carried out.
+pub async fn run(
+    engine: Engine,
+    shutdown: impl Future<Output = ()>,
+    mut ui: Option<Ui>,
+) -> Result<(), driver::Error> {
     let (mut ctl_rx, dns) = driver::host_services(&engine.driver);
     let (transport_tx, transport_rx) = watch::channel(engine.driver.transport.clone());
     let engine_budget = engine.driver.nat.tcp_buffer_budget;
@@ -111,48 +172,19 @@ pub async fn run(engine: Engine, shutdown: impl Future<Output = ()>) -> Result<(
         stop: watch::channel(false).0,
         transport: transport_rx,
         budget: Arc::new(qbkit_nat::SharedBudget::new(engine_budget)),
+        accepting: true,
     };
     let (attach_tx, mut attach_rx) = mpsc::channel::<oneshot::Sender<Attached>>(4);
     let (usb_tx, mut usb_rx) = mpsc::channel::<(String, DeviceFilter)>(4);
-    match host.engine.transport.clone() {
-        TransportSpec::Usb => {
-            let named = host.engine.named_boards.boards.clone();
-            for b in &named {
-                host.spawn_board(true, Some(b));
-            }
-            if named.is_empty() {
-                host.spawn_board(true, None);
-            }
-            tokio::spawn(transport::usb::discover(
-                host.engine.usb_filter.clone(),
-                usb_tx,
-            ));
-        }
-        TransportSpec::Stream(url) if url.is_listener() => {
-            host.spawn_board(true, None);
-            tokio::spawn(qbkit_link::run_listener(
-                url,
-                host.engine.link_key.clone(),
-                host.engine.driver.max_bundle,
-                move |bound| {
-                    let _ = transport_tx.send(bound);
-                },
-                move || {
-                    let attach_tx = attach_tx.clone();
-                    async move {
-                        let (tx, rx) = oneshot::channel();
-                        attach_tx.send(tx).await.ok()?;
-                        rx.await.ok()
-                    }
-                },
-            ));
-        }
-        _ => {
-            let links = host.spawn_board(false, None);
-            host.engine
-                .spawn_transport(host.engine.usb_filter.clone(), links);
-        }
-    }
+    host.start_transport(
+        ui.is_some(),
+        move |bound| {
+            let _ = transport_tx.send(bound);
+        },
+        attach_tx,
+        usb_tx,
+    );
+    let mut ui_refresh = ui.as_ref().map(|_| tokio::time::interval(UI_REFRESH));
     let mut live = host
         .engine
         .driver
@@ -169,6 +201,14 @@ pub async fn run(engine: Engine, shutdown: impl Future<Output = ()>) -> Result<(
                 let _ = reply.send(host.attach());
             }
             Some((name, filter)) = usb_rx.recv() => host.usb_board(name, filter),
+            Some(a) = async { ui.as_mut().expect("guarded").actions.recv().await }, if ui.is_some() => {
+                host.act(a);
+            }
+            _ = async { ui_refresh.as_mut().expect("guarded").tick().await }, if ui_refresh.is_some() => {
+                if let Some(u) = &ui {
+                    host.publish(&u.views);
+                }
+            }
             done = host.tasks.join_next() => match done {
                 Some(Ok(Ok(()))) if !host.tasks.is_empty() => {}
                 Some(Ok(Err(e))) => break Err(e),
@@ -206,6 +246,61 @@ fn print_line(text: &str) {
 type Attached = (mpsc::Sender<LinkEvent>, Claim);
 
 impl Host {
+    /// Starts the transport: on USB the boards named in the config file (or the first board) and
+    /// the discovery, on a stream listener the first board and the listener (its bound URL to
+    /// `listening`, peers attached through `attach_tx`), else the one board and its transport task
+    /// (with `keep_links`, the tray's, its channel is kept: Disconnect ends the task, not the host).
+    fn start_transport(
+        &mut self,
+        keep_links: bool,
+        listening: impl FnOnce(String) + Send + 'static,
+        attach_tx: mpsc::Sender<oneshot::Sender<Attached>>,
+        usb_tx: mpsc::Sender<(String, DeviceFilter)>,
+    ) {
+        match self.engine.transport.clone() {
+            TransportSpec::Usb => {
+                let named = self.engine.named_boards.boards.clone();
+                for b in &named {
+                    self.spawn_board(true, Some(b));
+                }
+                if named.is_empty() {
+                    self.spawn_board(true, None);
+                }
+                tokio::spawn(transport::usb::discover(
+                    self.engine.usb_filter.clone(),
+                    usb_tx,
+                ));
+            }
+            TransportSpec::Stream(url) if url.is_listener() => {
+                self.spawn_board(true, None);
+                tokio::spawn(qbkit_link::run_listener(
+                    url,
+                    self.engine.link_key.clone(),
+                    self.engine.driver.max_bundle,
+                    listening,
+                    move || {
+                        let attach_tx = attach_tx.clone();
+                        async move {
+                            let (tx, rx) = oneshot::channel();
+                            attach_tx.send(tx).await.ok()?;
+                            rx.await.ok()
+                        }
+                    },
+                ));
+            }
+            _ => {
+                // The tray keeps the channel: its Disconnect ends the transport task, not the host.
+                let links = self.spawn_board(keep_links, None);
+                let b = &mut self.boards[0];
+                b.link_task = Some(
+                    self.engine
+                        .spawn_transport(self.engine.usb_filter.clone(), links),
+                );
+                b.relink = Some(Relink::Engine);
+            }
+        }
+    }
+
     /// Starts the next board's driver (the first gets `--forward`'s forwards, a board named in
     /// the config file its forwards from there); returns its link channel, which the supervisor
     /// keeps too when `keep_links`.
@@ -252,14 +347,23 @@ impl Host {
             control,
             attached: Arc::new(AtomicBool::new(false)),
             summary,
+            wanted: true,
+            link_task: None,
+            relink: None,
         });
         links
     }
 
     /// A new stream peer: the first board without one, or a new board.
     fn attach(&mut self) -> Attached {
+        if !self.accepting {
+            // A closed channel: the link task drops the peer at once (it dials again later).
+            tracing::info!("stream peer refused: disconnected from the tray menu");
+            return (mpsc::channel(1).0, Claim(Arc::new(AtomicBool::new(true))));
+        }
         let free = self.boards.iter().position(|b| {
             b.links.is_some()
+                && b.wanted
                 && b.attached
                     .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
                     .is_ok()
@@ -295,20 +399,104 @@ impl Host {
             self.spawn_board(true, None);
             self.boards.len() - 1
         });
+        let accepting = self.accepting;
         let b = &mut self.boards[i];
         b.attached.store(true, Ordering::Release);
         if reserved.is_none() {
             b.name = name;
             b.serial = serial;
         }
+        b.wanted &= accepting;
+        b.relink = Some(Relink::Usb(filter));
         tracing::info!(board = %b.name, serial = b.serial.as_deref().unwrap_or("-"), "serving USB board");
-        if let Some(links) = b.links.clone() {
-            tokio::spawn(transport::usb::run(filter, self.engine.usb, links));
+        self.relink(i);
+    }
+
+    /// Starts board `i`'s link task unless it runs, it has none, or it is not wanted.
+    fn relink(&mut self, i: usize) {
+        let b = &mut self.boards[i];
+        if !b.wanted || b.link_task.is_some() {
+            return;
+        }
+        let (Some(relink), Some(links)) = (b.relink.clone(), b.links.clone()) else {
+            return;
+        };
+        b.link_task = Some(match relink {
+            Relink::Usb(filter) => {
+                tokio::spawn(transport::usb::run(filter, self.engine.usb, links))
+            }
+            Relink::Engine => self
+                .engine
+                .spawn_transport(self.engine.usb_filter.clone(), links),
+        });
+    }
+
+    /// The tray's Connect or Disconnect, of one board or (no name) of every board.
+    fn act(&mut self, action: BoardAction) {
+        let (name, wanted) = match action {
+            BoardAction::Connect(n) => (n, true),
+            BoardAction::Disconnect(n) => (n, false),
+        };
+        if name.is_none() {
+            self.accepting = wanted;
+        }
+        let picked: Vec<usize> = match name.as_deref() {
+            None => (0..self.boards.len()).collect(),
+            Some(n) => match self.find(Some(n)) {
+                Ok(i) => vec![i],
+                Err(e) => {
+                    tracing::warn!(error = %e, "tray action for an unknown board");
+                    return;
+                }
+            },
+        };
+        for i in picked {
+            let b = &mut self.boards[i];
+            tracing::info!(board = %b.name, wanted, "tray: {}", if wanted { "connect" } else { "disconnect" });
+            b.wanted = wanted;
+            if wanted {
+                self.relink(i);
+                continue;
+            }
+            if let Some(t) = b.link_task.take() {
+                t.abort();
+            }
+            // The driver forgets the link (a stream peer's connection closes with it); its flows
+            // and forwards stay for the next Connect. (A peer attached a moment ago may not be in
+            // the summary yet: its claim says so.)
+            let linked = b.attached.load(Ordering::Acquire) || b.summary.borrow().link.is_some();
+            if linked && let Some(links) = b.links.clone() {
+                tokio::spawn(async move {
+                    let _ = links
+                        .send(LinkEvent::down("disconnected from the tray menu"))
+                        .await;
+                });
+            }
         }
     }
 
-    /// The board a request names; without a name, the only board.
-    fn find(&self, name: Option<&str>) -> Result<&Board, String> {
+    /// Every board's view for the tray (sent only when something changed).
+    fn publish(&self, views: &watch::Sender<Vec<BoardView>>) {
+        let next: Vec<BoardView> = self
+            .boards
+            .iter()
+            .map(|b| BoardView {
+                name: b.name.clone(),
+                summary: b.summary.borrow().clone(),
+                wanted: b.wanted,
+            })
+            .collect();
+        views.send_if_modified(|v| {
+            let changed = *v != next;
+            if changed {
+                *v = next;
+            }
+            changed
+        });
+    }
+
+    /// The board a request names (its index); without a name, the only board.
+    fn find(&self, name: Option<&str>) -> Result<usize, String> {
         let names = || {
             self.boards
                 .iter()
@@ -320,11 +508,11 @@ impl Host {
             Some(n) => self
                 .boards
                 .iter()
-                .find(|b| b.name == n || b.serial.as_deref() == Some(n))
+                .position(|b| b.name == n || b.serial.as_deref() == Some(n))
                 .ok_or_else(|| {
                     format!("no board named {n:?}; this qbkit-host serves: {}", names())
                 }),
-            None if self.boards.len() == 1 => Ok(&self.boards[0]),
+            None if self.boards.len() == 1 => Ok(0),
             None if self.boards.is_empty() => {
                 Err("no board is connected to this qbkit-host".to_owned())
             }
@@ -342,8 +530,8 @@ impl Host {
             return self.host_status(msg.stream);
         }
         match self.find(msg.request.board()) {
-            Ok(b) => {
-                let tx = b.control.clone();
+            Ok(i) => {
+                let tx = self.boards[i].control.clone();
                 tokio::spawn(async move {
                     let _ = tx.send(BoardMsg::Control(msg)).await;
                 });

@@ -2,15 +2,15 @@
 //! stream link) feeding drivers through [`LinkEvent`] channels.
 //!
 //! ```text
-//!  Engine::spawn_transport ──LinkEvent──▶ driver::run ◀──▶ NAT + OS sockets        (tray)
-//!  (usb::run | run_stream)                    └──▶ Summary (tray) / control socket (status)
 //!  Engine::run ──▶ boards::run: a driver per board, one control socket             (run)
+//!  tray::app::run ──▶ boards::run with a Ui: board views out, connect/disconnect in (tray)
+//!  Engine::spawn_transport (usb::run | run_stream | usbip) ──LinkEvent──▶ a board's driver
 //! ```
 //!
 //! `main.rs` builds an [`Engine`] from the command line once; `run` calls [`Engine::run`], which
-//! serves every board the transport brings ([`crate::boards`]); the tray (`tray::app`) drives one
-//! board's driver itself so it can stop and start the transport task from the menu without ever
-//! stopping the driver (flows survive a reconnect).
+//! serves every board the transport brings ([`crate::boards`]); the tray (`tray::app`) runs the
+//! same supervisor with a [`crate::boards::Ui`], so its menu stops and starts one board's link
+//! task without ever stopping that board's driver (flows survive a reconnect).
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -98,6 +98,6 @@ impl Engine {
     /// Serves every board the transport brings ([`crate::boards`]) until `shutdown` completes or
     /// the transport ends.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), driver::Error> {
-        crate::boards::run(self, shutdown).await
+        crate::boards::run(self, shutdown, None).await
     }
 }

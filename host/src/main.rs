@@ -1,4 +1,4 @@
-//! qbkit-host CLI: argument parsing, logging, then [`qbkit_host::driver::run`] on a tokio
+//! qbkit-host CLI: argument parsing, logging, then [`Engine::run`] (every board) on a tokio
 //! current-thread runtime fed by the USB transport (default) or a stream transport; `list`
 //! enumerates boards, `status` reads the running daemon's control socket, `completions` and `man`
 //! print shell completions and the man page generated from these definitions. `tray` runs the

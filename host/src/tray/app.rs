@@ -1,34 +1,30 @@
-//! The engine side of `qbkit-host tray`: the same [`Engine`] as `qbkit-host run` (transport task +
-//! [`driver::run`]) in this process, plus a controller between the driver and the tray icon.
+//! The engine side of `qbkit-host tray`: the same [`Engine`] and board supervisor as `qbkit-host
+//! run` ([`crate::boards`]: a driver per board) in this process, plus a controller between the
+//! supervisor and the tray icon.
 //!
 //! ```text
-//!  transport task ──LinkEvent──▶ driver::run ──watch<Summary>──▶ controller ──watch<Snapshot>──▶ tray::run
-//!        ▲ abort / spawn                                          │  ▲
-//!        └─────────────── Connect / Disconnect ───────────────────┘  └──mpsc<Action>── menu clicks
+//!  boards::run ──watch<Vec<BoardView>>──▶ controller ──watch<Snapshot>──▶ tray::run
+//!      ▲                                   │   ▲
+//!      └──── BoardAction (connect/disconnect one board or all) ──┘   └──mpsc<Action>── menu clicks
 //! ```
 //!
-//! The controller turns each driver [`Summary`] into a [`Snapshot`] ([`snapshot`] is the pure
-//! part: icon state, rates from byte-counter deltas, the board list) and carries out the menu's
-//! actions: Disconnect aborts the transport task and tells the driver the link is down (the
-//! driver and its flows keep running), Connect starts a transport task again (on USB for the
-//! chosen serial), Quit stops the driver, which says Bye to the board. On USB the board list is
-//! refreshed from enumeration every [`BOARD_SCAN`]; on a stream link it is the attached peer.
-//! Nothing here waits for the tray: a tray that is gone only closes the action channel.
+//! The controller turns the boards' views into one [`Snapshot`] ([`snapshot`] for one board and
+//! [`combine`] for several are the pure part: icon state, rates from byte-counter deltas, one
+//! entry per board) and carries out the menu's actions: Connect and Disconnect, of one board or
+//! of all, go to the supervisor (a disconnected board's driver keeps its flows and forwards),
+//! Quit stops the supervisor, whose drivers say Bye to their boards. Nothing here waits for the
+//! tray: a tray that is gone only closes the action channel.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, mpsc, watch};
-use tokio::task::JoinHandle;
 
-use super::{Action, BoardEntry, LinkState, Snapshot};
+use super::{Action, BoardEntry, LinkState, ServedBoard, Snapshot};
+use crate::boards::{self, BoardAction, BoardView};
 use crate::driver;
 use crate::engine::Engine;
 use crate::report::Summary;
-use crate::transport::{self, LinkEvent, TransportSpec};
-use crate::usb::{self, DeviceFilter};
-
-/// How often the USB board list in the menu is refreshed.
-const BOARD_SCAN: Duration = Duration::from_secs(3);
 
 /// Rates measured between two summaries.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -109,73 +105,65 @@ pub fn snapshot(
         connect_wanted,
         error: s.error.clone().filter(|_| attached),
         forwards: s.forwards.clone(),
+        served: Vec::new(),
     }
 }
 
-/// Starts, stops and restarts the transport task for the menu.
-struct Controller {
-    engine: Engine,
-    events: mpsc::Sender<LinkEvent>,
-    task: Option<JoinHandle<()>>,
-    /// The board chosen in the menu (USB), else the command line's `--serial`.
-    serial: Option<String>,
-    /// The link the driver has (from the last summary): a Down must follow an abort.
-    link_up: bool,
+/// The tray's view of several boards: each board's [`snapshot`] as a menu entry, their totals
+/// and the most urgent state for the icon (error, online, connecting, no board); one board's
+/// view is its own snapshot. `rates` are per board, in `views`' order.
+pub fn combine(views: &[BoardView], rates: &[Rates], connect_wanted: bool) -> Snapshot {
+    let each: Vec<Snapshot> = views
+        .iter()
+        .zip(
+            rates
+                .iter()
+                .copied()
+                .chain(std::iter::repeat(Rates::default())),
+        )
+        .map(|(v, r)| snapshot(&v.summary, v.wanted, r, None))
+        .collect();
+    if let [one] = each.as_slice() {
+        return one.clone();
+    }
+    let state = [LinkState::Error, LinkState::Online, LinkState::Connecting]
+        .into_iter()
+        .find(|st| each.iter().any(|s| s.state == *st))
+        .unwrap_or(LinkState::NoBoard);
+    Snapshot {
+        state,
+        rate_up_bps: each.iter().map(|s| s.rate_up_bps).sum(),
+        rate_down_bps: each.iter().map(|s| s.rate_down_bps).sum(),
+        flows: each.iter().map(|s| s.flows).sum(),
+        connect_wanted,
+        error: each.iter().find_map(|s| s.error.clone()),
+        forwards: each.iter().flat_map(|s| s.forwards.clone()).collect(),
+        served: views
+            .iter()
+            .zip(&each)
+            .map(|(v, s)| ServedBoard {
+                name: v.name.clone(),
+                state: s.state,
+                rate_up_bps: s.rate_up_bps,
+                rate_down_bps: s.rate_down_bps,
+                flows: s.flows,
+                wanted: v.wanted,
+            })
+            .collect(),
+        ..Snapshot::default()
+    }
 }
 
-impl Controller {
-    /// Starts the transport task unless it runs; `serial` (USB) replaces the chosen board
-    /// (the caller disconnects first when it changes).
-    fn connect(&mut self, serial: Option<String>) {
-        if let Some(s) = serial {
-            self.serial = Some(s);
-        }
-        if self.task.is_none() {
-            let mut filter = self.engine.usb_filter.clone();
-            filter.serial.clone_from(&self.serial);
-            tracing::info!(serial = ?self.serial, "connecting (tray)");
-            self.task = Some(self.engine.spawn_transport(filter, self.events.clone()));
-        }
-    }
-
-    async fn disconnect(&mut self) {
-        let Some(t) = self.task.take() else { return };
-        t.abort();
-        let _ = t.await;
-        tracing::info!("disconnected from the tray menu");
-        if self.link_up {
-            self.link_up = false;
-            let _ = self
-                .events
-                .send(LinkEvent::down("disconnected from the tray menu"))
-                .await;
-        }
-    }
-}
-
-/// Runs the engine and the controller until `shutdown`, Quit from the menu, or the transport
-/// ends. Drops `snapshots` on return, which closes the tray.
+/// Runs the engine's boards and the controller until `shutdown`, Quit from the menu, or the
+/// supervisor ends. Drops `snapshots` on return, which closes the tray.
 pub async fn run(
     engine: Engine,
     snapshots: watch::Sender<Snapshot>,
     mut actions: mpsc::UnboundedReceiver<Action>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), driver::Error> {
-    let (summary_tx, mut summaries) = watch::channel(Summary::default());
-    let mut cfg = engine.driver.clone();
-    cfg.summary = Some(summary_tx);
-    let scan_filter = DeviceFilter::new(engine.usb_filter.vid, engine.usb_filter.pid, None);
-    let is_usb = engine.transport == TransportSpec::Usb;
-    let (events, link_events) = mpsc::channel(transport::EVENT_QUEUE);
-    let mut ctl = Controller {
-        serial: engine.usb_filter.serial.clone(),
-        engine,
-        events,
-        task: None,
-        link_up: false,
-    };
-    ctl.connect(None);
-
+    let (views_tx, mut views) = watch::channel(Vec::new());
+    let (board_tx, board_rx) = mpsc::unbounded_channel();
     let quit = Notify::new();
     let stop = async {
         tokio::select! {
@@ -183,40 +171,34 @@ pub async fn run(
             () = quit.notified() => tracing::info!("quit from the tray menu"),
         }
     };
-    let driver = driver::run(cfg, link_events, stop);
+    let ui = boards::Ui {
+        views: views_tx,
+        actions: board_rx,
+    };
+    let supervisor = boards::run(engine, stop, Some(ui));
 
     let control = async {
         let mut connect_wanted = true;
-        let mut last = (Summary::default(), Instant::now());
-        let mut rates = Rates::default();
-        let mut usb_boards: Option<Vec<BoardEntry>> = is_usb.then(Vec::new);
-        let mut scan = tokio::time::interval(BOARD_SCAN);
+        // Each board's last changed summary and when, for its rates.
+        let mut last: HashMap<String, (Summary, Instant, Rates)> = HashMap::new();
         let mut actions_open = true;
         loop {
             tokio::select! {
-                changed = summaries.changed() => {
+                changed = views.changed() => {
                     if changed.is_err() {
-                        // The driver has ended; `run` returns with its result.
+                        // The supervisor has ended; `run` returns with its result.
                         std::future::pending::<()>().await;
                     }
-                    let s = summaries.borrow_and_update().clone();
-                    let now = Instant::now();
-                    rates = Rates::between(&last.0, &s, now - last.1);
-                    ctl.link_up = s.link.is_some();
-                    last = (s, now);
                 }
                 a = actions.recv(), if actions_open => match a {
                     Some(Action::Quit) => quit.notify_one(),
-                    Some(Action::Disconnect) => {
-                        connect_wanted = false;
-                        ctl.disconnect().await;
+                    Some(Action::Disconnect(board)) => {
+                        connect_wanted &= board.is_some();
+                        let _ = board_tx.send(BoardAction::Disconnect(board));
                     }
-                    Some(Action::Connect(serial)) => {
-                        connect_wanted = true;
-                        if serial.is_some() && serial != ctl.serial {
-                            ctl.disconnect().await;
-                        }
-                        ctl.connect(serial);
+                    Some(Action::Connect(board)) => {
+                        connect_wanted |= board.is_none();
+                        let _ = board_tx.send(BoardAction::Connect(board));
                     }
                     Some(a) => tracing::debug!(?a, "tray action"),
                     None => {
@@ -224,22 +206,25 @@ pub async fn run(
                         tracing::info!("the tray icon is gone; the engine keeps running");
                     }
                 },
-                _ = scan.tick(), if is_usb => {
-                    match usb::list_boards(&scan_filter, false).await {
-                        Ok(found) => {
-                            usb_boards = Some(found.iter().map(|b| {
-                                let i = b.info();
-                                BoardEntry {
-                                    serial: i.serial.clone().unwrap_or_else(|| "-".into()),
-                                    location: i.bus_path.clone(),
-                                }
-                            }).collect());
-                        }
-                        Err(e) => tracing::debug!(error = %e, "board scan"),
-                    }
-                }
             }
-            let next = snapshot(&last.0, connect_wanted, rates, usb_boards.as_deref());
+            let now = Instant::now();
+            let v = views.borrow_and_update().clone();
+            let rates: Vec<Rates> = v
+                .iter()
+                .map(|b| match last.get_mut(&b.name) {
+                    Some((prev, at, r)) if *prev != b.summary => {
+                        *r = Rates::between(prev, &b.summary, now - *at);
+                        (*prev, *at) = (b.summary.clone(), now);
+                        *r
+                    }
+                    Some((_, _, r)) => *r,
+                    None => {
+                        last.insert(b.name.clone(), (b.summary.clone(), now, Rates::default()));
+                        Rates::default()
+                    }
+                })
+                .collect();
+            let next = combine(&v, &rates, connect_wanted);
             snapshots.send_if_modified(|s| {
                 let changed = *s != next;
                 if changed {
@@ -250,8 +235,8 @@ pub async fn run(
         }
     };
     tokio::select! {
-        r = driver => r,
-        () = control => unreachable!("the controller loops until the driver ends"),
+        r = supervisor => r,
+        () = control => unreachable!("the controller loops until the supervisor ends"),
     }
 }
 
@@ -345,5 +330,50 @@ mod tests {
         );
         let s = snapshot(&b, true, r, None);
         assert_eq!((s.rate_up_bps, s.rate_down_bps), (2_000_000, 500));
+    }
+
+    #[test]
+    fn several_boards_combine_into_entries_and_totals() {
+        let r = Rates {
+            up_bps: 100,
+            down_bps: 200,
+        };
+        let view = |name: &str, s: Summary, wanted| BoardView {
+            name: name.into(),
+            summary: s,
+            wanted,
+        };
+        let one = combine(&[view("board-1", up("unix:///l"), true)], &[r], true);
+        assert!(one.served.is_empty(), "one board is shown as before");
+        assert_eq!(one.state, LinkState::Online);
+        let mut err = up("unix:///l");
+        err.error = Some("peer speaks protocol version 0".into());
+        let views = [
+            view("lab-a", up("usb 1-1 high-speed serial MB-1"), true),
+            view("lab-b", up("usb 1-2 high-speed serial MB-2"), false),
+            view("lab-c", Summary::default(), true),
+        ];
+        let s = combine(&views, &[r, r, r], true);
+        assert_eq!(s.state, LinkState::Online);
+        assert_eq!((s.rate_up_bps, s.rate_down_bps, s.flows), (100, 200, 4));
+        let entries: Vec<(&str, LinkState, bool)> = s
+            .served
+            .iter()
+            .map(|b| (b.name.as_str(), b.state, b.wanted))
+            .collect();
+        assert_eq!(
+            entries,
+            [
+                ("lab-a", LinkState::Online, true),
+                ("lab-b", LinkState::NoBoard, false),
+                ("lab-c", LinkState::NoBoard, true)
+            ]
+        );
+        let with_err = combine(&[views[0].clone(), view("lab-d", err, true)], &[r], true);
+        assert_eq!(with_err.state, LinkState::Error);
+        assert_eq!(
+            with_err.error.as_deref(),
+            Some("peer speaks protocol version 0")
+        );
     }
 }

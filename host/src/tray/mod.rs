@@ -74,6 +74,23 @@ pub struct BoardEntry {
     pub location: String,
 }
 
+/// One of several boards the engine serves: its own entry in the menu.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ServedBoard {
+    /// Its name (as `qbkit-host status` shows it).
+    pub name: String,
+    /// Its state.
+    pub state: LinkState,
+    /// Bytes per second from the board.
+    pub rate_up_bps: u64,
+    /// Bytes per second to the board.
+    pub rate_down_bps: u64,
+    /// Its open NAT flows.
+    pub flows: u64,
+    /// Not disconnected from the menu.
+    pub wanted: bool,
+}
+
 /// Everything the tray shows; published by the engine through a [`watch`] channel.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Snapshot {
@@ -99,15 +116,18 @@ pub struct Snapshot {
     pub error: Option<String>,
     /// Port forwards into the board, one line each (`ssh 127.0.0.1:2222 → tcp:22`).
     pub forwards: Vec<String>,
+    /// Every board when the engine serves several (then the fields above are their totals);
+    /// empty with one board.
+    pub served: Vec<ServedBoard>,
 }
 
 /// What the user asked for, sent to the engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Connect to this board (serial), or to the first one found.
+    /// Connect to this board (name or serial), or to every board.
     Connect(Option<String>),
-    /// Stop using the board (the engine keeps running, idle).
-    Disconnect,
+    /// Stop using this board (name), or every board (the engine keeps running, idle).
+    Disconnect(Option<String>),
     /// The board's address was put on the clipboard (done by the tray).
     CopyAddress(String),
     /// The log file was opened in the user's viewer (done by the tray).
@@ -167,8 +187,8 @@ pub enum MenuId {
     Info,
     /// Connect to a board (serial) or the first found.
     Connect(Option<String>),
-    /// Disconnect.
-    Disconnect,
+    /// Disconnect one board (name), or every board.
+    Disconnect(Option<String>),
     /// Copy the board's address.
     CopyAddress,
     /// Open the log.
@@ -186,7 +206,8 @@ impl MenuId {
             Self::Info => "info".to_owned(),
             Self::Connect(None) => "connect".to_owned(),
             Self::Connect(Some(s)) => format!("connect:{s}"),
-            Self::Disconnect => "disconnect".to_owned(),
+            Self::Disconnect(None) => "disconnect".to_owned(),
+            Self::Disconnect(Some(n)) => format!("disconnect:{n}"),
             Self::CopyAddress => "copy-address".to_owned(),
             Self::OpenLog => "open-log".to_owned(),
             Self::Autostart => "autostart".to_owned(),
@@ -199,12 +220,15 @@ impl MenuId {
         Some(match key {
             "info" => Self::Info,
             "connect" => Self::Connect(None),
-            "disconnect" => Self::Disconnect,
+            "disconnect" => Self::Disconnect(None),
             "copy-address" => Self::CopyAddress,
             "open-log" => Self::OpenLog,
             "autostart" => Self::Autostart,
             "quit" => Self::Quit,
-            k => Self::Connect(Some(k.strip_prefix("connect:")?.to_owned())),
+            k => match k.strip_prefix("disconnect:") {
+                Some(n) => Self::Disconnect(Some(n.to_owned())),
+                None => Self::Connect(Some(k.strip_prefix("connect:")?.to_owned())),
+            },
         })
     }
 }
@@ -264,7 +288,15 @@ impl Model {
         reason = "one flat list of menu lines reads best"
     )]
     pub fn new(s: &Snapshot, autostart: bool) -> Self {
+        let online = s
+            .served
+            .iter()
+            .filter(|b| b.state == LinkState::Online)
+            .count();
         let title = match (&s.state, &s.board_serial) {
+            _ if !s.served.is_empty() => {
+                format!("qbkit-net: {online} of {} boards online", s.served.len())
+            }
             (LinkState::Online, Some(b)) => format!("qbkit-net: board {b} online"),
             (st, Some(b)) => format!("qbkit-net: board {b} {}", st.label()),
             (st, None) => format!("qbkit-net: {}", st.label()),
@@ -287,6 +319,9 @@ impl Model {
             ));
             body.push(format!("{} open flows", s.flows));
         }
+        for b in &s.served {
+            body.push(format!("{}: {}", b.name, served_line(b)));
+        }
 
         let mut menu = vec![
             MenuEntry::Item {
@@ -297,7 +332,21 @@ impl Model {
             },
             MenuEntry::Separator,
         ];
-        if s.boards.is_empty() {
+        // Several boards: one entry each, clicking it connects or disconnects that board.
+        for b in &s.served {
+            let (id, verb) = if b.wanted {
+                (MenuId::Disconnect(Some(b.name.clone())), "Disconnect")
+            } else {
+                (MenuId::Connect(Some(b.name.clone())), "Connect")
+            };
+            menu.push(MenuEntry::Item {
+                id,
+                label: format!("{verb} {} ({})", b.name, served_line(b)),
+                enabled: true,
+                checked: None,
+            });
+        }
+        if s.boards.is_empty() && s.served.is_empty() {
             menu.push(MenuEntry::Item {
                 id: MenuId::Info,
                 label: "No boards found".to_owned(),
@@ -320,8 +369,13 @@ impl Model {
         }
         menu.push(if s.connect_wanted {
             MenuEntry::Item {
-                id: MenuId::Disconnect,
-                label: "Disconnect".to_owned(),
+                id: MenuId::Disconnect(None),
+                label: if s.served.is_empty() {
+                    "Disconnect"
+                } else {
+                    "Disconnect all"
+                }
+                .to_owned(),
                 enabled: true,
                 checked: None,
             }
@@ -392,6 +446,22 @@ impl Model {
     }
 }
 
+/// One served board's state and, online, its rates and flows.
+fn served_line(b: &ServedBoard) -> String {
+    if b.state == LinkState::Online {
+        format!(
+            "online, up {} / down {}, {} flows",
+            format_rate(b.rate_up_bps),
+            format_rate(b.rate_down_bps),
+            b.flows
+        )
+    } else if b.wanted {
+        b.state.label().to_owned()
+    } else {
+        "disconnected".to_owned()
+    }
+}
+
 /// Carries out a menu click: desktop chores happen here, then the action goes to the engine.
 /// Returns the action sent (None for informational items) so backends can update local state.
 pub(crate) fn dispatch(
@@ -404,7 +474,7 @@ pub(crate) fn dispatch(
     let action = match id {
         MenuId::Info => return None,
         MenuId::Connect(serial) => Action::Connect(serial.clone()),
-        MenuId::Disconnect => Action::Disconnect,
+        MenuId::Disconnect(board) => Action::Disconnect(board.clone()),
         MenuId::CopyAddress => {
             let addr = snapshot.board_address.clone()?;
             desktop::copy_to_clipboard(&addr);
@@ -451,6 +521,7 @@ mod tests {
             connect_wanted: true,
             error: None,
             forwards: Vec::new(),
+            served: Vec::new(),
         }
     }
 
@@ -488,7 +559,7 @@ mod tests {
             false,
             Some(true)
         )));
-        assert!(ids.contains(&(MenuId::Disconnect, true, None)));
+        assert!(ids.contains(&(MenuId::Disconnect(None), true, None)));
         assert!(ids.contains(&(MenuId::CopyAddress, true, None)));
         assert!(ids.contains(&(MenuId::Autostart, true, Some(true))));
         assert_eq!(ids.last().unwrap().0, MenuId::Quit);
@@ -526,12 +597,59 @@ mod tests {
     }
 
     #[test]
+    fn several_boards_get_an_entry_each() {
+        let mut s = online();
+        s.served = vec![
+            ServedBoard {
+                name: "lab-a".into(),
+                state: LinkState::Online,
+                rate_up_bps: 2_000,
+                rate_down_bps: 3_000_000,
+                flows: 2,
+                wanted: true,
+            },
+            ServedBoard {
+                name: "lab-b".into(),
+                state: LinkState::NoBoard,
+                wanted: false,
+                ..ServedBoard::default()
+            },
+        ];
+        let m = Model::new(&s, false);
+        assert_eq!(m.title, "qbkit-net: 1 of 2 boards online");
+        let t = m.tooltip_text();
+        assert!(
+            t.contains("lab-a: online, up 2.0 kB/s / down 3.0 MB/s, 2 flows"),
+            "{t}"
+        );
+        assert!(t.contains("lab-b: disconnected"), "{t}");
+        let items: Vec<(MenuId, String)> = m
+            .menu
+            .iter()
+            .filter_map(|e| match e {
+                MenuEntry::Item { id, label, .. } => Some((id.clone(), label.clone())),
+                MenuEntry::Separator => None,
+            })
+            .collect();
+        assert!(items.contains(&(
+            MenuId::Disconnect(Some("lab-a".into())),
+            "Disconnect lab-a (online, up 2.0 kB/s / down 3.0 MB/s, 2 flows)".into()
+        )));
+        assert!(items.contains(&(
+            MenuId::Connect(Some("lab-b".into())),
+            "Connect lab-b (disconnected)".into()
+        )));
+        assert!(items.contains(&(MenuId::Disconnect(None), "Disconnect all".into())));
+    }
+
+    #[test]
     fn menu_keys_round_trip() {
         for id in [
             MenuId::Info,
             MenuId::Connect(None),
             MenuId::Connect(Some("X:1".into())),
-            MenuId::Disconnect,
+            MenuId::Disconnect(None),
+            MenuId::Disconnect(Some("lab-a".into())),
             MenuId::CopyAddress,
             MenuId::OpenLog,
             MenuId::Autostart,
@@ -551,10 +669,12 @@ mod tests {
         };
         let s = online();
         assert_eq!(dispatch(&MenuId::Info, &s, false, &cfg, &tx), None);
-        dispatch(&MenuId::Disconnect, &s, false, &cfg, &tx);
+        dispatch(&MenuId::Disconnect(None), &s, false, &cfg, &tx);
+        dispatch(&MenuId::Disconnect(Some("B".into())), &s, false, &cfg, &tx);
         dispatch(&MenuId::Connect(Some("A".into())), &s, false, &cfg, &tx);
         dispatch(&MenuId::Quit, &s, false, &cfg, &tx);
-        assert_eq!(rx.try_recv().unwrap(), Action::Disconnect);
+        assert_eq!(rx.try_recv().unwrap(), Action::Disconnect(None));
+        assert_eq!(rx.try_recv().unwrap(), Action::Disconnect(Some("B".into())));
         assert_eq!(rx.try_recv().unwrap(), Action::Connect(Some("A".into())));
         assert_eq!(rx.try_recv().unwrap(), Action::Quit);
     }
