@@ -7,6 +7,10 @@
 //! slot, a TUN packet (only while the pump can stage one: backpressure), the pump's timer, a
 //! control request or a signal. As in quinn's endpoint driver, every input is followed by draining
 //! the pump's outputs before waiting again, because one input can unlock several outputs.
+//! TUN packets are read straight into the pump's staging ([`Pump::tun_buffer`]); with a
+//! FunctionFS link, sent bundles come back to the pump and received ones go back to the link's
+//! reads once their packets are written ([`crate::ffs::recycle`]), so neither end allocates per
+//! bundle.
 //!
 //! A host that sends nothing for the session's peer timeout on a stream link (half-open TCP)
 //! gets that link closed: the pump says so ([`Pump::poll_close_link`]) and the driver drops the
@@ -24,9 +28,13 @@ use tokio::sync::mpsc;
 use crate::config::{GadgetSpec, NetOverrides};
 use crate::control::{self, Pending, Request, Status};
 use crate::dns::Dns;
+use crate::ffs::recycle;
 use crate::netcfg::NetConfig;
 use crate::pump::{Action, Pump, PumpConfig};
 use crate::stream::LinkSpec;
+
+/// Buffers each return queue holds (more than the FunctionFS queues have in flight).
+const RECYCLE_DEPTH: usize = 16;
 
 /// Errors that stop the daemon at start-up.
 #[derive(Debug, thiserror::Error)]
@@ -115,13 +123,24 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     }
 
     let (ev_tx, mut ev_rx) = mpsc::channel::<LinkEvent>(64);
+    // Buffer reuse with the FunctionFS link (ffs::recycle): sent bundles come back to the pump,
+    // received ones go back to the link's reads. A stream link returns nothing, and what is
+    // handed back to it is freed.
+    let (bundles_home, bundles_back) = recycle::channel(RECYCLE_DEPTH);
+    let (reads_home, reads_back) = recycle::channel(RECYCLE_DEPTH);
     // The link task's result is the daemon's: a FunctionFS link that failed ends `run` with an
     // error (non-zero exit, so systemd restarts the daemon); a stream link only ends when stdio
     // did, which is a normal end.
     let mut link_task: tokio::task::JoinHandle<Result<(), RunError>> = match &opts.link {
         LinkSpec::FunctionFs => {
             let g = crate::ffs::usb::register(&opts.spec, opts.udc.as_deref())?;
-            tokio::spawn(async move { Ok(crate::ffs::usb::run(g, max_bundle, ev_tx).await?) })
+            let recycling = crate::ffs::usb::Recycling {
+                bundles: bundles_home,
+                reads: reads_back,
+            };
+            tokio::spawn(
+                async move { Ok(crate::ffs::usb::run(g, max_bundle, ev_tx, recycling).await?) },
+            )
         }
         LinkSpec::Stream(url) => {
             let run = qbkit_link::run_stream(url.clone(), opts.link_key.clone(), max_bundle, ev_tx);
@@ -161,7 +180,6 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
 
     let mut pump = Pump::new(pcfg, now());
     let mut link_tx: Option<mpsc::Sender<Vec<u8>>> = None;
-    let mut tun_buf = vec![0u8; 65536];
     let mut ranges: Vec<(usize, usize)> = Vec::new();
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     tracing::info!(link = %opts.link, tun = %opts.tun, "qbkit-gadget running");
@@ -170,6 +188,9 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         if pump.poll_close_link() {
             // The host went silent: dropping the sender ends the stream, which then redials.
             link_tx = None;
+        }
+        while let Some(b) = bundles_back.take() {
+            pump.recycle(b);
         }
         // Hand bundles to every free link slot (idle link: send now).
         while pump.wants_transmit() {
@@ -258,6 +279,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
                             tracing::debug!(error = %e, "TUN write failed");
                         }
                     }
+                    reads_home.give(buf);
                 }
             },
             permit = reserve => {
@@ -267,8 +289,9 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
                     permit.send(b);
                 }
             }
-            r = tun_dev.recv(&mut tun_buf), if pump.can_accept_tun() => match r {
-                Ok(n) => pump.handle_tun_packet(&tun_buf[..n]),
+            // Straight into the pump's staging (no copy on the way in).
+            r = tun_dev.recv(pump.tun_buffer()), if pump.can_accept_tun() => match r {
+                Ok(n) => pump.handle_tun_read(n),
                 Err(e) => tracing::warn!(error = %e, "TUN read failed"),
             },
             () = timer => pump.handle_timeout(now()),

@@ -4,12 +4,15 @@
 //!
 //! # Theory of operation
 //!
-//! - **TUN → link.** [`Pump::handle_tun_packet`] stages a packet (one copy into a flat staging
-//!   buffer bounded by one bundle). The driver asks [`Pump::poll_transmit`] for a bundle whenever
+//! - **TUN → link.** The driver reads each TUN packet straight into the flat staging buffer
+//!   ([`Pump::tun_buffer`], then [`Pump::handle_tun_read`]; [`Pump::handle_tun_packet`] copies one
+//!   in for callers that have it elsewhere); staging is bounded by one bundle. The driver asks [`Pump::poll_transmit`] for a bundle whenever
 //!   the link has a free transfer slot: when the endpoint is idle, every packet leaves at once (no
 //!   flush timer); while all slots are busy, packets keep aggregating into the next bundle. When the
 //!   staging buffer cannot take a maximum-size packet, [`Pump::can_accept_tun`] is false and the
 //!   driver stops reading the TUN device, so the kernel queue (not us) absorbs the burst.
+//!   Sent bundles come back through [`Pump::recycle`] (the FunctionFS link hands them back once
+//!   written) and are built again in place: no allocation and no zeroing of the reused part.
 //! - **Link → TUN.** [`Pump::handle_link_bundle`] hands each IP record to the driver's callback
 //!   (zero-copy, a sub-slice of the received transfer); control records go to the
 //!   [`Session`](shared_frame::Session).
@@ -59,6 +62,8 @@ pub const STATS_INTERVAL: Duration = Duration::from_secs(10);
 /// Room reserved in a bundle for pending control records (a Hello with a 255-byte identity and
 /// the other messages fit; what does not fit waits for the next bundle).
 const CONTROL_ROOM: usize = 1024;
+/// Bundle buffers kept for reuse: the link's transfers in flight plus the one being built.
+const MAX_SPARE: usize = 8;
 
 /// Something the driver must do to the system.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,11 +146,15 @@ pub struct Pump {
     endpoint: Endpoint,
     mtu: usize,
     carrier: bool,
-    /// Flat staging: `[len u16 LE][packet]...`.
+    /// Flat staging: `[len u16 LE][packet]...` in `staged[..staged_len]`; the rest is the room
+    /// the next TUN read goes to (allocated once, never shrunk).
     staged: Vec<u8>,
+    staged_len: usize,
     staged_packets: usize,
     /// Wire size of a bundle carrying all staged packets.
     staged_wire: usize,
+    /// Sent bundles handed back for reuse (at most [`MAX_SPARE`]).
+    spare: Vec<Vec<u8>>,
     actions: VecDeque<Action>,
     applied: Option<LinkConfig>,
     overrides: NetOverrides,
@@ -174,14 +183,15 @@ const fn align4(n: usize) -> usize {
 impl Pump {
     /// A pump with no link attached.
     pub fn new(cfg: PumpConfig, now: Instant) -> Self {
-        let cap = cfg.session.max_bundle;
         Self {
             endpoint: Endpoint::new(cfg.session, now),
             mtu: cfg.mtu.min(MAX_RECORD_PAYLOAD),
             carrier: false,
-            staged: Vec::with_capacity(cap),
+            staged: Vec::new(),
+            staged_len: 0,
             staged_packets: 0,
             staged_wire: BUNDLE_HEADER_LEN,
+            spare: Vec::new(),
             actions: VecDeque::new(),
             applied: None,
             overrides: cfg.overrides,
@@ -265,25 +275,54 @@ impl Pump {
         !self.carrier || self.fits(self.max_packet())
     }
 
-    /// A packet read from the TUN device.
-    pub fn handle_tun_packet(&mut self, pkt: &[u8]) {
+    /// Where the next TUN packet is to be read to: room for the largest IP packet right behind
+    /// the staged ones, so a staged packet is not copied on its way in. Follow the read with
+    /// [`handle_tun_read`](Self::handle_tun_read).
+    pub fn tun_buffer(&mut self) -> &mut [u8] {
+        let start = self.staged_len + 2;
+        let end = start + MAX_RECORD_PAYLOAD;
+        if self.staged.len() < end {
+            self.staged.resize(end, 0);
+        }
+        &mut self.staged[start..end]
+    }
+
+    /// A packet of `len` bytes was read into [`tun_buffer`](Self::tun_buffer): stage it (or drop
+    /// and count it).
+    pub fn handle_tun_read(&mut self, len: usize) {
         self.counters.tun_rx_packets += 1;
-        self.counters.tun_rx_bytes += pkt.len() as u64;
+        self.counters.tun_rx_bytes += len as u64;
         if !self.carrier {
             self.counters.drop_no_carrier += 1;
             self.endpoint.session_mut().record_tx_drop(1);
-        } else if pkt.is_empty() || pkt.len() > self.max_packet() {
+        } else if len == 0 || len > self.max_packet() {
             self.counters.drop_oversize += 1;
             self.endpoint.session_mut().record_tx_drop(1);
-        } else if !self.fits(pkt.len()) {
+        } else if !self.fits(len) {
             self.counters.drop_backpressure += 1;
             self.endpoint.session_mut().record_tx_drop(1);
         } else {
-            self.staged
-                .extend_from_slice(&(pkt.len() as u16).to_le_bytes());
-            self.staged.extend_from_slice(pkt);
+            // max_packet() <= MAX_RECORD_PAYLOAD = u16::MAX.
+            let at = self.staged_len;
+            self.staged[at..at + 2].copy_from_slice(&(len as u16).to_le_bytes());
+            self.staged_len += 2 + len;
             self.staged_packets += 1;
-            self.staged_wire += align4(RECORD_HEADER_LEN + pkt.len());
+            self.staged_wire += align4(RECORD_HEADER_LEN + len);
+        }
+    }
+
+    /// A packet read from the TUN device into a buffer of the caller's (copied into staging).
+    pub fn handle_tun_packet(&mut self, pkt: &[u8]) {
+        let n = pkt.len().min(MAX_RECORD_PAYLOAD);
+        self.tun_buffer()[..n].copy_from_slice(&pkt[..n]);
+        self.handle_tun_read(pkt.len());
+    }
+
+    /// A bundle from [`poll_transmit`](Self::poll_transmit) the link is done with: the next
+    /// bundle is built in it (kept up to a small bound; the rest are freed).
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        if self.spare.len() < MAX_SPARE {
+            self.spare.push(buf);
         }
     }
 
@@ -299,8 +338,8 @@ impl Pump {
         if !self.wants_transmit() {
             return None;
         }
-        // Only as large as what is waiting (the zeroed allocation is per bundle: a ping or an
-        // ACK does not pay for 64 KiB), at least the protocol minimum, at most the link's cap.
+        // Only as large as what is waiting (a fresh buffer is zeroed: a ping or an ACK does not
+        // pay for 64 KiB), at least the protocol minimum, at most the link's cap.
         let control = if self.endpoint.session().has_pending_control() {
             CONTROL_ROOM
         } else {
@@ -309,15 +348,19 @@ impl Pump {
         let size = (BUNDLE_HEADER_LEN + control + self.staged_wire + USB_PAD_LEN)
             .max(MIN_MAX_BUNDLE)
             .min(self.tx_cap());
-        let mut buf = vec![0u8; size];
+        // A recycled buffer keeps its last bundle's bytes; only what it grows by is zeroed. The
+        // writer overwrites what it uses, padding included.
+        let mut buf = self.spare.pop().unwrap_or_default();
+        buf.resize(size, 0);
         let max_packet = self.max_packet();
         let staged = &mut self.staged;
+        let staged_len = &mut self.staged_len;
         let staged_packets = &mut self.staged_packets;
         let staged_wire = &mut self.staged_wire;
         let counters = &mut self.counters;
         let t = self.endpoint.transmit(&mut buf, size, |w, session| {
             let (mut off, mut taken, mut packets, mut bytes) = (0, 0, 0u64, 0u64);
-            while off < staged.len() {
+            while off < *staged_len {
                 let len = u16::from_le_bytes([staged[off], staged[off + 1]]) as usize;
                 let pkt = &staged[off + 2..off + 2 + len];
                 if len > max_packet {
@@ -335,7 +378,9 @@ impl Pump {
                 taken += 1;
                 *staged_wire -= align4(RECORD_HEADER_LEN + len);
             }
-            staged.drain(..off);
+            // What did not fit moves to the front (rare: staging is bounded by one bundle).
+            staged.copy_within(off..*staged_len, 0);
+            *staged_len -= off;
             *staged_packets -= taken;
             (packets, bytes)
         })?;
@@ -517,7 +562,7 @@ impl Pump {
             self.endpoint
                 .session_mut()
                 .record_tx_drop(self.staged_packets as u64);
-            self.staged.clear();
+            self.staged_len = 0;
             self.staged_packets = 0;
             self.staged_wire = BUNDLE_HEADER_LEN;
         }
@@ -710,6 +755,59 @@ mod tests {
         }
         assert_eq!(peer.got.len(), 3);
         assert_eq!(p.counters().tx_bundles - before, 3);
+    }
+
+    #[test]
+    fn recycled_bundles_are_built_in_place_over_their_old_bytes() {
+        let (mut p, mut peer) = up(ms(0), Framing::Stream);
+        let mut old = vec![0xa5u8; DEFAULT_MAX_BUNDLE];
+        old.truncate(3000);
+        let ptr = old.as_ptr();
+        p.recycle(old);
+        let sent: Vec<_> = (0..5u8).map(|i| pkt(i, 1001 + usize::from(i))).collect();
+        for s in &sent {
+            p.handle_tun_packet(s);
+        }
+        let b = p.poll_transmit().unwrap();
+        assert_eq!(b.as_ptr(), ptr, "the recycled allocation is reused");
+        let bundle = Bundle::new_checked(&b[..], DEFAULT_MAX_BUNDLE).unwrap();
+        assert!(
+            bundle.records().all(|r| r.is_ok()),
+            "stale bytes never leak"
+        );
+        peer.recv(ms(1), &b);
+        assert_eq!(peer.got, sent);
+        for _ in 0..2 * MAX_SPARE {
+            p.recycle(Vec::new());
+        }
+        assert_eq!(p.spare.len(), MAX_SPARE, "the spares are bounded");
+    }
+
+    #[test]
+    fn packets_a_control_record_crowds_out_leave_in_order_with_the_next_bundle() {
+        let (mut p, mut peer) = up(ms(0), Framing::Stream);
+        // 43 packets of 1500 bytes and one of 844 fill a 64 KiB bundle to the last byte.
+        let mut sent: Vec<_> = (0..43u8).map(|i| pkt(i, 1500)).collect();
+        sent.push(pkt(43, 844));
+        for s in &sent {
+            p.handle_tun_packet(s);
+        }
+        assert_eq!(p.staged_packets(), 44);
+        p.endpoint.session_mut().queue_stats();
+        let first = p.poll_transmit().unwrap();
+        assert!(
+            p.staged_packets() > 0,
+            "the Stats record crowded packets out"
+        );
+        peer.recv(ms(1), &first);
+        let second = p.poll_transmit().expect("the rest");
+        peer.recv(ms(1), &second);
+        assert_eq!(p.staged_packets(), 0);
+        assert_eq!(peer.got, sent, "all of them, in order, unchanged");
+        // Staging is empty again and reads go to its start.
+        p.handle_tun_packet(&pkt(44, 60));
+        peer.recv(ms(2), &p.poll_transmit().unwrap());
+        assert_eq!(peer.got.last(), Some(&pkt(44, 60)));
     }
 
     #[test]

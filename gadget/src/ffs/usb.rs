@@ -7,12 +7,14 @@
 //! Resume → `Up` again — while two tasks move transfers: OUT reads (`OUT_QUEUE_LEN` buffers queued)
 //! become `Bundle` events; bundles from the pump go to bulk IN (`IN_QUEUE_LEN` writes in flight;
 //! the channel of capacity 1 in front of it is what makes the pump aggregate while they are busy).
+//! Buffers are reused, not freed ([`recycle`]): a bundle whose write completed goes back to the
+//! driver (`Recycling::bundles`), and OUT reads take the buffers the driver hands back after
+//! writing their packets to the TUN device (`Recycling::reads`).
 //!
 //! Requires `CONFIG_USB_CONFIGFS_F_FS` and a UDC; `modprobe libcomposite` is done by `usb-gadget`.
 
 use std::path::Path;
 
-use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, watch};
 use usb_gadget::function::custom::{
     Custom, EndpointDirection, EndpointReceiver, EndpointSender, Event,
@@ -29,6 +31,7 @@ use shared_frame::usb_id::INTERFACE_NAME;
 use crate::config::GadgetSpec;
 use crate::configfs::plan::device_class;
 use crate::ffs::descriptors::{IN_QUEUE_LEN, OUT_QUEUE_LEN, interface};
+use crate::ffs::recycle::{self, Returned, Returner};
 
 /// PID file of the shell fallback's ep0 holder (`configfs/qbkit-gadget.sh`).
 pub const FALLBACK_PIDFILE: &str = "/run/qbkit-gadget-fallback.pid";
@@ -234,6 +237,15 @@ fn max_packet_size(udc: &Udc) -> usize {
     }
 }
 
+/// Where the link's buffers go back to (see [`recycle`]).
+#[derive(Debug)]
+pub struct Recycling {
+    /// Sent bundles go back to the driver here.
+    pub bundles: Returner,
+    /// OUT reads take the buffers the driver is done with from here.
+    pub reads: Returned,
+}
+
 /// Runs the FunctionFS link until `events` closes (`Ok`), ep0 fails or the gadget loses its UDC
 /// (an error: the daemon exits non-zero, and systemd's `Restart=on-failure` starts it again).
 /// An ep0 event that cannot be read is skipped after a backoff (1 ms doubling to 1 s, logged once
@@ -242,6 +254,7 @@ pub async fn run(
     g: UsbGadget,
     max_bundle: usize,
     events: mpsc::Sender<LinkEvent>,
+    recycling: Recycling,
 ) -> Result<(), UsbError> {
     let UsbGadget {
         reg,
@@ -253,8 +266,14 @@ pub async fn run(
     } = g;
     let (enabled_tx, enabled_rx) = watch::channel(false);
     let (bundle_tx, bundle_rx) = mpsc::channel::<Vec<u8>>(1);
-    let out_task = tokio::spawn(out_loop(rx, max_bundle, enabled_rx, events.clone()));
-    let in_task = tokio::spawn(in_loop(tx, bundle_rx));
+    let out_task = tokio::spawn(out_loop(
+        rx,
+        max_bundle,
+        enabled_rx,
+        events.clone(),
+        recycling.reads,
+    ));
+    let in_task = tokio::spawn(in_loop(tx, bundle_rx, recycling.bundles));
     let mut enabled = false;
     let mut suspended = false;
     let mut event_backoff = qbkit_link::Backoff::new(
@@ -359,6 +378,7 @@ async fn out_loop(
     max_bundle: usize,
     mut enabled: watch::Receiver<bool>,
     events: mpsc::Sender<LinkEvent>,
+    reads: Returned,
 ) {
     loop {
         if enabled.wait_for(|e| *e).await.is_err() {
@@ -368,7 +388,7 @@ async fn out_loop(
         let mut errors_enabled = 0u32;
         let mut delay = OUT_RETRY_FIRST;
         loop {
-            match rx.recv_async(BytesMut::with_capacity(max_bundle)).await {
+            match rx.recv_async(reads.read_buffer(max_bundle)).await {
                 Ok(Some(buf)) => {
                     errors_enabled = 0;
                     delay = OUT_RETRY_FIRST;
@@ -403,10 +423,13 @@ async fn out_loop(
     }
 }
 
-async fn in_loop(mut tx: EndpointSender, mut bundles: mpsc::Receiver<Vec<u8>>) {
+async fn in_loop(mut tx: EndpointSender, mut bundles: mpsc::Receiver<Vec<u8>>, home: Returner) {
     let mut errors: u64 = 0;
     while let Some(b) = bundles.recv().await {
-        if let Err(e) = tx.send_async(Bytes::from(b)).await {
+        if let Err(e) = tx
+            .send_async(recycle::bytes_returning(b, home.clone()))
+            .await
+        {
             errors += 1;
             if errors.is_power_of_two() {
                 tracing::warn!(error = %e, errors, "bulk IN write failed; bundle dropped");
