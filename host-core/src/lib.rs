@@ -94,6 +94,9 @@ pub struct Core {
     /// A packet polled from the Nat that did not fit the last bundle: `scratch[..carry]`.
     carry: usize,
     scratch: Vec<u8>,
+    /// Where a bundle is built when the caller's buffer is short (see [`Core::poll_transmit`]);
+    /// zero-filled once, up to the largest bundle.
+    tx_scratch: Vec<u8>,
     counters: CoreCounters,
     peer: Option<String>,
     peer_stats: Option<Stats>,
@@ -132,6 +135,7 @@ impl Core {
         Ok(Self {
             endpoint: Endpoint::new(scfg, frame_time(now)),
             scratch: vec![0; cfg.nat.mtu],
+            tx_scratch: Vec::new(),
             cfg,
             nat,
             tx_pending: false,
@@ -268,15 +272,30 @@ impl Core {
             .wants_transmit(self.tx_pending || self.carry > 0)
     }
 
-    /// Builds the next bundle into `buf` (resized to the largest bundle the board takes), or
-    /// `None` when there is no link or nothing to send.
+    /// Builds the next bundle into `buf` (which then holds exactly the bundle, `Transmit::len`
+    /// bytes; what it held before is overwritten), or `None` when there is no link or nothing to
+    /// send (`buf` is then left as it was or longer).
+    ///
+    /// The writer needs the largest bundle's room, but zero-filling room that it overwrites or
+    /// never uses costs as much as the bundle itself: a buffer that held a large bundle (a
+    /// recycled one, in bulk transfers) is built in place and only its tail is filled; any other
+    /// is built in the core's own buffer and then gets a copy of just the bundle (an ACK costs
+    /// its own few bytes, not 64 KiB).
     pub fn poll_transmit(&mut self, now: u64, buf: &mut Vec<u8>) -> Option<Transmit> {
         if !self.wants_transmit() {
             return None;
         }
         let max = self.endpoint.session().tx_max_bundle();
-        // The writer overwrites everything it emits, so a reused buffer needs no zeroing.
-        buf.resize(max, 0);
+        let in_place = buf.len() >= max / 2;
+        let room = if in_place {
+            buf.resize(max, 0);
+            &mut buf[..]
+        } else {
+            if self.tx_scratch.len() < max {
+                self.tx_scratch.resize(max, 0);
+            }
+            &mut self.tx_scratch[..max]
+        };
         let mut out = Outgoing {
             nat: &mut self.nat,
             scratch: &mut self.scratch,
@@ -285,9 +304,15 @@ impl Core {
             counters: &mut self.counters,
             too_big_log: &mut self.logs.too_big,
         };
-        let t = self.endpoint.transmit(buf, max, |w, _| {
+        let t = self.endpoint.transmit(room, max, |w, _| {
             out.fill(now, shared_frame::max_packet(max), w)
         })?;
+        if in_place {
+            buf.truncate(t.len);
+        } else {
+            buf.clear();
+            buf.extend_from_slice(&self.tx_scratch[..t.len]);
+        }
         self.counters.tx_bundles += 1;
         self.counters.tx_bundle_bytes += t.len as u64;
         Some(t)
@@ -786,6 +811,41 @@ mod tests {
         });
         let rx = p.take_rx();
         assert_eq!(udp_of(&rx[0]), (s, b, b"pong".to_vec()));
+    }
+
+    #[test]
+    fn a_recycled_buffer_ends_up_holding_exactly_the_new_bundle() {
+        // Buffers come back from the link task holding old bundles, short or long: the new bundle
+        // replaces them whole (built in place in a long one, copied out of the core's own buffer
+        // into a short one), and nothing of the old bytes reaches the board.
+        let mut p = Pair::connected(Pair::board_cfg(), Framing::Stream);
+        let (b, s) = (ep(BOARD, 5355), ep(SERVER, 9999));
+        p.exchange(&[udp(b, s, b"x")]);
+        let flow = p.take_events()[0].flow();
+        let max = p.core.session().tx_max_bundle();
+        for (held, len) in [
+            (0, 10),
+            (max, 10),
+            (max / 2, 16000),
+            (100, 16000),
+            (max, 16000),
+        ] {
+            let payload = vec![7u8; len];
+            p.core.handle_os_event(
+                p.now,
+                OsEvent::UdpReceived {
+                    flow,
+                    payload: &payload,
+                },
+            );
+            let mut buf = vec![0xEE; held];
+            let t = p.core.poll_transmit(p.now, &mut buf).expect("a bundle");
+            assert_eq!(buf.len(), t.len, "held {held}");
+            p.deliver(&buf);
+            let rx = p.take_rx();
+            assert_eq!(rx.len(), 1, "held {held}");
+            assert_eq!(udp_of(&rx[0]), (s, b, payload), "held {held}");
+        }
     }
 
     #[test]

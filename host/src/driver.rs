@@ -31,6 +31,10 @@
 //! the TCP windows) and leave together in the next bundle. An idle link therefore adds no
 //! latency, and a busy one gets full bundles.
 //!
+//! Bundle buffers go round instead of being allocated per bundle: outgoing ones are taken from
+//! the link's [`qbkit_link::BufPool`] and given back by the link task once written; received
+//! ones are given back after the core handled them.
+//!
 //! # Link loss
 //!
 //! A board that sends nothing for the session's peer timeout (a half-open stream, a stalled
@@ -188,8 +192,6 @@ struct Driver {
     link_description: Option<String>,
     /// Why the link was last lost or could not be established (for `status`).
     last_link_error: Option<String>,
-    /// A bundle buffer that came back unused.
-    spare: Option<Vec<u8>>,
     forwards: Forwards,
 }
 
@@ -353,7 +355,6 @@ impl Driver {
             link: None,
             link_description: None,
             last_link_error: None,
-            spare: None,
             forwards: Forwards::new(inbound),
         })
     }
@@ -428,7 +429,12 @@ impl Driver {
                 self.link = None;
                 self.core.handle_link_down(now);
             }
-            LinkEvent::Bundle(b) => self.core.handle_bundle(now, &b),
+            LinkEvent::Bundle(b) => {
+                self.core.handle_bundle(now, &b);
+                if let Some(link) = &self.link {
+                    link.pool.put(b);
+                }
+            }
             LinkEvent::Listening { url } => self.cfg.transport = url,
             LinkEvent::Failed { reason } => self.last_link_error = Some(reason),
         }
@@ -460,13 +466,13 @@ impl Driver {
     fn transmit(&mut self) -> bool {
         let mut sent = false;
         while self.link_writable() && self.wants_transmit() {
-            let mut buf = self.spare.take().unwrap_or_default();
+            let Some(link) = &self.link else { break };
+            // The link task gives written buffers back: no allocation or zero-fill per bundle.
+            let mut buf = link.pool.take();
             let Some(t) = self.core.poll_transmit(self.clock.micros(), &mut buf) else {
-                self.spare = Some(buf);
+                link.pool.put(buf);
                 break;
             };
-            buf.truncate(t.len);
-            let Some(link) = &self.link else { break };
             if link.tx.try_send(buf).is_err() {
                 // The transport went away between our capacity check and now; its Down event
                 // follows. The packets are lost (TCP retransmits).
@@ -501,13 +507,13 @@ impl Driver {
     /// Sends a Bye if a link is up and waits briefly for it to leave.
     async fn goodbye(&mut self) {
         self.core.close("qbkit-host is stopping");
-        if let Some(link) = &self.link {
-            let mut buf = Vec::new();
-            let n = self
+        let mut buf = Vec::new();
+        if let Some(link) = &self.link
+            && self
                 .core
                 .poll_transmit(self.clock.micros(), &mut buf)
-                .map_or(0, |t| t.len);
-            buf.truncate(n);
+                .is_some()
+        {
             let _ = tokio::time::timeout(Duration::from_millis(500), link.tx.send(buf)).await;
             // Give the writer a moment to put it on the wire.
             tokio::time::sleep(Duration::from_millis(50)).await;

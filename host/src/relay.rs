@@ -178,6 +178,7 @@ mod tests {
         LinkEvent::Up(LinkUp {
             framing: USB512,
             tx,
+            pool: qbkit_link::BufPool::default(),
             description: "fake board".into(),
         })
     }

@@ -173,6 +173,7 @@ async fn board_up(
         .send(LinkEvent::Up(LinkUp {
             framing: Framing::Stream,
             tx: down_tx,
+            pool: qbkit_link::BufPool::default(),
             description: "in-memory".into(),
         }))
         .await

@@ -47,7 +47,7 @@ use tokio::task::JoinSet;
 
 use crate::auth::{AuthError, AuthRole, LinkKey};
 pub use crate::backoff::Backoff;
-pub use crate::task::{LinkEvent, LinkUp, STREAM_TX_DEPTH, run_listener, run_stream};
+pub use crate::task::{BufPool, LinkEvent, LinkUp, STREAM_TX_DEPTH, run_listener, run_stream};
 
 /// Handshakes a listener runs at once; a connection beyond them is closed at once (counted in
 /// [`auth::AuthCounters::busy`]).
@@ -745,8 +745,9 @@ pub async fn write_bundle(w: &mut LinkWrite, bundle: &[u8]) -> Result<(), LinkEr
 }
 
 /// Carries bundles both ways over one connected stream until it ends: every bundle from
-/// `outgoing` is written, and every bundle read is turned into an event by `wrap` and sent on
-/// `events` (waiting while it is full: backpressure onto the stream).
+/// `outgoing` is written (and its buffer given back to `pool`), and every bundle read is turned
+/// into an event by `wrap` and sent on `events` (waiting while it is full: backpressure onto the
+/// stream).
 ///
 /// `Ok` when the peer closed the stream between bundles, or `outgoing` (even during a write the
 /// peer does not take) or `events` was closed;
@@ -755,6 +756,7 @@ pub async fn pump<T>(
     (read, mut write): (LinkRead, LinkWrite),
     max_bundle: usize,
     mut outgoing: mpsc::Receiver<Vec<u8>>,
+    pool: &BufPool,
     events: &mpsc::Sender<T>,
     wrap: impl Fn(&[u8]) -> T,
 ) -> Result<(), LinkError> {
@@ -771,20 +773,23 @@ pub async fn pump<T>(
             };
             // A peer that stopped reading can block a write forever: when the driver closes
             // `outgoing` meanwhile (its session timed out), the link ends without waiting.
-            let mut write_one = std::pin::pin!(write_bundle(&mut write, &b));
-            loop {
-                tokio::select! {
-                    biased;
-                    r = &mut write_one => {
-                        r?;
-                        break;
+            {
+                let mut write_one = std::pin::pin!(write_bundle(&mut write, &b));
+                loop {
+                    tokio::select! {
+                        biased;
+                        r = &mut write_one => {
+                            r?;
+                            break;
+                        }
+                        m = outgoing.recv(), if next.is_none() => match m {
+                            Some(b) => next = Some(b),
+                            None => return Ok::<(), LinkError>(()),
+                        },
                     }
-                    m = outgoing.recv(), if next.is_none() => match m {
-                        Some(b) => next = Some(b),
-                        None => return Ok::<(), LinkError>(()),
-                    },
                 }
             }
+            pool.put(b);
         }
     };
     let read = async {

@@ -14,6 +14,8 @@
 //! `Up`. Bundles are complete `shared_frame` bundles in both directions; [`LinkUp::framing`] says
 //! how to finish them ([`shared_frame::BundleWriter::finish_for`]).
 
+use std::sync::{Arc, Mutex, PoisonError};
+
 use shared_frame::Framing;
 use tokio::sync::mpsc;
 
@@ -24,6 +26,48 @@ use crate::{Connector, LinkError, LinkUrl};
 /// socket busy while the next bundle is built; more only add latency.
 pub const STREAM_TX_DEPTH: usize = 2;
 
+/// Bundle buffers that go round between a program's event loop and its link task instead of
+/// being allocated (and zero-filled) per bundle: the event loop builds an outgoing bundle in
+/// one it [`take`](Self::take)s, the link task [`put`](Self::put)s it back once written; a
+/// received bundle is [`copy`](Self::copy)'d into one by the link task and put back by the event
+/// loop once handled. Both sides are optional: a side that does not give buffers back only
+/// costs allocations. Keeps at most [`BufPool::KEEP`] buffers; more are freed.
+///
+/// A 64 KiB bundle allocated per bundle is an `mmap`, a zero-fill and an `munmap` each time with
+/// glibc's mmap threshold at 64 KiB (qbkit-host sets it there, see its platform module).
+#[derive(Debug, Clone, Default)]
+pub struct BufPool(Arc<Mutex<Vec<Vec<u8>>>>);
+
+impl BufPool {
+    /// Most buffers kept: the transfers in flight both ways plus the one being built.
+    pub const KEEP: usize = 16;
+
+    /// A buffer from the pool (its contents are what it last held), or a new empty one.
+    pub fn take(&self) -> Vec<u8> {
+        self.lock().pop().unwrap_or_default()
+    }
+
+    /// Gives a buffer back (its contents stay; the next user overwrites them).
+    pub fn put(&self, buf: Vec<u8>) {
+        let mut pool = self.lock();
+        if pool.len() < Self::KEEP && buf.capacity() > 0 {
+            pool.push(buf);
+        }
+    }
+
+    /// A buffer from the pool holding exactly `data`.
+    pub fn copy(&self, data: &[u8]) -> Vec<u8> {
+        let mut buf = self.take();
+        buf.clear();
+        buf.extend_from_slice(data);
+        buf
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// A link that just came up.
 #[derive(Debug)]
 pub struct LinkUp {
@@ -31,6 +75,9 @@ pub struct LinkUp {
     pub framing: Framing,
     /// Outgoing bundles; capacity = transfers in flight.
     pub tx: mpsc::Sender<Vec<u8>>,
+    /// Where the link task takes the buffers of received bundles and gives back those it wrote
+    /// (see [`BufPool`]).
+    pub pool: BufPool,
     /// For logs and `status` (peer address and whether it proved the key, USB bus/port).
     pub description: String,
 }
@@ -149,14 +196,16 @@ async fn serve_stream(
 ) -> Option<Result<(), LinkError>> {
     let (tx, rx) = mpsc::channel::<Vec<u8>>(STREAM_TX_DEPTH);
     let program_side = tx.downgrade();
+    let pool = BufPool::default();
     let up = LinkUp {
         framing: Framing::Stream,
         tx,
+        pool: pool.clone(),
         description,
     };
     events.send(LinkEvent::Up(up)).await.ok()?;
-    let res = crate::pump(stream, max_bundle, rx, events, |b| {
-        LinkEvent::Bundle(b.to_vec())
+    let res = crate::pump(stream, max_bundle, rx, &pool, events, |b| {
+        LinkEvent::Bundle(pool.copy(b))
     })
     .await;
     Some(match res {

@@ -250,10 +250,12 @@ async fn pump_ends_when_outgoing_closes_during_a_write_the_peer_never_takes() {
     tx.send(bundle(&[&[0x45; 16000], &[0x45; 16000]]))
         .await
         .unwrap();
+    let pool = qbkit_link::BufPool::default();
     let pump = qbkit_link::pump(
         (Box::pin(read), Box::pin(write)),
         DEFAULT_MAX_BUNDLE,
         rx,
+        &pool,
         &events,
         <[u8]>::to_vec,
     );
@@ -267,4 +269,39 @@ async fn pump_ends_when_outgoing_closes_during_a_write_the_peer_never_takes() {
     drop(tx);
     let ended = tokio::time::timeout(std::time::Duration::from_secs(10), pump).await;
     assert!(matches!(ended, Ok(Ok(()))), "{ended:?}");
+}
+
+/// The pump gives every bundle buffer it wrote back to the pool (the event loop builds the next
+/// bundle in it instead of allocating one), and received bundles arrive whole.
+#[tokio::test]
+async fn pump_gives_written_buffers_back_to_the_pool() {
+    let (ours, theirs) = tokio::io::duplex(1 << 20);
+    let (read, write) = tokio::io::split(ours);
+    let (their_read, mut their_write) = tokio::io::split(theirs);
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let (events, mut events_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
+    let pool = qbkit_link::BufPool::default();
+    let sent = bundle(&[&[0x45; 3000]]);
+    let pump = qbkit_link::pump(
+        (Box::pin(read), Box::pin(write)),
+        DEFAULT_MAX_BUNDLE,
+        rx,
+        &pool,
+        &events,
+        <[u8]>::to_vec,
+    );
+    let peer = async {
+        tx.send(sent.clone()).await.unwrap();
+        let mut reader = BundleReader::new(Box::pin(their_read), DEFAULT_MAX_BUNDLE);
+        let got = reader.next().await.unwrap().unwrap().to_vec();
+        their_write.write_all(&got).await.unwrap();
+        let echoed = events_rx.recv().await.unwrap();
+        drop(tx);
+        (got, echoed)
+    };
+    let (res, (got, echoed)) = tokio::join!(pump, peer);
+    res.unwrap();
+    assert_eq!(got, sent);
+    assert_eq!(echoed, sent);
+    assert_eq!(pool.take(), sent, "the written buffer is back in the pool");
 }

@@ -345,6 +345,7 @@ pub async fn run(
                     max_packet_size: mps,
                 },
                 tx: bundle_tx.clone(),
+                pool: qbkit_link::BufPool::default(),
                 description: format!("usb (wMaxPacketSize {mps})"),
             })
         } else {

@@ -9,8 +9,8 @@ pub mod usbip;
 
 use std::fmt;
 
+pub use qbkit_link::{BufPool, LinkEvent, LinkUp};
 use qbkit_link::{LinkError, LinkUrl};
-pub use qbkit_link::{LinkEvent, LinkUp};
 pub use shared_frame::Framing;
 
 /// Depth of the channel from the transport tasks to the driver (received bundles in flight).

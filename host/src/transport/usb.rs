@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::{Framing, LinkEvent, LinkUp};
+use super::{BufPool, Framing, LinkEvent, LinkUp};
 use crate::usb::{
     Board, BoardEvent, BoardWatch, DeviceFilter, EventSource, UsbConfig, UsbError, UsbLink,
 };
@@ -221,11 +221,13 @@ async fn serve(
     );
     let (mut rx, mut tx) = link.split();
     let (btx, mut brx) = mpsc::channel::<Vec<u8>>(cfg.out_depth.max(1));
+    let pool = BufPool::default();
     let up = LinkUp {
         framing: Framing::Usb {
             max_packet_size: iface.out_max_packet,
         },
         tx: btx,
+        pool: pool.clone(),
         description: description.clone(),
     };
     tracing::info!(
@@ -241,7 +243,7 @@ async fn serve(
     let reader = async {
         loop {
             let b = rx.recv_bundle().await?;
-            if events.send(LinkEvent::Bundle(b.to_vec())).await.is_err() {
+            if events.send(LinkEvent::Bundle(pool.copy(b))).await.is_err() {
                 return Ok(false);
             }
         }
@@ -249,6 +251,7 @@ async fn serve(
     let writer = async {
         while let Some(b) = brx.recv().await {
             tx.send_bundle(&b).await?;
+            pool.put(b);
         }
         Ok::<bool, UsbError>(false)
     };

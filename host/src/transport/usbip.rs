@@ -33,7 +33,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::{Framing, LinkEvent, LinkUp};
+use super::{BufPool, Framing, LinkEvent, LinkUp};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -90,11 +90,13 @@ async fn serve(
         info.product_id
     );
     let (btx, mut brx) = mpsc::channel::<Vec<u8>>(out_urbs.max(1));
+    let pool = BufPool::default();
     let up = LinkUp {
         framing: Framing::Usb {
             max_packet_size: usize::from(info.bulk.mps_out.max(1)),
         },
         tx: btx,
+        pool: pool.clone(),
         description: description.clone(),
     };
     tracing::info!(link = %description, bulk = ?info.bulk, "serving board over USB/IP");
@@ -107,7 +109,7 @@ async fn serve(
         tokio::select! {
             r = link.recv_bundle() => match r {
                 Ok(b) => {
-                    if events.send(LinkEvent::Bundle(b.to_vec())).await.is_err() {
+                    if events.send(LinkEvent::Bundle(pool.copy(b))).await.is_err() {
                         return None;
                     }
                 }
@@ -118,6 +120,7 @@ async fn serve(
                     if let Err(e) = link.send_bundle(&b).await {
                         return Some(e);
                     }
+                    pool.put(b);
                 }
                 // The driver dropped the link (its session timed out) but is still there.
                 None if !events.is_closed() => {
