@@ -16,7 +16,10 @@
 //! Each turn of the loop first *works until quiescent*, then *waits*. Working means: run due
 //! timers, take every received bundle already queued (batching packets is cheaper: one ACK per
 //! flow per batch), service every ready socket, carry out every NAT event (which can produce more
-//! events), and hand bundles to the link while it has a free slot. As in quinn's
+//! events) and service the sockets those gave work, until the sockets and the core have nothing
+//! more for each other, and only then hand bundles to the link while it has a free slot: bytes
+//! the board sent reach their server before the ACK for them leaves, and bytes a socket gave us
+//! leave in the same pass (request/response latency is one pass, not two). As in quinn's
 //! `ConnectionDriver`, one input can unlock several outputs (an ACK frees window, which lets a
 //! socket be read, which queues packets, which arms a timer), so the work phase repeats until
 //! neither a timer, an input nor a transmit produced anything. Then the task sleeps until a
@@ -370,9 +373,9 @@ impl Driver {
                 self.link = None;
             }
             let mut progress = self.sockets.service_ready(self.core.nat_mut());
-            progress |= self.feed_os_events();
-            progress |= self.drain_nat_events();
-            progress |= self.feed_os_events();
+            while self.exchange() {
+                progress = true;
+            }
             for c in self.sockets.take_closed() {
                 self.forwards
                     .closed(c.flow, c.to_board, c.from_board, c.refused);
@@ -438,6 +441,16 @@ impl Driver {
             LinkEvent::Listening { url } => self.cfg.transport = url,
             LinkEvent::Failed { reason } => self.last_link_error = Some(reason),
         }
+    }
+
+    /// One round between the sockets and the core: what the OS did goes in, what the core asks
+    /// of the sockets is carried out, and the flows that got work are serviced. Returns true
+    /// when anything happened.
+    fn exchange(&mut self) -> bool {
+        let mut any = self.feed_os_events();
+        any |= self.drain_nat_events();
+        any |= self.sockets.service_scheduled(self.core.nat_mut());
+        any
     }
 
     /// Carries out every pending NAT event on the sockets. Returns true when there were any.

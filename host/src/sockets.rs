@@ -9,8 +9,10 @@
 //! `handle_os_event`. The only direct calls are the zero-copy TCP data calls of a socket service
 //! ([`TcpData`]: the OS `read` into the flow's board-bound buffer, the OS `write` from its
 //! board-sent bytes), made by [`Sockets::service_ready`]. A flow that the NAT says has data or
-//! room (`TcpReadable`, `TcpWritable`), or whose connect completed, is scheduled for that service
-//! instead of being serviced at once. Datagram payloads wait in one buffer until polled; a service
+//! room (`TcpReadable`, `TcpWritable`), a socket just opened, or whose connect completed, is
+//! scheduled for that service instead of being serviced at once; the driver runs
+//! [`Sockets::service_scheduled`] before the core's output goes to the link, so a request of the
+//! board reaches its server in the same work pass (not one bundle later). Datagram payloads wait in one buffer until polled; a service
 //! pass stops early (the rest of its flows wait for the next pass) once [`MAX_QUEUED_BYTES`] wait.
 //!
 //! # Theory of operation
@@ -365,6 +367,9 @@ pub struct Sockets {
     queue: Arc<ReadyQueue>,
     /// Tokens that ran out of budget: service again on the next pass.
     again: Vec<u64>,
+    /// Tokens of flows the core gave work (data or room, a new socket, a completed connect):
+    /// serviced in the same work pass by [`Sockets::service_scheduled`].
+    scheduled: Vec<u64>,
     scratch_tokens: Vec<u64>,
     buf: Vec<u8>,
     counters: SocketCounters,
@@ -395,6 +400,7 @@ impl Sockets {
             flows: HashMap::new(),
             queue: Arc::new(ReadyQueue::default()),
             again: Vec::new(),
+            scheduled: Vec::new(),
             scratch_tokens: Vec::new(),
             buf: vec![0; DGRAM_BUF],
             counters: SocketCounters::default(),
@@ -427,7 +433,7 @@ impl Sockets {
     /// True when some flow ran out of budget, or is scheduled, and wants another pass without
     /// waiting.
     pub fn has_more(&self) -> bool {
-        !self.again.is_empty()
+        !self.again.is_empty() || !self.scheduled.is_empty()
     }
 
     /// The next thing an OS socket did, for the NAT's `handle_os_event`, in the order it
@@ -445,7 +451,7 @@ impl Sockets {
             NatEvent::TcpReadable { flow } => {
                 if let Some(OsFlow::Tcp(t)) = self.flows.get_mut(&flow) {
                     t.board_data = true;
-                    self.again.push(token(flow, Dir::Write));
+                    self.scheduled.push(token(flow, Dir::Write));
                 } else {
                     self.counters.drop_unknown_flow += 1;
                 }
@@ -453,7 +459,7 @@ impl Sockets {
             NatEvent::TcpWritable { flow } => {
                 if let Some(OsFlow::Tcp(t)) = self.flows.get_mut(&flow) {
                     t.paused = false;
-                    self.again.push(token(flow, Dir::Read));
+                    self.scheduled.push(token(flow, Dir::Read));
                 } else {
                     self.counters.drop_unknown_flow += 1;
                 }
@@ -502,7 +508,22 @@ impl Sockets {
     pub fn service_ready(&mut self, nat: &mut Nat) -> bool {
         let mut tokens = std::mem::take(&mut self.scratch_tokens);
         self.queue.take(&mut tokens);
+        tokens.append(&mut self.scheduled);
         tokens.append(&mut self.again);
+        self.service_tokens(nat, tokens)
+    }
+
+    /// Services only the flows the core gave work since the last service (see
+    /// [`handle_event`](Self::handle_event)), so that what the board sent reaches the OS, and a
+    /// completed connect or a fresh socket is looked at, before the core's output goes to the
+    /// link. Returns true when anything was serviced.
+    pub fn service_scheduled(&mut self, nat: &mut Nat) -> bool {
+        let mut tokens = std::mem::take(&mut self.scratch_tokens);
+        tokens.append(&mut self.scheduled);
+        self.service_tokens(nat, tokens)
+    }
+
+    fn service_tokens(&mut self, nat: &mut Nat, mut tokens: Vec<u64>) -> bool {
         let any = !tokens.is_empty();
         let mut tokens_left = tokens.drain(..);
         for t in tokens_left.by_ref() {
@@ -540,8 +561,8 @@ impl Sockets {
             Outcome::Connected => {
                 // The server may have spoken first, and the board may already have data: both
                 // directions once the NAT has taken `TcpConnected`.
-                self.again.push(token(flow, Dir::Read));
-                self.again.push(token(flow, Dir::Write));
+                self.scheduled.push(token(flow, Dir::Read));
+                self.scheduled.push(token(flow, Dir::Write));
             }
             Outcome::Gone => self.remove(flow),
         }
@@ -666,7 +687,7 @@ impl Sockets {
                 tracing::trace!(%flow, %src, %dst, "tcp connect");
                 let t = TcpFlow::new(flow, &self.queue, OsStream::Tcp(stream), false, false);
                 self.flows.insert(flow, OsFlow::Tcp(t));
-                self.again.push(token(flow, Dir::Write));
+                self.scheduled.push(token(flow, Dir::Write));
             }
             Err(e) => {
                 self.counters.tcp_connect_failures += 1;
@@ -686,7 +707,7 @@ impl Sockets {
                     wakers: Wakers::new(flow, &self.queue),
                 };
                 self.flows.insert(flow, OsFlow::Udp(d));
-                self.again.push(token(flow, Dir::Read));
+                self.scheduled.push(token(flow, Dir::Read));
             }
             Err(e) => {
                 self.counters.udp_open_failures += 1;
@@ -784,7 +805,7 @@ impl Sockets {
             self.counters.drop_icmp_send += 1;
             tracing::debug!(%flow, %dst, error = %e, "echo request not sent");
         }
-        self.again.push(token(flow, Dir::Read));
+        self.scheduled.push(token(flow, Dir::Read));
     }
 }
 
