@@ -239,26 +239,37 @@ async fn keyed_listener_serves_the_right_peer_past_silent_and_wrong_ones() {
     assert_eq!(ip_payloads(&got), vec![b"after auth".to_vec()]);
 }
 
+/// The pump on our end of an in-memory stream: it writes what `rx` gives (and gives the buffers
+/// back to `pool`) and puts a copy of every bundle it reads on `events`.
+fn pump_on<'a>(
+    ours: tokio::io::DuplexStream,
+    rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    pool: &'a qbkit_link::BufPool,
+    events: &'a tokio::sync::mpsc::Sender<Vec<u8>>,
+) -> impl Future<Output = Result<(), LinkError>> + 'a {
+    let (read, write) = tokio::io::split(ours);
+    qbkit_link::pump(
+        (Box::pin(read), Box::pin(write)),
+        DEFAULT_MAX_BUNDLE,
+        rx,
+        pool,
+        events,
+        <[u8]>::to_vec,
+    )
+}
+
 /// A peer that stops reading blocks the write of a large bundle; when the driver then closes its
 /// sender (its session timed out), the pump must end instead of waiting on the write forever.
 #[tokio::test]
 async fn pump_ends_when_outgoing_closes_during_a_write_the_peer_never_takes() {
     let (ours, _peer) = tokio::io::duplex(1024);
-    let (read, write) = tokio::io::split(ours);
     let (tx, rx) = tokio::sync::mpsc::channel(2);
     let (events, _events_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
     tx.send(bundle(&[&[0x45; 16000], &[0x45; 16000]]))
         .await
         .unwrap();
     let pool = qbkit_link::BufPool::default();
-    let pump = qbkit_link::pump(
-        (Box::pin(read), Box::pin(write)),
-        DEFAULT_MAX_BUNDLE,
-        rx,
-        &pool,
-        &events,
-        <[u8]>::to_vec,
-    );
+    let pump = pump_on(ours, rx, &pool, &events);
     let mut pump = std::pin::pin!(pump);
     // The write is stuck after the first KiB.
     assert!(
@@ -276,20 +287,12 @@ async fn pump_ends_when_outgoing_closes_during_a_write_the_peer_never_takes() {
 #[tokio::test]
 async fn pump_gives_written_buffers_back_to_the_pool() {
     let (ours, theirs) = tokio::io::duplex(1 << 20);
-    let (read, write) = tokio::io::split(ours);
     let (their_read, mut their_write) = tokio::io::split(theirs);
     let (tx, rx) = tokio::sync::mpsc::channel(2);
     let (events, mut events_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
     let pool = qbkit_link::BufPool::default();
     let sent = bundle(&[&[0x45; 3000]]);
-    let pump = qbkit_link::pump(
-        (Box::pin(read), Box::pin(write)),
-        DEFAULT_MAX_BUNDLE,
-        rx,
-        &pool,
-        &events,
-        <[u8]>::to_vec,
-    );
+    let pump = pump_on(ours, rx, &pool, &events);
     let peer = async {
         tx.send(sent.clone()).await.unwrap();
         let mut reader = BundleReader::new(Box::pin(their_read), DEFAULT_MAX_BUNDLE);
