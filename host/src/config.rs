@@ -180,11 +180,22 @@ pub struct HostFile {
 }
 
 impl HostFile {
-    /// Reads `path`; a missing file is an empty configuration unless `required` (given with
-    /// `--config`).
+    /// Reads `path`. A file given with `--config` (`required`) must be readable. The default
+    /// file is optional: missing, it is an empty configuration; unreadable (a home the user may
+    /// not enter, e.g. `HOME=/root` for an unprivileged user: EACCES before the file is even
+    /// found), it is an empty configuration and a warning, so `run` still serves the board.
+    /// A default file that was read but is wrong stays an error.
     pub fn load(path: &Path, required: bool) -> Result<Self, FileError> {
         let text = match std::fs::read_to_string(path) {
             Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Self::default());
+            }
+            Err(e) if !required => {
+                tracing::warn!(
+                    path = %path.display(),
+                    error = %e,
+                    "cannot read the default config file; running without it (--config FILE names another)"
+                );
                 return Ok(Self::default());
             }
             read => read.map_err(|e| FileError {
@@ -293,6 +304,26 @@ impl HostFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unreadable_default_file_is_no_config_but_a_given_one_is_an_error() {
+        // A path under a regular file cannot be read (ENOTDIR), even as root, who may read
+        // anything else; EACCES (HOME=/root for an unprivileged user) takes the same arm.
+        let dir = std::env::temp_dir().join(format!("qbkit-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("not-a-dir");
+        std::fs::write(&file, "").unwrap();
+        let path = file.join("qbkit").join("host.toml");
+        let default = HostFile::load(&path, false).expect("the default file is optional");
+        assert!(default.boards.is_empty());
+        let err = HostFile::load(&path, true).expect_err("a --config file must be readable");
+        assert!(matches!(err.problem, Problem::Unreadable(_)), "{err}");
+        // A default file that exists but is wrong still stops `run`.
+        let bad = dir.join("host.toml");
+        std::fs::write(&bad, "[boards.a]\nserial = 1\n").unwrap();
+        assert!(HostFile::load(&bad, false).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn dns_values() {
