@@ -13,13 +13,13 @@ fuzz_target!(|data: &[u8]| {
         assert!(b.len() <= data.len());
         for r in b.records().flatten() {
             assert!(r.payload.len() < data.len());
-            if r.kind == RecordKind::Control {
-                if let Ok(msg) = Control::parse(r.payload) {
-                    let mut buf = vec![0; msg.buffer_len()];
-                    msg.emit(&mut buf);
-                    if !matches!(msg, Control::Unknown { .. }) {
-                        assert_eq!(Control::parse(&buf).as_ref(), Ok(&msg));
-                    }
+            if r.kind == RecordKind::Control
+                && let Ok(msg) = Control::parse(r.payload)
+            {
+                let mut buf = vec![0; msg.buffer_len()];
+                msg.emit(&mut buf);
+                if !matches!(msg, Control::Unknown { .. }) {
+                    assert_eq!(Control::parse(&buf).as_ref(), Ok(&msg));
                 }
             }
         }

@@ -36,7 +36,10 @@ fuzz_target!(|data: &[u8]| {
             Ok(n) => {
                 assert!(n <= chunk.len(), "consumed {n} of {}", chunk.len());
                 total += n;
-                assert!(total <= most, "consumed {total} bytes, more than the handshake");
+                assert!(
+                    total <= most,
+                    "consumed {total} bytes, more than the handshake"
+                );
                 if finished {
                     assert_eq!(n, 0, "input taken after the end");
                 }

@@ -323,7 +323,12 @@ fuzz_target!(|ops: Vec<Op>| {
                     let _ = nat.tcp_send(f, &data);
                 }
             }
-            Op::Inbound { v6, udp, port, peer } => {
+            Op::Inbound {
+                v6,
+                udp,
+                port,
+                peer,
+            } => {
                 let board = if v6 { IpAddr::V6(BOARD6) } else { BOARD.into() };
                 let board = SocketAddr::new(board, 1000 + u16::from(port % 8));
                 let peer = SocketAddr::from(([127, 0, 0, 1], peer));

@@ -23,7 +23,8 @@ fuzz_target!(|data: &[u8]| {
         }
         if !out.is_empty() {
             assert_eq!(out.len(), used);
-            let again = op::parse_op_request(&out).map(|r| r.map(|(r, n)| (std::mem::discriminant(&r), n)));
+            let again =
+                op::parse_op_request(&out).map(|r| r.map(|(r, n)| (std::mem::discriminant(&r), n)));
             assert_eq!(again, Ok(Some((std::mem::discriminant(&req), used))));
         }
     }
