@@ -109,11 +109,7 @@ pub fn default_path() -> PathBuf {
             .map(PathBuf::from)
             .unwrap_or_default()
     } else {
-        std::env::var_os("XDG_CONFIG_HOME")
-            .map(PathBuf::from)
-            .filter(|p| p.is_absolute())
-            .or_else(|| home().map(|h| h.join(".config")))
-            .unwrap_or_default()
+        crate::platform::xdg_dir("XDG_CONFIG_HOME", ".config").unwrap_or_default()
     };
     dir.join("qbkit").join("host.toml")
 }

@@ -15,6 +15,7 @@
 //! live in `qbkit_nat::resolvers`, where the `resolv_conf` fuzz target reaches them.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 
 #[cfg(unix)]
 mod unix;
@@ -42,6 +43,15 @@ pub use imp::{
 };
 
 pub use qbkit_nat::resolvers::{RESOLVED_STUB, parse_nameservers};
+
+/// An XDG base directory (Linux and other freedesktop systems): `$VAR` when it is an absolute
+/// path (the spec says to ignore a relative one), else `$HOME/home_rel`; `None` without either.
+pub fn xdg_dir(var: &str, home_rel: &str) -> Option<PathBuf> {
+    std::env::var_os(var)
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(home_rel)))
+}
 
 /// Picks the upstream resolvers from resolv.conf texts: `main` is /etc/resolv.conf; when it
 /// names the systemd-resolved stub and `resolved` (/run/systemd/resolve/resolv.conf, the real

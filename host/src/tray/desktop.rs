@@ -32,10 +32,7 @@ pub fn default_log_path() -> PathBuf {
             .join("qbkit")
             .join("qbkit-host.log");
     }
-    std::env::var_os("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .or_else(|| home().map(|h| h.join(".local/state")))
+    crate::platform::xdg_dir("XDG_STATE_HOME", ".local/state")
         .unwrap_or_else(std::env::temp_dir)
         .join("qbkit")
         .join("qbkit-host.log")
@@ -110,10 +107,7 @@ pub fn autostart_file() -> Option<PathBuf> {
     if cfg!(windows) {
         return None;
     }
-    let config = std::env::var_os("XDG_CONFIG_HOME")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .unwrap_or_else(|| home.join(".config"));
+    let config = crate::platform::xdg_dir("XDG_CONFIG_HOME", ".config")?;
     Some(config.join("autostart").join("qbkit-host.desktop"))
 }
 
