@@ -201,13 +201,16 @@ impl Eq for SharedBudget {}
 /// Default of [`NatConfig::tcp_buffer_budget`] (4 GiB, or all of a 32-bit address space): 1024
 /// flows with full 1 MiB buffers both ways in the first half, then [`MIN_TCP_BUFFER`] ones up to
 /// the default `max_flows` (4096). Buffers come zeroed from the OS (with the driver's mmap
-/// threshold at [`MIN_TCP_BUFFER`], see the crate docs) and cost memory only as data passes, so
+/// threshold at or below [`MIN_TCP_BUFFER`], see the crate docs) and cost memory only as data passes, so
 /// the default keeps an ordinary board's connections (hundreds, idle) on full buffers and bounds
 /// a board that pins them by never reading.
 pub const DEFAULT_TCP_BUFFER_BUDGET: usize = (1usize << 30).saturating_mul(4);
 /// Under budget pressure a flow's buffers shrink to no less than this each way (or the configured
-/// size, if smaller): about one large segment, so the flow still moves.
-pub const MIN_TCP_BUFFER: usize = 64 << 10;
+/// size, if smaller): a window that still carries a bulk transfer at several Gbit/s over the
+/// link's round trip, so a download that starts after thousands of idle flows still moves at
+/// speed (64 KiB, one large segment, halved it). The default budget still opens `max_flows`
+/// flows with it: 1024 full pairs (2 GiB) and 3072 of these (1.5 GiB) fit 4 GiB.
+pub const MIN_TCP_BUFFER: usize = 256 << 10;
 
 /// Smallest MTU the core accepts: IPv6's minimum link MTU (RFC 8200), so every link carries
 /// both versions (IPv4's minimum of 576 would starve TCP anyway).

@@ -34,7 +34,7 @@
 //! `max_connecting` (512) may wait for an OS connect; per TCP flow a receive and a transmit
 //! buffer (`tcp_rx_buffer`/`tcp_tx_buffer`, 1 MiB each, window scaling on) allocated zeroed, so
 //! the OS commits pages only as data passes (an idle flow costs a few KiB), and all TCP buffers
-//! together within `tcp_buffer_budget` (4 GiB): past half of it new flows get 64 KiB buffers each
+//! together within `tcp_buffer_budget` (4 GiB): past half of it new flows get 256 KiB buffers each
 //! way (a smaller window), past all of it they are refused with a RST; the same rule holds for a
 //! [`SharedBudget`] several NATs count into (`shared_tcp_budget`: one host's boards). A flow the core
 //! ends (eviction, timeout, reset) frees its socket once its RST has been queued, or at once when
@@ -129,12 +129,12 @@
 //! cheaper (one ACK per flow per batch).
 //!
 //! Memory note for the driver: with glibc, fix `M_MMAP_THRESHOLD` at no more than
-//! [`MIN_TCP_BUFFER`] (`mallopt(M_MMAP_THRESHOLD, 64 KiB)`) at start-up, so every TCP buffer,
+//! [`MIN_TCP_BUFFER`] (qbkit-host sets 64 KiB) at start-up, so every TCP buffer,
 //! the shrunk ones included, is a fresh mmap that commits pages only as data passes and goes
 //! back to the OS when freed. Otherwise glibc raises the threshold after the first large free
 //! and later TCP buffers come from the heap, where `calloc` must zero (commit) them in full and
-//! freed memory is not returned: RSS then grows with churn (a 64 KiB buffer each way committed
-//! in full is 128 KiB per idle flow).
+//! freed memory is not returned: RSS then grows with churn (a 256 KiB buffer each way committed
+//! in full is 512 KiB per idle flow).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -187,7 +187,7 @@ pub enum NatError {
     },
     /// `tcp_buffer_budget` cannot hold one flow with the smallest buffers.
     #[error(
-        "tcp_buffer_budget = {0} bytes cannot hold one flow's smallest buffers (64 KiB each way)"
+        "tcp_buffer_budget = {0} bytes cannot hold one flow's smallest buffers (256 KiB each way)"
     )]
     SmallBufferBudget(usize),
     /// `max_flows` or `max_queued_board_packets` is zero.

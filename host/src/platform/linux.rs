@@ -22,12 +22,16 @@ pub fn dns_servers() -> io::Result<Vec<SocketAddr>> {
     Ok(super::pick_dns_servers(&main, resolved.as_deref()))
 }
 
-/// Pins glibc's mmap threshold at `qbkit_nat::MIN_TCP_BUFFER` (64 KiB) so per-flow TCP buffers
-/// (1 MiB, or 64 KiB once half the buffer budget is used) are always fresh mmaps: their pages
-/// are committed only as data passes and returned when the flow ends. Without it glibc raises
-/// the threshold after the first large free and RSS grows with churn; at 128 KiB the 64 KiB
-/// buffers came from the heap committed in full, 128 KiB per idle flow past the 1024th (see the
-/// qbkit-nat crate docs).
+/// Where glibc's mmap threshold is pinned: at or below `qbkit_nat::MIN_TCP_BUFFER` (256 KiB) and
+/// at the 64 KiB bundle buffers.
+const MMAP_THRESHOLD: usize = 64 << 10;
+const _: () = assert!(MMAP_THRESHOLD <= qbkit_nat::MIN_TCP_BUFFER);
+
+/// Pins glibc's mmap threshold at [`MMAP_THRESHOLD`] so per-flow TCP buffers (1 MiB, or 256 KiB
+/// once half the buffer budget is used) and bundle buffers are fresh mmaps: their pages are
+/// committed only as data passes and returned when the flow ends. Without it glibc raises the
+/// threshold after the first large free and RSS grows with churn: buffers then come from the
+/// heap, committed in full by `calloc` (see the qbkit-nat crate docs).
 pub fn tune_allocator() {
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only changes allocator parameters; it is called once at start-up before
@@ -35,7 +39,7 @@ pub fn tune_allocator() {
     unsafe {
         libc::mallopt(
             libc::M_MMAP_THRESHOLD,
-            i32::try_from(qbkit_nat::MIN_TCP_BUFFER).unwrap_or(i32::MAX),
+            i32::try_from(MMAP_THRESHOLD).unwrap_or(i32::MAX),
         );
     }
 }

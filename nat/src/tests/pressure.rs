@@ -52,10 +52,10 @@ fn board_that_never_reads_keeps_sockets_bounded() {
         "{c:?}"
     );
     assert_eq!(c.drop_tcp_buffer_budget, 0, "{c:?}");
-    // A 4 MiB budget: one full flow fits its first half, after that new flows get 64 KiB each
-    // way, 32 sockets fill it; finished sockets give their buffers up to new flows, so none is
-    // refused and the socket count stays at what the bytes allow, not the zombie cap.
-    cfg.tcp_buffer_budget = 4 << 20;
+    // A 16 MiB budget: four full flows fit its first half, after that new flows get 256 KiB
+    // each way, 32 sockets fill it; finished sockets give their buffers up to new flows, so none
+    // is refused and the socket count stays at what the bytes allow, not the zombie cap.
+    cfg.tcp_buffer_budget = 16 << 20;
     let (peak, c) = never_reading_board(cfg);
     assert_eq!(peak, 32, "{c:?}");
     assert!(
@@ -68,11 +68,11 @@ fn board_that_never_reads_keeps_sockets_bounded() {
 #[test]
 fn near_the_buffer_budget_flows_shrink_then_are_refused_with_a_rst() {
     let mut cfg = NatConfig::default();
-    cfg.tcp_rx_buffer = 256 << 10;
-    cfg.tcp_tx_buffer = 256 << 10;
-    // Full buffers while all stay within half the budget (two flows), then 64 KiB each way
+    cfg.tcp_rx_buffer = 1 << 20;
+    cfg.tcp_tx_buffer = 1 << 20;
+    // Full buffers while all stay within half the budget (two flows), then 256 KiB each way
     // until the whole budget is held (eight more), then a RST.
-    cfg.tcp_buffer_budget = 2 << 20;
+    cfg.tcp_buffer_budget = 8 << 20;
     let mut h = H::with(cfg);
     for port in 1..=11u16 {
         let (b, s) = (ep(BOARD, port), ep(SERVER, 80));
@@ -94,7 +94,7 @@ fn near_the_buffer_budget_flows_shrink_then_are_refused_with_a_rst() {
             );
         }
     }
-    assert_eq!(h.nat.tcp_buffer_bytes(), 2 << 20);
+    assert_eq!(h.nat.tcp_buffer_bytes(), 8 << 20);
     assert_eq!(h.nat.counters().tcp_buffers_shrunk, 8);
     assert_eq!(h.nat.counters().drop_tcp_buffer_budget, 1);
     assert_eq!(h.nat.flow_count(), 10);
@@ -136,17 +136,17 @@ fn open_flow(h: &mut H, port: u16) -> bool {
 fn boards_sharing_a_budget_stay_within_it_together() {
     // Each board's own budget holds ten flows (two full, eight small); together they share one
     // of the same size, so two boards cannot hold twice that.
-    let shared = std::sync::Arc::new(crate::SharedBudget::new(2 << 20));
+    let shared = std::sync::Arc::new(crate::SharedBudget::new(8 << 20));
     let mut cfg = NatConfig::default();
-    cfg.tcp_rx_buffer = 256 << 10;
-    cfg.tcp_tx_buffer = 256 << 10;
-    cfg.tcp_buffer_budget = 2 << 20;
+    cfg.tcp_rx_buffer = 1 << 20;
+    cfg.tcp_tx_buffer = 1 << 20;
+    cfg.tcp_buffer_budget = 8 << 20;
     cfg.shared_tcp_budget = Some(std::sync::Arc::clone(&shared));
     let mut a = H::with(cfg.clone());
     let mut b = H::with(cfg);
     assert!((1..=6u16).all(|p| open_flow(&mut a, p)), "board A: 6 flows");
     assert!((1..=4u16).all(|p| open_flow(&mut b, p)), "board B: 4 flows");
-    assert_eq!(shared.used(), 2 << 20);
+    assert_eq!(shared.used(), 8 << 20);
     assert_eq!(
         shared.used(),
         a.nat.tcp_buffer_bytes() + b.nat.tcp_buffer_bytes()

@@ -312,10 +312,10 @@ fn idle_established_flows_need_no_timer() {
 fn tcp_buffer_total_matches_a_recount_through_churn() {
     let mut cfg = small_cfg();
     cfg.max_flows = 4;
-    cfg.tcp_rx_buffer = 256 << 10;
-    cfg.tcp_tx_buffer = 256 << 10;
-    // Two flows get full buffers, later ones 64 KiB each way.
-    cfg.tcp_buffer_budget = 2 << 20;
+    cfg.tcp_rx_buffer = 1 << 20;
+    cfg.tcp_tx_buffer = 1 << 20;
+    // Two flows get full buffers, later ones 256 KiB each way.
+    cfg.tcp_buffer_budget = 8 << 20;
     let mut h = H::with(cfg);
     let mut board = Board::new(h.now, 1500);
     let recount = |h: &H| -> usize {
