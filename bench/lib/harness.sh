@@ -229,6 +229,9 @@ rotate() { local n=$1; shift; local a=("$@") k=$# i; for ((i = 0; i < k; i++)); 
 
 # ------------------------------------------------------------------ measurements
 rss_kib() { awk '/^VmRSS:/{print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+# The anonymous part of it: what the process allocated, without the pages of its binary and
+# libraries that are mapped from the page cache (shared, and a larger binary maps more of them).
+rss_anon_kib() { awk '/^RssAnon:/{print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 load1() { cut -d' ' -f1 /proc/loadavg; }
 emit() { # emit PHASE REP TEST STACK MTU RES_JSON MON_JSON
   echo "{\"phase\":\"$1\",\"rep\":$2,\"test\":\"$3\",\"stack\":\"$4\",\"mtu\":${5:-0},\"load1\":$(load1),\"res\":${6:-null},\"mon\":${7:-null}}" >> "$RES"

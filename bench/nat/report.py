@@ -110,6 +110,15 @@ metric("rss_after_close_mib", "MiB", False, "RSS 2 s after the held flows closed
        lambda r: round((r["res"] or {}).get("rss_after_close_kib", 0) / 1024, 1) or None)
 metric("rss_after_churn_mib", "MiB", False, "RSS at the end of the phase (after all reps: conn churn, bulk)",
        "big", "after_churn", lambda r: round((r["res"] or {}).get("rss_kib", 0) / 1024, 1) or None)
+# The same four without the file-backed pages (binary, libraries): what the process allocated.
+for key, test, field, what in [
+    ("rss_anon_idle_mib", "idle", "rss_anon_kib", "2 s after start"),
+    ("rss_anon_held_flows_mib", "hold", "rss_anon_hold_kib", "with the held idle TCP flows open"),
+    ("rss_anon_after_close_mib", "hold", "rss_anon_after_close_kib", "2 s after the held flows closed"),
+    ("rss_anon_after_churn_mib", "after_churn", "rss_anon_kib", "at the end of the phase"),
+]:
+    metric(key, "MiB", False, f"anonymous RSS (RssAnon: without the binary's and libraries' pages) {what}",
+           "big", test, lambda r, field=field: round((r["res"] or {}).get(field, 0) / 1024, 1) or None)
 
 
 # the same measurements while the hold test keeps its idle flows open (bench/nat/run --held-tests)
