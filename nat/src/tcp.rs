@@ -35,6 +35,13 @@ use crate::policy::{self, Deny};
 use crate::sockets::SockId;
 use crate::{ConnectError, FlowError, FlowId, MIN_TCP_BUFFER, Nat, NatEvent};
 
+/// How long the board's data may wait for our ACK when we have nothing to send (smoltcp's
+/// delayed ACK; it still ACKs at once once a full segment is unacknowledged, and any packet we
+/// send carries the ACK). A request whose answer comes back within it costs the link one bundle
+/// each way instead of two towards the board (the ACK alone, then the answer); a server slower
+/// than that gets the ACK after it, far below any sender's retransmission timeout.
+pub(crate) const TCP_ACK_DELAY: Duration = Duration::from_millis(1);
+
 impl Nat {
     /// A RST from the board ends a flow that has no smoltcp socket (connecting or draining):
     /// counted, and the driver closes the OS socket with a RST.
@@ -113,6 +120,12 @@ impl Nat {
                 }
                 if seg.rst() {
                     self.counters.tcp_reset_from_board += 1;
+                }
+                if seg.fin() {
+                    // The board's FIN is acknowledged at once (no [`TCP_ACK_DELAY`]): no data
+                    // of ours may follow to carry the ACK, and a socket that ends with it (a
+                    // zombie in TIME-WAIT) is freed once egress ran, not once a timer fired.
+                    self.sockets.get_mut(handle).set_ack_delay(None);
                 }
                 self.mark_dirty(id);
                 self.smoltcp_ingress(Some(handle), &ip.without_extensions());
@@ -332,7 +345,7 @@ impl Nat {
             tcp::SocketBuffer::new(vec![0; tx]),
         );
         sock.set_nagle_enabled(false);
-        sock.set_ack_delay(None);
+        sock.set_ack_delay(Some(TCP_ACK_DELAY));
         sock.set_timeout(Some(handshake_timeout));
         Some(sock)
     }
@@ -406,6 +419,8 @@ impl Nat {
             self.free_oldest_zombie();
         }
         self.sockets.set_owner(handle, None);
+        // Whatever it still answers goes out with the next egress, not after a delayed ACK.
+        self.sockets.get_mut(handle).set_ack_delay(None);
         self.zombies.push(handle);
     }
 

@@ -218,6 +218,11 @@ impl Board {
         self.sockets.add(s)
     }
 
+    /// Queue a packet of the core's (from [`H::recv`]) for the board stack's next poll.
+    pub(crate) fn deliver(&mut self, p: Vec<u8>) {
+        self.rx.push_back(p);
+    }
+
     pub(crate) fn sock(&mut self, h: SocketHandle) -> &mut tcp::Socket<'static> {
         self.sockets.get_mut(h)
     }

@@ -398,3 +398,42 @@ fn idle_flows_are_not_visited_per_packet() {
         "opening one more flow visited {new_flow} sockets"
     );
 }
+
+/// The board's request is acknowledged by our answer when the answer comes within
+/// [`TCP_ACK_DELAY`](crate::tcp::TCP_ACK_DELAY) (one packet towards the board, not an ACK and
+/// then the answer), and by an ACK of its own once that time passed without one.
+#[test]
+fn ack_rides_on_the_answer_or_follows_the_delay() {
+    for dst in servers() {
+        let mut h = H::with(small_cfg());
+        let mut board = Board::new(h.now, 1500);
+        let (s, flow) = open_to(&mut h, &mut board, 41003, 64 * 1024, dst);
+
+        // A request answered at once: nothing goes to the board before the answer, which
+        // carries the ACK.
+        board.sock(s).send_slice(b"request").unwrap();
+        let ev = board.exchange(&mut h);
+        assert_eq!(ev, vec![NatEvent::TcpReadable { flow }]);
+        assert_eq!(drain(&mut h, flow), b"request");
+        assert!(h.recv().is_empty(), "a lone ACK left before the answer");
+        assert_eq!(board.sock(s).send_queue(), 7, "the request is not acknowledged yet");
+        assert_eq!(h.nat.tcp_send(flow, b"answer").unwrap(), 6);
+        let answer = h.recv_one();
+        board.deliver(answer);
+        board.exchange(&mut h);
+        assert_eq!(board.sock(s).send_queue(), 0, "the answer acknowledged the request");
+        let mut buf = [0; 16];
+        let n = board.sock(s).recv_slice(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"answer");
+
+        // A request nobody answers: acknowledged alone once the delay passed.
+        board.sock(s).send_slice(b"more").unwrap();
+        board.exchange(&mut h);
+        assert_eq!(drain(&mut h, flow), b"more");
+        assert!(h.recv().is_empty());
+        assert_eq!(board.sock(s).send_queue(), 4);
+        h.advance(crate::tcp::TCP_ACK_DELAY);
+        board.exchange(&mut h);
+        assert_eq!(board.sock(s).send_queue(), 0, "acknowledged after the delay");
+    }
+}
