@@ -28,6 +28,8 @@ pub mod auth;
 pub mod backoff;
 pub mod control;
 pub mod task;
+#[cfg(unix)]
+mod unix;
 
 use std::fmt;
 use std::io;
@@ -471,7 +473,7 @@ impl Connector {
                     .await
                     .map_err(io_err("accept on", path.display()))?;
                 tracing::info!(path = %path.display(), "stream link accepted");
-                let (r, w) = s.into_split();
+                let (r, w) = unix::split(s).map_err(io_err("accept on", path.display()))?;
                 // Unix peers are unnamed; the path is already in the link's URL.
                 Ok(((Box::pin(r), Box::pin(w)), "a local process".to_owned()))
             }
@@ -536,7 +538,7 @@ impl Connector {
                 let s = UnixStream::connect(path)
                     .await
                     .map_err(io_err("connect to", path.display()))?;
-                let (r, w) = s.into_split();
+                let (r, w) = unix::split(s).map_err(io_err("connect to", path.display()))?;
                 Ok(((Box::pin(r), Box::pin(w)), path.display().to_string()))
             }
             LinkUrl::Stdio => {

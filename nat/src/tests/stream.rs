@@ -416,12 +416,20 @@ fn ack_rides_on_the_answer_or_follows_the_delay() {
         assert_eq!(ev, vec![NatEvent::TcpReadable { flow }]);
         assert_eq!(drain(&mut h, flow), b"request");
         assert!(h.recv().is_empty(), "a lone ACK left before the answer");
-        assert_eq!(board.sock(s).send_queue(), 7, "the request is not acknowledged yet");
+        assert_eq!(
+            board.sock(s).send_queue(),
+            7,
+            "the request is not acknowledged yet"
+        );
         assert_eq!(h.nat.tcp_send(flow, b"answer").unwrap(), 6);
         let answer = h.recv_one();
         board.deliver(answer);
         board.exchange(&mut h);
-        assert_eq!(board.sock(s).send_queue(), 0, "the answer acknowledged the request");
+        assert_eq!(
+            board.sock(s).send_queue(),
+            0,
+            "the answer acknowledged the request"
+        );
         let mut buf = [0; 16];
         let n = board.sock(s).recv_slice(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"answer");
@@ -434,6 +442,10 @@ fn ack_rides_on_the_answer_or_follows_the_delay() {
         assert_eq!(board.sock(s).send_queue(), 4);
         h.advance(crate::tcp::TCP_ACK_DELAY);
         board.exchange(&mut h);
-        assert_eq!(board.sock(s).send_queue(), 0, "acknowledged after the delay");
+        assert_eq!(
+            board.sock(s).send_queue(),
+            0,
+            "acknowledged after the delay"
+        );
     }
 }
