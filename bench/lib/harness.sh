@@ -9,7 +9,8 @@
 # (board namespaces are BOARD_PREFIX<stack>), SRV (server address in wan), STACKS, BIN, MAXRUN,
 # and defines stack_check STACK (run after a stack is up; non-zero = unusable). Optional: SRV6 (the
 # servers' IPv6 address: wan gets IPv6 too and slirp4netns runs with --enable-ipv6). Optional arrays
-# with extra arguments per stack: SLIRP_EXTRA, PASTA_PORTS (default: no forwards), QBKIT_EXTRA.
+# with extra arguments per stack: SLIRP_EXTRA, PASTA_PORTS (default: no forwards), QBKIT_EXTRA,
+# QBKIT_BASE_EXTRA (the stack qbkit-base's, when not empty; else it gets QBKIT_EXTRA).
 # After `harness_init`: S (state dir), RES (results.jsonl), GADGET, HOSTBIN.
 
 harness_init() {
@@ -189,8 +190,10 @@ stack_up() {
     rm -f "$sock" "$gctl" "$hctl"
     # same wiring as tests/netns/host-e2e: the host listens on the unix socket, the gadget dials it
     local mtuarg=(); [ "$mtu" != default ] && mtuarg=(--mtu "$mtu")
+    local extra=("${QBKIT_EXTRA[@]}")
+    [ "$st" = qbkit-base ] && [ ${#QBKIT_BASE_EXTRA[@]} -gt 0 ] && extra=("${QBKIT_BASE_EXTRA[@]}")
     ip netns exec "$WAN" env RUST_LOG=warn "$hb" run --transport "unix-listen://$sock" \
-      --control "$hctl" --dns "$SRV:53" "${mtuarg[@]}" "${QBKIT_EXTRA[@]}" >"$S/$st-host.$mtu.log" 2>&1 & w=$!; track $w
+      --control "$hctl" --dns "$SRV:53" "${mtuarg[@]}" "${extra[@]}" >"$S/$st-host.$mtu.log" 2>&1 & w=$!; track $w
     wait_until 10 test -S "$sock" || { log "$st-host did not listen"; tail -5 "$S/$st-host.$mtu.log" >&2; return 1; }
     ip netns exec "$b" env RUST_LOG=warn "$gad" run --link "unix://$sock" \
       --control-socket "$gctl" --dns off >"$S/$st-gadget.$mtu.log" 2>&1 & g=$!; track $g
@@ -253,3 +256,4 @@ HARNESS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 [ -v SLIRP_EXTRA ] || SLIRP_EXTRA=()
 [ -v PASTA_PORTS ] || PASTA_PORTS=()
 [ -v QBKIT_EXTRA ] || QBKIT_EXTRA=()
+[ -v QBKIT_BASE_EXTRA ] || QBKIT_BASE_EXTRA=()
