@@ -84,6 +84,8 @@ counters! {
     flows_evicted,
     /// TCP flows given smaller buffers because `tcp_buffer_budget` was nearly used up.
     tcp_buffers_shrunk,
+    /// Empty TCP ring buffers of idle flows whose pages were given back to the OS.
+    tcp_rings_released,
     /// Finished TCP sockets freed before their RST (or the ACK of the board's FIN) could be
     /// queued, because the board was not reading; the board's next segment for such a flow is
     /// answered with a RST.

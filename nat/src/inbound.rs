@@ -117,16 +117,20 @@ impl Nat {
     ) -> Result<SockId, InboundError> {
         // The board must answer the SYN within the connect timeout (kept armed by
         // `set_timeout` while the handshake is owed).
-        let mut sock = self
+        let mut new = self
             .new_tcp_socket(self.cfg.tcp_connect_timeout.min(self.cfg.tcp_timeout))
             .ok_or(InboundError::NoRoom)?;
         let remote = IpEndpoint::new(board.ip().into(), board.port());
         let local = IpEndpoint::new(gateway.ip().into(), gateway.port());
-        if sock.connect(self.iface.context(), remote, local).is_err() {
+        if new
+            .sock
+            .connect(self.iface.context(), remote, local)
+            .is_err()
+        {
             self.counters.drop_inbound_no_room += 1;
             return Err(InboundError::NoRoom);
         }
-        Ok(self.sockets.add(sock))
+        Ok(self.sockets.add(new))
     }
 
     /// The next gateway port in rotation whose flow key is free.

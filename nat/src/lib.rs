@@ -33,7 +33,8 @@
 //! Every resource is bounded by [`NatConfig`]: `max_flows` flows (4096), of which
 //! `max_connecting` (512) may wait for an OS connect; per TCP flow a receive and a transmit
 //! buffer (`tcp_rx_buffer`/`tcp_tx_buffer`, 1 MiB each, window scaling on) allocated zeroed, so
-//! the OS commits pages only as data passes (an idle flow costs a few KiB), and all TCP buffers
+//! the OS commits pages only as data passes, and a flow idle for half a second gives the pages of
+//! its empty buffers back (`ring.rs`; an idle flow then costs its socket state), and all TCP buffers
 //! together within `tcp_buffer_budget` (4 GiB): past half of it new flows get 256 KiB buffers each
 //! way (a smaller window), past all of it they are refused with a RST; the same rule holds for a
 //! [`SharedBudget`] several NATs count into (`shared_tcp_budget`: one host's boards). A flow the core
@@ -109,7 +110,8 @@
 //! stops acknowledging queued data (or the handshake) for `tcp_timeout` (120 s; never armed on a
 //! merely quiet flow), and eviction reclaims idle ones under
 //! pressure. The aging scan runs once a second only while flows that age exist; a core with only
-//! established TCP flows and nothing in flight asks for no timer at all.
+//! established TCP flows and nothing in flight asks for no timer at all, but once, half a second
+//! after a flow's last traffic, to give its empty buffers' pages back.
 //!
 //! # Driving the core
 //!
@@ -134,8 +136,11 @@
 //! back to the OS when freed. Otherwise glibc raises the threshold after the first large free
 //! and later TCP buffers come from the heap, where `calloc` must zero (commit) them in full and
 //! freed memory is not returned: RSS then grows with churn (a 256 KiB buffer each way committed
-//! in full is 512 KiB per idle flow).
-#![forbid(unsafe_code)]
+//! in full is 512 KiB per idle flow). Better still (qbkit-host's `page_alloc` on Linux), serve
+//! large blocks from mappings with no allocator header in their first page: an idle flow's
+//! released buffers then hold no page at all.
+// No unsafe code but in `ring` (madvise on an idle ring's pages), which carries SAFETY notes.
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 mod config;
@@ -150,6 +155,11 @@ mod ip;
 mod nat;
 mod policy;
 pub mod resolvers;
+#[allow(
+    unsafe_code,
+    reason = "madvise/mincore/sysconf calls, each with its SAFETY note"
+)]
+mod ring;
 mod sockets;
 mod tcp;
 mod udp;

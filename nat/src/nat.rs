@@ -312,6 +312,9 @@ impl Nat {
         if self.flows.needs_aging() {
             t = Some(t.map_or(self.next_aging, |t| t.min(self.next_aging)));
         }
+        if let Some(r) = self.sockets.next_release() {
+            t = Some(t.map_or(r, |t| t.min(r)));
+        }
         if let Some(d) = self.dns_timer {
             t = Some(t.map_or(d, |t| t.min(d)));
         }
@@ -322,6 +325,7 @@ impl Nat {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
         self.sockets.due(now, &mut self.touched);
+        self.counters.tcp_rings_released += self.sockets.release_idle(now);
         if self.sockets.has_pending() {
             self.run_egress();
         }

@@ -21,6 +21,16 @@
 //! The pool also keeps the buffer bytes of all its sockets as a running total (the TCP buffer
 //! budget), updated in `add` and `remove`, the one place sockets are freed, and adds them to the
 //! budget it shares with other NATs, if any (taken back when the pool is dropped).
+//!
+//! Idle rings: a socket touched (ingress, a data call) may have committed pages in its rings.
+//! Its first touch puts it on the *idle heap*, due [`RING_IDLE`] after its last touch; when it
+//! comes due untouched, each ring that holds nothing smoltcp will read again gives its pages
+//! back (`ring.rs`): the transmit ring when `send_queue() == 0`, the receive ring when
+//! `recv_queue() == 0` and no board segment ended beyond the bytes taken from it (smoltcp keeps
+//! out-of-order segments in the ring without counting them; `board_segment` and `took` track
+//! that point). A ring that cannot go yet is looked at again every `RING_IDLE`. So an idle flow
+//! holds no ring pages after half a second, one heap entry per touched socket per idle period
+//! is the whole cost, and a busy flow is never released under its traffic.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -28,10 +38,21 @@ use std::collections::BinaryHeap;
 use smoltcp::iface::{Interface, SocketHandle, SocketSet};
 use smoltcp::phy::DeviceCapabilities;
 use smoltcp::socket::tcp;
-use smoltcp::time::Instant;
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::TcpSeqNumber;
 
 use crate::FlowId;
 use crate::device::{BoardQueue, SmolDevice};
+use crate::ring::Ring;
+
+/// How long a socket stays untouched before its empty rings give their pages back.
+pub(crate) const RING_IDLE: Duration = Duration::from_millis(500);
+
+/// A socket for the pool and the memory of its rings (receive, transmit).
+pub(crate) struct NewSocket {
+    pub(crate) sock: tcp::Socket<'static>,
+    pub(crate) rings: [Ring; 2],
+}
 
 /// A socket of the pool. Ids are reused after `remove`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -48,6 +69,37 @@ struct Slot {
     pending: bool,
     /// Generation of its live heap entry (entries with another generation are stale).
     timer_gen: u64,
+    /// Its rings (receive, transmit) and whether each may hold committed pages.
+    rings: [Ring; 2],
+    held: [bool; 2],
+    /// Last ingress or data call, and the serial of its idle-heap entry (0: none).
+    last_touch: Instant,
+    idle_serial: u64,
+    /// The board's sequence number of the next byte `took` will see (known once its SYN
+    /// passed), and the highest end of a board segment with data.
+    rx_read: Option<TcpSeqNumber>,
+    board_end: Option<TcpSeqNumber>,
+}
+
+impl Slot {
+    /// Nothing in the receive ring will be read again: no queued bytes, and no board segment
+    /// (kept out of order) ends beyond what was taken.
+    fn rx_empty(&self) -> bool {
+        let sock = self.set.get::<tcp::Socket<'static>>(self.handle);
+        sock.recv_queue() == 0
+            && match (self.board_end, self.rx_read) {
+                (None, _) => true,
+                (Some(end), Some(read)) => end <= read,
+                (Some(_), None) => false,
+            }
+    }
+
+    fn tx_empty(&self) -> bool {
+        self.set
+            .get::<tcp::Socket<'static>>(self.handle)
+            .send_queue()
+            == 0
+    }
 }
 
 /// The sockets, the pending list and the timer heap.
@@ -60,6 +112,10 @@ pub(crate) struct TcpSockets {
     pending: Vec<SockId>,
     timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
     next_gen: u64,
+    /// Touched sockets by when their rings may be released: (due, slot, serial).
+    idle: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    /// The latest time the pool was given (ingress, egress, timers; `None` before the first).
+    now: Option<Instant>,
     /// For segments of no flow: smoltcp answers them with a RST.
     empty: Option<SocketSet<'static>>,
     /// The budget shared with other NATs (`NatConfig::shared_tcp_budget`).
@@ -101,7 +157,8 @@ impl TcpSockets {
     }
 
     /// Add a socket (pending: a connecting socket has its SYN to send).
-    pub(crate) fn add(&mut self, sock: tcp::Socket<'static>) -> SockId {
+    pub(crate) fn add(&mut self, new: NewSocket) -> SockId {
+        let NewSocket { sock, rings } = new;
         let capacity = sock.recv_capacity() + sock.send_capacity();
         let mut set = SocketSet::new(Vec::with_capacity(1));
         let handle = set.add(sock);
@@ -112,6 +169,12 @@ impl TcpSockets {
             owner: None,
             pending: false,
             timer_gen: 0,
+            rings,
+            held: [false; 2],
+            last_touch: self.now.unwrap_or(Instant::ZERO),
+            idle_serial: 0,
+            rx_read: None,
+            board_end: None,
         };
         let id = if let Some(i) = self.free.pop() {
             self.slots[i] = Some(slot);
@@ -179,10 +242,108 @@ impl TcpSockets {
     }
 
     /// The socket, to change: it becomes pending (a change may give it something to send or
-    /// move its deadline).
+    /// move its deadline) and touched (its rings may take bytes).
     pub(crate) fn get_mut(&mut self, id: SockId) -> &mut tcp::Socket<'static> {
         self.mark_pending(id);
+        self.touch(id);
         self.get_mut_quiet(id)
+    }
+
+    /// Its rings may take bytes now: they count as holding pages, and it goes on the idle heap.
+    fn touch(&mut self, id: SockId) {
+        let now = self.now.unwrap_or(Instant::ZERO);
+        let Some(s) = self.slots.get_mut(id.0).and_then(Option::as_mut) else {
+            return;
+        };
+        s.held = [true; 2];
+        s.last_touch = now;
+        if s.idle_serial == 0 {
+            self.next_gen += 1;
+            s.idle_serial = self.next_gen;
+            self.idle
+                .push(Reverse((now + RING_IDLE, id.0, self.next_gen)));
+        }
+    }
+
+    /// A board segment for socket `id` (before smoltcp sees it): its SYN fixes where the
+    /// board's bytes start, its data may end beyond what was taken (out of order).
+    pub(crate) fn board_segment(&mut self, id: SockId, seq: TcpSeqNumber, syn: bool, len: usize) {
+        let Some(s) = self.slot_mut(id) else {
+            return;
+        };
+        if syn && s.rx_read.is_none() {
+            s.rx_read = Some(seq + 1);
+        }
+        if len > 0 {
+            let end = seq + usize::from(syn) + len;
+            if s.board_end.is_none_or(|e| end > e) {
+                s.board_end = Some(end);
+            }
+        }
+    }
+
+    /// `n` bytes were taken from socket `id`'s receive ring.
+    pub(crate) fn took(&mut self, id: SockId, n: usize) {
+        if let Some(s) = self.slot_mut(id)
+            && let Some(read) = &mut s.rx_read
+        {
+            *read += n;
+        }
+    }
+
+    /// When the next idle socket is due for `release_idle`.
+    pub(crate) fn next_release(&mut self) -> Option<Instant> {
+        while let Some(&Reverse((t, i, serial))) = self.idle.peek() {
+            if matches!(self.slots.get(i), Some(Some(s)) if s.idle_serial == serial) {
+                return Some(t);
+            }
+            self.idle.pop();
+        }
+        None
+    }
+
+    /// Give back the pages of the empty rings of every socket untouched for [`RING_IDLE`];
+    /// returns how many rings were released. Sockets touched meanwhile, or with a ring that
+    /// still holds bytes, are looked at again later; zombies are left alone (freed soon).
+    pub(crate) fn release_idle(&mut self, now: Instant) -> u64 {
+        self.now = Some(now);
+        let mut released = 0;
+        while let Some(&Reverse((t, i, serial))) = self.idle.peek() {
+            if t > now {
+                break;
+            }
+            self.idle.pop();
+            let Some(Some(s)) = self.slots.get_mut(i) else {
+                continue;
+            };
+            if s.idle_serial != serial {
+                continue;
+            }
+            s.idle_serial = 0;
+            if s.owner.is_none() {
+                continue;
+            }
+            let again = if s.last_touch + RING_IDLE > now {
+                s.last_touch + RING_IDLE
+            } else {
+                let empty = [s.rx_empty(), s.tx_empty()];
+                for ((ring, held), empty) in s.rings.iter().zip(&mut s.held).zip(empty) {
+                    if *held && empty {
+                        ring.release();
+                        *held = false;
+                        released += 1;
+                    }
+                }
+                if s.held == [false; 2] {
+                    continue;
+                }
+                now + RING_IDLE
+            };
+            self.next_gen += 1;
+            s.idle_serial = self.next_gen;
+            self.idle.push(Reverse((again, i, self.next_gen)));
+        }
+        released
     }
 
     /// The socket, to look at or change without making it pending: the caller marks it
@@ -216,9 +377,11 @@ impl TcpSockets {
         now: Instant,
         dev: &mut SmolDevice<'_>,
     ) {
+        self.now = Some(now);
         let set = match id {
             Some(id) => {
                 self.mark_pending(id);
+                self.touch(id);
                 match self.slots.get_mut(id.0) {
                     Some(Some(s)) => &mut s.set,
                     _ => unreachable!("TCP socket {id:?} is not in the pool"),
@@ -245,6 +408,7 @@ impl TcpSockets {
         caps: &DeviceCapabilities,
         touched: &mut Vec<FlowId>,
     ) {
+        self.now = Some(now);
         let mut round = core::mem::take(&mut self.pending);
         let mut next = Vec::new();
         while !round.is_empty() {
@@ -308,6 +472,7 @@ impl TcpSockets {
 
     /// Sockets whose deadline has come become pending; their flows are pushed to `touched`.
     pub(crate) fn due(&mut self, now: Instant, touched: &mut Vec<FlowId>) {
+        self.now = Some(now);
         while let Some(&Reverse((t, i, g))) = self.timers.peek() {
             if t > now {
                 break;
@@ -338,6 +503,13 @@ impl TcpSockets {
         self.timers.retain(
             |&Reverse((_, i, g))| matches!(slots.get(i), Some(Some(s)) if s.timer_gen == g),
         );
+    }
+
+    /// Resident whole pages of socket `id`'s rings (receive, transmit), for tests.
+    #[cfg(all(test, target_os = "linux"))]
+    pub(crate) fn resident_pages(&self, id: SockId) -> [usize; 2] {
+        let s = self.slot(id);
+        [s.rings[0].resident_pages(), s.rings[1].resident_pages()]
     }
 
     /// The sockets in the pool, for tests that recount.

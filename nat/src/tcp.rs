@@ -32,7 +32,8 @@ use crate::flow::{Flow, FlowKey, FlowKind, FlowTable, SynCopy, TcpFlow, TcpPhase
 use crate::icmp::{IcmpError, Quoted, Unreachable};
 use crate::ip::IpPacket;
 use crate::policy::{self, Deny};
-use crate::sockets::SockId;
+use crate::ring::Ring;
+use crate::sockets::{NewSocket, SockId};
 use crate::{ConnectError, FlowError, FlowId, MIN_TCP_BUFFER, Nat, NatEvent};
 
 /// How long the board's data may wait for our ACK when we have nothing to send (smoltcp's
@@ -127,6 +128,9 @@ impl Nat {
                     // zombie in TIME-WAIT) is freed once egress ran, not once a timer fired.
                     self.sockets.get_mut(handle).set_ack_delay(None);
                 }
+                let len = seg.payload().len();
+                self.sockets
+                    .board_segment(handle, seg.seq_number(), seg.syn(), len);
                 self.mark_dirty(id);
                 self.smoltcp_ingress(Some(handle), &ip.without_extensions());
             }
@@ -278,15 +282,16 @@ impl Nat {
             self.run_egress();
         }
         // SYN-RECEIVED: the board must finish the handshake within tcp_timeout.
-        let Some(mut sock) = self.new_tcp_socket(self.cfg.tcp_timeout) else {
+        let Some(mut new) = self.new_tcp_socket(self.cfg.tcp_timeout) else {
             // Over the buffer budget: refuse the board (RST) and have the driver close the OS
             // socket it just connected.
             self.send_tcp_rst_for_syn(&syn);
             self.remove_tcp_flow_reset(id);
             return;
         };
-        let handle = match sock.listen(IpEndpoint::new(syn.dst.ip().into(), syn.dst.port())) {
-            Ok(()) => self.sockets.add(sock),
+        let local = IpEndpoint::new(syn.dst.ip().into(), syn.dst.port());
+        let handle = match new.sock.listen(local) {
+            Ok(()) => self.sockets.add(new),
             Err(_) => return self.tcp_connect_failed(id, ConnectError::Other),
         };
         // Replay the SYN (headers only) into the fresh listening socket.
@@ -315,6 +320,7 @@ impl Nat {
             &dst,
             &self.csum,
         );
+        self.sockets.board_segment(handle, repr.seq_number, true, 0);
         self.smoltcp_ingress(Some(handle), &buf);
         if self.sockets.get(handle).state() != State::SynReceived {
             self.sockets.remove(handle);
@@ -333,21 +339,24 @@ impl Nat {
     /// delayed ACK, and `handshake_timeout` armed for the handshake (`set_timeout` keeps it armed
     /// only while the board owes us something).
     /// `None` (counted, logged) when `tcp_buffer_budget` cannot hold even the smallest buffers.
-    pub(crate) fn new_tcp_socket(
-        &mut self,
-        handshake_timeout: Duration,
-    ) -> Option<tcp::Socket<'static>> {
+    pub(crate) fn new_tcp_socket(&mut self, handshake_timeout: Duration) -> Option<NewSocket> {
         let (rx, tx) = self.tcp_buffer_sizes()?;
+        // Zeroed allocations come straight from the OS and cost memory only once written (an
+        // idle flow holds a few pages, not two full windows); the pool gives the pages of an
+        // idle flow's empty rings back (`ring.rs`).
+        let (rx_buf, rx_ring) = Ring::alloc(rx);
+        let (tx_buf, tx_ring) = Ring::alloc(tx);
         let mut sock = tcp::Socket::new(
-            // Zeroed allocations come straight from the OS and cost memory only once written:
-            // an idle flow holds a few pages, not two full windows.
-            tcp::SocketBuffer::new(vec![0; rx]),
-            tcp::SocketBuffer::new(vec![0; tx]),
+            tcp::SocketBuffer::new(rx_buf),
+            tcp::SocketBuffer::new(tx_buf),
         );
         sock.set_nagle_enabled(false);
         sock.set_ack_delay(Some(TCP_ACK_DELAY));
         sock.set_timeout(Some(handshake_timeout));
-        Some(sock)
+        Some(NewSocket {
+            sock,
+            rings: [rx_ring, tx_ring],
+        })
     }
 
     /// Bytes of receive and transmit buffer held by every TCP socket (flows and zombies).
@@ -506,6 +515,15 @@ impl Nat {
     fn tcp_phase(&self, id: FlowId) -> Option<&TcpPhase> {
         match self.flows.get(id).map(|f| &f.kind) {
             Some(FlowKind::Tcp(t)) => Some(&t.phase),
+            _ => None,
+        }
+    }
+
+    /// The socket of an open TCP flow, for tests.
+    #[cfg(all(test, target_os = "linux"))]
+    pub(crate) fn tcp_socket_of(&self, id: FlowId) -> Option<SockId> {
+        match self.tcp_phase(id) {
+            Some(TcpPhase::Open { handle }) => Some(*handle),
             _ => None,
         }
     }
@@ -688,7 +706,8 @@ impl Nat {
                 n
             }
             TcpPhase::Open { handle } => {
-                let sock = self.sockets.get_mut(*handle);
+                let handle = *handle;
+                let sock = self.sockets.get_mut(handle);
                 let n = sock
                     .recv(|data| {
                         let n = write(data).min(data.len());
@@ -698,6 +717,7 @@ impl Nat {
                 if sock.recv_queue() == 0 {
                     t.readable_armed = true;
                 }
+                self.sockets.took(handle, n);
                 n
             }
         };

@@ -227,6 +227,18 @@ impl Board {
         self.sockets.get_mut(h)
     }
 
+    /// Let the board's stack run and return what it sends, without delivering it.
+    #[cfg(target_os = "linux")]
+    pub(crate) fn outgoing(&mut self, now: Instant) -> Vec<Vec<u8>> {
+        let mut dev = QDev {
+            rx: &mut self.rx,
+            tx: &mut self.tx,
+            mtu: self.mtu,
+        };
+        self.iface.poll(now, &mut dev, &mut self.sockets);
+        self.tx.drain(..).collect()
+    }
+
     /// Move packets between the board stack and the core until both are quiet (bounded).
     /// Returns the driver events seen meanwhile.
     pub(crate) fn exchange(&mut self, h: &mut H) -> Vec<NatEvent> {

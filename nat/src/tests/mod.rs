@@ -13,6 +13,8 @@ mod ipv6;
 mod packets;
 mod pressure;
 mod proto;
+#[cfg(target_os = "linux")]
+mod rings;
 mod stream;
 
 pub(crate) use harness::*;

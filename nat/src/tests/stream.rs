@@ -17,7 +17,7 @@ fn servers() -> [SocketAddr; 2] {
 }
 
 /// Connect a board socket through the core and answer the connect; returns (socket, flow).
-fn open(h: &mut H, board: &mut Board, port: u16, buf: usize) -> (SocketHandle, FlowId) {
+pub(super) fn open(h: &mut H, board: &mut Board, port: u16, buf: usize) -> (SocketHandle, FlowId) {
     open_to(h, board, port, buf, ep(SERVER, 80).into())
 }
 
@@ -44,7 +44,7 @@ fn open_to(
     (s, flow)
 }
 
-fn drain(h: &mut H, flow: FlowId) -> Vec<u8> {
+pub(super) fn drain(h: &mut H, flow: FlowId) -> Vec<u8> {
     let mut out = Vec::new();
     let mut buf = [0u8; 7000];
     loop {
@@ -56,7 +56,7 @@ fn drain(h: &mut H, flow: FlowId) -> Vec<u8> {
     }
 }
 
-fn pattern(len: usize, seed: u32) -> Vec<u8> {
+pub(super) fn pattern(len: usize, seed: u32) -> Vec<u8> {
     let mut x = seed | 1;
     (0..len)
         .map(|_| {
@@ -74,7 +74,7 @@ fn fnv(data: &[u8]) -> u64 {
     })
 }
 
-fn small_cfg() -> NatConfig {
+pub(super) fn small_cfg() -> NatConfig {
     let mut cfg = NatConfig::default();
     cfg.tcp_rx_buffer = 64 * 1024;
     cfg.tcp_tx_buffer = 64 * 1024;
