@@ -20,6 +20,8 @@ pub mod driver;
 pub mod engine;
 pub mod forward;
 pub mod logfile;
+#[cfg(target_os = "linux")]
+pub mod page_alloc;
 pub mod platform;
 pub mod relay;
 pub mod report;

@@ -24,6 +24,11 @@ use qbkit_host::{platform, status, tray};
 use shared_frame::usb_id;
 use tokio::sync::{mpsc, watch};
 
+/// Large blocks (the NAT's TCP rings) in header-free mappings of their own (`page_alloc`).
+#[cfg(target_os = "linux")]
+#[global_allocator]
+static GLOBAL: qbkit_host::page_alloc::PageAlloc = qbkit_host::page_alloc::PageAlloc;
+
 /// The largest `--mtu`: what one bundle of the size the host offers carries.
 const MAX_MTU: i64 = shared_frame::max_packet(shared_frame::DEFAULT_MAX_BUNDLE) as u32 as i64;
 
