@@ -1,7 +1,7 @@
 //! qbkit-host's global allocator on Linux: large allocations in mappings of their own with no
 //! allocator header, everything else from the system allocator.
 //!
-//! Each flow's TCP rings (1 MiB, or 64 KiB past half the buffer budget) are large zeroed
+//! Each flow's TCP rings (1 MiB, or 256 KiB past half the buffer budget) are large zeroed
 //! allocations. From glibc (mmap threshold pinned at 64 KiB, `platform::tune_allocator`) each is
 //! a mapping whose first page starts with glibc's chunk header, followed by the ring's first
 //! bytes, so that page stays committed for as long as the flow lives: 8 KiB per idle flow, the
@@ -23,9 +23,10 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// Smallest request served by a mapping of its own: the TCP rings' smallest size
-/// (`qbkit_nat::MIN_TCP_BUFFER`), glibc's pinned mmap threshold.
+/// Smallest request served by a mapping of its own: glibc's pinned mmap threshold and the
+/// bundle buffers' size, at most the TCP rings' smallest size (`qbkit_nat::MIN_TCP_BUFFER`).
 pub const MAPPED_MIN: usize = 64 << 10;
+const _: () = assert!(MAPPED_MIN <= qbkit_nat::MIN_TCP_BUFFER);
 
 /// The allocator; install with `#[global_allocator]` (the qbkit-host binary does, on Linux).
 #[derive(Debug, Default, Clone, Copy)]
