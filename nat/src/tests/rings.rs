@@ -2,6 +2,7 @@
 //! with `mincore`, with data through the rings before and after, and never while a ring holds
 //! bytes smoltcp will read again (queued, unacknowledged or out of order).
 
+use smoltcp::iface::SocketHandle;
 use smoltcp::time::Duration;
 
 use super::stream::{drain, open, pattern, small_cfg};
@@ -24,13 +25,7 @@ fn resident(h: &H, flow: FlowId) -> [usize; 2] {
 }
 
 /// Board → OS and OS → board, each checked end to end.
-fn both_ways(
-    h: &mut H,
-    board: &mut Board,
-    s: smoltcp::iface::SocketHandle,
-    flow: FlowId,
-    seed: u32,
-) {
+fn both_ways(h: &mut H, board: &mut Board, s: SocketHandle, flow: FlowId, seed: u32) {
     let up = pattern(40 * 1024, seed);
     assert_eq!(board.sock(s).send_slice(&up).unwrap(), up.len());
     board.exchange(h);
@@ -41,6 +36,17 @@ fn both_ways(
     let mut got = vec![0; 64 * 1024];
     let n = board.sock(s).recv_slice(&mut got).unwrap();
     assert_eq!(&got[..n], down);
+}
+
+/// A flow that carried data both ways and then idled: both rings released.
+fn released_once(port: u16, seed: u32) -> (H, Board, SocketHandle, FlowId) {
+    let mut h = H::with(small_cfg());
+    let mut board = Board::new(h.now, 1500);
+    let (s, flow) = open(&mut h, &mut board, port, 256 * 1024);
+    both_ways(&mut h, &mut board, s, flow, seed);
+    h.advance(idle());
+    assert_eq!(released(&h), 2);
+    (h, board, s, flow)
 }
 
 #[test]
@@ -85,13 +91,8 @@ fn a_busy_flow_keeps_its_pages() {
 
 #[test]
 fn an_out_of_order_segment_keeps_the_receive_ring() {
-    let mut h = H::with(small_cfg());
-    let mut board = Board::new(h.now, 1500);
-    let (s, flow) = open(&mut h, &mut board, 42002, 256 * 1024);
     // Pages of the receive ring hold data first, so a release would zero the held segment.
-    both_ways(&mut h, &mut board, s, flow, 20);
-    h.advance(idle());
-    assert_eq!(released(&h), 2);
+    let (mut h, mut board, s, flow) = released_once(42002, 20);
 
     let first = pattern(1000, 30);
     let second = pattern(1000, 31);
@@ -120,12 +121,7 @@ fn an_out_of_order_segment_keeps_the_receive_ring() {
 
 #[test]
 fn unacknowledged_bytes_keep_the_transmit_ring() {
-    let mut h = H::with(small_cfg());
-    let mut board = Board::new(h.now, 1500);
-    let (s, flow) = open(&mut h, &mut board, 42003, 256 * 1024);
-    both_ways(&mut h, &mut board, s, flow, 40);
-    h.advance(idle());
-    assert_eq!(released(&h), 2);
+    let (mut h, mut board, s, flow) = released_once(42003, 40);
 
     // The board never sees these segments: the bytes wait in the ring for a retransmission.
     let down = pattern(20 * 1024, 41);
