@@ -7,10 +7,11 @@
 //! slot, a TUN packet (only while the pump can stage one: backpressure), the pump's timer, a
 //! control request or a signal. As in quinn's endpoint driver, every input is followed by draining
 //! the pump's outputs before waiting again, because one input can unlock several outputs.
-//! TUN packets are read straight into the pump's staging ([`Pump::tun_buffer`]); with a
-//! FunctionFS link, sent bundles come back to the pump and received ones go back to the link's
-//! reads once their packets are written ([`crate::ffs::recycle`]), so neither end allocates per
-//! bundle.
+//! TUN packets are read straight into the pump's staging ([`Pump::tun_buffer`]); bundles are
+//! built in buffers of the link's [`BufPool`] (from its [`LinkUp`]), where the link task puts them
+//! back once written, and received bundles go back to that pool once their packets are written
+//! (the FunctionFS link reads into its buffers, [`crate::ffs::recycle`]; a stream link copies into
+//! them), so neither end allocates per bundle.
 //!
 //! A host that sends nothing for the session's peer timeout on a stream link (half-open TCP)
 //! gets that link closed: the pump says so ([`Pump::poll_close_link`]) and the driver drops the
@@ -20,7 +21,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use qbkit_link::control::LinkStatus;
-use qbkit_link::{LinkEvent, LinkUp};
+use qbkit_link::{BufPool, LinkEvent, LinkUp};
 use shared_frame::{Framing, Instant};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
@@ -28,13 +29,9 @@ use tokio::sync::mpsc;
 use crate::config::{GadgetSpec, NetOverrides};
 use crate::control::{self, Pending, Request, Status};
 use crate::dns::Dns;
-use crate::ffs::recycle;
 use crate::netcfg::NetConfig;
 use crate::pump::{Action, Pump, PumpConfig};
 use crate::stream::LinkSpec;
-
-/// Buffers each return queue holds (more than the FunctionFS queues have in flight).
-const RECYCLE_DEPTH: usize = 16;
 
 /// Errors that stop the daemon at start-up.
 #[derive(Debug, thiserror::Error)]
@@ -123,24 +120,14 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     }
 
     let (ev_tx, mut ev_rx) = mpsc::channel::<LinkEvent>(64);
-    // Buffer reuse with the FunctionFS link (ffs::recycle): sent bundles come back to the pump,
-    // received ones go back to the link's reads. A stream link returns nothing, and what is
-    // handed back to it is freed.
-    let (bundles_home, bundles_back) = recycle::channel(RECYCLE_DEPTH);
-    let (reads_home, reads_back) = recycle::channel(RECYCLE_DEPTH);
     // The link task's result is the daemon's: a FunctionFS link that failed ends `run` with an
     // error (non-zero exit, so systemd restarts the daemon); a stream link only ends when stdio
     // did, which is a normal end.
     let mut link_task: tokio::task::JoinHandle<Result<(), RunError>> = match &opts.link {
         LinkSpec::FunctionFs => {
             let g = crate::ffs::usb::register(&opts.spec, opts.udc.as_deref())?;
-            let recycling = crate::ffs::usb::Recycling {
-                bundles: bundles_home,
-                reads: reads_back,
-            };
-            tokio::spawn(
-                async move { Ok(crate::ffs::usb::run(g, max_bundle, ev_tx, recycling).await?) },
-            )
+            let pool = BufPool::default(); // for the daemon's life, across replugs
+            tokio::spawn(async move { Ok(crate::ffs::usb::run(g, max_bundle, ev_tx, pool).await?) })
         }
         LinkSpec::Stream(url) => {
             let run = qbkit_link::run_stream(url.clone(), opts.link_key.clone(), max_bundle, ev_tx);
@@ -180,6 +167,9 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
 
     let mut pump = Pump::new(pcfg, now());
     let mut link_tx: Option<mpsc::Sender<Vec<u8>>> = None;
+    // The buffer pool of the link last attached (see the module docs): the FunctionFS link keeps
+    // one for the daemon's life, a stream link brings a new one with each connection.
+    let mut pool = BufPool::default();
     let mut ranges: Vec<(usize, usize)> = Vec::new();
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     tracing::info!(link = %opts.link, tun = %opts.tun, "qbkit-gadget running");
@@ -189,15 +179,12 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             // The host went silent: dropping the sender ends the stream, which then redials.
             link_tx = None;
         }
-        while let Some(b) = bundles_back.take() {
-            pump.recycle(b);
-        }
         // Hand bundles to every free link slot (idle link: send now).
         while pump.wants_transmit() {
             let Some(Ok(permit)) = link_tx.as_ref().map(mpsc::Sender::try_reserve) else {
                 break;
             };
-            match pump.poll_transmit() {
+            match poll_bundle(&mut pump, &pool) {
                 Some(b) => permit.send(b),
                 None => break,
             }
@@ -252,8 +239,9 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
                     link_result = Some(res);
                     break;
                 }
-                Some(LinkEvent::Up(LinkUp { framing, tx, .. })) => {
+                Some(LinkEvent::Up(LinkUp { framing, tx, pool: link_pool, .. })) => {
                     link_tx = Some(tx);
+                    pool = link_pool;
                     pump.handle_link_up(now(), framing);
                 }
                 Some(LinkEvent::Listening { url }) => tracing::info!(%url, "link listening"),
@@ -279,12 +267,12 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
                             tracing::debug!(error = %e, "TUN write failed");
                         }
                     }
-                    reads_home.give(buf);
+                    pool.put(buf);
                 }
             },
             permit = reserve => {
                 if let Some(permit) = permit
-                    && let Some(b) = pump.poll_transmit()
+                    && let Some(b) = poll_bundle(&mut pump, &pool)
                 {
                     permit.send(b);
                 }
@@ -327,6 +315,15 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     let _ = std::fs::remove_file(&opts.control_socket);
     tracing::info!("qbkit-gadget stopped");
     link_result.unwrap_or(Ok(()))
+}
+
+/// The pump's next bundle, built in a buffer from the link's `pool` (where the link task puts
+/// it back once written).
+fn poll_bundle(pump: &mut Pump, pool: &BufPool) -> Option<Vec<u8>> {
+    if !pump.has_spare() {
+        pump.recycle(pool.take());
+    }
+    pump.poll_transmit()
 }
 
 async fn apply_config(

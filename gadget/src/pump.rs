@@ -11,8 +11,9 @@
 //!   flush timer); while all slots are busy, packets keep aggregating into the next bundle. When the
 //!   staging buffer cannot take a maximum-size packet, [`Pump::can_accept_tun`] is false and the
 //!   driver stops reading the TUN device, so the kernel queue (not us) absorbs the burst.
-//!   Sent bundles come back through [`Pump::recycle`] (the FunctionFS link hands them back once
-//!   written) and are built again in place: no allocation and no zeroing of the reused part.
+//!   Bundles are built in buffers handed in through [`Pump::recycle`] (the driver hands in one
+//!   from the link's buffer pool whenever [`Pump::has_spare`] is false; the link task puts sent
+//!   bundles back there) and built again in place: no allocation and no zeroing of the reused part.
 //! - **Link → TUN.** [`Pump::handle_link_bundle`] hands each IP record to the driver's callback
 //!   (zero-copy, a sub-slice of the received transfer); control records go to the
 //!   [`Session`](shared_frame::Session).
@@ -324,6 +325,11 @@ impl Pump {
         if self.spare.len() < MAX_SPARE {
             self.spare.push(buf);
         }
+    }
+
+    /// True when the next bundle has a recycled buffer to be built in.
+    pub fn has_spare(&self) -> bool {
+        !self.spare.is_empty()
     }
 
     /// True when [`poll_transmit`](Self::poll_transmit) has something to send.
@@ -763,7 +769,9 @@ mod tests {
         let mut old = vec![0xa5u8; DEFAULT_MAX_BUNDLE];
         old.truncate(3000);
         let ptr = old.as_ptr();
+        assert!(!p.has_spare());
         p.recycle(old);
+        assert!(p.has_spare());
         let sent: Vec<_> = (0..5u8).map(|i| pkt(i, 1001 + usize::from(i))).collect();
         for s in &sent {
             p.handle_tun_packet(s);

@@ -1,69 +1,38 @@
-//! Transfer buffers that go back where they came from instead of being freed: the bundles the
-//! pump builds (bulk IN) return to the driver once their AIO write completed, and the buffers of
-//! bulk OUT reads return to the reader once the driver wrote their packets to the TUN device.
+//! FunctionFS transfer buffers from the link's [`BufPool`] instead of fresh allocations: the
+//! bundles the pump builds (bulk IN) go back to the pool once their AIO write completed, and bulk
+//! OUT reads are made in pool buffers, which the driver puts back once it wrote their packets to
+//! the TUN device.
 //!
 //! Why: a fresh 64 KiB allocation per bundle costs a `memset` (IN bundles were zeroed), page
 //! faults whenever malloc trimmed and regrew its heap, and the allocator's own work; with FunctionFS
 //! each buffer is only needed while its transfer is queued, so a handful of them serve the link.
 //!
-//! Data flow: [`channel`] → [`Returner`] (cloned to whoever drops a buffer; [`Returner::give`]
-//! never blocks: a full return queue, or one whose [`Returned`] side is gone, frees the buffer) and
-//! [`Returned`] (the owner takes buffers back with [`Returned::take`]). [`bytes_returning`] wraps
-//! a bundle for the AIO write so that dropping the `Bytes` gives the `Vec` back.
-
-use std::sync::mpsc;
+//! Data flow: the `usb-gadget` AIO queue takes `Bytes` for writes and `BytesMut` for reads, so
+//! this module only adapts the pool's `Vec<u8>`s: [`bytes_returning`] wraps a bundle so that
+//! dropping the last `Bytes` (when the AIO write is done) puts the `Vec` back into the pool, and
+//! [`read_buffer`] turns a pool buffer into an empty `BytesMut` of the read size without copying.
 
 use bytes::{Bytes, BytesMut};
+use qbkit_link::BufPool;
 
-/// Sending side: hands buffers back (see the module docs).
-#[derive(Debug, Clone)]
-pub struct Returner(mpsc::SyncSender<Vec<u8>>);
-
-/// Receiving side: the buffers handed back so far.
-#[derive(Debug)]
-pub struct Returned(mpsc::Receiver<Vec<u8>>);
-
-/// A return queue holding at most `depth` buffers (more are freed).
-pub fn channel(depth: usize) -> (Returner, Returned) {
-    let (tx, rx) = mpsc::sync_channel(depth);
-    (Returner(tx), Returned(rx))
+/// An empty read buffer of at least `capacity` bytes, made from a pool buffer (no copy; only
+/// grown when the pool had none that large).
+pub fn read_buffer(pool: &BufPool, capacity: usize) -> BytesMut {
+    let mut v = pool.take();
+    v.clear();
+    v.reserve_exact(capacity);
+    // Unique, so this reuses the allocation (`From<Bytes> for BytesMut`).
+    BytesMut::from(Bytes::from(v))
 }
 
-impl Returner {
-    /// Hands `buf` back; frees it when the queue is full or nobody takes buffers back any more.
-    pub fn give(&self, buf: Vec<u8>) {
-        let _ = self.0.try_send(buf);
-    }
-}
-
-impl Returned {
-    /// A buffer handed back, if any.
-    pub fn take(&self) -> Option<Vec<u8>> {
-        self.0.try_recv().ok()
-    }
-
-    /// An empty read buffer of at least `capacity` bytes: a returned one (no copy, no
-    /// allocation) when there is one that large, else a new one.
-    pub fn read_buffer(&self, capacity: usize) -> BytesMut {
-        match self.take().filter(|b| b.capacity() >= capacity) {
-            Some(mut v) => {
-                v.clear();
-                // Unique, so this reuses the allocation (`From<Bytes> for BytesMut`).
-                BytesMut::from(Bytes::from(v))
-            }
-            None => BytesMut::with_capacity(capacity),
-        }
-    }
-}
-
-/// `Bytes` over `buf` that gives `buf` back through `home` when the last reference is dropped.
-pub fn bytes_returning(buf: Vec<u8>, home: Returner) -> Bytes {
-    Bytes::from_owner(Owned { buf, home })
+/// `Bytes` over `buf` that puts `buf` back into `pool` when the last reference is dropped.
+pub fn bytes_returning(buf: Vec<u8>, pool: BufPool) -> Bytes {
+    Bytes::from_owner(Owned { buf, pool })
 }
 
 struct Owned {
     buf: Vec<u8>,
-    home: Returner,
+    pool: BufPool,
 }
 
 impl AsRef<[u8]> for Owned {
@@ -74,7 +43,7 @@ impl AsRef<[u8]> for Owned {
 
 impl Drop for Owned {
     fn drop(&mut self) {
-        self.home.give(std::mem::take(&mut self.buf));
+        self.pool.put(std::mem::take(&mut self.buf));
     }
 }
 
@@ -83,44 +52,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_dropped_bundle_comes_back_with_its_allocation() {
-        let (home, back) = channel(4);
+    fn a_dropped_bundle_goes_back_to_the_pool_with_its_allocation() {
+        let pool = BufPool::default();
         let mut v = vec![7u8; 1000];
         v.reserve(64 * 1024);
         let (ptr, cap) = (v.as_ptr(), v.capacity());
-        let b = bytes_returning(v, home);
+        let b = bytes_returning(v, pool.clone());
         let clone = b.clone();
         assert_eq!(&b[..], &[7u8; 1000][..]);
         drop(b);
-        assert!(back.take().is_none(), "still referenced by the clone");
+        assert_eq!(pool.take().capacity(), 0, "still referenced by the clone");
         drop(clone);
-        let v = back.take().expect("returned");
+        let v = pool.take();
         assert_eq!((v.as_ptr(), v.capacity(), v.len()), (ptr, cap, 1000));
     }
 
     #[test]
-    fn read_buffers_reuse_returned_allocations_of_the_right_size() {
-        let (home, back) = channel(2);
-        let v = Vec::with_capacity(65536);
+    fn read_buffers_reuse_pool_allocations_and_grow_small_ones() {
+        let pool = BufPool::default();
+        let v = vec![1u8; 65536];
         let ptr = v.as_ptr();
-        home.give(v);
-        home.give(Vec::with_capacity(100));
-        let r = back.read_buffer(65536);
+        pool.put(v);
+        let r = read_buffer(&pool, 65536);
         assert_eq!((r.as_ptr(), r.len()), (ptr, 0), "same allocation, empty");
         assert!(r.capacity() >= 65536);
-        let fresh = back.read_buffer(65536);
-        assert!(fresh.capacity() >= 65536, "a too small one is not used");
-        assert!(back.take().is_none());
-    }
-
-    #[test]
-    fn a_full_or_abandoned_queue_frees_instead_of_blocking() {
-        let (home, back) = channel(1);
-        home.give(vec![1]);
-        home.give(vec![2]);
-        assert_eq!(back.take(), Some(vec![1]));
-        assert_eq!(back.take(), None);
-        drop(back);
-        home.give(vec![3]);
+        pool.put(Vec::with_capacity(100));
+        let grown = read_buffer(&pool, 65536);
+        assert!(
+            grown.capacity() >= 65536,
+            "a too small one is grown to the read size"
+        );
+        let fresh = read_buffer(&pool, 65536);
+        assert!(fresh.capacity() >= 65536, "an empty pool gives a new one");
     }
 }

@@ -7,9 +7,9 @@
 //! Resume → `Up` again — while two tasks move transfers: OUT reads (`OUT_QUEUE_LEN` buffers queued)
 //! become `Bundle` events; bundles from the pump go to bulk IN (`IN_QUEUE_LEN` writes in flight;
 //! the channel of capacity 1 in front of it is what makes the pump aggregate while they are busy).
-//! Buffers are reused, not freed ([`recycle`]): a bundle whose write completed goes back to the
-//! driver (`Recycling::bundles`), and OUT reads take the buffers the driver hands back after
-//! writing their packets to the TUN device (`Recycling::reads`).
+//! Buffers are reused, not freed ([`recycle`]): the link's [`qbkit_link::BufPool`] (handed to the
+//! driver in [`LinkUp::pool`]) gets each bundle back once its write completed, and OUT reads are
+//! made in its buffers, which the driver puts back after writing their packets to the TUN device.
 //!
 //! Requires `CONFIG_USB_CONFIGFS_F_FS` and a UDC; `modprobe libcomposite` is done by `usb-gadget`.
 
@@ -31,7 +31,7 @@ use shared_frame::usb_id::INTERFACE_NAME;
 use crate::config::GadgetSpec;
 use crate::configfs::plan::device_class;
 use crate::ffs::descriptors::{IN_QUEUE_LEN, OUT_QUEUE_LEN, interface};
-use crate::ffs::recycle::{self, Returned, Returner};
+use crate::ffs::recycle;
 
 /// PID file of the shell fallback's ep0 holder (`configfs/qbkit-gadget.sh`).
 pub const FALLBACK_PIDFILE: &str = "/run/qbkit-gadget-fallback.pid";
@@ -237,24 +237,16 @@ fn max_packet_size(udc: &Udc) -> usize {
     }
 }
 
-/// Where the link's buffers go back to (see [`recycle`]).
-#[derive(Debug)]
-pub struct Recycling {
-    /// Sent bundles go back to the driver here.
-    pub bundles: Returner,
-    /// OUT reads take the buffers the driver is done with from here.
-    pub reads: Returned,
-}
-
 /// Runs the FunctionFS link until `events` closes (`Ok`), ep0 fails or the gadget loses its UDC
 /// (an error: the daemon exits non-zero, and systemd's `Restart=on-failure` starts it again).
 /// An ep0 event that cannot be read is skipped after a backoff (1 ms doubling to 1 s, logged once
 /// per change). Counts transfer errors in the log only; the pump counts what reaches it.
+/// Transfers use buffers of `pool`, which goes to the driver in every [`LinkUp`].
 pub async fn run(
     g: UsbGadget,
     max_bundle: usize,
     events: mpsc::Sender<LinkEvent>,
-    recycling: Recycling,
+    pool: qbkit_link::BufPool,
 ) -> Result<(), UsbError> {
     let UsbGadget {
         reg,
@@ -271,9 +263,9 @@ pub async fn run(
         max_bundle,
         enabled_rx,
         events.clone(),
-        recycling.reads,
+        pool.clone(),
     ));
-    let in_task = tokio::spawn(in_loop(tx, bundle_rx, recycling.bundles));
+    let in_task = tokio::spawn(in_loop(tx, bundle_rx, pool.clone()));
     let mut enabled = false;
     let mut suspended = false;
     let mut event_backoff = qbkit_link::Backoff::new(
@@ -345,7 +337,7 @@ pub async fn run(
                     max_packet_size: mps,
                 },
                 tx: bundle_tx.clone(),
-                pool: qbkit_link::BufPool::default(),
+                pool: pool.clone(),
                 description: format!("usb (wMaxPacketSize {mps})"),
             })
         } else {
@@ -379,7 +371,7 @@ async fn out_loop(
     max_bundle: usize,
     mut enabled: watch::Receiver<bool>,
     events: mpsc::Sender<LinkEvent>,
-    reads: Returned,
+    pool: qbkit_link::BufPool,
 ) {
     loop {
         if enabled.wait_for(|e| *e).await.is_err() {
@@ -389,7 +381,7 @@ async fn out_loop(
         let mut errors_enabled = 0u32;
         let mut delay = OUT_RETRY_FIRST;
         loop {
-            match rx.recv_async(reads.read_buffer(max_bundle)).await {
+            match rx.recv_async(recycle::read_buffer(&pool, max_bundle)).await {
                 Ok(Some(buf)) => {
                     errors_enabled = 0;
                     delay = OUT_RETRY_FIRST;
@@ -424,11 +416,15 @@ async fn out_loop(
     }
 }
 
-async fn in_loop(mut tx: EndpointSender, mut bundles: mpsc::Receiver<Vec<u8>>, home: Returner) {
+async fn in_loop(
+    mut tx: EndpointSender,
+    mut bundles: mpsc::Receiver<Vec<u8>>,
+    pool: qbkit_link::BufPool,
+) {
     let mut errors: u64 = 0;
     while let Some(b) = bundles.recv().await {
         if let Err(e) = tx
-            .send_async(recycle::bytes_returning(b, home.clone()))
+            .send_async(recycle::bytes_returning(b, pool.clone()))
             .await
         {
             errors += 1;
