@@ -47,9 +47,14 @@ fn page_size() -> usize {
     p
 }
 
-/// Whether a block of this layout is (or is to be) a mapping of its own.
+/// The smallest page size there is: mappings are at least this aligned.
+const MIN_PAGE: usize = 4096;
+
+/// Whether a block of this layout is (or is to be) a mapping of its own. Two comparisons with
+/// constants: this is inlined into every allocation site, the mapping paths are not.
+#[inline]
 fn mapped(layout: Layout) -> bool {
-    layout.size() >= MAPPED_MIN && layout.align() <= page_size()
+    layout.size() >= MAPPED_MIN && layout.align() <= MIN_PAGE
 }
 
 /// The mapping length of a block of `size` bytes.
@@ -58,6 +63,7 @@ fn map_len(size: usize) -> usize {
 }
 
 /// A fresh zeroed anonymous mapping of `size` bytes (rounded up to pages), or null.
+#[inline(never)]
 fn map(size: usize) -> *mut u8 {
     // SAFETY: an anonymous private mapping at an address of the kernel's choosing touches no
     // existing memory.
@@ -78,7 +84,7 @@ fn map(size: usize) -> *mut u8 {
     }
 }
 
-// SAFETY: mapped blocks are page-aligned (alignment ≤ a page is met), at least `size` bytes,
+// SAFETY: mapped blocks are page-aligned (their alignment is at most 4096), at least `size` bytes,
 // zeroed, and released with the same length they were mapped with (derived from the Layout the
 // caller must pass back); every other block is System's, with System's guarantees.
 unsafe impl GlobalAlloc for PageAlloc {
@@ -103,9 +109,8 @@ unsafe impl GlobalAlloc for PageAlloc {
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         if mapped(layout) {
-            // SAFETY: `ptr` came from `map` (or `mremap`) for a block of this layout, so
-            // `map_len(size)` is exactly its mapping's length; nothing uses it afterwards.
-            unsafe { libc::munmap(ptr.cast(), map_len(layout.size())) };
+            // SAFETY: `ptr` is a live mapped block of this layout, not used afterwards.
+            unsafe { unmap(ptr, layout.size()) };
         } else {
             // SAFETY: a System block of this layout.
             unsafe { System.dealloc(ptr, layout) }
@@ -121,40 +126,62 @@ unsafe impl GlobalAlloc for PageAlloc {
                 // SAFETY: a System block of `layout`, resized by System.
                 unsafe { System.realloc(ptr, layout, new_size) }
             }
-            (true, true) => {
-                // SAFETY: `ptr` is a whole mapping of `map_len(old size)` bytes; MREMAP_MAYMOVE
-                // keeps its contents (and zero-fills growth), and the old address is not used
-                // again if it moved.
-                let p = unsafe {
-                    libc::mremap(
-                        ptr.cast(),
-                        map_len(layout.size()),
-                        map_len(new_size),
-                        libc::MREMAP_MAYMOVE,
-                    )
-                };
-                if p == libc::MAP_FAILED {
-                    core::ptr::null_mut()
-                } else {
-                    p.cast()
-                }
-            }
-            _ => {
-                // Across the threshold: a block of the other kind, the contents copied over.
-                // SAFETY: `new` has a non-zero size (it or `layout` is at least MAPPED_MIN, and
-                // a shrink below it is still non-zero per GlobalAlloc::realloc's contract).
-                let p = unsafe { self.alloc(new) };
-                if !p.is_null() {
-                    // SAFETY: both blocks are live, distinct, and at least this long.
-                    unsafe {
-                        core::ptr::copy_nonoverlapping(ptr, p, layout.size().min(new_size));
-                        self.dealloc(ptr, layout);
-                    }
-                }
-                p
-            }
+            // SAFETY: a mapped block of `layout` (or one to become one), as `realloc_mapped`
+            // requires.
+            _ => unsafe { self.realloc_mapped(ptr, layout, new) },
         }
     }
+}
+
+impl PageAlloc {
+    /// `realloc` where the old or the new layout is mapped: `mremap` if both are, else a block
+    /// of the other kind with the contents copied over.
+    ///
+    /// # Safety
+    /// `GlobalAlloc::realloc`'s contract, with `new` the new layout.
+    #[inline(never)]
+    unsafe fn realloc_mapped(&self, ptr: *mut u8, layout: Layout, new: Layout) -> *mut u8 {
+        if mapped(layout) && mapped(new) {
+            // SAFETY: `ptr` is a whole mapping of `map_len(old size)` bytes; MREMAP_MAYMOVE
+            // keeps its contents (and zero-fills growth), and the old address is not used
+            // again if it moved.
+            let p = unsafe {
+                libc::mremap(
+                    ptr.cast(),
+                    map_len(layout.size()),
+                    map_len(new.size()),
+                    libc::MREMAP_MAYMOVE,
+                )
+            };
+            return if p == libc::MAP_FAILED {
+                core::ptr::null_mut()
+            } else {
+                p.cast()
+            };
+        }
+        // SAFETY: `new` has a non-zero size (it or `layout` is at least MAPPED_MIN, and a
+        // shrink below it is still non-zero per GlobalAlloc::realloc's contract).
+        let p = unsafe { self.alloc(new) };
+        if !p.is_null() {
+            // SAFETY: both blocks are live, distinct, and at least this long.
+            unsafe {
+                core::ptr::copy_nonoverlapping(ptr, p, layout.size().min(new.size()));
+                self.dealloc(ptr, layout);
+            }
+        }
+        p
+    }
+}
+
+/// Unmap a mapped block of `size` bytes.
+///
+/// # Safety
+/// `ptr` came from `map` (or `mremap`) for a block of `size` bytes, so `map_len(size)` is
+/// exactly its mapping's length; nothing uses it afterwards.
+#[inline(never)]
+unsafe fn unmap(ptr: *mut u8, size: usize) {
+    // SAFETY: per the function's contract.
+    unsafe { libc::munmap(ptr.cast(), map_len(size)) };
 }
 
 #[cfg(test)]
