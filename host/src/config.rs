@@ -76,6 +76,7 @@ pub fn nat_config(
         return Err(ConfigError::MapNeedsLoopback);
     }
     let mut c = NatConfig::default();
+    c.page_release = crate::platform::page_release();
     c.allow_host_loopback = opts.allow_host_loopback;
     c.map_gateway_to_loopback = opts.map_gateway_to_loopback;
     c.deny_lan = opts.deny_lan;

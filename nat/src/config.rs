@@ -73,6 +73,10 @@ pub struct NatConfig {
     /// not fit the whole budget a new flow is refused with a RST (`drop_tcp_buffer_budget`). This bounds what a board
     /// can pin by opening connections and never reading.
     pub tcp_buffer_budget: usize,
+    /// How the NAT gives an idle TCP ring's pages back to the OS (see `sockets.rs`, "Idle rings").
+    /// The core makes no system call itself: the driver supplies this (qbkit-host on Linux:
+    /// `madvise(MADV_DONTNEED)`). `None` (the default) keeps every committed page.
+    pub page_release: Option<PageRelease>,
     /// A budget this NAT shares with others (the NATs of every board one host serves): its
     /// sockets' buffers count into it too, and a new flow must fit both (default `None`).
     pub shared_tcp_budget: Option<std::sync::Arc<SharedBudget>>,
@@ -133,6 +137,7 @@ impl Default for NatConfig {
             tcp_tx_buffer: 1 << 20,
             tcp_buffer_budget: DEFAULT_TCP_BUFFER_BUDGET,
             shared_tcp_budget: None,
+            page_release: None,
             tcp_timeout: Duration::from_secs(120),
             tcp_connect_timeout: Duration::from_secs(75),
             udp_timeout: Duration::from_secs(30),
@@ -197,6 +202,28 @@ impl PartialEq for SharedBudget {
 }
 
 impl Eq for SharedBudget {}
+
+/// The driver's way to give whole pages back to the OS ([`NatConfig::page_release`]).
+#[derive(Debug, Clone, Copy)]
+pub struct PageRelease {
+    /// The OS page size: only whole pages inside a ring are given back.
+    pub page_size: usize,
+    /// Gives the `len` bytes at address `addr` (page-aligned, whole pages) back to the OS so
+    /// that they read as zeros afterwards and commit no memory until written; returns the bytes
+    /// released (0 if it failed: nothing changed).
+    ///
+    /// # Safety
+    /// The range is memory the caller owns and reads nothing of before writing it again.
+    pub release: unsafe fn(addr: usize, len: usize) -> usize,
+}
+
+impl PartialEq for PageRelease {
+    fn eq(&self, other: &Self) -> bool {
+        self.page_size == other.page_size && core::ptr::fn_addr_eq(self.release, other.release)
+    }
+}
+
+impl Eq for PageRelease {}
 
 /// Default of [`NatConfig::tcp_buffer_budget`] (4 GiB, or all of a 32-bit address space): 1024
 /// flows with full 1 MiB buffers both ways in the first half, then [`MIN_TCP_BUFFER`] ones up to

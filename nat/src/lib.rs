@@ -139,7 +139,8 @@
 //! in full is 512 KiB per idle flow). Better still (qbkit-host's `page_alloc` on Linux), serve
 //! large blocks from mappings with no allocator header in their first page: an idle flow's
 //! released buffers then hold no page at all.
-// No unsafe code but in `ring` (madvise on an idle ring's pages), which carries SAFETY notes.
+// No unsafe code but in `ring` (the call into the driver's page release, and the tests'
+// madvise/mincore), which carries SAFETY notes. The core itself makes no system call.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -157,7 +158,7 @@ mod policy;
 pub mod resolvers;
 #[allow(
     unsafe_code,
-    reason = "madvise/mincore/sysconf calls, each with its SAFETY note"
+    reason = "calls the driver's unsafe page release (tests: madvise/mincore), each with its SAFETY note"
 )]
 mod ring;
 mod sockets;
@@ -165,7 +166,8 @@ mod tcp;
 mod udp;
 
 pub use config::{
-    DEFAULT_TCP_BUFFER_BUDGET, MAX_MTU, MIN_MTU, MIN_TCP_BUFFER, NatConfig, SharedBudget,
+    DEFAULT_TCP_BUFFER_BUDGET, MAX_MTU, MIN_MTU, MIN_TCP_BUFFER, NatConfig, PageRelease,
+    SharedBudget,
 };
 pub use counters::Counters;
 pub use event::{ConnectError, DatagramError, FlowId, NatEvent, OsEvent};

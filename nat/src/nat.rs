@@ -102,7 +102,7 @@ impl Nat {
             csum: device::checksum_caps(config.verify_rx_checksums),
             ping_available: config.icmp_echo_via_os,
             log: LogLimiter::new(config.log_rate_per_sec, now),
-            sockets: TcpSockets::new(config.shared_tcp_budget.clone()),
+            sockets: TcpSockets::new(config.shared_tcp_budget.clone(), config.page_release),
             cfg: config,
             now,
             iface,

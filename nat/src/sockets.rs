@@ -120,6 +120,8 @@ pub(crate) struct TcpSockets {
     empty: Option<SocketSet<'static>>,
     /// The budget shared with other NATs (`NatConfig::shared_tcp_budget`).
     shared: Option<std::sync::Arc<crate::config::SharedBudget>>,
+    /// How idle rings give their pages back; `None`: they keep them (no idle heap at all).
+    page_release: Option<crate::config::PageRelease>,
     /// Sockets smoltcp was asked about (ingress, egress turns, deadlines), for tests.
     #[cfg(test)]
     pub(crate) visits: usize,
@@ -144,10 +146,15 @@ impl core::fmt::Debug for TcpSockets {
 }
 
 impl TcpSockets {
-    /// An empty pool that counts its buffers into `shared` too.
-    pub(crate) fn new(shared: Option<std::sync::Arc<crate::config::SharedBudget>>) -> Self {
+    /// An empty pool that counts its buffers into `shared` too and releases idle rings' pages
+    /// with `page_release`.
+    pub(crate) fn new(
+        shared: Option<std::sync::Arc<crate::config::SharedBudget>>,
+        page_release: Option<crate::config::PageRelease>,
+    ) -> Self {
         let mut pool = Self::default();
         pool.shared = shared;
+        pool.page_release = page_release;
         pool
     }
 
@@ -251,6 +258,9 @@ impl TcpSockets {
 
     /// Its rings may take bytes now: they count as holding pages, and it goes on the idle heap.
     fn touch(&mut self, id: SockId) {
+        if self.page_release.is_none() {
+            return;
+        }
         let now = self.now.unwrap_or(Instant::ZERO);
         let Some(s) = self.slots.get_mut(id.0).and_then(Option::as_mut) else {
             return;
@@ -327,9 +337,12 @@ impl TcpSockets {
                 s.last_touch + RING_IDLE
             } else {
                 let empty = [s.rx_empty(), s.tx_empty()];
+                let Some(how) = &self.page_release else {
+                    continue;
+                };
                 for ((ring, held), empty) in s.rings.iter().zip(&mut s.held).zip(empty) {
                     if *held && empty {
-                        ring.release();
+                        ring.release(how);
                         *held = false;
                         released += 1;
                     }

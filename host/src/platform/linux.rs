@@ -3,7 +3,7 @@
 //! allocator tuning and RSS from /proc.
 #![allow(
     unsafe_code,
-    reason = "mallopt and malloc_trim are libc calls; the blocks below carry their SAFETY notes"
+    reason = "mallopt, malloc_trim, sysconf and madvise are libc calls; the blocks below carry their SAFETY notes"
 )]
 
 use std::io;
@@ -42,6 +42,34 @@ pub fn tune_allocator() {
             i32::try_from(MMAP_THRESHOLD).unwrap_or(i32::MAX),
         );
     }
+}
+
+/// How the NAT gives an idle TCP ring's pages back: `madvise(MADV_DONTNEED)` on whole pages
+/// (the NAT core makes no system call; see qbkit-nat's `PageRelease`).
+pub fn page_release() -> Option<qbkit_nat::PageRelease> {
+    // SAFETY: sysconf only reads a system parameter.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(qbkit_nat::PageRelease {
+        page_size: usize::try_from(page).ok().filter(|&p| p > 0)?,
+        release: dont_need,
+    })
+}
+
+/// `madvise(MADV_DONTNEED)`: the NAT's [`qbkit_nat::PageRelease::release`].
+///
+/// # Safety
+/// As `PageRelease::release`: memory the caller owns and reads nothing of before writing again.
+unsafe fn dont_need(addr: usize, len: usize) -> usize {
+    // SAFETY: the caller's guarantee; MADV_DONTNEED on private anonymous memory only makes the
+    // range read as zeros later and commit nothing until written.
+    let rc = unsafe {
+        libc::madvise(
+            std::ptr::with_exposed_provenance_mut(addr),
+            len,
+            libc::MADV_DONTNEED,
+        )
+    };
+    if rc == 0 { len } else { 0 }
 }
 
 /// Hands the allocator's free memory back to the OS (glibc `malloc_trim(0)`: the top of every

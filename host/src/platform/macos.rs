@@ -33,6 +33,11 @@ pub fn tune_allocator() {}
 /// Nothing to trim: the system allocator returns freed memory by itself.
 pub fn trim_allocator() {}
 
+/// Idle TCP rings keep their pages here (the NAT's page release is Linux's `madvise`).
+pub fn page_release() -> Option<qbkit_nat::PageRelease> {
+    None
+}
+
 /// Resident set size of this process (macOS: `task_info`'s resident size).
 #[cfg(target_os = "macos")]
 pub fn rss_bytes() -> Option<u64> {

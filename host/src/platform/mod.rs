@@ -38,8 +38,8 @@ use windows as imp;
 
 pub use imp::{
     ControlClient, ControlListener, ControlStream, control_connect, control_listen,
-    control_shutdown_write, default_control_path, dns_servers, host_addrs, ping_socket,
-    raise_fd_limit, rss_bytes, trim_allocator, tune_allocator,
+    control_shutdown_write, default_control_path, dns_servers, host_addrs, page_release,
+    ping_socket, raise_fd_limit, rss_bytes, trim_allocator, tune_allocator,
 };
 
 pub use qbkit_nat::resolvers::{RESOLVED_STUB, parse_nameservers};

@@ -81,6 +81,11 @@ pub fn tune_allocator() {}
 /// Nothing to trim.
 pub fn trim_allocator() {}
 
+/// Idle TCP rings keep their pages here (the NAT's page release is Linux's `madvise`).
+pub fn page_release() -> Option<qbkit_nat::PageRelease> {
+    None
+}
+
 /// Windows has no per-process socket limit to raise.
 pub fn raise_fd_limit() {}
 

@@ -7,8 +7,16 @@ use smoltcp::time::Duration;
 
 use super::stream::{drain, open, pattern, small_cfg};
 use super::*;
-use crate::FlowId;
 use crate::sockets::RING_IDLE;
+use crate::{FlowId, NatConfig};
+
+/// The stream tests' small configuration, with the pages of idle rings given back by
+/// `madvise` as qbkit-host does.
+fn released_cfg() -> NatConfig {
+    let mut cfg = small_cfg();
+    cfg.page_release = Some(crate::ring::testing::madvise());
+    cfg
+}
 
 /// Past the idle time: the pool's release check has run.
 fn idle() -> Duration {
@@ -40,7 +48,7 @@ fn both_ways(h: &mut H, board: &mut Board, s: SocketHandle, flow: FlowId, seed: 
 
 /// A flow that carried data both ways and then idled: both rings released.
 fn released_once(port: u16, seed: u32) -> (H, Board, SocketHandle, FlowId) {
-    let mut h = H::with(small_cfg());
+    let mut h = H::with(released_cfg());
     let mut board = Board::new(h.now, 1500);
     let (s, flow) = open(&mut h, &mut board, port, 256 * 1024);
     both_ways(&mut h, &mut board, s, flow, seed);
@@ -51,7 +59,7 @@ fn released_once(port: u16, seed: u32) -> (H, Board, SocketHandle, FlowId) {
 
 #[test]
 fn an_idle_flow_gives_its_ring_pages_back_and_reuses_them() {
-    let mut h = H::with(small_cfg());
+    let mut h = H::with(released_cfg());
     let mut board = Board::new(h.now, 1500);
     let (s, flow) = open(&mut h, &mut board, 42000, 256 * 1024);
     both_ways(&mut h, &mut board, s, flow, 1);
@@ -77,7 +85,7 @@ fn an_idle_flow_gives_its_ring_pages_back_and_reuses_them() {
 
 #[test]
 fn a_busy_flow_keeps_its_pages() {
-    let mut h = H::with(small_cfg());
+    let mut h = H::with(released_cfg());
     let mut board = Board::new(h.now, 1500);
     let (s, flow) = open(&mut h, &mut board, 42001, 256 * 1024);
     for seed in 0..8 {
@@ -144,4 +152,20 @@ fn unacknowledged_bytes_keep_the_transmit_ring() {
         h.advance(Duration::from_millis(500));
     }
     assert_eq!(got, down);
+}
+
+#[test]
+fn without_a_page_release_the_core_keeps_its_pages() {
+    // The core makes no system call: with no PageRelease from the driver, idle rings stay.
+    let mut h = H::with(small_cfg());
+    let mut board = Board::new(h.now, 1500);
+    let (s, flow) = open(&mut h, &mut board, 42100, 256 * 1024);
+    both_ways(&mut h, &mut board, s, flow, 7);
+    h.advance(idle());
+    assert_eq!(released(&h), 0);
+    let [rx, tx] = resident(&h, flow);
+    assert!(
+        rx >= 8 && tx >= 8,
+        "rings keep their pages: rx {rx} tx {tx}"
+    );
 }
