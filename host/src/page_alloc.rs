@@ -35,7 +35,8 @@ pub struct PageAlloc;
 /// The page size, asked once (0: not asked yet).
 static PAGE: AtomicUsize = AtomicUsize::new(0);
 
-fn page_size() -> usize {
+/// The OS page size, asked once (4096 if it cannot be asked).
+pub(crate) fn page_size() -> usize {
     let p = PAGE.load(Ordering::Relaxed);
     if p != 0 {
         return p;

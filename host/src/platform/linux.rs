@@ -3,7 +3,7 @@
 //! allocator tuning and RSS from /proc.
 #![allow(
     unsafe_code,
-    reason = "mallopt, malloc_trim, sysconf and madvise are libc calls; the blocks below carry their SAFETY notes"
+    reason = "mallopt, malloc_trim and madvise are libc calls; the blocks below carry their SAFETY notes"
 )]
 
 use std::io;
@@ -47,10 +47,8 @@ pub fn tune_allocator() {
 /// How the NAT gives an idle TCP ring's pages back: `madvise(MADV_DONTNEED)` on whole pages
 /// (the NAT core makes no system call; see qbkit-nat's `PageRelease`).
 pub fn page_release() -> Option<qbkit_nat::PageRelease> {
-    // SAFETY: sysconf only reads a system parameter.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     Some(qbkit_nat::PageRelease {
-        page_size: usize::try_from(page).ok().filter(|&p| p > 0)?,
+        page_size: crate::page_alloc::page_size(),
         release: dont_need,
     })
 }
