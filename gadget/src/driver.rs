@@ -7,7 +7,9 @@
 //! slot, a TUN packet (only while the pump can stage one: backpressure), the pump's timer, a
 //! control request or a signal. As in quinn's endpoint driver, every input is followed by draining
 //! the pump's outputs before waiting again, because one input can unlock several outputs.
-//! TUN packets are read straight into the pump's staging ([`Pump::tun_buffer`]); bundles are
+//! TUN packets are read straight into the pump's staging ([`Pump::tun_buffer`]), and after each
+//! read whatever else the device already holds ([`Pump::drain_tun`]), so packets the board wrote
+//! back to back share a bundle even on an idle link; bundles are
 //! built in buffers of the link's [`BufPool`] (from its [`LinkUp`]), where the link task puts them
 //! back once written, and received bundles go back to that pool once their packets are written
 //! (the FunctionFS link reads into its buffers, [`crate::ffs::recycle`]; a stream link copies into
@@ -279,7 +281,15 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             }
             // Straight into the pump's staging (no copy on the way in).
             r = tun_dev.recv(pump.tun_buffer()), if pump.can_accept_tun() => match r {
-                Ok(n) => pump.handle_tun_read(n),
+                Ok(n) => {
+                    pump.handle_tun_read(n);
+                    // What else is waiting goes into the same bundle (polled once each: the
+                    // read into EAGAIN clears tokio's readiness, as the awaited read would).
+                    let more = pump.drain_tun(|buf| poll_once(tun_dev.recv(buf)));
+                    if let Err(e) = more {
+                        tracing::warn!(error = %e, "TUN read failed");
+                    }
+                }
                 Err(e) => tracing::warn!(error = %e, "TUN read failed"),
             },
             () = timer => pump.handle_timeout(now()),
@@ -315,6 +325,15 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     let _ = std::fs::remove_file(&opts.control_socket);
     tracing::info!("qbkit-gadget stopped");
     link_result.unwrap_or(Ok(()))
+}
+
+/// Polls `fut` once: its output if it is ready now, else `None` (the future is dropped).
+fn poll_once<F: Future>(fut: F) -> Option<F::Output> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match std::pin::pin!(fut).poll(&mut cx) {
+        std::task::Poll::Ready(out) => Some(out),
+        std::task::Poll::Pending => None,
+    }
 }
 
 /// The pump's next bundle, built in a buffer from the link's `pool` (where the link task puts

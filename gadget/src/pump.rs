@@ -8,7 +8,7 @@
 //!   ([`Pump::tun_buffer`], then [`Pump::handle_tun_read`]; [`Pump::handle_tun_packet`] copies one
 //!   in for callers that have it elsewhere); staging is bounded by one bundle. The driver asks [`Pump::poll_transmit`] for a bundle whenever
 //!   the link has a free transfer slot: when the endpoint is idle, every packet leaves at once (no
-//!   flush timer); while all slots are busy, packets keep aggregating into the next bundle. When the
+//!   flush timer), together with those the device already held behind it ([`Pump::drain_tun`]); while all slots are busy, packets keep aggregating into the next bundle. When the
 //!   staging buffer cannot take a maximum-size packet, [`Pump::can_accept_tun`] is false and the
 //!   driver stops reading the TUN device, so the kernel queue (not us) absorbs the burst.
 //!   Bundles are built in buffers handed in through [`Pump::recycle`] (the driver hands in one
@@ -65,6 +65,9 @@ pub const STATS_INTERVAL: Duration = Duration::from_secs(10);
 const CONTROL_ROOM: usize = 1024;
 /// Bundle buffers kept for reuse: the link's transfers in flight plus the one being built.
 const MAX_SPARE: usize = 8;
+/// Most packets [`Pump::drain_tun`] stages after the read that woke the driver, so a board
+/// that writes without pause still lets the driver get to its other inputs.
+pub const TUN_DRAIN: usize = 64;
 
 /// Something the driver must do to the system.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -310,6 +313,29 @@ impl Pump {
             self.staged_packets += 1;
             self.staged_wire += align4(RECORD_HEADER_LEN + len);
         }
+    }
+
+    /// After a TUN read, stage what else the device holds right now: `read` fills the buffer it
+    /// is given and returns `Some(Ok(len))`, or `None` when nothing more is waiting (it must not
+    /// block). Stops at [`TUN_DRAIN`] packets, when staging is full, or at an error (returned).
+    /// Packets the board's stack wrote back to back (a handshake's last ACK and the request, a
+    /// FIN and the next SYN) then leave in one bundle: an idle link would otherwise take the
+    /// first alone, costing both ends a bundle, a syscall and a wake-up each.
+    pub fn drain_tun(
+        &mut self,
+        mut read: impl FnMut(&mut [u8]) -> Option<std::io::Result<usize>>,
+    ) -> std::io::Result<()> {
+        for _ in 0..TUN_DRAIN {
+            if !self.can_accept_tun() {
+                break;
+            }
+            match read(self.tun_buffer()) {
+                Some(Ok(n)) => self.handle_tun_read(n),
+                Some(Err(e)) => return Err(e),
+                None => break,
+            }
+        }
+        Ok(())
     }
 
     /// A packet read from the TUN device into a buffer of the caller's (copied into staging).
@@ -761,6 +787,60 @@ mod tests {
         }
         assert_eq!(peer.got.len(), 3);
         assert_eq!(p.counters().tx_bundles - before, 3);
+    }
+
+    #[test]
+    fn packets_waiting_together_leave_in_one_bundle() {
+        let (mut p, mut peer) = up(ms(0), Framing::Stream);
+        let before = p.counters().tx_bundles;
+        // The driver read the handshake's ACK; the request is already waiting behind it.
+        p.handle_tun_packet(&pkt(1, 40));
+        let mut waiting = vec![pkt(2, 86)].into_iter();
+        let mut reads = 0;
+        p.drain_tun(|buf| {
+            reads += 1;
+            waiting.next().map(|w| {
+                buf[..w.len()].copy_from_slice(&w);
+                Ok(w.len())
+            })
+        })
+        .unwrap();
+        assert_eq!(reads, 2, "reads until the device has nothing more");
+        let b = p.poll_transmit().expect("a bundle");
+        assert!(
+            p.poll_transmit().is_none(),
+            "both packets are in the first bundle"
+        );
+        peer.recv(ms(1), &b);
+        assert_eq!(peer.got, vec![pkt(1, 40), pkt(2, 86)]);
+        assert_eq!(p.counters().tx_bundles - before, 1);
+    }
+
+    #[test]
+    fn draining_the_tun_stops_at_full_staging_and_at_its_bound() {
+        let (mut p, _peer) = up(ms(0), Framing::Stream);
+        let mut reads = 0;
+        p.drain_tun(|buf| {
+            reads += 1;
+            let n = 16000.min(buf.len());
+            Some(Ok(n))
+        })
+        .unwrap();
+        assert!(!p.can_accept_tun(), "staging is full");
+        assert!(reads < TUN_DRAIN, "stopped by staging, not the bound");
+        while p.poll_transmit().is_some() {}
+        let mut reads = 0;
+        p.drain_tun(|_| {
+            reads += 1;
+            Some(Ok(40))
+        })
+        .unwrap();
+        assert_eq!(
+            reads, TUN_DRAIN,
+            "a board that never pauses gets TUN_DRAIN reads"
+        );
+        let err = p.drain_tun(|_| Some(Err(std::io::Error::other("gone"))));
+        assert!(err.is_err(), "a read error is returned");
     }
 
     #[test]
