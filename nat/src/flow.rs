@@ -242,12 +242,24 @@ impl FlowTable {
         id
     }
 
+    fn idle_entries(&self) -> usize {
+        self.idle_order.iter().map(BinaryHeap::len).sum()
+    }
+
     pub(crate) fn remove(&mut self, id: FlowId) -> Option<Flow> {
         let flow = self.by_id.remove(&id)?;
         self.by_key.remove(&flow.key);
         self.aging.remove(&id);
         if is_connecting(&flow) {
             self.connecting -= 1;
+        }
+        // A burst that ended gives its memory back; the eviction heap sheds removed flows'
+        // entries here too (without evictions nothing else pops them).
+        shrink_when_sparse!(self.by_id);
+        shrink_when_sparse!(self.by_key);
+        shrink_when_sparse!(self.aging);
+        if self.idle_entries() > 2 * self.by_id.len() + 64 {
+            self.rebuild_idle_order();
         }
         Some(flow)
     }
@@ -291,7 +303,7 @@ impl FlowTable {
         now: Instant,
         min_idle: Duration,
     ) -> Option<FlowId> {
-        if self.idle_order.iter().map(BinaryHeap::len).sum::<usize>() > 2 * self.by_id.len() + 64 {
+        if self.idle_entries() > 2 * self.by_id.len() + 64 {
             self.rebuild_idle_order();
         }
         (0..2).find_map(|class| {
@@ -329,8 +341,39 @@ impl FlowTable {
         for f in self.by_id.values() {
             self.idle_order[idle_class(f)].push(Reverse((f.last_active, f.id)));
         }
+        for heap in &mut self.idle_order {
+            heap.shrink_to(2 * heap.len());
+        }
+    }
+
+    /// Bytes the table's own containers hold (their capacity, not their length), for tests.
+    #[cfg(test)]
+    pub(crate) fn footprint(&self) -> usize {
+        use core::mem::size_of;
+        self.by_id.capacity() * size_of::<(FlowId, Flow)>()
+            + self.by_key.capacity() * size_of::<(FlowKey, FlowId)>()
+            + self.aging.capacity() * size_of::<FlowId>()
+            + self
+                .idle_order
+                .iter()
+                .map(BinaryHeap::capacity)
+                .sum::<usize>()
+                * size_of::<Reverse<(Instant, FlowId)>>()
     }
 }
+
+/// Lets a table (`HashMap`, `HashSet`, `Vec`) that fell to a quarter of its capacity give the
+/// rest back (down to twice its length, so the next shrink waits for another halving): a burst of
+/// thousands of flows must not keep its peak memory once it is over. Amortised O(1) per removal.
+macro_rules! shrink_when_sparse {
+    ($table:expr) => {{
+        let table = &mut $table;
+        if table.capacity() > 4 * table.len() + 64 {
+            table.shrink_to(2 * table.len());
+        }
+    }};
+}
+pub(crate) use shrink_when_sparse;
 
 /// Eviction class: UDP and ICMP flows (0) go before TCP flows (1).
 fn idle_class(flow: &Flow) -> usize {

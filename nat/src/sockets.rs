@@ -183,7 +183,11 @@ impl TcpSockets {
             rx_read: None,
             board_end: None,
         };
-        let id = if let Some(i) = self.free.pop() {
+        // A free id may be stale: its slot went in `shrink_slots` (and may be in use again).
+        let slots = &self.slots;
+        let reuse =
+            core::iter::from_fn(|| self.free.pop()).find(|&i| matches!(slots.get(i), Some(None)));
+        let id = if let Some(i) = reuse {
             self.slots[i] = Some(slot);
             SockId(i)
         } else {
@@ -210,7 +214,21 @@ impl TcpSockets {
         if let Some(b) = &self.shared {
             b.sub(slot.capacity);
         }
+        if self.slots.capacity() > 4 * self.live + 64 {
+            self.shrink_slots();
+        }
         slot.capacity
+    }
+
+    /// After a burst: drop the free slots at the end (their ids are not held by anyone; heap
+    /// entries that name them are stale by generation) and give the memory back. A live socket
+    /// high up keeps the slots below it; the next try waits for the table to halve again.
+    fn shrink_slots(&mut self) {
+        while matches!(self.slots.last(), Some(None)) {
+            self.slots.pop();
+        }
+        self.slots.shrink_to(2 * self.live);
+        crate::flow::shrink_when_sparse!(self.pending);
     }
 
     /// Receive + transmit buffer bytes of every socket in the pool.
@@ -516,6 +534,17 @@ impl TcpSockets {
         self.timers.retain(
             |&Reverse((_, i, g))| matches!(slots.get(i), Some(Some(s)) if s.timer_gen == g),
         );
+        self.timers.shrink_to(2 * self.timers.len());
+    }
+
+    /// Bytes of the pool's own containers (capacity, not length), for tests.
+    #[cfg(test)]
+    pub(crate) fn footprint(&self) -> usize {
+        use core::mem::size_of;
+        self.slots.capacity() * size_of::<Option<Slot>>()
+            + (self.free.capacity() + self.pending.capacity()) * size_of::<usize>()
+            + (self.timers.capacity() + self.idle.capacity())
+                * size_of::<Reverse<(Instant, usize, u64)>>()
     }
 
     /// Resident whole pages of socket `id`'s rings (receive, transmit), for tests.

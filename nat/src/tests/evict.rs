@@ -99,3 +99,67 @@ fn eviction_candidate_matches_a_walk_of_every_flow() {
         "{evicted} evicted, {touched} touched"
     );
 }
+
+fn udp_flow(t: &mut FlowTable, n: u32, now: Instant) -> FlowId {
+    let src: SocketAddr = ([10, 47, 0, 2], u16::try_from(n % 60_000).expect("port") + 1).into();
+    let dst: SocketAddr = (
+        [198, 51, 100, 7],
+        53 + u16::try_from(n / 60_000).expect("dst"),
+    )
+        .into();
+    let kind = FlowKind::Udp(UdpFlow {
+        replied: false,
+        dns: None,
+        inbound: false,
+    });
+    t.insert(FlowKey::Udp { src, dst }, dst, now, kind)
+}
+
+/// A daemon that made a million short connections and never had to evict one must not hold a
+/// million entries: the eviction heap used to keep one per flow ever opened until an eviction
+/// popped them.
+#[test]
+fn the_table_stays_the_size_of_its_flows_through_churn_without_evictions() {
+    let mut t = FlowTable::default();
+    let mut now = Instant::from_secs(1000);
+    let mut open = std::collections::VecDeque::new();
+    let mut peak = 0;
+    for n in 0..200_000 {
+        now += Duration::from_millis(1);
+        open.push_back(udp_flow(&mut t, n, now));
+        if open.len() > 100 {
+            t.remove(open.pop_front().expect("open"));
+        }
+        if n == 1_000 {
+            peak = t.footprint();
+        }
+    }
+    // Hash tables may double once more with deleted entries (by the hasher's seed): allow 4x.
+    assert!(
+        t.footprint() <= 4 * peak,
+        "{} bytes after 200,000 flows vs {peak} after 1,000 (100 open)",
+        t.footprint()
+    );
+}
+
+/// A burst of thousands of flows that closed gives the table's memory back.
+#[test]
+fn a_closed_burst_gives_the_table_memory_back() {
+    let mut t = FlowTable::default();
+    let now = Instant::from_secs(1000);
+    let idle = t.footprint();
+    let ids: Vec<FlowId> = (0..4000).map(|n| udp_flow(&mut t, n, now)).collect();
+    let full = t.footprint();
+    for id in ids {
+        t.remove(id);
+    }
+    let after = t.footprint();
+    assert!(full > 400_000, "4000 flows take {full} bytes");
+    assert!(
+        after <= idle + 16_384,
+        "{after} bytes kept after the burst closed (empty: {idle}, with 4000: {full})"
+    );
+    // And it still works.
+    let id = udp_flow(&mut t, 1, now);
+    assert!(t.get(id).is_some());
+}

@@ -158,3 +158,36 @@ fn boards_sharing_a_budget_stay_within_it_together() {
     assert_eq!(shared.used(), b.nat.tcp_buffer_bytes());
     assert!(open_flow(&mut b, 6), "room again");
 }
+
+/// 2000 flows open at once, then all reset by the OS side: the flow table and the socket pool
+/// give back the memory the burst made them grow to (they used to keep it for the daemon's life).
+#[test]
+fn a_burst_of_flows_gives_its_table_memory_back_when_it_ends() {
+    let mut h = H::new();
+    let empty = h.nat.flows.footprint() + h.nat.sockets.footprint();
+    let mut flows = Vec::new();
+    for port in 1..=2000u16 {
+        h.send(&syn(ep(BOARD, port), ep(SERVER, 80), 1000));
+        let [NatEvent::TcpConnect { flow, .. }] = h.events()[..] else {
+            panic!("no connect for port {port}")
+        };
+        h.os(OsEvent::TcpConnected { flow });
+        h.recv();
+        flows.push(flow);
+    }
+    let full = h.nat.flows.footprint() + h.nat.sockets.footprint();
+    for flow in flows {
+        h.os(OsEvent::TcpReset { flow });
+        h.recv();
+        h.events();
+    }
+    h.advance(Duration::from_secs(5));
+    h.recv();
+    assert_eq!(h.nat.flow_count(), 0);
+    let after = h.nat.flows.footprint() + h.nat.sockets.footprint();
+    assert!(full > 300_000, "2000 flows: {full} bytes");
+    assert!(
+        after < empty + 32_768,
+        "{after} bytes kept after the burst (empty {empty}, 2000 flows {full})"
+    );
+}
