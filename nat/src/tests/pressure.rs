@@ -190,4 +190,29 @@ fn a_burst_of_flows_gives_its_table_memory_back_when_it_ends() {
         after < empty + 32_768,
         "{after} bytes kept after the burst (empty {empty}, 2000 flows {full})"
     );
+    // Slots and ids are reused correctly after the shrink (stale free ids skipped): three more
+    // waves, each closing every other flow of the last, all answered.
+    let mut open = Vec::new();
+    for wave in 0..3u16 {
+        for i in 0..300u16 {
+            let port = 3000 + wave * 300 + i;
+            h.send(&syn(ep(BOARD, port), ep(SERVER, 80), 1000));
+            let [NatEvent::TcpConnect { flow, .. }] = h.events()[..] else {
+                panic!("no connect for port {port}")
+            };
+            h.os(OsEvent::TcpConnected { flow });
+            let seg = seg_of(&h.recv_one());
+            assert!(seg.syn && !seg.rst, "port {port}: SYN-ACK");
+            open.push(flow);
+        }
+        let (keep, close): (Vec<_>, Vec<_>) =
+            open.iter().enumerate().partition(|(i, _)| i % 2 == 0);
+        for (_, &flow) in close {
+            h.os(OsEvent::TcpReset { flow });
+            h.recv();
+            h.events();
+        }
+        open = keep.into_iter().map(|(_, &f)| f).collect();
+        assert_eq!(h.nat.flow_count(), open.len());
+    }
 }
