@@ -10,8 +10,8 @@
 //!  handle_bundle ─▶ Session ─IP─▶ Nat::handle_ip_packet ─▶ poll_nat_event (socket requests)
 //!  handle_os_event (what the OS sockets did) ─▶ Nat;  nat_mut: the zero-copy tcp_recv/tcp_send
 //!  handle_timeout ─▶ Session + Nat timers;  poll_timeout: the earliest of both
-//!  poll_transmit ─▶ one bundle: session control first, then packets from the Nat (zero-copy into
-//!                   the bundle; a packet that does not fit is carried to the next bundle)
+//!  poll_transmit ─▶ one bundle: session control first, then packets from the Nat (each copied
+//!                   once, straight into the bundle; one that does not fit stays queued for the next)
 //!  close ─▶ Bye, then poll_transmit once more (goodbye)
 //! ```
 //!
@@ -91,8 +91,7 @@ pub struct Core {
     nat: Nat,
     /// The Nat may have packets for the board (cleared when `poll_ip_packet` returns `None`).
     tx_pending: bool,
-    /// A packet polled from the Nat that did not fit the last bundle: `scratch[..carry]`.
-    carry: usize,
+    /// Where a packet too large for the board's bundles is polled to be dropped.
     scratch: Vec<u8>,
     /// Where a bundle is built when the caller's buffer is short (see [`Core::poll_transmit`]);
     /// zero-filled once, up to the largest bundle.
@@ -139,7 +138,6 @@ impl Core {
             cfg,
             nat,
             tx_pending: false,
-            carry: 0,
             counters: CoreCounters::default(),
             peer: None,
             peer_stats: None,
@@ -268,8 +266,7 @@ impl Core {
 
     /// Whether a bundle may be waiting ([`Core::poll_transmit`] may still find nothing).
     pub fn wants_transmit(&self) -> bool {
-        self.endpoint
-            .wants_transmit(self.tx_pending || self.carry > 0)
+        self.endpoint.wants_transmit(self.tx_pending)
     }
 
     /// Builds the next bundle into `buf` (which then holds exactly the bundle, `Transmit::len`
@@ -299,7 +296,6 @@ impl Core {
         let mut out = Outgoing {
             nat: &mut self.nat,
             scratch: &mut self.scratch,
-            carry: &mut self.carry,
             pending: &mut self.tx_pending,
             counters: &mut self.counters,
             too_big_log: &mut self.logs.too_big,
@@ -437,7 +433,6 @@ impl Core {
             match Nat::new(cfg, nat_time(now)) {
                 Ok(nat) => {
                     self.nat = nat;
-                    self.carry = 0;
                     self.scratch.truncate(mtu);
                     tracing::info!(mtu, "NAT resized for the board's MTU");
                 }
@@ -452,65 +447,47 @@ impl Core {
     }
 }
 
-/// What a bundle is filled from: the Nat, and the packet carried over from the last bundle.
+/// What a bundle is filled from: the Nat's queue of packets for the board.
 struct Outgoing<'a> {
     nat: &'a mut Nat,
     scratch: &'a mut [u8],
-    /// `scratch[..carry]` did not fit the last bundle.
-    carry: &'a mut usize,
-    /// The Nat may have more (cleared when `poll_ip_packet` returns `None`).
+    /// The Nat may have more (cleared when it has nothing queued).
     pending: &'a mut bool,
     counters: &'a mut CoreCounters,
     too_big_log: &'a mut LogLimit,
 }
 
 impl Outgoing<'_> {
-    /// Moves packets from the Nat into `w` until it is full or the Nat is empty; a packet larger
-    /// than `fits` (what one bundle to the board carries) is dropped.
+    /// Moves packets from the Nat into `w` until the next one does not fit (it stays queued
+    /// for the next bundle) or the Nat is empty. Each packet is copied once, from the Nat's
+    /// queue straight into the bundle: its length is known before it is taken, so no packet
+    /// is ever polled aside and copied again (at a 65520 MTU every bundle holds one full
+    /// packet). A packet larger than `fits` (what one bundle to the board carries) is dropped.
     fn fill(&mut self, now: u64, fits: usize, w: &mut BundleWriter<'_>) -> (u64, u64) {
-        let mtu = self.scratch.len();
         let t = now;
         let now = nat_time(now);
         let (mut packets, mut bytes) = (0u64, 0u64);
-        let carry = *self.carry;
-        if carry > fits {
-            self.drop_too_big(t, carry, fits);
-        } else if carry > 0 {
-            if w.push_ip(CHANNEL_NET, &self.scratch[..carry]).is_err() {
-                return (0, 0);
-            }
-            packets += 1;
-            bytes += carry as u64;
-            *self.carry = 0;
-        }
         loop {
-            if w.available_payload() >= mtu {
-                // Zero-copy: the Nat writes straight into the bundle.
-                let out = w.payload_buf(mtu).expect("room was checked");
-                let Some(n) = self.nat.poll_ip_packet(now, out) else {
-                    *self.pending = false;
-                    break;
-                };
-                w.commit(RecordKind::Ip, CHANNEL_NET, n)
-                    .expect("the packet fits the space it was written to");
-                packets += 1;
-                bytes += n as u64;
-            } else {
-                let Some(n) = self.nat.poll_ip_packet(now, self.scratch) else {
-                    *self.pending = false;
-                    break;
-                };
-                if n > fits {
-                    self.drop_too_big(t, n, fits);
-                    continue;
-                }
-                if w.push_ip(CHANNEL_NET, &self.scratch[..n]).is_err() {
-                    *self.carry = n;
-                    break;
-                }
-                packets += 1;
-                bytes += n as u64;
+            let Some(len) = self.nat.peek_ip_packet_len(now) else {
+                *self.pending = false;
+                break;
+            };
+            if len > fits {
+                let _ = self.nat.poll_ip_packet(now, self.scratch);
+                self.drop_too_big(t, len, fits);
+                continue;
             }
+            let Ok(out) = w.payload_buf(len) else {
+                break;
+            };
+            let n = self
+                .nat
+                .poll_ip_packet(now, out)
+                .expect("the peeked packet is queued");
+            w.commit(RecordKind::Ip, CHANNEL_NET, n)
+                .expect("the packet fits the space it was written to");
+            packets += 1;
+            bytes += n as u64;
         }
         (packets, bytes)
     }
@@ -518,7 +495,6 @@ impl Outgoing<'_> {
     /// Drops a packet no bundle to the board can carry (instead of holding it, which would stall
     /// the link and spin the loop): counted, logged at most once a second.
     fn drop_too_big(&mut self, now: u64, len: usize, fits: usize) {
-        *self.carry = 0;
         self.counters.drop_tx_too_big += 1;
         let count = self.counters.drop_tx_too_big;
         if let Some(suppressed) = self.too_big_log.check(frame_time(now)) {
@@ -846,6 +822,41 @@ mod tests {
             assert_eq!(rx.len(), 1, "held {held}");
             assert_eq!(udp_of(&rx[0]), (s, b, payload), "held {held}");
         }
+    }
+
+    #[test]
+    fn a_packet_that_does_not_fit_waits_queued_for_the_next_bundle_in_order() {
+        // At the largest MTU a bundle holds one full packet: what does not fit the room left
+        // stays in the Nat's queue and opens the next bundle, sizes mixed, order kept.
+        let mut cfg = Pair::board_cfg();
+        cfg.max_mtu = 65520;
+        let mut p = Pair::connected(cfg, Framing::Stream);
+        let (b, s) = (ep(BOARD, 5356), ep(SERVER, 9999));
+        p.exchange(&[udp(b, s, b"x")]);
+        let flow = p.take_events()[0].flow();
+        let sizes = [40000, 30000, 100, 65000, 10, 20];
+        for (i, &len) in sizes.iter().enumerate() {
+            let payload = vec![i as u8; len];
+            p.core.handle_os_event(
+                p.now,
+                OsEvent::UdpReceived {
+                    flow,
+                    payload: &payload,
+                },
+            );
+        }
+        p.bundle_sizes.clear();
+        p.exchange(&[]);
+        let got: Vec<Vec<u8>> = p.take_rx().iter().map(|pkt| udp_of(pkt).2).collect();
+        let want: Vec<Vec<u8>> = (0u8..).zip(sizes).map(|(i, len)| vec![i; len]).collect();
+        assert_eq!(got, want);
+        assert_eq!(
+            p.bundle_sizes.len(),
+            3,
+            "40000 | 30000 100 | 65000 10 20: {:?}",
+            p.bundle_sizes
+        );
+        assert_eq!(p.core.counters().drop_tx_too_big, 0);
     }
 
     #[test]

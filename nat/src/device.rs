@@ -63,6 +63,11 @@ impl BoardQueue {
         Ok(r)
     }
 
+    /// Length of the oldest packet.
+    pub(crate) fn front_len(&self) -> Option<usize> {
+        self.packets.front().map(Vec::len)
+    }
+
     /// Copy the oldest packet into `out`. `Err(len)` means `out` was too small; that packet is
     /// dropped.
     pub(crate) fn pop_into(&mut self, out: &mut [u8]) -> Option<Result<usize, usize>> {

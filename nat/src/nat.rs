@@ -242,9 +242,7 @@ impl Nat {
     pub fn poll_ip_packet(&mut self, now: Instant, out: &mut [u8]) -> Option<usize> {
         self.now = now;
         loop {
-            if self.queue.len() == 0 && (self.sockets.has_pending() || self.queue.blocked) {
-                self.run_egress();
-            }
+            self.egress_if_drained();
             match self.queue.pop_into(out)? {
                 Ok(n) => {
                     self.counters.tx_packets += 1;
@@ -262,6 +260,25 @@ impl Nat {
                     "nat: output buffer too small"
                 ),
             }
+        }
+    }
+
+    /// Length of the packet the next [`poll_ip_packet`](Self::poll_ip_packet) returns, or
+    /// `None` when nothing is queued (producing TCP output first, as that call does). Lets the
+    /// driver hand `poll_ip_packet` exactly the room the packet needs, in place (a bundle's
+    /// free space), and leave a packet that does not fit queued for the next bundle instead of
+    /// copying it aside.
+    #[must_use]
+    pub fn peek_ip_packet_len(&mut self, now: Instant) -> Option<usize> {
+        self.now = now;
+        self.egress_if_drained();
+        self.queue.front_len()
+    }
+
+    /// Lets smoltcp produce output once the board queue has drained (TCP output is lazy).
+    fn egress_if_drained(&mut self) {
+        if self.queue.len() == 0 && (self.sockets.has_pending() || self.queue.blocked) {
+            self.run_egress();
         }
     }
 
