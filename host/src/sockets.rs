@@ -972,7 +972,10 @@ struct FlowCx<'a> {
 }
 
 impl FlowCx<'_> {
-    /// Completes a non-blocking connect: write readiness, then `SO_ERROR`.
+    /// Completes a non-blocking connect: write readiness, then `SO_ERROR`. A socket the reactor
+    /// has not reported yet is asked for its peer once: a loopback or LAN server completes the
+    /// handshake within `connect` itself, and its board then gets the SYN-ACK in the pass that
+    /// opened the socket instead of after one more turn of the reactor.
     fn tcp_check_connect(&mut self, t: &mut TcpFlow) -> Outcome {
         let flow = self.flow;
         let mut cx = Context::from_waker(&t.wakers.write);
@@ -981,6 +984,7 @@ impl FlowCx<'_> {
             return Outcome::Connected;
         };
         let err = match stream.poll_write_ready(&mut cx) {
+            Poll::Pending if stream.peer_addr().is_ok() => None,
             Poll::Pending => return Outcome::Idle,
             Poll::Ready(Err(e)) => Some(e),
             Poll::Ready(Ok(())) => match stream.take_error() {
@@ -1227,6 +1231,26 @@ mod tests {
             "{} of {full}",
             s.flows.capacity()
         );
+    }
+
+    /// A connect the kernel completed before the reactor looked (the server accepted it
+    /// already) is reported by the service pass that follows `TcpConnect`.
+    #[tokio::test]
+    async fn a_connect_completed_at_once_is_reported_in_the_same_pass() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dst = listener.local_addr().unwrap();
+        let mut nat = Nat::new(qbkit_nat::NatConfig::default(), qbkit_nat::Instant::ZERO).unwrap();
+        let mut s = Sockets::new();
+        let flow = FlowId(1);
+        let src = SocketAddr::from(([10, 47, 0, 2], 5000));
+        s.handle_event(NatEvent::TcpConnect { flow, src, dst });
+        // The handshake is done once the server can accept it; no reactor turn in between.
+        let (_server, _) = listener.accept().unwrap();
+        assert!(s.service_scheduled(&mut nat));
+        match s.poll_event() {
+            Some(OsEvent::TcpConnected { flow: f }) => assert_eq!(f, flow),
+            other => panic!("expected TcpConnected, got {other:?}"),
+        }
     }
 
     #[test]
