@@ -280,18 +280,17 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
                 }
             }
             // Straight into the pump's staging (no copy on the way in).
-            r = tun_dev.recv(pump.tun_buffer()), if pump.can_accept_tun() => match r {
-                Ok(n) => {
+            r = tun_dev.recv(pump.tun_buffer()), if pump.can_accept_tun() => {
+                // What else is waiting goes into the same bundle (polled once each: the read
+                // into EAGAIN clears tokio's readiness, as the awaited read would).
+                let r = r.and_then(|n| {
                     pump.handle_tun_read(n);
-                    // What else is waiting goes into the same bundle (polled once each: the
-                    // read into EAGAIN clears tokio's readiness, as the awaited read would).
-                    let more = pump.drain_tun(|buf| poll_once(tun_dev.recv(buf)));
-                    if let Err(e) = more {
-                        tracing::warn!(error = %e, "TUN read failed");
-                    }
+                    pump.drain_tun(|buf| poll_once(tun_dev.recv(buf)))
+                });
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "TUN read failed");
                 }
-                Err(e) => tracing::warn!(error = %e, "TUN read failed"),
-            },
+            }
             () = timer => pump.handle_timeout(now()),
             Some(control::Pending { request, stream }) = ctl_rx.recv() => {
                 qbkit_link::control::reply(stream, &status(&pump, &opts, start.elapsed()));

@@ -80,12 +80,9 @@ impl BufPool {
         if pool.period_end.is_some_and(|end| now < end) {
             return;
         }
-        // The oldest buffers (the bottom of the stack) are the ones that sat unused.
-        let unused = if pool.period_end.is_some() {
-            pool.low.min(pool.bufs.len())
-        } else {
-            0
-        };
+        // The oldest buffers (the bottom of the stack) are the ones that sat unused (`low` is 0
+        // before the first period).
+        let unused = pool.low.min(pool.bufs.len());
         let freed: Vec<Vec<u8>> = pool.bufs.drain(..unused).collect();
         pool.low = pool.bufs.len();
         pool.period_end = Some(now + Self::TRIM_PERIOD);

@@ -242,8 +242,13 @@ impl FlowTable {
         id
     }
 
-    fn idle_entries(&self) -> usize {
-        self.idle_order.iter().map(BinaryHeap::len).sum()
+    /// Rebuilds the eviction heap once stale entries (of removed or since active flows)
+    /// outnumber the live ones, so it stays O(flows): amortised O(1) per call.
+    fn compact_idle_order(&mut self) {
+        let entries: usize = self.idle_order.iter().map(BinaryHeap::len).sum();
+        if entries > 2 * self.by_id.len() + 64 {
+            self.rebuild_idle_order();
+        }
     }
 
     pub(crate) fn remove(&mut self, id: FlowId) -> Option<Flow> {
@@ -258,9 +263,7 @@ impl FlowTable {
         shrink_when_sparse!(self.by_id);
         shrink_when_sparse!(self.by_key);
         shrink_when_sparse!(self.aging);
-        if self.idle_entries() > 2 * self.by_id.len() + 64 {
-            self.rebuild_idle_order();
-        }
+        self.compact_idle_order();
         Some(flow)
     }
 
@@ -303,9 +306,7 @@ impl FlowTable {
         now: Instant,
         min_idle: Duration,
     ) -> Option<FlowId> {
-        if self.idle_entries() > 2 * self.by_id.len() + 64 {
-            self.rebuild_idle_order();
-        }
+        self.compact_idle_order();
         (0..2).find_map(|class| {
             let f = self.longest_idle(class)?;
             (now - f.last_active >= min_idle || now < f.last_active).then_some(f.id)

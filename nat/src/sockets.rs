@@ -222,7 +222,8 @@ impl TcpSockets {
 
     /// After a burst: drop the free slots at the end (their ids are not held by anyone; heap
     /// entries that name them are stale by generation) and give the memory back. A live socket
-    /// high up keeps the slots below it; the next try waits for the table to halve again.
+    /// high up keeps the slots below it; later removals try again, each popping only the slots
+    /// freed since (amortised O(1)).
     fn shrink_slots(&mut self) {
         while matches!(self.slots.last(), Some(None)) {
             self.slots.pop();

@@ -122,14 +122,19 @@ fn the_default_budget_opens_max_flows_connections() {
 /// Opens one flow on `h` from board port `port`; true when the board got a SYN-ACK (false: a
 /// RST, the budget is used up).
 fn open_flow(h: &mut H, port: u16) -> bool {
+    open_flow_id(h, port).1
+}
+
+/// [`open_flow`], with the flow's id.
+fn open_flow_id(h: &mut H, port: u16) -> (crate::FlowId, bool) {
     h.send(&syn(ep(BOARD, port), ep(SERVER, 80), 1000));
     let [NatEvent::TcpConnect { flow, .. }] = h.events()[..] else {
-        panic!("no connect")
+        panic!("no connect for port {port}")
     };
     h.os(OsEvent::TcpConnected { flow });
     let seg = seg_of(&h.recv_one());
     h.events();
-    seg.syn && !seg.rst
+    (flow, seg.syn && !seg.rst)
 }
 
 #[test]
@@ -167,12 +172,8 @@ fn a_burst_of_flows_gives_its_table_memory_back_when_it_ends() {
     let empty = h.nat.flows.footprint() + h.nat.sockets.footprint();
     let mut flows = Vec::new();
     for port in 1..=2000u16 {
-        h.send(&syn(ep(BOARD, port), ep(SERVER, 80), 1000));
-        let [NatEvent::TcpConnect { flow, .. }] = h.events()[..] else {
-            panic!("no connect for port {port}")
-        };
-        h.os(OsEvent::TcpConnected { flow });
-        h.recv();
+        let (flow, answered) = open_flow_id(&mut h, port);
+        assert!(answered, "port {port}: SYN-ACK");
         flows.push(flow);
     }
     let full = h.nat.flows.footprint() + h.nat.sockets.footprint();
@@ -196,13 +197,8 @@ fn a_burst_of_flows_gives_its_table_memory_back_when_it_ends() {
     for wave in 0..3u16 {
         for i in 0..300u16 {
             let port = 3000 + wave * 300 + i;
-            h.send(&syn(ep(BOARD, port), ep(SERVER, 80), 1000));
-            let [NatEvent::TcpConnect { flow, .. }] = h.events()[..] else {
-                panic!("no connect for port {port}")
-            };
-            h.os(OsEvent::TcpConnected { flow });
-            let seg = seg_of(&h.recv_one());
-            assert!(seg.syn && !seg.rst, "port {port}: SYN-ACK");
+            let (flow, answered) = open_flow_id(&mut h, port);
+            assert!(answered, "port {port}: SYN-ACK");
             open.push(flow);
         }
         let (keep, close): (Vec<_>, Vec<_>) =

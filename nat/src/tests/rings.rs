@@ -46,12 +46,18 @@ fn both_ways(h: &mut H, board: &mut Board, s: SocketHandle, flow: FlowId, seed: 
     assert_eq!(&got[..n], down);
 }
 
-/// A flow that carried data both ways and then idled: both rings released.
-fn released_once(port: u16, seed: u32) -> (H, Board, SocketHandle, FlowId) {
-    let mut h = H::with(released_cfg());
+/// A NAT with `cfg` and a flow from board port `port` that carried data both ways.
+fn used_flow(cfg: NatConfig, port: u16, seed: u32) -> (H, Board, SocketHandle, FlowId) {
+    let mut h = H::with(cfg);
     let mut board = Board::new(h.now, 1500);
     let (s, flow) = open(&mut h, &mut board, port, 256 * 1024);
     both_ways(&mut h, &mut board, s, flow, seed);
+    (h, board, s, flow)
+}
+
+/// A flow that carried data both ways and then idled: both rings released.
+fn released_once(port: u16, seed: u32) -> (H, Board, SocketHandle, FlowId) {
+    let (mut h, board, s, flow) = used_flow(released_cfg(), port, seed);
     h.advance(idle());
     assert_eq!(released(&h), 2);
     (h, board, s, flow)
@@ -59,10 +65,7 @@ fn released_once(port: u16, seed: u32) -> (H, Board, SocketHandle, FlowId) {
 
 #[test]
 fn an_idle_flow_gives_its_ring_pages_back_and_reuses_them() {
-    let mut h = H::with(released_cfg());
-    let mut board = Board::new(h.now, 1500);
-    let (s, flow) = open(&mut h, &mut board, 42000, 256 * 1024);
-    both_ways(&mut h, &mut board, s, flow, 1);
+    let (mut h, mut board, s, flow) = used_flow(released_cfg(), 42000, 1);
     let [rx, tx] = resident(&h, flow);
     assert!(
         rx >= 8 && tx >= 8,
@@ -157,10 +160,7 @@ fn unacknowledged_bytes_keep_the_transmit_ring() {
 #[test]
 fn without_a_page_release_the_core_keeps_its_pages() {
     // The core makes no system call: with no PageRelease from the driver, idle rings stay.
-    let mut h = H::with(small_cfg());
-    let mut board = Board::new(h.now, 1500);
-    let (s, flow) = open(&mut h, &mut board, 42100, 256 * 1024);
-    both_ways(&mut h, &mut board, s, flow, 7);
+    let (mut h, _board, _s, flow) = used_flow(small_cfg(), 42100, 7);
     h.advance(idle());
     assert_eq!(released(&h), 0);
     let [rx, tx] = resident(&h, flow);
