@@ -6,11 +6,19 @@
 //!
 //! - **TUN → link.** The driver reads each TUN packet straight into the flat staging buffer
 //!   ([`Pump::tun_buffer`], then [`Pump::handle_tun_read`]; [`Pump::handle_tun_packet`] copies one
-//!   in for callers that have it elsewhere); staging is bounded by one bundle. The driver asks [`Pump::poll_transmit`] for a bundle whenever
-//!   the link has a free transfer slot: when the endpoint is idle, every packet leaves at once (no
-//!   flush timer), together with those the device already held behind it ([`Pump::drain_tun`]); while all slots are busy, packets keep aggregating into the next bundle. When the
-//!   staging buffer cannot take a maximum-size packet, [`Pump::can_accept_tun`] is false and the
-//!   driver stops reading the TUN device, so the kernel queue (not us) absorbs the burst.
+//!   in for callers that have it elsewhere). The driver asks [`Pump::poll_transmit`] for a bundle
+//!   whenever the link has a free transfer slot: when the endpoint is idle, every packet leaves at
+//!   once (no flush timer), together with those the device already held behind it
+//!   ([`Pump::drain_tun`]); while all slots are busy, packets keep aggregating into the next
+//!   bundle. [`Pump::can_accept_tun`] keeps the reads going while the bundle being filled has
+//!   room for a maximum-size packet or for half a bundle, whichever is less, and then is false:
+//!   the driver stops reading the TUN device, so the kernel queue (not us) absorbs the burst.
+//!   A packet read into less room than it needs is staged all the same and starts the next
+//!   bundle (it is moved to the front of staging when the first one leaves). So at an MTU of
+//!   up to half a bundle nothing ever waits for a second bundle, and at a larger one (65520:
+//!   one full packet per 64 KiB bundle) small packets still aggregate into a bundle up to half
+//!   full instead of leaving one per bundle behind a staged one. The host's core needs no such
+//!   rule: it fills each bundle from the NAT's queue when a slot is free.
 //!   Bundles are built in buffers handed in through [`Pump::recycle`] (the driver hands in one
 //!   from the link's buffer pool whenever [`Pump::has_spare`] is false; the link task puts sent
 //!   bundles back there) and built again in place: no allocation and no zeroing of the reused part.
@@ -44,7 +52,8 @@
 //!
 //! # Limits
 //!
-//! Staging holds at most one bundle of packets; every bundle is at most the negotiated maximum;
+//! Staging holds at most one bundle of packets plus the one that starts the next (see above); its
+//! buffer is at most that plus the room of one read; every bundle is at most the negotiated maximum;
 //! the action queue holds at most one entry per kind of change between drains.
 
 use std::collections::VecDeque;
@@ -273,10 +282,12 @@ impl Pump {
         self.staged_wire + align4(RECORD_HEADER_LEN + len) <= self.tx_cap() - USB_PAD_LEN
     }
 
-    /// True when a maximum-size TUN packet can be staged; while false the driver must not read
-    /// the TUN device (backpressure).
+    /// True while the bundle being filled has room for a maximum-size packet or for half a
+    /// bundle, whichever is less: TUN reads go on. While false the driver must not read the TUN
+    /// device (backpressure). A packet read into less room than it needs starts the next bundle.
     pub fn can_accept_tun(&self) -> bool {
-        !self.carrier || self.fits(self.max_packet())
+        let half = shared_frame::max_packet(self.tx_cap()) / 2;
+        !self.carrier || self.fits(self.max_packet().min(half))
     }
 
     /// Where the next TUN packet is to be read to: room for the largest IP packet right behind
@@ -302,7 +313,8 @@ impl Pump {
         } else if len == 0 || len > self.max_packet() {
             self.counters.drop_oversize += 1;
             self.endpoint.session_mut().record_tx_drop(1);
-        } else if !self.fits(len) {
+        } else if !self.fits(len) && !self.can_accept_tun() {
+            // Read although `can_accept_tun` said no (only what fits the bundle is taken then).
             self.counters.drop_backpressure += 1;
             self.endpoint.session_mut().record_tx_drop(1);
         } else {
@@ -410,7 +422,9 @@ impl Pump {
                 taken += 1;
                 *staged_wire -= align4(RECORD_HEADER_LEN + len);
             }
-            // What did not fit moves to the front (rare: staging is bounded by one bundle).
+            // What did not fit moves to the front: the packet that starts the next bundle (read
+            // while this one was past half full, see `can_accept_tun`) or packets a control
+            // record crowded out.
             staged.copy_within(off..*staged_len, 0);
             *staged_len -= off;
             *staged_packets -= taken;
@@ -621,6 +635,9 @@ mod tests {
         shared_frame::testing::link_config_v4(16384)
     }
 
+    /// The largest link MTU, one full packet per 64 KiB bundle.
+    const BIG_MTU: u32 = 65520;
+
     /// The host end of an in-memory link.
     struct Peer {
         s: Session,
@@ -629,8 +646,12 @@ mod tests {
 
     impl Peer {
         fn new(now: Instant) -> Self {
+            Self::with_mtu(now, 16384)
+        }
+        fn with_mtu(now: Instant, mtu: u32) -> Self {
             let mut cfg = SessionConfig::new(Role::Host, "test-host");
-            cfg.link_config = Some(link_config());
+            cfg.max_mtu = mtu;
+            cfg.link_config = Some(shared_frame::testing::link_config_v4(mtu));
             Self {
                 s: Session::new(cfg, now),
                 got: Vec::new(),
@@ -664,8 +685,16 @@ mod tests {
 
     /// Pump attached as a stream, handshake done, carrier on.
     fn up(now: Instant, framing: Framing) -> (Pump, Peer) {
-        let mut p = Pump::new(PumpConfig::new("BOARD1"), now);
-        let mut peer = Peer::new(now);
+        up_with_mtu(now, framing, 16384)
+    }
+
+    /// [`up`] with both ends offering link MTU `mtu`.
+    fn up_with_mtu(now: Instant, framing: Framing, mtu: u32) -> (Pump, Peer) {
+        let mut cfg = PumpConfig::new("BOARD1");
+        cfg.session.max_mtu = mtu;
+        cfg.mtu = mtu as usize;
+        let mut p = Pump::new(cfg, now);
+        let mut peer = Peer::with_mtu(now, mtu);
         p.handle_link_up(now, framing);
         let mut sink = Vec::new();
         for _ in 0..4 {
@@ -681,7 +710,10 @@ mod tests {
         let actions: Vec<_> = std::iter::from_fn(|| p.poll_action()).collect();
         assert_eq!(actions.len(), 2, "{actions:?}");
         assert!(actions.contains(&Action::Carrier(true)));
-        assert!(actions.contains(&Action::ApplyLinkConfig(link_config())));
+        assert!(actions.contains(&Action::ApplyLinkConfig(
+            shared_frame::testing::link_config_v4(mtu)
+        )));
+        assert_eq!(p.max_packet(), mtu as usize);
         (p, peer)
     }
 
@@ -917,6 +949,125 @@ mod tests {
         peer.recv(ms(1), &b);
         assert_eq!(peer.got, sent, "in order, unchanged");
         assert!(p.poll_transmit().is_none());
+    }
+
+    /// Stages what `waiting` holds the way the driver does: one awaited read, then the drain.
+    fn read_tun(p: &mut Pump, waiting: &mut std::collections::VecDeque<Vec<u8>>) -> usize {
+        let mut reads = 0;
+        if p.can_accept_tun()
+            && let Some(w) = waiting.pop_front()
+        {
+            p.handle_tun_packet(&w);
+            reads += 1;
+        }
+        p.drain_tun(|buf| {
+            let w = waiting.pop_front()?;
+            buf[..w.len()].copy_from_slice(&w);
+            reads += 1;
+            Some(Ok(w.len()))
+        })
+        .unwrap();
+        reads
+    }
+
+    fn ip_records(b: &[u8]) -> usize {
+        Bundle::new_checked(b, DEFAULT_MAX_BUNDLE)
+            .unwrap()
+            .records()
+            .filter(|r| r.as_ref().unwrap().kind == RecordKind::Ip)
+            .count()
+    }
+
+    #[test]
+    fn small_packets_aggregate_at_the_largest_mtu() {
+        let (mut p, mut peer) = up_with_mtu(ms(0), Framing::Stream, BIG_MTU);
+        // An ACK stream: 60 ACKs the board's stack wrote back to back.
+        let sent: Vec<_> = (0..60u8).map(|i| pkt(i, 52)).collect();
+        let mut waiting = sent.iter().cloned().collect();
+        assert_eq!(read_tun(&mut p, &mut waiting), 60, "all read in one go");
+        let b = p.poll_transmit().expect("a bundle");
+        assert_eq!(ip_records(&b), 60, "one bundle carries all of them");
+        assert!(p.poll_transmit().is_none());
+        peer.recv(ms(1), &b);
+        assert_eq!(peer.got, sent);
+    }
+
+    #[test]
+    fn a_full_size_packet_behind_small_ones_starts_the_next_bundle() {
+        let (mut p, mut peer) = up_with_mtu(ms(0), Framing::Stream, BIG_MTU);
+        let big = |i| pkt(i, BIG_MTU as usize);
+        let mut sent: Vec<_> = (0..5u8).map(|i| pkt(i, 300)).collect();
+        sent.extend([big(5), pkt(6, 40), big(7), big(8), pkt(9, 80), pkt(10, 90)]);
+        let mut waiting = sent.iter().cloned().collect();
+        assert_eq!(
+            read_tun(&mut p, &mut waiting),
+            6,
+            "the small ones and the big one behind them; then reads stop"
+        );
+        assert!(!p.can_accept_tun());
+        let b = p.poll_transmit().unwrap();
+        assert_eq!(ip_records(&b), 5, "the small ones together");
+        peer.recv(ms(1), &b);
+        let mut bundles = vec![5];
+        while peer.got.len() < sent.len() {
+            read_tun(&mut p, &mut waiting);
+            let b = p.poll_transmit().expect("staged packets leave");
+            bundles.push(ip_records(&b));
+            peer.recv(ms(2), &b);
+        }
+        assert_eq!(peer.got, sent, "none lost, none reordered");
+        // Each big one fills a bundle alone; a small one read just before a big one leaves
+        // ahead of it (the big one was read into the room left behind it).
+        assert_eq!(bundles, [5, 1, 1, 1, 1, 2]);
+        let c = p.counters();
+        assert_eq!(c.drop_backpressure + c.drop_oversize, 0);
+    }
+
+    #[test]
+    fn staging_stays_bounded_at_every_mtu() {
+        for mtu in [1500, 16384, 40000, BIG_MTU] {
+            let (mut p, mut peer) = up_with_mtu(ms(0), Framing::Stream, mtu);
+            let cap = p.tx_cap();
+            // Sizes from a fixed pseudo-random walk, small and full-size mixed; the link sends
+            // one bundle after every few reads, so staging is often full.
+            let mut x = 0x2545_f491_u32;
+            let mut sent = 0usize;
+            for round in 0..400u32 {
+                let mut waiting: std::collections::VecDeque<_> = (0..8)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 17;
+                        x ^= x << 5;
+                        let len = match x % 4 {
+                            0 => mtu as usize,
+                            1 => 40 + (x >> 8) as usize % 1460,
+                            _ => 52,
+                        };
+                        pkt(0, len)
+                    })
+                    .collect();
+                sent += read_tun(&mut p, &mut waiting);
+                assert!(
+                    p.staged_wire <= cap + align4(RECORD_HEADER_LEN + mtu as usize),
+                    "at most one bundle plus the packet that starts the next"
+                );
+                assert!(
+                    p.staged.len() <= cap + 2 * (2 + MAX_RECORD_PAYLOAD),
+                    "the buffer: that plus the room of one read"
+                );
+                if round % 3 == 0 {
+                    while let Some(b) = p.poll_transmit() {
+                        assert!(b.len() <= cap);
+                        peer.recv(ms(1), &b);
+                    }
+                }
+            }
+            while let Some(b) = p.poll_transmit() {
+                peer.recv(ms(1), &b);
+            }
+            assert_eq!(peer.got.len(), sent, "mtu {mtu}");
+            assert_eq!(p.counters().drop_backpressure, 0);
+        }
     }
 
     #[test]
