@@ -10,8 +10,9 @@
 //!  handle_bundle ─▶ Session ─IP─▶ Nat::handle_ip_packet ─▶ poll_nat_event (socket requests)
 //!  handle_os_event (what the OS sockets did) ─▶ Nat;  nat_mut: the zero-copy tcp_recv/tcp_send
 //!  handle_timeout ─▶ Session + Nat timers;  poll_timeout: the earliest of both
-//!  poll_transmit ─▶ one bundle: session control first, then packets from the Nat (each copied
-//!                   once, straight into the bundle; one that does not fit stays queued for the next)
+//!  poll_transmit ─▶ one bundle: session control first, then packets from the Nat: its queued
+//!                   ones copied in, then TCP segments smoltcp writes straight into the bundle
+//!                   (Nat::poll_ip_packets); what does not fit waits for the next bundle, in order
 //!  close ─▶ Bye, then poll_transmit once more (goodbye)
 //! ```
 //!
@@ -34,7 +35,7 @@
 
 use std::net::IpAddr;
 
-use qbkit_nat::{Nat, NatConfig, NatError, NatEvent, OsEvent};
+use qbkit_nat::{BoardSink, Nat, NatConfig, NatError, NatEvent, OsEvent};
 use shared_frame::{
     BundleWriter, ByeReason, CHANNEL_NET, Cidr, DownReason, Endpoint, Framing, LinkConfig,
     LogLimit, RecordKind, Role, Session, SessionConfig, SessionEvent, Stats, Transmit,
@@ -458,38 +459,27 @@ struct Outgoing<'a> {
 }
 
 impl Outgoing<'_> {
-    /// Moves packets from the Nat into `w` until the next one does not fit (it stays queued
-    /// for the next bundle) or the Nat is empty. Each packet is copied once, from the Nat's
-    /// queue straight into the bundle: its length is known before it is taken, so no packet
-    /// is ever polled aside and copied again (at a 65520 MTU every bundle holds one full
-    /// packet). A packet larger than `fits` (what one bundle to the board carries) is dropped.
+    /// Fills `w` from the Nat until the bundle is full or the Nat has nothing more: its queued
+    /// packets are copied in, then smoltcp writes TCP segments straight into the bundle's free
+    /// space ([`Nat::poll_ip_packets`]); what does not fit waits for the next bundle, in order.
+    /// A queued packet larger than `fits` (what one bundle to the board carries) is dropped.
     fn fill(&mut self, now: u64, fits: usize, w: &mut BundleWriter<'_>) -> (u64, u64) {
         let t = now;
         let now = nat_time(now);
-        let (mut packets, mut bytes) = (0u64, 0u64);
-        loop {
-            let Some(len) = self.nat.peek_ip_packet_len(now) else {
-                *self.pending = false;
+        let mut sink = BundleSink {
+            w,
+            packets: 0,
+            bytes: 0,
+        };
+        while let Some(len) = self.nat.poll_ip_packets(now, &mut sink) {
+            if len <= fits {
                 break;
-            };
-            if len > fits {
-                let _ = self.nat.poll_ip_packet(now, self.scratch);
-                self.drop_too_big(t, len, fits);
-                continue;
             }
-            let Ok(out) = w.payload_buf(len) else {
-                break;
-            };
-            let n = self
-                .nat
-                .poll_ip_packet(now, out)
-                .expect("the peeked packet is queued");
-            w.commit(RecordKind::Ip, CHANNEL_NET, n)
-                .expect("the packet fits the space it was written to");
-            packets += 1;
-            bytes += n as u64;
+            let _ = self.nat.poll_ip_packet(now, self.scratch);
+            self.drop_too_big(t, len, fits);
         }
-        (packets, bytes)
+        *self.pending = self.nat.has_ip_packets();
+        (sink.packets, sink.bytes)
     }
 
     /// Drops a packet no bundle to the board can carry (instead of holding it, which would stall
@@ -505,6 +495,31 @@ impl Outgoing<'_> {
                 suppressed,
                 "packet larger than the board's bundles dropped (it renegotiated smaller bundles while flows were open)"
             );
+        }
+    }
+}
+
+/// A bundle being filled, as the Nat's sink for packets to the board: each packet is one IP
+/// record on the network channel, written in place.
+struct BundleSink<'w, 'b> {
+    w: &'w mut BundleWriter<'b>,
+    packets: u64,
+    bytes: u64,
+}
+
+impl BoardSink for BundleSink<'_, '_> {
+    fn room(&self) -> usize {
+        self.w.available_payload()
+    }
+
+    fn buffer(&mut self, len: usize) -> Option<&mut [u8]> {
+        self.w.payload_buf(len).ok()
+    }
+
+    fn commit(&mut self, len: usize) {
+        if self.w.commit(RecordKind::Ip, CHANNEL_NET, len).is_ok() {
+            self.packets += 1;
+            self.bytes += len as u64;
         }
     }
 }

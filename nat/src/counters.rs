@@ -41,6 +41,15 @@ macro_rules! counters {
         }
 
         impl Counters {
+            /// One packet went to the board.
+            pub(crate) fn count_tx(&mut self, packet: &[u8]) {
+                self.tx_packets += 1;
+                self.tx_bytes += packet.len() as u64;
+                if packet.first().is_some_and(|b| b >> 4 == 6) {
+                    self.tx_ipv6_packets += 1;
+                }
+            }
+
             /// Every counter as `(name, value)`, in declaration order (for status output).
             pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
                 [$( (stringify!($name), self.$name), )*].into_iter()
@@ -54,7 +63,7 @@ counters! {
     rx_packets,
     /// Bytes of those packets.
     rx_bytes,
-    /// IP packets handed out by `poll_ip_packet`.
+    /// IP packets handed out by `poll_ip_packet` or written into a sink by `poll_ip_packets`.
     tx_packets,
     /// Bytes of those packets.
     tx_bytes,

@@ -11,9 +11,15 @@
 //!  board ──IP──▶ handle_ip_packet ─┬─ TCP ─▶ smoltcp (any-IP) ─▶ tcp_recv ──▶ OS socket write
 //!                                  ├─ UDP ─▶ UdpSend event ───────────────▶ OS socket send
 //!                                  └─ ICMP ─▶ IcmpEchoRequest event ──────▶ ping socket
-//!  board ◀─IP── poll_ip_packet ◀── smoltcp egress ◀─ tcp_send ◀──────────── OS socket read
-//!                              ◀── UDP/ICMP packets ◀─ handle_os_event ◀─── OS socket recv
+//!  board ◀─IP── poll_ip_packets ◀─ smoltcp egress ◀─ tcp_send ◀──────────── OS socket read
+//!   (sink)   (or poll_ip_packet) ◀─ queue ◀─ UDP/ICMP packets, replies ◀─── OS socket recv
 //! ```
+//!
+//! Packets for the board: while the driver fills a bundle it lends the core a [`BoardSink`] (the
+//! bundle's free space); queued packets are copied into it first, then smoltcp writes TCP
+//! segments straight into it, so a byte from an OS socket is copied into smoltcp's ring and from
+//! there into the bundle, nothing more. What is made while no sink is lent (replies to the
+//! board's packets, UDP and ICMP, egress a timer ran) waits in a bounded queue (`device.rs`).
 //!
 //! TCP is terminated in smoltcp in any-IP mode: the interface owns `0.0.0.1/0` (and `100::1/0`), routes
 //! everything through itself and accepts every destination. A listening socket is created per
@@ -119,15 +125,16 @@
 //! loop {
 //!     wait for: link packet | OS socket readiness | timer (poll_timeout)
 //!     feed:     handle_ip_packet / handle_os_event / tcp_recv / tcp_send / handle_timeout
-//!     drain:    while let Some(n) = poll_ip_packet(now, &mut buf) { send to board }
+//!     drain:    while has_ip_packets() { poll_ip_packets(now, &mut bundle); send it }
+//!               (or: while let Some(n) = poll_ip_packet(now, &mut buf) { send to board })
 //!               while let Some(ev) = poll_event() { act on OS sockets }
 //!     timer  =  poll_timeout(now)
 //! }
 //! ```
 //!
-//! Drain both queues after every call: TCP output is produced lazily inside `poll_ip_packet`,
-//! so a driver that stops calling it (because the link is busy) backpressures every flow, and
-//! may call it again later to resume. Batching many `handle_ip_packet` calls before draining is
+//! Drain both queues after every call: TCP output is produced lazily inside `poll_ip_packets`
+//! (or `poll_ip_packet`), so a driver that stops calling it (because the link is busy)
+//! backpressures every flow, and may call it again later to resume. Batching many `handle_ip_packet` calls before draining is
 //! cheaper (one ACK per flow per batch).
 //!
 //! Memory note for the driver: with glibc, fix `M_MMAP_THRESHOLD` at no more than
@@ -170,6 +177,7 @@ pub use config::{
     SharedBudget,
 };
 pub use counters::Counters;
+pub use device::BoardSink;
 pub use event::{ConnectError, DatagramError, FlowId, NatEvent, OsEvent};
 pub use flow::{FlowInfo, Protocol};
 pub use nat::Nat;

@@ -1,8 +1,11 @@
 //! `Nat`: the public face of the core. Board packets come in through `handle_ip_packet`, are
 //! checked (malformed, fragments, TTL, source, martians) and dispatched to `tcp.rs`, `udp.rs` or
 //! `icmp.rs`; driver events come in through `handle_os_event`; packets for the board leave
-//! through `poll_ip_packet` (running smoltcp's egress lazily, only when the queue is empty), and
-//! requests for the driver leave through `poll_event`. Timers: `poll_timeout`/`handle_timeout`.
+//! through `poll_ip_packets` into the driver's sink (queued ones copied, then smoltcp's egress
+//! writing TCP segments straight into it) or one by one through `poll_ip_packet`; both run
+//! egress lazily, only once the queue is empty. Requests for the driver leave through
+//! `poll_event`. Timers: `poll_timeout`/`handle_timeout` (TCP output waiting for a drain asks for
+//! no timer).
 
 use std::collections::VecDeque;
 
@@ -14,7 +17,7 @@ use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpProtocol, IpRepr, Ipv4Repr, Ipv6Repr};
 
 use crate::counters::{LogLimiter, drop_pkt};
-use crate::device::{self, BoardQueue, SmolDevice};
+use crate::device::{self, BoardQueue, BoardSink, Direct, SmolDevice};
 use crate::flow::{FlowInfo, FlowKind, FlowTable, Protocol, TcpPhase};
 use crate::icmp::IcmpError;
 use crate::ip::{IpPacket, Refused};
@@ -73,11 +76,7 @@ impl Nat {
         let mut queue = BoardQueue::new(config.max_queued_board_packets);
         let mut iface_cfg = IfaceConfig::new(HardwareAddress::Ip);
         iface_cfg.random_seed = config.random_seed;
-        let mut dev = SmolDevice {
-            rx: None,
-            queue: &mut queue,
-            caps: &caps,
-        };
+        let mut dev = SmolDevice::new(None, &mut queue, &caps, None);
         let mut iface = Interface::new(iface_cfg, &mut dev, now);
         // Any-IP mode: one address per IP version covering everything, default routes through
         // ourselves, and `any_ip` so smoltcp accepts segments for every destination the board
@@ -245,11 +244,7 @@ impl Nat {
             self.egress_if_drained();
             match self.queue.pop_into(out)? {
                 Ok(n) => {
-                    self.counters.tx_packets += 1;
-                    self.counters.tx_bytes += n as u64;
-                    if out.first().is_some_and(|b| b >> 4 == 6) {
-                        self.counters.tx_ipv6_packets += 1;
-                    }
+                    self.counters.count_tx(&out[..n]);
                     return Some(n);
                 }
                 Err(len) => drop_pkt!(
@@ -263,16 +258,48 @@ impl Nat {
         }
     }
 
-    /// Length of the packet the next [`poll_ip_packet`](Self::poll_ip_packet) returns, or
-    /// `None` when nothing is queued (producing TCP output first, as that call does). Lets the
-    /// driver hand `poll_ip_packet` exactly the room the packet needs, in place (a bundle's
-    /// free space), and leave a packet that does not fit queued for the next bundle instead of
-    /// copying it aside.
+    /// Packets for the board, written into `sink` (the free space of the bundle the driver is
+    /// filling) until it is full or nothing is left: queued packets first (copied), then TCP
+    /// output, which smoltcp writes straight into the sink. A socket whose next segment may not
+    /// fit the sink's rest keeps its data for the next call (backpressure, as with
+    /// `poll_ip_packet`). Returns the length of a queued packet the sink had no room for (it
+    /// stays queued, first; a driver whose sinks can never hold it takes it with
+    /// `poll_ip_packet` and drops it), or `None`. Call again for the next bundle while
+    /// [`has_ip_packets`](Self::has_ip_packets).
     #[must_use]
-    pub fn peek_ip_packet_len(&mut self, now: Instant) -> Option<usize> {
+    pub fn poll_ip_packets(&mut self, now: Instant, sink: &mut dyn BoardSink) -> Option<usize> {
         self.now = now;
-        self.egress_if_drained();
+        let mut empty = true;
+        while let Some(len) = self.queue.front_len() {
+            let Some(buf) = sink.buffer(len) else {
+                return Some(len);
+            };
+            if let Some(Ok(n)) = self.queue.pop_into(buf) {
+                self.counters.count_tx(&buf[..n]);
+                sink.commit(n);
+                empty = false;
+            }
+        }
+        if self.sockets.has_pending() || self.queue.blocked {
+            self.queue.blocked = false;
+            let mut dev = SmolDevice::new(
+                None,
+                &mut self.queue,
+                &self.caps,
+                Some(Direct::new(sink, &mut self.counters, empty)),
+            );
+            self.sockets
+                .egress(&mut self.iface, self.now, &mut dev, &mut self.touched);
+            self.egress_done();
+        }
         self.queue.front_len()
+    }
+
+    /// Whether [`poll_ip_packets`](Self::poll_ip_packets) may have more: packets are queued or
+    /// sockets wait for their egress turn.
+    #[must_use]
+    pub fn has_ip_packets(&self) -> bool {
+        !self.queue.is_empty() || self.sockets.has_pending() || self.queue.blocked
     }
 
     /// Lets smoltcp produce output once the board queue has drained (TCP output is lazy).
@@ -318,9 +345,8 @@ impl Nat {
     #[must_use]
     pub fn poll_timeout(&mut self, now: Instant) -> Option<Instant> {
         self.now = now;
-        if self.sockets.has_pending() && !self.queue.is_full() {
-            return Some(now);
-        }
+        // Sockets waiting for their egress turn ask for no timer: their output is made when the
+        // driver drains (`poll_ip_packet`, `poll_ip_packets`), straight into its bundle.
         let mut t = self.sockets.next_deadline().map(|t| t.max(now));
         // While the board queue is full only draining it helps: `poll_ip_packet` runs egress.
         if self.queue.is_full() && t.is_some_and(|t| t <= now) {
@@ -420,13 +446,15 @@ impl Nat {
     /// the next `process_dirty`.
     pub(crate) fn run_egress(&mut self) {
         self.queue.blocked = false;
-        self.sockets.egress(
-            &mut self.iface,
-            self.now,
-            &mut self.queue,
-            &self.caps,
-            &mut self.touched,
-        );
+        let mut dev = SmolDevice::new(None, &mut self.queue, &self.caps, None);
+        self.sockets
+            .egress(&mut self.iface, self.now, &mut dev, &mut self.touched);
+        self.egress_done();
+    }
+
+    /// After an egress run: the flows of the sockets it ran are looked at by the next
+    /// `process_dirty`, and sockets whose last packet left are freed.
+    fn egress_done(&mut self) {
         self.mark_touched_dirty();
         self.reap_zombies();
     }
@@ -442,11 +470,7 @@ impl Nat {
     /// Hand one TCP packet to socket `to` without copying it (`None`: no socket takes it and
     /// smoltcp answers with a RST).
     pub(crate) fn smoltcp_ingress(&mut self, to: Option<SockId>, packet: &[u8]) {
-        let mut dev = SmolDevice {
-            rx: Some(packet),
-            queue: &mut self.queue,
-            caps: &self.caps,
-        };
+        let mut dev = SmolDevice::new(Some(packet), &mut self.queue, &self.caps, None);
         self.sockets
             .ingress(to, &mut self.iface, self.now, &mut dev);
     }

@@ -13,7 +13,8 @@
 //! ```text
 //!  board segment ─▶ flow table (key) ─▶ ingress(id) ─▶ that socket's set ─▶ pending
 //!  tcp_send/recv, close, abort ─▶ get_mut(id) ─▶ pending
-//!  egress: pending sockets, one segment each per round (fair), until quiet or the queue is full
+//!  egress: pending sockets, one segment each per round (fair), until quiet or the sink/queue is
+//!          full (a socket whose next segment may not fit the sink's rest waits, still pending)
 //!          ─▶ settled: poll_at ─▶ timer heap (stale entries skipped by generation)
 //!  handle_timeout ─▶ due() ─▶ pending again (and their flows looked at)
 //! ```
@@ -36,13 +37,12 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
 use smoltcp::iface::{Interface, SocketHandle, SocketSet};
-use smoltcp::phy::DeviceCapabilities;
 use smoltcp::socket::tcp;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::TcpSeqNumber;
 
 use crate::FlowId;
-use crate::device::{BoardQueue, SmolDevice};
+use crate::device::SmolDevice;
 use crate::ring::Ring;
 
 /// How long a socket stays untouched before its empty rings give their pages back.
@@ -429,24 +429,26 @@ impl TcpSockets {
     }
 
     /// Run egress for the pending sockets, one segment from each per round so that bulk flows
-    /// share the board queue, until none has more or the queue is full (the rest stay pending).
-    /// Every socket that finished its turn gets its next deadline on the heap and its flow
+    /// share the board queue or sink, until none has more or `dev` is full (the rest stay
+    /// pending). A socket the device refused (its next segment may not fit the sink's rest)
+    /// stays pending with its data; the others of the round still run (a small segment may
+    /// fit). Every socket that finished its turn gets its next deadline on the heap and its flow
     /// pushed to `touched` (its state may have moved: a timeout, TIME-WAIT over).
     pub(crate) fn egress(
         &mut self,
         iface: &mut Interface,
         now: Instant,
-        queue: &mut BoardQueue,
-        caps: &DeviceCapabilities,
+        dev: &mut SmolDevice<'_>,
         touched: &mut Vec<FlowId>,
     ) {
         self.now = Some(now);
         let mut round = core::mem::take(&mut self.pending);
         let mut next = Vec::new();
+        let mut held = Vec::new();
         while !round.is_empty() {
             for (k, &id) in round.iter().enumerate() {
-                if queue.is_full() {
-                    queue.blocked = true;
+                if dev.full() {
+                    dev.queue.blocked = true;
                     next.extend_from_slice(&round[k..]);
                     break;
                 }
@@ -460,15 +462,20 @@ impl TcpSockets {
                 {
                     self.visits += 1;
                 }
-                let before = queue.len();
-                let mut dev = SmolDevice {
-                    rx: None,
-                    queue,
-                    caps,
-                };
-                iface.poll_egress(now, &mut dev, &mut slot.set);
-                if queue.len() > before {
+                dev.set_bound(
+                    slot.set
+                        .get::<tcp::Socket<'static>>(slot.handle)
+                        .send_queue(),
+                );
+                dev.refused = false;
+                let before = dev.emitted;
+                iface.poll_egress(now, dev, &mut slot.set);
+                if dev.emitted > before {
                     next.push(id);
+                    continue;
+                }
+                if dev.refused {
+                    held.push(id);
                     continue;
                 }
                 slot.pending = false;
@@ -480,12 +487,13 @@ impl TcpSockets {
                     self.timers.push(Reverse((t, id.0, self.next_gen)));
                 }
             }
-            if queue.is_full() {
+            if dev.full() {
                 break;
             }
             round = core::mem::take(&mut next);
         }
         // What is left stays pending (its flag is still set); new ones may have joined.
+        next.append(&mut held);
         next.append(&mut self.pending);
         self.pending = next;
         self.compact_timers();
