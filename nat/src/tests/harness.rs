@@ -11,12 +11,50 @@ use smoltcp::socket::tcp;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint};
 
-use crate::{Nat, NatConfig, NatEvent, OsEvent};
+use crate::{BoardSink, Nat, NatConfig, NatEvent, OsEvent};
 
 pub(crate) struct H {
     pub(crate) nat: Nat,
     pub(crate) now: Instant,
     buf: Vec<u8>,
+    /// When set, `recv` plays a bundle driver: `poll_ip_packets` into sinks of this many bytes
+    /// that hold this poison byte where nothing was written.
+    pub(crate) sink: Option<(usize, u8)>,
+    /// In sink mode: the packets of each sink filled, in order.
+    pub(crate) bundles: Vec<Vec<Vec<u8>>>,
+}
+
+/// A bundle's free space as the tests' [`BoardSink`]: `cap` bytes of `poison`, packets appended.
+pub(crate) struct TestSink {
+    buf: Vec<u8>,
+    used: usize,
+    pub(crate) packets: Vec<Vec<u8>>,
+}
+
+impl TestSink {
+    pub(crate) fn new(cap: usize, poison: u8) -> Self {
+        Self {
+            buf: vec![poison; cap],
+            used: 0,
+            packets: Vec::new(),
+        }
+    }
+}
+
+impl BoardSink for TestSink {
+    fn room(&self) -> usize {
+        self.buf.len() - self.used
+    }
+
+    fn buffer(&mut self, len: usize) -> Option<&mut [u8]> {
+        self.buf.get_mut(self.used..self.used.checked_add(len)?)
+    }
+
+    fn commit(&mut self, len: usize) {
+        self.packets
+            .push(self.buf[self.used..self.used + len].to_vec());
+        self.used += len;
+    }
 }
 
 impl H {
@@ -31,6 +69,8 @@ impl H {
             nat: Nat::new(cfg, now).expect("valid config"),
             now,
             buf,
+            sink: None,
+            bundles: Vec::new(),
         }
     }
 
@@ -60,9 +100,30 @@ impl H {
 
     /// Everything the core has for the board now.
     pub(crate) fn recv(&mut self) -> Vec<Vec<u8>> {
+        if let Some((cap, poison)) = self.sink {
+            return self.recv_bundles(cap, poison);
+        }
         let mut v = Vec::new();
         while let Some(n) = self.nat.poll_ip_packet(self.now, &mut self.buf) {
             v.push(self.buf[..n].to_vec());
+        }
+        v
+    }
+
+    /// Everything the core has for the board now, through sinks of `cap` bytes of `poison` (one
+    /// per bundle, kept in `bundles`), until the core has nothing more.
+    pub(crate) fn recv_bundles(&mut self, cap: usize, poison: u8) -> Vec<Vec<u8>> {
+        let mut v = Vec::new();
+        while self.nat.has_ip_packets() {
+            let mut sink = TestSink::new(cap, poison);
+            let left = self.nat.poll_ip_packets(self.now, &mut sink);
+            assert!(left.is_none_or(|len| len <= cap), "{left:?} never fits");
+            if sink.packets.is_empty() {
+                assert!(!self.nat.has_ip_packets(), "a bundle without progress");
+                break;
+            }
+            v.extend(sink.packets.iter().cloned());
+            self.bundles.push(sink.packets);
         }
         v
     }

@@ -6,6 +6,7 @@
 #![allow(clippy::field_reassign_with_default)]
 
 mod dns;
+mod egress;
 mod evict;
 mod harness;
 mod inbound;
