@@ -908,20 +908,20 @@ mod tests {
         let (mut packets, mut bytes, mut bundles, mut shared) = (0u64, 0u64, 0, 0);
         loop {
             let mut buf = vec![0xEE; max];
-            let Some(t) = p.core.poll_transmit(p.now, &mut buf) else {
+            let Some(tx) = p.core.poll_transmit(p.now, &mut buf) else {
                 break;
             };
             bundles += 1;
             let bundle =
-                Bundle::new_checked(&buf[..t.len], shared_frame::MAX_BUNDLE_LIMIT).unwrap();
+                Bundle::new_checked(&buf[..tx.len], shared_frame::MAX_BUNDLE_LIMIT).unwrap();
             let mut in_bundle = 0;
-            for r in bundle.records() {
-                let r = r.unwrap();
-                let seg = seg_of(r.payload);
+            for rec in bundle.records() {
+                let rec = rec.unwrap();
+                let seg = seg_of(rec.payload);
                 assert_eq!(seg.seq, isn.wrapping_add(got.len() as u32), "in order");
                 got.extend_from_slice(&seg.payload);
                 packets += 1;
-                bytes += r.payload.len() as u64;
+                bytes += rec.payload.len() as u64;
                 in_bundle += 1;
             }
             shared += usize::from(in_bundle >= 2);

@@ -55,6 +55,8 @@ impl BoardQueue {
         self.packets.len() >= self.limit
     }
 
+    /// Packets queued, for tests.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.packets.len()
     }

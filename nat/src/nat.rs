@@ -304,7 +304,7 @@ impl Nat {
 
     /// Lets smoltcp produce output once the board queue has drained (TCP output is lazy).
     fn egress_if_drained(&mut self) {
-        if self.queue.len() == 0 && (self.sockets.has_pending() || self.queue.blocked) {
+        if self.queue.is_empty() && (self.sockets.has_pending() || self.queue.blocked) {
             self.run_egress();
         }
     }

@@ -83,8 +83,8 @@ fn queued_packets_go_first_and_a_segment_too_big_for_the_rest_leads_the_next_bun
     let mut h = H::with(small_cfg());
     let mut board = Board::new(h.now, 1500);
     let (s, flow) = open(&mut h, &mut board, 41001, 256 * 1024);
-    let (b, srv) = (ep(BOARD, 5353), ep(SERVER, 9999));
-    h.send(&udp(b, srv, b"q"));
+    let (bep, srv) = (ep(BOARD, 5353), ep(SERVER, 9999));
+    h.send(&udp(bep, srv, b"q"));
     let udp_flow = h.events()[0].flow();
     h.recv();
     let before = h.nat.counters().clone();
@@ -115,7 +115,7 @@ fn queued_packets_go_first_and_a_segment_too_big_for_the_rest_leads_the_next_bun
     let mut next = TestSink::new(16000, 0xEE);
     assert_eq!(h.nat.poll_ip_packets(h.now, &mut next), None);
     assert_eq!(next.packets[0].len(), waiting);
-    assert_eq!(udp_of(&next.packets[1]), (srv, b, b"first".to_vec()));
+    assert_eq!(udp_of(&next.packets[1]), (srv, bep, b"first".to_vec()));
     let tcp: Vec<&Vec<u8>> = next.packets.iter().filter(|p| p[9] == 6).collect();
     assert!(tcp.len() > 2, "direct segments follow");
     let got: Vec<u8> = tcp.iter().flat_map(|p| seg_of(p).payload).collect();
@@ -204,8 +204,8 @@ fn conversation(poison: u8) -> Vec<Vec<u8>> {
     board.exchange(&mut h);
     h.os(OsEvent::TcpReset { flow: flows[1].1 });
     board.exchange(&mut h);
-    let (b, srv) = (ep(BOARD, 5353), ep(SERVER, 9999));
-    h.send(&udp(b, srv, b"q"));
+    let (bep, srv) = (ep(BOARD, 5353), ep(SERVER, 9999));
+    h.send(&udp(bep, srv, b"q"));
     let udp_flow = h.events()[0].flow();
     h.os(OsEvent::UdpReceived {
         flow: udp_flow,
