@@ -30,8 +30,9 @@
 //!
 //! There is no flush timer. Whenever the link has a free slot, everything the core has for the
 //! board goes into one bundle (session control first) and leaves at once; while every slot is
-//! busy the core is not drained, so packets accumulate in it (bounded by its board queue and
-//! the TCP windows) and leave together in the next bundle. An idle link therefore adds no
+//! busy the core is not drained, so output accumulates in it (TCP data in its sockets' rings,
+//! within their windows, written straight into the next bundle; other packets in its bounded
+//! board queue) and leaves together in the next bundle. An idle link therefore adds no
 //! latency, and a busy one gets full bundles.
 //!
 //! Bundle buffers go round instead of being allocated per bundle: outgoing ones are taken from
@@ -392,8 +393,8 @@ impl Driver {
         let now = self.clock.micros();
         let (session, mut nat) = self.core.poll_timeout(now);
         if nat.is_some_and(|t| t <= now) {
-            // The core asks to be drained (or has a due timer that needs the board queue to
-            // drain). That only helps once the link frees a slot, which wakes us anyway.
+            // A due timer of the core that needs the board queue to drain first: that only
+            // helps once the link frees a slot, which wakes us anyway.
             nat = Some(now + BUSY_TIMER.as_micros() as u64);
         }
         [session, nat]
