@@ -5,38 +5,18 @@
 
 use core::net::SocketAddr;
 
-use smoltcp::time::Duration;
+use smoltcp::iface::SocketHandle;
 
-use super::stream::{drain, open, pattern, small_cfg};
+use super::stream::{drain, feed_down, open, pattern, small_cfg};
 use super::*;
 use crate::testing::{seg_of, udp, udp_of};
 use crate::{FlowId, NatEvent, OsEvent};
 
 /// Sends `down` from the OS to the board through the core as the link allows; returns what the
 /// board read.
-fn download(
-    h: &mut H,
-    board: &mut Board,
-    s: smoltcp::iface::SocketHandle,
-    flow: FlowId,
-    down: &[u8],
-) -> Vec<u8> {
-    let mut off = h.nat.tcp_send(flow, down).unwrap();
-    let mut rx = Vec::new();
-    let mut buf = vec![0; 256 * 1024];
-    for _ in 0..200 {
-        let ev = board.exchange(h);
-        let n = board.sock(s).recv_slice(&mut buf).unwrap();
-        rx.extend_from_slice(&buf[..n]);
-        if ev.contains(&NatEvent::TcpWritable { flow }) && off < down.len() {
-            off += h.nat.tcp_send(flow, &down[off..]).unwrap();
-        }
-        if rx.len() == down.len() {
-            break;
-        }
-        h.advance(Duration::from_millis(10));
-    }
-    rx
+fn download(h: &mut H, board: &mut Board, s: SocketHandle, flow: FlowId, down: &[u8]) -> Vec<u8> {
+    let sent = h.nat.tcp_send(flow, down).unwrap();
+    feed_down(h, board, s, flow, down, sent)
 }
 
 /// The packets the board got, counted as the core counts them.
