@@ -552,6 +552,7 @@ pub fn link_config(nat: &NatConfig, mtu: usize) -> LinkConfig {
 mod tests {
     use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
+    use qbkit_nat::Protocol;
     use qbkit_nat::testing::{seg_of, tcp_segment, udp, udp_of};
     use shared_frame::{Bundle, Control, LinkState, SessionConfig};
     use smoltcp::wire::TcpControl;
@@ -774,6 +775,66 @@ mod tests {
             ev.contains(&NatEvent::TcpClose { flow, reset: true }),
             "{ev:?}"
         );
+    }
+
+    /// The laptop dials the board (a forward), the board accepts, and the laptop's first bytes
+    /// are already waiting. The driver's pass runs the core's timers first, then the socket
+    /// events, then transmits: the bytes must leave with the handshake's ACK in one segment,
+    /// not behind a bare ACK the timers sent before the socket layer had its turn (the board
+    /// would take two packets, and a server that speaks first would wait for neither).
+    #[test]
+    fn an_inbound_flows_first_bytes_ride_on_the_handshakes_ack() {
+        let mut p = Pair::connected(Pair::board_cfg(), USB);
+        let board = SocketAddr::V4(ep(BOARD, 22));
+        let laptop = SocketAddr::V4(ep(Ipv4Addr::LOCALHOST, 50000));
+        let now = nat_time(p.now);
+        let flow = p
+            .core
+            .nat_mut()
+            .open_inbound_to(now, Protocol::Tcp, board, laptop)
+            .unwrap();
+        p.exchange(&[]);
+        let syn = seg_of(&p.take_rx()[0]);
+        assert!(syn.syn && syn.ack.is_none(), "the core dials the board");
+        let synack = tcp_segment(
+            ep(BOARD, 22),
+            syn.src,
+            TcpControl::Syn,
+            7000,
+            Some(syn.seq.wrapping_add(1)),
+            1460,
+            b"",
+        );
+        // One driver pass, in the driver's order (`driver::Driver::work`).
+        let mut buf = vec![0; shared_frame::DEFAULT_MAX_BUNDLE];
+        let mut w = BundleWriter::new(&mut buf, p.board.tx_max_bundle());
+        w.push_ip(CHANNEL_NET, &synack).unwrap();
+        let n = w.finish();
+        p.core.handle_bundle(p.now, &buf[..n]);
+        p.core.handle_timeout(p.now);
+        let ev: Vec<_> = std::iter::from_fn(|| p.core.poll_nat_event()).collect();
+        assert_eq!(
+            ev,
+            [
+                NatEvent::TcpEstablished { flow },
+                NatEvent::TcpWritable { flow }
+            ]
+        );
+        let request = b"SSH-2.0-laptop\r\n";
+        assert_eq!(
+            p.core.nat_mut().tcp_send(flow, request).unwrap(),
+            request.len()
+        );
+        let mut out = Vec::new();
+        while let Some(t) = p.core.poll_transmit(p.now, &mut out) {
+            p.deliver(&out[..t.len]);
+        }
+        let segs: Vec<_> = p.take_rx().iter().map(|pkt| seg_of(pkt)).collect();
+        let [seg] = &segs[..] else {
+            panic!("one segment expected: {segs:?}")
+        };
+        assert_eq!(seg.ack, Some(7001), "it acknowledges the SYN-ACK");
+        assert_eq!(seg.payload, request);
     }
 
     #[test]

@@ -342,11 +342,16 @@ impl Nat {
 
     /// When to call `handle_timeout` next (`None`: only when input arrives). May be `now`.
     /// Recompute after every call into the core.
+    ///
+    /// Sockets that input or a data call gave something to send are not a timer: their output
+    /// is made by `poll_ip_packet` (or `poll_ip_packets`), which the driver calls after its input
+    /// anyway. Running it from a timer at the start of the driver's next pass would send it
+    /// before the driver answered the events of that same input: the ACK of an inbound
+    /// handshake would leave alone, ahead of the laptop's first bytes that `TcpWritable` lets
+    /// the driver hand in.
     #[must_use]
     pub fn poll_timeout(&mut self, now: Instant) -> Option<Instant> {
         self.now = now;
-        // Sockets waiting for their egress turn ask for no timer: their output is made when the
-        // driver drains (`poll_ip_packet`, `poll_ip_packets`), straight into its bundle.
         let mut t = self.sockets.next_deadline().map(|t| t.max(now));
         // While the board queue is full only draining it helps: `poll_ip_packet` runs egress.
         if self.queue.is_full() && t.is_some_and(|t| t <= now) {
