@@ -265,7 +265,7 @@ impl Nat {
     /// `poll_ip_packet`). Returns the length of a queued packet the sink had no room for (it
     /// stays queued, first; a driver whose sinks can never hold it takes it with
     /// `poll_ip_packet` and drops it), or `None`. Call again for the next bundle while
-    /// [`has_ip_packets`](Self::has_ip_packets).
+    /// [`has_ip_packets`](Self::has_ip_packets), and drain `poll_event` afterwards.
     #[must_use]
     pub fn poll_ip_packets(&mut self, now: Instant, sink: &mut dyn BoardSink) -> Option<usize> {
         self.now = now;
@@ -291,6 +291,9 @@ impl Nat {
             self.sockets
                 .egress(&mut self.iface, self.now, &mut dev, &mut self.touched);
             self.egress_done();
+            // Egress moves socket states (FIN sent, TIME-WAIT, a timeout): their events are
+            // ready for `poll_event` now, not at the next input.
+            self.process_dirty();
         }
         self.queue.front_len()
     }
