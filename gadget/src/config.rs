@@ -134,7 +134,8 @@ pub struct NetworkSection {
     pub gateway6: Option<Ipv6Addr>,
     /// DNS servers.
     pub dns: Option<Vec<IpAddr>>,
-    /// MTU of the TUN device.
+    /// MTU of the TUN device, and the largest the board announces (default: the host's offer;
+    /// both ends default to 65520, what one 64 KiB bundle carries).
     pub mtu: Option<u32>,
     /// Install default routes via the gateways (default true).
     pub default_route: Option<bool>,

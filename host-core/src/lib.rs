@@ -697,7 +697,10 @@ mod tests {
 
     #[test]
     fn hello_and_link_config_bring_the_session_up() {
-        let mut p = Pair::new(Pair::board_cfg());
+        // The host offers the default (65520); a board configured smaller sets the link's MTU.
+        let mut board = Pair::board_cfg();
+        board.max_mtu = 16384;
+        let mut p = Pair::new(board);
         assert!(
             p.core.poll_transmit(0, &mut Vec::new()).is_none(),
             "no link, no bundle"
@@ -939,8 +942,11 @@ mod tests {
     fn a_download_is_written_into_recycled_bundles_whole_and_in_order() {
         // TCP segments are written by smoltcp straight into the bundle, here recycled buffers
         // full of an old bundle's bytes: every segment arrives intact (checksums), in order, the
-        // bundles carry several, and the counters match what crossed.
-        let mut p = Pair::connected(Pair::board_cfg(), USB);
+        // bundles carry several, and the counters match what crossed. The board's link MTU is
+        // 16384, as its SYN's MSS says (at 65520 a full segment fills a bundle alone).
+        let mut board = Pair::board_cfg();
+        board.max_mtu = 16384;
+        let mut p = Pair::connected(board, USB);
         let (b, s) = (ep(BOARD, 40001), ep(SERVER, 80));
         p.exchange(&[tcp_segment(b, s, TcpControl::Syn, 1000, None, 16344, b"")]);
         let [NatEvent::TcpConnect { flow, .. }] = p.take_events()[..] else {

@@ -233,8 +233,9 @@ struct RunArgs {
     /// Deprecated no-op (the LAN is reachable by default); accepted so old scripts keep working.
     #[arg(long, hide = true)]
     allow_lan: bool,
-    /// Link MTU offered to the board (1280..=65520, what one 64 KiB bundle carries; default
-    /// 16384). A board that takes smaller bundles gets a smaller MTU.
+    /// Link MTU offered to the board (1280..=65520; default 65520, what one 64 KiB bundle
+    /// carries). The link runs at the smaller of this and the board's own (its `[network] mtu`);
+    /// a board that takes smaller bundles gets a smaller MTU.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1280..=MAX_MTU))]
     mtu: Option<u32>,
     /// Memory for all TCP connections' buffers together, in MiB (default 4096): of each board,

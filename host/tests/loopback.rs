@@ -264,7 +264,7 @@ async fn board_tcp_through_the_driver_to_a_real_server() {
 }
 
 /// A board whose bundles carry at most 4 KiB (the protocol minimum, while the host offers an MTU
-/// of 16 KiB): the host must size its packets to what the board's bundles carry, so a 1 MiB echo
+/// of 65520): the host must size its packets to what the board's bundles carry, so a 1 MiB echo
 /// completes, and afterwards the idle driver must not spin on a packet it can never send.
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "current_thread")]

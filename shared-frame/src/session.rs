@@ -56,7 +56,7 @@ use crate::{FrameError, Instant};
 pub const MAX_EVENTS: usize = 64;
 
 /// Default link MTU both ends announce (see docs/benchmarks.md for why it is large).
-pub const DEFAULT_MTU: u32 = 16384;
+pub const DEFAULT_MTU: u32 = 65520;
 
 /// How a session behaves; `Default` gives the documented defaults.
 #[derive(Debug, Clone)]
