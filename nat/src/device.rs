@@ -220,13 +220,17 @@ impl<'a> SmolDevice<'a> {
         }
     }
 
-    /// Before egress runs for a socket holding `send_queue` bytes: the largest packet it can
-    /// make now.
-    pub(crate) fn set_bound(&mut self, send_queue: usize) {
+    /// Before egress runs for a socket holding `send_queue` bytes whose peer (the board)
+    /// announced `board_mss` in its SYN: the largest packet it can make now. Without the MSS a
+    /// board that clamps it below the link's (a router's 1460) would get one segment per
+    /// bundle, each refused into the next one for room it never needs; a bound that turns out
+    /// too small only sends that segment to the queue (it leads the next bundle).
+    pub(crate) fn set_bound(&mut self, send_queue: usize, board_mss: Option<usize>) {
+        let payload = board_mss.map_or(send_queue, |mss| send_queue.min(mss));
         self.need = self
             .caps
             .max_transmission_unit
-            .min(MAX_TCP_HEADERS.saturating_add(send_queue));
+            .min(MAX_TCP_HEADERS.saturating_add(payload));
     }
 
     fn may_transmit(&self) -> bool {

@@ -79,6 +79,8 @@ struct Slot {
     /// passed), and the highest end of a board segment with data.
     rx_read: Option<TcpSeqNumber>,
     board_end: Option<TcpSeqNumber>,
+    /// The largest segment payload the board takes, from its SYN (`None` before it).
+    board_mss: Option<usize>,
 }
 
 impl Slot {
@@ -182,6 +184,7 @@ impl TcpSockets {
             idle_serial: 0,
             rx_read: None,
             board_end: None,
+            board_mss: None,
         };
         // A free id may be stale: its slot went in `shrink_slots` (and may be in use again).
         let slots = &self.slots;
@@ -294,14 +297,24 @@ impl TcpSockets {
         }
     }
 
-    /// A board segment for socket `id` (before smoltcp sees it): its SYN fixes where the
-    /// board's bytes start, its data may end beyond what was taken (out of order).
-    pub(crate) fn board_segment(&mut self, id: SockId, seq: TcpSeqNumber, syn: bool, len: usize) {
+    /// A board segment for socket `id` (before smoltcp sees it): a SYN fixes where the board's
+    /// bytes start and, by its MSS option `syn_mss`, the largest segment smoltcp sends the
+    /// board; data may end beyond what was taken (out of order).
+    pub(crate) fn board_segment(
+        &mut self,
+        id: SockId,
+        seq: TcpSeqNumber,
+        (syn, syn_mss): (bool, Option<u16>),
+        len: usize,
+    ) {
         let Some(s) = self.slot_mut(id) else {
             return;
         };
-        if syn && s.rx_read.is_none() {
-            s.rx_read = Some(seq + 1);
+        if syn {
+            if s.rx_read.is_none() {
+                s.rx_read = Some(seq + 1);
+            }
+            s.board_mss = Some(effective_mss(syn_mss));
         }
         if len > 0 {
             let end = seq + usize::from(syn) + len;
@@ -466,6 +479,7 @@ impl TcpSockets {
                     slot.set
                         .get::<tcp::Socket<'static>>(slot.handle)
                         .send_queue(),
+                    slot.board_mss,
                 );
                 dev.refused = false;
                 let before = dev.emitted;
@@ -572,3 +586,16 @@ impl TcpSockets {
             .map(|s| s.set.get::<tcp::Socket<'static>>(s.handle))
     }
 }
+
+/// The segment size smoltcp uses towards a peer whose SYN carried `mss`: the option's value
+/// (a zero one counts as absent, and it is never below smoltcp's floor), else TCP's default.
+fn effective_mss(mss: Option<u16>) -> usize {
+    match mss {
+        Some(m) if m != 0 => usize::from(m).max(MIN_REMOTE_MSS),
+        _ => DEFAULT_MSS,
+    }
+}
+
+/// smoltcp's floor for a peer's MSS option, and its MSS when the option is absent (RFC 9293).
+const MIN_REMOTE_MSS: usize = 48;
+const DEFAULT_MSS: usize = 536;

@@ -129,8 +129,12 @@ impl Nat {
                     self.sockets.get_mut(handle).set_ack_delay(None);
                 }
                 let len = seg.payload().len();
+                let syn_mss = seg
+                    .syn()
+                    .then(|| seg.options_summary().ok().and_then(|o| o.max_segment_size))
+                    .flatten();
                 self.sockets
-                    .board_segment(handle, seg.seq_number(), seg.syn(), len);
+                    .board_segment(handle, seg.seq_number(), (seg.syn(), syn_mss), len);
                 self.mark_dirty(id);
                 self.smoltcp_ingress(Some(handle), &ip.without_extensions());
             }
@@ -320,7 +324,8 @@ impl Nat {
             &dst,
             &self.csum,
         );
-        self.sockets.board_segment(handle, repr.seq_number, true, 0);
+        self.sockets
+            .board_segment(handle, repr.seq_number, (true, repr.max_seg_size), 0);
         self.smoltcp_ingress(Some(handle), &buf);
         if self.sockets.get(handle).state() != State::SynReceived {
             self.sockets.remove(handle);

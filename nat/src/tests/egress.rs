@@ -226,3 +226,26 @@ fn no_stale_byte_of_the_sink_reaches_the_board() {
         .any(|p| p[40 + 13] & 0x04 != 0);
     assert!(v6_rst, "the IPv6 RST was checked");
 }
+
+/// A board whose MSS is below the link's (a router clamping it to 1460 on a 65520 link): its
+/// segments share a bundle as they do at a 1500 MTU, instead of each waiting for a bundle of
+/// its own because the room check assumed a link-sized segment.
+#[test]
+fn a_board_with_a_clamped_mss_gets_full_bundles() {
+    let mut cfg = small_cfg();
+    cfg.mtu = 65520;
+    cfg.tcp_tx_buffer = 256 * 1024;
+    let mut h = H::with(cfg);
+    h.sink = Some((16 * 1024, 0x5A));
+    let mut board = Board::new(h.now, 1500);
+    let (s, flow) = open(&mut h, &mut board, 41003, 256 * 1024);
+    let down = pattern(200 * 1024, 9);
+    assert_eq!(download(&mut h, &mut board, s, flow, &down), down);
+    assert!(h.bundles.iter().flatten().all(|p| p.len() <= 1500));
+    let most = h.bundles.iter().map(Vec::len).max().unwrap_or(0);
+    assert!(
+        most >= 10,
+        "a 16 KiB bundle holds 11 segments of 1460 bytes; the fullest held {most}"
+    );
+    assert_counted(&h);
+}
