@@ -784,7 +784,7 @@ mod tests {
     /// are already waiting. The driver's pass runs the core's timers first, then the socket
     /// events, then transmits: the bytes must leave with the handshake's ACK in one segment,
     /// not behind a bare ACK the timers sent before the socket layer had its turn (the board
-    /// would take two packets, and a server that speaks first would wait for neither).
+    /// would take two packets where one carries both).
     #[test]
     fn an_inbound_flows_first_bytes_ride_on_the_handshakes_ack() {
         let mut p = Pair::connected(Pair::board_cfg(), USB);
