@@ -2,15 +2,16 @@
 #
 # What it gives: logging and pid tracking; kill_tree; a watchdog; the EXIT trap that kills what was
 # started (by pid, leaves first) and deletes the run's namespaces (by exact name); the `wan`
-# namespace with its nftables guard; bringing each stack (qbkit, slirp4netns, pasta) up and down
+# namespace with its nftables guard; bringing each stack (qbkit, slirp4netns, pasta, pasta-tap) up and down
 # against a board namespace; the per-step monitor and the results.jsonl emitter.
 #
 # The caller sets, before sourcing: OUT (run directory), WAN (wan namespace name), BOARD_PREFIX
 # (board namespaces are BOARD_PREFIX<stack>), SRV (server address in wan), STACKS, BIN, MAXRUN,
 # and defines stack_check STACK (run after a stack is up; non-zero = unusable). Optional: SRV6 (the
 # servers' IPv6 address: wan gets IPv6 too and slirp4netns runs with --enable-ipv6). Optional arrays
-# with extra arguments per stack: SLIRP_EXTRA, PASTA_PORTS (default: no forwards), QBKIT_EXTRA,
-# QBKIT_BASE_EXTRA (the stack qbkit-base's, when not empty; else it gets QBKIT_EXTRA).
+# with extra arguments per stack: SLIRP_EXTRA, PASTA_PORTS (default: no forwards), PASTA_TAP_PORTS
+# (the stack pasta-tap's: a second pasta, for forwards its clients reach on a non-loopback address),
+# QBKIT_EXTRA, QBKIT_BASE_EXTRA (the stack qbkit-base's, when not empty; else it gets QBKIT_EXTRA).
 # After `harness_init`: S (state dir), RES (results.jsonl), GADGET, HOSTBIN.
 
 harness_init() {
@@ -49,7 +50,7 @@ kill_tree() {
 
 del_namespaces() { # our namespaces, by exact name only
   local st
-  for st in qbkit qbkit-base slirp4netns pasta; do ip netns del "$(board_ns "$st")" 2>/dev/null; done
+  for st in qbkit qbkit-base slirp4netns pasta pasta-tap; do ip netns del "$(board_ns "$st")" 2>/dev/null; done
   ip netns del "$WAN" 2>/dev/null
 }
 
@@ -163,17 +164,22 @@ stack_up() {
     wait_until 10 board_has "$b" 'inet 10.0.2.100' || { log "slirp4netns did not come up"; return 1; }
     echo "B=$b; PIDS=$w; EXTRA=; HOLDER=$h; MTU=$mtu" > "$S/$st.env"
     ;;
-  pasta)
+  pasta|pasta-tap)
     h=
     # -t/-u/-T/-U none (default PASTA_PORTS): no port forwards, no loopback splice (all traffic
     # through the tap path); --no-map-gw: the gateway is not host loopback. --netns NAME (it quits
-    # with it) and --runas 0: as nobody it may not setns into a root-owned netns.
+    # with it) and --runas 0: as nobody it may not setns into a root-owned netns. pasta-tap: the
+    # same program with PASTA_TAP_PORTS.
     local ports=(-t none -u none -T none -U none)
-    [ ${#PASTA_PORTS[@]} -gt 0 ] && ports=("${PASTA_PORTS[@]}")
+    if [ "$st" = pasta-tap ]; then
+      [ ${#PASTA_TAP_PORTS[@]} -gt 0 ] && ports=("${PASTA_TAP_PORTS[@]}")
+    else
+      [ ${#PASTA_PORTS[@]} -gt 0 ] && ports=("${PASTA_PORTS[@]}")
+    fi
     ip netns exec "$WAN" pasta -f -q --config-net -m "$mtu" "${ports[@]}" --no-map-gw \
       --runas 0 --netns "$b" \
-      >"$S/pasta.$mtu.log" 2>&1 & w=$!; track $w
-    wait_until 10 board_has "$b" 'inet 198.51.100.1/' || { log "pasta did not come up"; cat "$S/pasta.$mtu.log" >&2; return 1; }
+      >"$S/$st.$mtu.log" 2>&1 & w=$!; track $w
+    wait_until 10 board_has "$b" 'inet 198.51.100.1/' || { log "$st did not come up"; cat "$S/$st.$mtu.log" >&2; return 1; }
     ifc=$(ip -n "$b" -o link show | awk -F': ' '$2!="lo"{print $2; exit}')
     ip -n "$b" link set "$ifc" mtu "$mtu"
     echo "B=$b; PIDS=$w; EXTRA=; HOLDER=$h; MTU=$mtu" > "$S/$st.env"
@@ -255,5 +261,6 @@ json_or() { # json_or DEFAULT TEXT: TEXT if it is one JSON value, else DEFAULT
 HARNESS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 [ -v SLIRP_EXTRA ] || SLIRP_EXTRA=()
 [ -v PASTA_PORTS ] || PASTA_PORTS=()
+[ -v PASTA_TAP_PORTS ] || PASTA_TAP_PORTS=()
 [ -v QBKIT_EXTRA ] || QBKIT_EXTRA=()
 [ -v QBKIT_BASE_EXTRA ] || QBKIT_BASE_EXTRA=()
