@@ -3,6 +3,7 @@
 
 Samples VmRSS of every PID every 100 ms until SIGTERM/SIGINT (or 900 s), then prints one JSON object:
 per-pid peak RSS (KiB) and CPU seconds (utime+stime from /proc/PID/stat, including reaped threads),
+the busy CPU seconds of each CPU of the machine (every process and the kernel, from /proc/stat),
 plus the wall time. The harness starts it before a client and stops it right after.
 Adapted from shared/baselines/nbmon.py.
 """
@@ -32,6 +33,19 @@ def cpu(pid):
         return 0.0
 
 
+def cpu_busy():
+    """CPU seconds each CPU spent on anything but idle and iowait since boot (/proc/stat `cpuN`
+    lines): the whole path's cost, clients, servers, every stack process and the kernel alike."""
+    busy = []
+    with open("/proc/stat") as f:
+        for line in f:
+            name, *v = line.split()
+            if name.startswith("cpu") and name != "cpu":
+                v = [int(x) for x in v]
+                busy.append((sum(v[:7]) - v[3] - v[4]) / TCK)  # user nice system (idle iowait) irq softirq; not steal
+    return busy
+
+
 stop = False
 
 
@@ -43,6 +57,7 @@ def on_sig(*_):
 signal.signal(signal.SIGTERM, on_sig)
 signal.signal(signal.SIGINT, on_sig)
 c0 = {p: cpu(p) for p in pids}
+b0 = cpu_busy()
 r0 = {p: rss(p) for p in pids}
 if os.environ.get("MON_READY"):  # tell the harness the baseline is taken and SIGTERM is handled
     open(os.environ["MON_READY"], "w").close()
@@ -55,6 +70,7 @@ while not stop and time.monotonic() - t0 < 900:
 wall = time.monotonic() - t0
 print(json.dumps({
     "wall_s": round(wall, 2),
+    "cpu_busy_s": [round(b - a, 3) for a, b in zip(b0, cpu_busy())],
     "per_pid": {str(p): {"start_rss_kib": r0[p], "peak_rss_kib": peak[p], "end_rss_kib": rss(p),
                          "cpu_s": round(cpu(p) - c0[p], 3)} for p in pids},
 }))
