@@ -130,6 +130,8 @@ meta_common() { # machine and tool versions, one "key: value" a line
   echo "qbkit-host: $("$HOSTBIN" --version 2>/dev/null), binaries built $(date -r "$HOSTBIN" +%H:%M) (host) / $(date -r "$GADGET" +%H:%M) (gadget) from the work tree"
   echo "iperf3: $(iperf3 --version | head -1)"
   echo "python: $(python3 --version 2>&1)"
+  # the price of one hop between processes on this machine (bench/lib/wakeup.c)
+  cc -O2 -o "$S/wakeup" "$root/bench/lib/wakeup.c" && echo "$(timeout 60 "$S/wakeup")"
   echo "uptime_before: $(uptime)"
 }
 

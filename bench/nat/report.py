@@ -310,6 +310,10 @@ def run_intro(title, script, rows, meta, busy=None):
     L.append("| item | value |")
     L.append("|---|---|")
     L.append(f"| machine | {meta.get('nproc', '?')} vCPU, {meta.get('cpu', '?')}, {meta.get('mem', '?')}, {meta.get('uname', '?')} |")
+    if meta.get("wakeup_rtt_us"):  # bench/lib/wakeup.c: two processes passing a byte back and forth
+        w = dict(kv.split("=", 1) for kv in meta["wakeup_rtt_us"].split())
+        L.append(f"| wake-ups | a round trip between two processes over a unix socketpair (two wake-ups, "
+                 f"`bench/lib/wakeup.c`): {w.get('cross_cpu', '?')} µs on two CPUs, {w.get('same_cpu', '?')} µs on one |")
     L.append(f"| load | before: `{meta.get('uptime_before', '?')}`; after: `{meta.get('uptime_after', '?')}`"
              + (f"; 1-min load average sampled at each step: median {statistics.median(lo):.1f} [{min(lo):.1f}..{max(lo):.1f}]" if lo else "")
              + " |")
