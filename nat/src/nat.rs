@@ -280,17 +280,8 @@ impl Nat {
                 empty = false;
             }
         }
-        if self.sockets.has_pending() || self.queue.blocked {
-            self.queue.blocked = false;
-            let mut dev = SmolDevice::new(
-                None,
-                &mut self.queue,
-                &self.caps,
-                Some(Direct::new(sink, &mut self.counters, empty)),
-            );
-            self.sockets
-                .egress(&mut self.iface, self.now, &mut dev, &mut self.touched);
-            self.egress_done();
+        if self.wants_egress() {
+            self.run_egress(Some((sink, empty)));
             // Egress moves socket states (FIN sent, TIME-WAIT, a timeout): their events are
             // ready for `poll_event` now, not at the next input.
             self.process_dirty();
@@ -302,13 +293,19 @@ impl Nat {
     /// sockets wait for their egress turn.
     #[must_use]
     pub fn has_ip_packets(&self) -> bool {
-        !self.queue.is_empty() || self.sockets.has_pending() || self.queue.blocked
+        !self.queue.is_empty() || self.wants_egress()
+    }
+
+    /// Whether an egress run has work: sockets wait for their turn, or the last run stopped
+    /// because the queue or the sink was full.
+    fn wants_egress(&self) -> bool {
+        self.sockets.has_pending() || self.queue.blocked
     }
 
     /// Lets smoltcp produce output once the board queue has drained (TCP output is lazy).
     fn egress_if_drained(&mut self) {
-        if self.queue.is_empty() && (self.sockets.has_pending() || self.queue.blocked) {
-            self.run_egress();
+        if self.queue.is_empty() && self.wants_egress() {
+            self.run_egress(None);
         }
     }
 
@@ -378,7 +375,7 @@ impl Nat {
         self.sockets.due(now, &mut self.touched);
         self.counters.tcp_rings_released += self.sockets.release_idle(now);
         if self.sockets.has_pending() {
-            self.run_egress();
+            self.run_egress(None);
         }
         self.mark_touched_dirty();
         if now >= self.next_aging {
@@ -451,10 +448,12 @@ impl Nat {
 
     /// Run smoltcp's egress for the pending sockets until they have nothing more to send or the
     /// board queue is full (see `sockets.rs`); the flows of the sockets it ran are looked at by
-    /// the next `process_dirty`.
-    pub(crate) fn run_egress(&mut self) {
+    /// the next `process_dirty`. With a sink (and whether it is still empty), TCP segments are
+    /// written straight into it while they fit (`poll_ip_packets`).
+    pub(crate) fn run_egress(&mut self, sink: Option<(&mut dyn BoardSink, bool)>) {
         self.queue.blocked = false;
-        let mut dev = SmolDevice::new(None, &mut self.queue, &self.caps, None);
+        let direct = sink.map(|(sink, empty)| Direct::new(sink, &mut self.counters, empty));
+        let mut dev = SmolDevice::new(None, &mut self.queue, &self.caps, direct);
         self.sockets
             .egress(&mut self.iface, self.now, &mut dev, &mut self.touched);
         self.egress_done();

@@ -283,7 +283,7 @@ impl Nat {
         self.dns_answered(id, None);
         if !self.zombies.is_empty() {
             // A reset socket on the same 4-tuple must send its RST before the new SYN arrives.
-            self.run_egress();
+            self.run_egress(None);
         }
         // SYN-RECEIVED: the board must finish the handshake within tcp_timeout.
         let Some(mut new) = self.new_tcp_socket(self.cfg.tcp_timeout) else {
