@@ -130,16 +130,14 @@ def notes(rows, out, split=False):
         parts = [f"{st} {[res(r, 'retr') for r in by.get((t, st), [])]}" for st in STACKS if by.get((t, st))]
         if parts:
             N.append(f"iperf3 sender retransmits, {t}, per rep: " + "; ".join(parts) + ".")
-    for t in ("tcp_up", "tcp_down"):
-        parts = []
-        for st in STACKS:
-            u = [f"{machine_cpu_per_gib(r, 0)}/{machine_cpu_per_gib(r, 1)}" for r in by.get((t, st), [])
-                 if machine_cpu_per_gib(r, 1) is not None]
-            if u:
-                parts.append(f"{st} {' '.join(u)}")
-        if parts and split:
-            N.append(f"Busy CPU seconds per GiB of the laptop's CPU 0 / the board's CPU 1 during {t}, per rep: "
-                     + "; ".join(parts) + ".")
+        if split:
+            per_cpu = {st: [(machine_cpu_per_gib(r, 0), machine_cpu_per_gib(r, 1)) for r in by.get((t, st), [])]
+                       for st in STACKS}
+            parts = [f"{st} " + " ".join(f"{a}/{b}" for a, b in v if b is not None)
+                     for st, v in per_cpu.items() if any(b is not None for _, b in v)]
+            if parts:
+                N.append(f"Busy CPU seconds per GiB of the laptop's CPU 0 / the board's CPU 1 during {t}, per rep: "
+                         + "; ".join(parts) + ".")
     parts = []
     for st in STACKS:
         e = [(res(r, "errors"), res(r, "ok")) for r in by.get(("seqconn", st), [])]

@@ -131,7 +131,7 @@ meta_common() { # machine and tool versions, one "key: value" a line
   echo "iperf3: $(iperf3 --version | head -1)"
   echo "python: $(python3 --version 2>&1)"
   # the price of one hop between processes on this machine (bench/lib/wakeup.c)
-  cc -O2 -o "$S/wakeup" "$root/bench/lib/wakeup.c" && echo "$(timeout 60 "$S/wakeup")"
+  cc -O2 -o "$S/wakeup" "$root/bench/lib/wakeup.c" && timeout 60 "$S/wakeup"
   echo "uptime_before: $(uptime)"
 }
 
